@@ -1,0 +1,99 @@
+"""The Python API, in the spirit of timm: list, create and load models by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .catalog import DEFAULT_EVENT_SHAPE, Catalog, Dataset, ModelSpec, check_config
+from .errors import ConfigError, DataError
+from .plugin_manager import PluginHost, PluginInfo
+from .protocol import DensityModel, validate_images
+
+_catalog: Catalog | None = None
+_extra_plugins: dict[str, Any] = {}
+
+
+def get_catalog(reload: bool = False) -> Catalog:
+    """The models and datasets of every installed plugin (loaded once, then cached)."""
+    global _catalog
+    if _catalog is None or reload:
+        host = PluginHost()
+        host.load_entry_points()
+        for name, plugin in _extra_plugins.items():
+            host.register_module(name, lambda plugin=plugin: plugin, "(registered in-process)")
+        _catalog = Catalog.from_host(host)
+    return _catalog
+
+
+def register_plugin(plugin: Any, name: str) -> None:
+    """Register a plugin object or module in this process (tests, notebooks)."""
+    _extra_plugins[name] = plugin
+    get_catalog(reload=True)
+
+
+def unregister_plugin(name: str) -> None:
+    """Undo ``register_plugin``."""
+    _extra_plugins.pop(name, None)
+    get_catalog(reload=True)
+
+
+def list_plugins() -> list[PluginInfo]:
+    return list(get_catalog().host.infos.values())
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names matching a glob ``pattern`` (e.g. ``'pixel*'``); clashing names qualified."""
+    specs = get_catalog().model_specs(pattern)
+    counts: dict[str, int] = {}
+    for spec in specs:
+        counts[spec.name] = counts.get(spec.name, 0) + 1
+    return [spec.name if counts[spec.name] == 1 else spec.qualified_name for spec in specs]
+
+
+def model_spec(name: str) -> ModelSpec:
+    return get_catalog().model(name)
+
+
+def create_model(name: str, event_shape=DEFAULT_EVENT_SHAPE, num_categories: int = 2, **config) -> DensityModel:
+    """Build model ``name`` for images ``event_shape`` (C, H, W) with K = ``num_categories``.
+
+    ``config`` overrides the model's defaults; unknown keys or wrongly typed values
+    raise ConfigError.
+    """
+    spec = model_spec(name)
+    config = check_config(spec.factory, config)
+    for key in ("event_shape", "num_categories"):
+        config.pop(key, None)
+    try:
+        model = spec.factory(event_shape=tuple(event_shape), num_categories=int(num_categories), **config)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"cannot build model {name!r} with {config}: {exc}") from exc
+    if not isinstance(model, DensityModel):
+        raise ConfigError(f"the factory of {spec.qualified_name} returned {type(model).__name__}, "
+                          "not a DensityModel")
+    return model
+
+
+def list_datasets() -> list[Dataset]:
+    return sorted((d for group in get_catalog().datasets.values() for d in group), key=lambda d: d.name)
+
+
+def get_dataset(name: str) -> Dataset:
+    return get_catalog().dataset(name)
+
+
+def load_split(name: str, split: str = "train", data: str | None = None, download: bool = False) -> torch.Tensor:
+    """Images of one split as int64 (N, C, H, W), validated against the dataset's shape and K."""
+    dataset = get_dataset(name)
+    if split not in dataset.splits:
+        raise DataError(f"dataset {dataset.name!r} has no split {split!r}; splits: {', '.join(dataset.splits)}")
+    array = np.asarray(dataset.load(split, data, download))
+    try:
+        return validate_images(array, dataset.event_shape, dataset.num_categories)
+    except DataError as exc:
+        raise DataError(f"dataset {dataset.name!r}, split {split!r}: {exc}") from exc

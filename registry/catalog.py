@@ -1,0 +1,187 @@
+"""What the installed plugins provide: models and datasets, looked up by name.
+
+A name is unqualified (``markov``) or qualified by its plugin (``baselines:markov``).
+When two plugins register one name, the unqualified name is ambiguous and the
+error says which plugins clash; each stays reachable by its qualified name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ConfigError, UnknownNameError
+from .plugin_manager import PluginHost, PluginInfo
+
+DEFAULT_EVENT_SHAPE = (1, 28, 28)
+
+
+@dataclass
+class ModelSpec:
+    """A registered model: its factory and where it came from."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    plugin: str
+    distribution: str = ""
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.plugin}:{self.name}"
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "qualified_name": self.qualified_name, "plugin": self.plugin,
+                "distribution": self.distribution, "description": self.description}
+
+
+@dataclass
+class Dataset:
+    """A registered dataset.
+
+    ``load(split, data, download)`` returns integer images (N, C, H, W) with values
+    0..num_categories-1; ``data`` is a user path (or None for the default location).
+    """
+
+    name: str
+    description: str
+    event_shape: tuple[int, int, int]
+    num_categories: int
+    load: Callable[[str, str | None, bool], np.ndarray]
+    splits: tuple[str, ...] = ("train", "valid", "test")
+    plugin: str = ""
+    distribution: str = ""
+    needs_files: bool = False
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "event_shape": list(self.event_shape),
+                "num_categories": self.num_categories, "splits": list(self.splits), "plugin": self.plugin,
+                "needs_files": self.needs_files}
+
+
+@dataclass
+class Catalog:
+    """Every model and dataset the loaded plugins registered."""
+
+    host: PluginHost
+    models: dict[str, list[ModelSpec]] = field(default_factory=dict)
+    datasets: dict[str, list[Dataset]] = field(default_factory=dict)
+
+    @classmethod
+    def from_host(cls, host: PluginHost) -> "Catalog":
+        catalog = cls(host)
+        host.call_each("register_models", lambda info: {"register": catalog._model_registrar(info)})
+        host.call_each("register_datasets", lambda info: {"register": catalog._dataset_registrar(info)})
+        return catalog
+
+    def _model_registrar(self, info: PluginInfo):
+        def register(factory, name: str | None = None, description: str | None = None) -> None:
+            name = name or getattr(factory, "registry_name", None)
+            if not name or ":" in name:
+                raise ConfigError(f"a model needs a name without ':' (got {name!r})")
+            doc = description or getattr(factory, "description", "") or (inspect.getdoc(factory) or "")
+            spec = ModelSpec(name, factory, doc.strip().splitlines()[0] if doc.strip() else "",
+                             info.name, info.distribution)
+            self.models.setdefault(name, []).append(spec)
+        return register
+
+    def _dataset_registrar(self, info: PluginInfo):
+        def register(dataset: Dataset) -> None:
+            dataset.plugin, dataset.distribution = info.name, info.distribution
+            self.datasets.setdefault(dataset.name, []).append(dataset)
+        return register
+
+    # -- lookup ---------------------------------------------------------------
+    @staticmethod
+    def _resolve(table: dict[str, list], name: str, kind: str):
+        plugin, _, bare = name.rpartition(":")
+        candidates = table.get(bare, [])
+        if plugin:
+            candidates = [c for c in candidates if c.plugin == plugin]
+        if not candidates:
+            known = ", ".join(sorted(table)) or "none"
+            raise UnknownNameError(f"unknown {kind} {name!r}; installed {kind}s: {known}")
+        if len(candidates) > 1:
+            owners = ", ".join(f"{c.plugin} ({c.distribution or 'unknown distribution'})" for c in candidates)
+            choices = " or ".join(f"{c.plugin}:{bare}" for c in candidates)
+            raise UnknownNameError(f"{kind} name {bare!r} is registered by several plugins: {owners}; "
+                                   f"pick one with {choices}")
+        return candidates[0]
+
+    def model(self, name: str) -> ModelSpec:
+        return self._resolve(self.models, name, "model")
+
+    def dataset(self, name: str) -> Dataset:
+        return self._resolve(self.datasets, name, "dataset")
+
+    def model_specs(self, pattern: str | None = None) -> list[ModelSpec]:
+        specs = [s for group in self.models.values() for s in group]
+        if pattern:
+            specs = [s for s in specs if fnmatch.fnmatch(s.name, pattern) or fnmatch.fnmatch(s.qualified_name, pattern)]
+        return sorted(specs, key=lambda s: (s.name, s.plugin))
+
+    def clashes(self) -> dict[str, list[str]]:
+        """Names registered by more than one plugin: {kind:name: [plugin, ...]}."""
+        out = {}
+        for kind, table in (("model", self.models), ("dataset", self.datasets)):
+            for name, group in table.items():
+                if len(group) > 1:
+                    out[f"{kind}:{name}"] = [f"{g.plugin} ({g.distribution})" for g in group]
+        return out
+
+
+def parse_set_options(items) -> dict[str, Any]:
+    """``["hidden=500", "ordering=snake"]`` -> dict; values parse as JSON, else stay strings."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"bad --set value {item!r}: expected key=value")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _check_value(key: str, value: Any, default: Any) -> Any:
+    if default is inspect.Parameter.empty or default is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"bad value for {key!r}: {value!r} is not a {type(default).__name__} "
+                          f"(default {default!r})")
+    return value
+
+
+def check_config(factory: Callable[..., Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Reject keys the factory does not take and values of the wrong type; return the overrides."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return dict(overrides)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(overrides)
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    out = {}
+    for key, value in overrides.items():
+        if key not in accepted:
+            raise ConfigError(f"unknown config key {key!r}; accepted: {', '.join(accepted)}")
+        out[key] = _check_value(key, value, params[key].default)
+    return out

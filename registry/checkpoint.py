@@ -1,0 +1,134 @@
+"""Checkpoints: one .safetensors file, tensors plus string metadata. No pickle anywhere.
+
+Metadata keys (all strings): ``format`` (FORMAT), ``model`` (registry name),
+``config`` (JSON), ``event_shape`` (JSON), ``num_categories``, ``ordering``,
+``densreg_version``, ``metrics`` (JSON) and ``extra`` (JSON, free-form).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+
+from .errors import CheckpointError
+from .version import __version__
+
+FORMAT = "densreg-checkpoint/1"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    An interrupted write leaves any previous file at ``path`` intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint's metadata says."""
+
+    model: str
+    config: dict[str, Any]
+    event_shape: tuple[int, int, int]
+    num_categories: int
+    ordering: str
+    densreg_version: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Atomically write a safetensors file (tensors made contiguous and unshared)."""
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write_bytes(path, save_bytes(plain, metadata=metadata))
+
+
+def save_checkpoint(path, model, name: str, metrics: dict | None = None, extra: dict | None = None,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``model`` (registered as ``name``) to ``path`` atomically."""
+    metadata = {
+        "format": FORMAT,
+        "model": name,
+        "config": json.dumps(model.config()),
+        "event_shape": json.dumps(list(model.event_shape)),
+        "num_categories": str(model.num_categories),
+        "ordering": model.ordering,
+        "densreg_version": __version__,
+        "metrics": json.dumps(metrics or {}),
+        "extra": json.dumps(extra or {}),
+    }
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
+    save_tensors(path, tensors, metadata)
+
+
+def read_tensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read every tensor and the metadata of a safetensors file, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint file: {path}")
+    raw = path.read_bytes()
+    try:
+        tensors = load_bytes(raw)
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    return tensors, metadata
+
+
+def parse_info(path, metadata: dict[str, str]) -> CheckpointInfo:
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a densreg checkpoint "
+                              f"(metadata format {metadata.get('format')!r}, expected {FORMAT!r})")
+    try:
+        return CheckpointInfo(
+            model=metadata["model"],
+            config=json.loads(metadata["config"]),
+            event_shape=tuple(json.loads(metadata["event_shape"])),
+            num_categories=int(metadata["num_categories"]),
+            ordering=metadata["ordering"],
+            densreg_version=metadata.get("densreg_version", ""),
+            metrics=json.loads(metadata.get("metrics", "{}")),
+            extra=json.loads(metadata.get("extra", "{}")),
+        )
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: densreg checkpoint metadata is incomplete or invalid: {exc}") from exc
+
+
+def load_checkpoint(path, device: str | torch.device = "cpu"):
+    """Rebuild the model saved at ``path`` through the registry; returns (model, CheckpointInfo)."""
+    from .api import create_model  # the registry is only needed to rebuild
+
+    tensors, metadata = read_tensors(path)
+    info = parse_info(path, metadata)
+    config = {k: v for k, v in info.config.items() if k not in ("event_shape", "num_categories")}
+    model = create_model(info.model, event_shape=info.event_shape, num_categories=info.num_categories, **config)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match model {info.model!r}: {exc}") from exc
+    model.eval()
+    return model.to(device), info

@@ -1,0 +1,141 @@
+"""Readers for the built-in datasets: binarized MNIST (.npz or .amat, with download) and
+scikit-learn's 8x8 digits. Each returns uint8 images (N, C, H, W)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+MNIST_SPLITS = {"train": 50000, "valid": 10000, "test": 10000}
+MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+MNIST_FILE = "binarized_mnist_{split}.amat"
+# sha256 of each split's contiguous uint8 (N, 28, 28) array: checks content, not whitespace.
+MNIST_SHA256 = {
+    "train": "43490d4d6ac9002727af4426d8748609fdb7e4094fa65ad8d681ea60082a7a5a",
+    "valid": "069b4f0beb389b776478c3e872b4df71c95ac4be64d7cbe6d32e24ebac8e6d5e",
+    "test": "ca0294c3b8d984c7a1dc891015a8eea6f37bae59a34e35ea0fc8c47110a8dd86",
+}
+
+
+def cache_dir() -> Path:
+    """Where downloads go: $DENSREG_CACHE, else ~/.cache/densreg."""
+    return Path(os.environ.get("DENSREG_CACHE") or Path.home() / ".cache" / "densreg")
+
+
+def array_sha256(images: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(images, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def read_amat(path: Path, height: int = 28, width: int = 28) -> np.ndarray:
+    """Parse a binarized-MNIST .amat file (one image a line, 784 values 0/1) -> uint8 (N, H, W)."""
+    raw = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
+    is_digit = (raw == ord("0")) | (raw == ord("1"))
+    other = raw[~is_digit]
+    if other.size and not np.isin(other, np.frombuffer(b" \t\r\n", dtype=np.uint8)).all():
+        raise DataError(f"{path}: expected only 0/1 values separated by white space")
+    values = raw[is_digit] - ord("0")
+    if values.size % (height * width):
+        raise DataError(f"{path}: {values.size} values is not a whole number of {height}x{width} images")
+    return values.reshape(-1, height, width)
+
+
+def read_npz_split(path: Path, split: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if split not in archive.files:
+                raise DataError(f"{path} has no array {split!r}; it has {', '.join(archive.files)}")
+            return archive[split]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} as an .npz archive: {exc}") from exc
+
+
+def download_mnist(dest: Path, base_url: str = MNIST_URL, checksums: dict[str, str] = MNIST_SHA256,
+                   splits=tuple(MNIST_SPLITS)) -> Path:
+    """Fetch the published .amat files into ``dest`` with a progress bar; verify each checksum.
+
+    A file whose content does not match its checksum is deleted and DataError raised.
+    """
+    from tqdm import tqdm
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        target = dest / MNIST_FILE.format(split=split)
+        if target.exists() and array_sha256(read_amat(target)) == checksums[split]:
+            continue
+        url = base_url.rstrip("/") + "/" + MNIST_FILE.format(split=split)
+        partial = target.with_suffix(".part")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise DataError(f"download of {url} failed: {exc}") from exc
+        digest = array_sha256(read_amat(partial))
+        if digest != checksums[split]:
+            partial.unlink(missing_ok=True)
+            raise DataError(f"{url}: checksum mismatch (got {digest[:12]}…, expected {checksums[split][:12]}…)")
+        os.replace(partial, target)
+    return dest
+
+
+def load_binarized_mnist(split: str, data: str | None = None, download: bool = False) -> np.ndarray:
+    """One split of binarized MNIST as uint8 (N, 1, 28, 28).
+
+    ``data``: an .npz with arrays train/valid/test of shape (N, 28, 28), or a folder
+    holding ``binarized_mnist_{train,valid,test}.amat``. Without it, the cache folder
+    (filled by ``download=True``).
+    """
+    path = Path(data).expanduser() if data else cache_dir() / "binarized_mnist"
+    if data is None and download:
+        download_mnist(path)
+    if path.is_file():
+        images = read_npz_split(path, split) if path.suffix == ".npz" else read_amat(path)
+    elif path.is_dir():
+        amat = path / MNIST_FILE.format(split=split)
+        npz = sorted(path.glob("*.npz"))
+        if amat.is_file():
+            images = read_amat(amat)
+        elif npz:
+            images = read_npz_split(npz[0], split)
+        else:
+            raise DataError(f"{path} holds neither {amat.name} nor an .npz file")
+    else:
+        hint = "pass --data PATH (the .npz, or a folder with the three .amat files) or --download"
+        raise DataError(f"binarized MNIST not found at {path}; {hint}")
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"binarized MNIST {split}: expected (N, 28, 28) images, got {images.shape}")
+    return images[:, None].astype(np.uint8)
+
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_SIZES = {"valid": 300, "test": 300}  # the remaining 1197 images are train
+
+
+def load_digits(split: str, levels: int = 2) -> np.ndarray:
+    """scikit-learn's bundled 8x8 digits (values 0..16) as uint8 (N, 1, 8, 8).
+
+    ``levels=2``: binarized (value >= 8); ``levels=17``: the grey values as they are.
+    The split is a fixed permutation (seed 0): valid 300, test 300, train the rest.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    images = sklearn_digits().images.astype(np.uint8)  # (1797, 8, 8), 0..16
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
+    n_valid, n_test = DIGITS_SIZES["valid"], DIGITS_SIZES["test"]
+    index = {"valid": order[:n_valid], "test": order[n_valid:n_valid + n_test],
+             "train": order[n_valid + n_test:]}[split]
+    chosen = images[np.sort(index)]
+    if levels == 2:
+        chosen = (chosen >= 8).astype(np.uint8)
+    return chosen[:, None]

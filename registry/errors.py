@@ -1,0 +1,28 @@
+"""Exceptions that the CLI turns into one line on stderr and a non-zero exit."""
+
+
+class DensregError(Exception):
+    """Base class of every error densreg reports to a user."""
+
+
+class ConfigError(DensregError, ValueError):
+    """A model or dataset configuration value is invalid."""
+
+
+class UnknownNameError(DensregError, KeyError):
+    """No model, dataset or plugin has that name (or the name is ambiguous)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(DensregError):
+    """A file is not a readable densreg checkpoint."""
+
+
+class DataError(DensregError, ValueError):
+    """Images or a data file are missing, corrupt, or not in the expected layout."""
+
+
+class PluginError(DensregError):
+    """A plugin failed to import or register (fatal with DENSREG_STRICT_PLUGINS=1)."""

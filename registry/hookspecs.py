@@ -1,0 +1,28 @@
+"""The hooks a densreg plugin may implement (entry-point group ``densreg``).
+
+A plugin is a plain module with ``@hookimpl`` functions named after these specs.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("densreg")
+hookimpl = pluggy.HookimplMarker("densreg")
+
+
+@hookspec
+def register_models(register):
+    """Add models: call ``register(factory, name=..., description=...)`` once per model.
+
+    ``factory(event_shape=(C, H, W), num_categories=K, **config)`` returns a
+    ``DensityModel``; a ``DensityModel`` subclass is itself such a factory.
+    """
+
+
+@hookspec
+def register_datasets(register):
+    """Add datasets: call ``register(Dataset(...))`` once per dataset."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``densreg`` click group ``cli`` (``@cli.command()``)."""

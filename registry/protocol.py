@@ -1,0 +1,200 @@
+"""The density-model protocol every densreg model follows.
+
+A model factorises p(x) over the D = C*H*W values of an image by the chain rule
+in a fixed ``ordering``:  log p(x) = sum_d log p(x_{o(d)} | x_{o(<d)}).
+Subclasses implement ``conditional_logits`` (one teacher-forced pass) and,
+where the model allows a cheaper one than recomputing the prefix, the
+incremental pair ``initial_state`` / ``step``. Everything else (log_prob,
+per-pixel scores, sampling) is derived here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, DataError
+from .orderings import make_ordering
+
+State = tuple[torch.Tensor, ...]
+
+
+def validate_images(x: Any, event_shape: tuple[int, int, int], num_categories: int) -> torch.Tensor:
+    """Check a batch of images at the boundary and return it as int64 (B, C, H, W).
+
+    Raises DataError (a ValueError) naming what was expected and what came: a wrong
+    rank or shape, values outside 0..K-1, non-integer or NaN values. Float input is
+    accepted only when every value is already a whole number; nothing is cast silently.
+    """
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"expected a tensor or numpy array of images, got {type(x).__name__}")
+    expected = tuple(event_shape)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise DataError(
+            f"expected images of shape (B, {', '.join(map(str, expected))}), got shape {tuple(x.shape)}"
+        )
+    if x.is_complex():
+        raise DataError(f"expected integer values 0..{num_categories - 1}, got complex dtype {x.dtype}")
+    if x.is_floating_point():
+        if not bool(torch.isfinite(x).all()):
+            raise DataError("images contain NaN or infinite values; expected integers 0..K-1")
+        if not bool((x == torch.round(x)).all()):
+            raise DataError(f"images contain non-integer values; expected integers 0..{num_categories - 1}")
+    if x.numel() and (bool((x < 0).any()) or bool((x >= num_categories).any())):
+        lo, hi = x.min().item(), x.max().item()
+        raise DataError(f"image values must lie in 0..{num_categories - 1}; got values from {lo} to {hi}")
+    return x.to(torch.int64)
+
+
+def categorical_from_uniform(logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: logits (B, K), noise uniform in [0, 1) (B,) -> int64 (B,).
+
+    Deterministic given the noise, so torch and onnxruntime samplers fed the same
+    noise draw the same values.
+    """
+    cdf = torch.cumsum(torch.softmax(logits.double(), dim=-1), dim=-1)
+    value = (cdf < noise.double().unsqueeze(-1)).sum(-1)
+    return value.clamp(max=logits.shape[-1] - 1)
+
+
+class DensityModel(nn.Module):
+    """Base class: an exact autoregressive density over images (C, H, W) with K levels.
+
+    Attributes: ``event_shape`` (C, H, W); ``num_categories`` K; ``ordering`` (its
+    name); buffer ``order`` (D,) int64, the flat index generated at each step.
+    Set ``closed_form = True`` and implement ``fit_closed_form`` when maximum
+    likelihood has a closed form (fit by counting, not gradient descent).
+    """
+
+    closed_form: bool = False
+    description: str = ""
+
+    def __init__(self, event_shape, num_categories: int = 2, ordering: str = "raster") -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in event_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ConfigError(f"event_shape must be three positive integers (C, H, W), got {event_shape!r}")
+        if int(num_categories) < 2:
+            raise ConfigError(f"num_categories must be at least 2, got {num_categories!r}")
+        self.event_shape = shape
+        self.num_categories = int(num_categories)
+        self.ordering = str(ordering)
+        self.register_buffer("order", make_ordering(self.ordering, shape), persistent=False)
+
+    # -- shapes -------------------------------------------------------------
+    @property
+    def num_positions(self) -> int:
+        """D = C * H * W."""
+        return math.prod(self.event_shape)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments; subclasses add theirs to this dict."""
+        return {
+            "event_shape": list(self.event_shape),
+            "num_categories": self.num_categories,
+            "ordering": self.ordering,
+        }
+
+    def free_parameters(self) -> int:
+        """Number of free parameters (default: elements of trainable parameters)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def validate(self, x: Any) -> torch.Tensor:
+        """``validate_images`` for this model's shape, moved to its device."""
+        return validate_images(x, self.event_shape, self.num_categories).to(self.order.device)
+
+    def to_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> values in generation order (B, D)."""
+        return x.reshape(x.shape[0], -1)[:, self.order]
+
+    def from_sequence(self, seq: torch.Tensor) -> torch.Tensor:
+        """Values in generation order (B, D) -> images (B, C, H, W)."""
+        flat = torch.empty_like(seq)
+        flat[:, self.order] = seq
+        return flat.reshape(seq.shape[0], *self.event_shape)
+
+    # -- density ------------------------------------------------------------
+    def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every conditional p(x_{o(d)} | x_{o(<d)}): (B, C, H, W) -> (B, D, K).
+
+        Position d must depend on x_{o(<d)} only.
+        """
+        raise NotImplementedError
+
+    def conditional_log_probs(self, x: Any) -> torch.Tensor:
+        """log p(x_{o(d)} | x_{o(<d)}) in nats, (B, D) in generation order."""
+        x = self.validate(x)
+        logits = self.conditional_logits(x)
+        log_p = torch.log_softmax(logits, dim=-1)
+        return log_p.gather(-1, self.to_sequence(x).unsqueeze(-1)).squeeze(-1)
+
+    def log_prob(self, x: Any) -> torch.Tensor:
+        """Exact log-likelihood in nats, (B, C, H, W) -> (B,)."""
+        return self.conditional_log_probs(x).sum(-1)
+
+    def pixel_log_probs(self, x: Any) -> torch.Tensor:
+        """Per-value log-probabilities in nats laid out as the image, (B, C, H, W)."""
+        return self.from_sequence(self.conditional_log_probs(x))
+
+    # -- incremental interface ------------------------------------------------
+    def initial_state(self, batch_size: int) -> State:
+        """State before position 0. Default: the prefix of values drawn so far (B, D)."""
+        return (torch.zeros(batch_size, self.num_positions, dtype=torch.int64, device=self.order.device),)
+
+    def step(self, value: torch.Tensor, position, state: State) -> tuple[torch.Tensor, State]:
+        """Logits (B, K) of the conditional at ``position`` d, and the new state.
+
+        ``value`` (B,) int64 is x at generation position d-1 (ignored, pass zeros, at
+        d = 0); ``position`` is an int or a 0-dim int64 tensor. The default recomputes
+        the whole prefix (O(D) per step); models override it with a cached step.
+        """
+        return self.recompute_step(value, position, state)
+
+    def recompute_step(self, value: torch.Tensor, position, state: State) -> tuple[torch.Tensor, State]:
+        """The naive step: write ``value`` into the prefix and re-run ``conditional_logits``."""
+        (prefix,) = state
+        position = int(position)
+        prefix = prefix.clone()
+        if position > 0:
+            prefix[:, position - 1] = value
+        logits = self.conditional_logits(self.from_sequence(prefix))
+        return logits[:, position], (prefix,)
+
+    # -- sampling -----------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+               naive: bool = False) -> torch.Tensor:
+        """Exact ancestral samples, int64 (n, C, H, W).
+
+        ``noise`` (n, D) uniform in [0, 1) fixes the draw (one value per position);
+        otherwise it is drawn from ``generator``. ``naive=True`` re-runs the full
+        conditional network for every position (for benchmarks and checks).
+        """
+        device = self.order.device
+        if noise is None:
+            noise = torch.rand(n, self.num_positions, generator=generator, dtype=torch.float64)
+        noise = noise.to(device)
+        if naive:
+            state = DensityModel.initial_state(self, n)
+            step = self.recompute_step
+        else:
+            state = self.initial_state(n)
+            step = self.step
+        values = torch.zeros(n, self.num_positions, dtype=torch.int64, device=device)
+        value = torch.zeros(n, dtype=torch.int64, device=device)
+        for d in range(self.num_positions):
+            logits, state = step(value, d, state)
+            value = categorical_from_uniform(logits, noise[:, d])
+            values[:, d] = value
+        return self.from_sequence(values)
+
+    # -- closed-form fitting --------------------------------------------------
+    def fit_closed_form(self, x: torch.Tensor) -> dict[str, float]:
+        """Maximum-likelihood fit by counting on int64 images (N, C, H, W); returns metrics."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form fit")
