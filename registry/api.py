@@ -23,7 +23,7 @@ def get_catalog(reload: bool = False) -> Catalog:
         host = PluginHost()
         host.load_entry_points()
         for name, plugin in _extra_plugins.items():
-            host.register_module(name, lambda plugin=plugin: plugin, "(registered in-process)")
+            host.register_module(name, lambda plugin=plugin: plugin, "in-process")
         _catalog = Catalog.from_host(host)
     return _catalog
 

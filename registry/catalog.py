@@ -107,7 +107,7 @@ class Catalog:
             known = ", ".join(sorted(table)) or "none"
             raise UnknownNameError(f"unknown {kind} {name!r}; installed {kind}s: {known}")
         if len(candidates) > 1:
-            owners = ", ".join(f"{c.plugin} ({c.distribution or 'unknown distribution'})" for c in candidates)
+            owners = ", ".join(f"{c.plugin} ({c.distribution or 'no distribution'})" for c in candidates)
             choices = " or ".join(f"{c.plugin}:{bare}" for c in candidates)
             raise UnknownNameError(f"{kind} name {bare!r} is registered by several plugins: {owners}; "
                                    f"pick one with {choices}")

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .version import __version__
 
 FORMAT = "densreg-checkpoint/1"
@@ -124,7 +124,10 @@ def load_checkpoint(path, device: str | torch.device = "cpu"):
     tensors, metadata = read_tensors(path)
     info = parse_info(path, metadata)
     config = {k: v for k, v in info.config.items() if k not in ("event_shape", "num_categories")}
-    model = create_model(info.model, event_shape=info.event_shape, num_categories=info.num_categories, **config)
+    try:
+        model = create_model(info.model, event_shape=info.event_shape, num_categories=info.num_categories, **config)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: the saved config does not fit model {info.model!r} as installed: {exc}") from exc
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(state, strict=True)

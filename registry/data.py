@@ -55,7 +55,12 @@ def read_npz_split(path: Path, split: str) -> np.ndarray:
         raise DataError(f"cannot read {path} as an .npz archive: {exc}") from exc
 
 
-def download_mnist(dest: Path, base_url: str = MNIST_URL, checksums: dict[str, str] = MNIST_SHA256,
+def mnist_url() -> str:
+    """Where --download fetches from: $DENSREG_MNIST_URL (a mirror, or file:// folder), else the published site."""
+    return os.environ.get("DENSREG_MNIST_URL") or MNIST_URL
+
+
+def download_mnist(dest: Path, base_url: str | None = None, checksums: dict[str, str] = MNIST_SHA256,
                    splits=tuple(MNIST_SPLITS)) -> Path:
     """Fetch the published .amat files into ``dest`` with a progress bar; verify each checksum.
 
@@ -68,7 +73,7 @@ def download_mnist(dest: Path, base_url: str = MNIST_URL, checksums: dict[str, s
         target = dest / MNIST_FILE.format(split=split)
         if target.exists() and array_sha256(read_amat(target)) == checksums[split]:
             continue
-        url = base_url.rstrip("/") + "/" + MNIST_FILE.format(split=split)
+        url = (base_url or mnist_url()).rstrip("/") + "/" + MNIST_FILE.format(split=split)
         partial = target.with_suffix(".part")
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:

@@ -101,7 +101,7 @@ class PluginHost:
         """Call ``hook_name`` plugin by plugin, in registration order, so that a failure is
         attributed to its plugin; ``make_kwargs(info)`` gives each call's arguments."""
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():  # registration order
             info = self.infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
             try:
                 impl.function(**make_kwargs(info))

@@ -1,0 +1,5 @@
+"""``python -m densreg.registry`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""Checkpoints: safetensors round trip, clear errors, atomic writes."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import densreg.registry.checkpoint as checkpoint
+from conftest import randomize_
+from densreg.registry import CheckpointError, create_model, load_checkpoint, save_checkpoint
+
+
+def make_model():
+    model = create_model("markov", (1, 3, 3), 3, order=2, ordering="random:4", alpha=0.5)
+    randomize_(model)
+    return model
+
+
+def test_round_trip(tmp_path):
+    model = make_model()
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, "markov", metrics={"valid_nll_nats": 1.5})
+    loaded, info = load_checkpoint(path)
+    x = torch.randint(0, 3, (8, 1, 3, 3))
+    torch.testing.assert_close(loaded.log_prob(x), model.log_prob(x), rtol=0, atol=0)
+    assert info.model == "markov" and info.event_shape == (1, 3, 3) and info.num_categories == 3
+    assert info.ordering == "random:4" and info.config["order"] == 2 and info.metrics == {"valid_nll_nats": 1.5}
+    assert info.densreg_version
+
+
+def test_file_is_plain_safetensors(tmp_path):
+    """8-byte little-endian header length, a JSON header with string metadata, raw tensor bytes: no pickle."""
+    import json
+    import struct
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_model(), "markov")
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    assert header["__metadata__"]["format"] == "densreg-checkpoint/1"
+    assert set(header) == {"__metadata__", "model.log_probs"}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "not a readable safetensors file"),
+    (b"garbage" * 10, "not a readable safetensors file"),
+])
+def test_corrupt_files(tmp_path, content, message):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_model(), "markov")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 20])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_foreign_safetensors_file(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"hello": "world"})
+    with pytest.raises(CheckpointError, match="not a densreg checkpoint"):
+        load_checkpoint(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_config_that_does_not_fit_the_model(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_model(), "bernoulli")  # a markov config under the bernoulli name
+    with pytest.raises(CheckpointError, match="config does not fit model 'bernoulli'.*unknown config key 'order'"):
+        load_checkpoint(path)
+
+
+def test_weights_that_do_not_match(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_model(), "markov")
+    tensors, metadata = checkpoint.read_tensors(path)
+    checkpoint.save_tensors(path, {"model.something_else": tensors["model.log_probs"]}, metadata)
+    with pytest.raises(CheckpointError, match="weights do not match model 'markov'"):
+        load_checkpoint(path)
+
+
+def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_model(), "markov", metrics={"epoch": 1})
+    before = path.read_bytes()
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, make_model(), "markov", metrics={"epoch": 2})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.safetensors"]  # no temporary file left behind
