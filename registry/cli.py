@@ -6,11 +6,11 @@ exit status 1, and no traceback unless ``--debug`` (or DENSREG_DEBUG=1).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import sys
-from pathlib import Path
 
 import click
 import numpy as np
@@ -232,11 +232,10 @@ def sample(checkpoint, num, out, seed, npz_path, nrow):
     generator = torch.Generator().manual_seed(seed)
     samples = model.sample(num, generator=generator).cpu().numpy().astype(np.uint8)
     picture = image_grid(samples, info.num_categories, nrow=nrow)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    picture.save(out)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    atomic_write_bytes(out, buffer.getvalue())
     if npz_path:
-        import io
-
         buffer = io.BytesIO()
         np.savez_compressed(buffer, samples=samples)
         atomic_write_bytes(npz_path, buffer.getvalue())

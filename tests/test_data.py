@@ -92,3 +92,33 @@ def test_registered_datasets():
     assert get_dataset("digits-grey").num_categories == 17
     with pytest.raises(DataError, match="has no split 'extra'"):
         load_split("digits", "extra")
+
+
+def write_amat_fast(path, images):
+    """The published layout: one image a line, 784 values 0/1 separated by spaces."""
+    flat = images.reshape(len(images), -1)
+    chars = np.full((len(flat), flat.shape[1] * 2), ord(" "), dtype=np.uint8)
+    chars[:, 0::2] = flat + ord("0")
+    chars[:, -1] = ord("\n")
+    path.write_bytes(chars.tobytes())
+
+
+def test_cli_download_from_a_mirror_checks_the_real_checksums(mnist_npz, tmp_path, monkeypatch):
+    """--download through $DENSREG_MNIST_URL: the built-in checksums match the standard splits."""
+    from click.testing import CliRunner
+
+    from densreg.registry.cli import cli
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with np.load(mnist_npz) as archive:
+        for split in ("train", "valid", "test"):
+            write_amat_fast(mirror / MNIST_FILE.format(split=split), archive[split])
+    monkeypatch.setenv("DENSREG_MNIST_URL", mirror.as_uri())
+    monkeypatch.setenv("DENSREG_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "b.safetensors"
+    result = CliRunner().invoke(cli, ["train", "bernoulli", "--dataset", "binarized-mnist", "--download",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    cached = tmp_path / "cache" / "binarized_mnist" / MNIST_FILE.format(split="test")
+    assert np.array_equal(read_amat(cached), load_binarized_mnist("test", str(mnist_npz))[:, 0])
