@@ -6,6 +6,7 @@ exit status 1, and no traceback unless ``--debug`` (or DENSREG_DEBUG=1).
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
@@ -240,6 +241,14 @@ def sample(checkpoint, num, out, seed, npz_path, nrow):
         np.savez_compressed(buffer, samples=samples)
         atomic_write_bytes(npz_path, buffer.getvalue())
     click.echo(f"wrote {num} samples to {out}" + (f" and {npz_path}" if npz_path else ""))
+
+
+# -- command modules ---------------------------------------------------------------
+# Each module adds its commands to ``cli`` when imported (one module per feature keeps
+# this file short). They import ``cli`` from here, so they are loaded after it exists.
+COMMAND_MODULES = ("cli_features", "cli_plot", "cli_check", "cli_export")
+for _module in COMMAND_MODULES:
+    importlib.import_module(f"{__package__}.{_module}")
 
 
 def main(argv=None) -> None:

@@ -142,6 +142,13 @@ class DensityModel(nn.Module):
         """Per-value log-probabilities in nats laid out as the image, (B, C, H, W)."""
         return self.from_sequence(self.conditional_log_probs(x))
 
+    def features(self, x: Any) -> torch.Tensor:
+        """A hidden representation for downstream use, (B, C, H, W) -> (B, F) float.
+
+        Models with learned hidden units override this and document what it is.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no learned features")
+
     # -- incremental interface ------------------------------------------------
     def initial_state(self, batch_size: int) -> State:
         """State before position 0. Default: the prefix of values drawn so far (B, D)."""

@@ -1,0 +1,3 @@
+"""`densreg features`: hidden representations of images (NADE, PixelRNN)."""
+
+from .cli import cli  # noqa: F401

@@ -1,0 +1,3 @@
+"""`densreg plot`: learning curves from a training log."""
+
+from .cli import cli  # noqa: F401
