@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from densreg.registry import ConfigError, DensityModel, hookimpl
+from densreg.registry.protocol import at_position
 
 MAX_TABLE_ENTRIES = 50_000_000
 
@@ -55,7 +56,7 @@ class Bernoulli(DensityModel):
         return ()
 
     def step(self, value, position, state):
-        return self.log_probs[position].unsqueeze(0).expand(value.shape[0], -1), state
+        return at_position(self.log_probs, position).unsqueeze(0).expand(value.shape[0], -1), state
 
 
 class Markov(DensityModel):
@@ -118,7 +119,7 @@ class Markov(DensityModel):
     def step(self, value, position, state):
         (ctx,) = state
         ctx = value + self.num_categories * (ctx % (self.num_contexts // self.num_categories))
-        return self.log_probs[position, ctx], (ctx,)
+        return at_position(self.log_probs, position)[ctx], (ctx,)
 
 
 @hookimpl

@@ -41,6 +41,11 @@ def validate_images(x: Any, event_shape: tuple[int, int, int], num_categories: i
         )
     if x.is_complex():
         raise DataError(f"expected integer values 0..{num_categories - 1}, got complex dtype {x.dtype}")
+    if torch.compiler.is_compiling():
+        # Tracing for ONNX export (or torch.compile): the value checks below branch on
+        # data, which a traced graph cannot do. Shapes were checked above; the exported
+        # runtime validates values itself.
+        return x.to(torch.int64)
     if x.is_floating_point():
         if not bool(torch.isfinite(x).all()):
             raise DataError("images contain NaN or infinite values; expected integers 0..K-1")
@@ -61,6 +66,16 @@ def categorical_from_uniform(logits: torch.Tensor, noise: torch.Tensor) -> torch
     cdf = torch.cumsum(torch.softmax(logits.double(), dim=-1), dim=-1)
     value = (cdf < noise.double().unsqueeze(-1)).sum(-1)
     return value.clamp(max=logits.shape[-1] - 1)
+
+
+def at_position(table: torch.Tensor, position) -> torch.Tensor:
+    """``table[position]`` along dim 0 for an int or a 0-dim int64 tensor ``position``.
+
+    Written with ``index_select`` so it traces for export (indexing with a 0-dim
+    tensor would call ``int()`` on it).
+    """
+    index = torch.as_tensor(position, dtype=torch.int64, device=table.device).reshape(1)
+    return table.index_select(0, index).squeeze(0)
 
 
 class DensityModel(nn.Module):
@@ -164,14 +179,17 @@ class DensityModel(nn.Module):
         return self.recompute_step(value, position, state)
 
     def recompute_step(self, value: torch.Tensor, position, state: State) -> tuple[torch.Tensor, State]:
-        """The naive step: write ``value`` into the prefix and re-run ``conditional_logits``."""
+        """The naive step: write ``value`` into the prefix and re-run ``conditional_logits``.
+
+        Written without ``int(position)`` or branches on it, so it exports with a
+        0-dim tensor ``position`` (a one-hot mask writes the value; at d = 0 it matches nothing).
+        """
         (prefix,) = state
-        position = int(position)
-        prefix = prefix.clone()
-        if position > 0:
-            prefix[:, position - 1] = value
+        position = torch.as_tensor(position, dtype=torch.int64, device=prefix.device)
+        previous = torch.arange(prefix.shape[1], device=prefix.device) == position - 1
+        prefix = torch.where(previous, value.unsqueeze(-1), prefix)
         logits = self.conditional_logits(self.from_sequence(prefix))
-        return logits[:, position], (prefix,)
+        return at_position(logits.transpose(0, 1), position), (prefix,)
 
     # -- sampling -----------------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,294 @@
+"""Export a DensityModel to an ONNX folder (torch side).
+
+``export_model(model, out_dir)`` writes ``conditionals.onnx``, ``step.onnx`` and
+``draw.onnx`` (see ``format``) with the dynamo exporter, checks each file with
+``onnx.checker.check_model(full_check=True)``, runs a parity check (onnxruntime vs
+torch on random valid inputs) and only then moves the folder into place: a model
+that cannot be exported leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper
+
+from densreg.registry.protocol import DensityModel
+
+from . import format as fmt
+from .errors import ExportError
+
+EXAMPLE_BATCH = 3  # traced with this batch; the batch dimension is exported dynamic
+LOGITS_ATOL = 1e-4  # parity tolerance on logits (absolute)
+LOG_PROB_ATOL = 1e-3
+IR_VERSION = 10  # what the torch exporter writes; onnxruntime 1.18 and newer load it  # parity tolerance on log_prob, nats per image
+
+
+class ConditionalsGraph(torch.nn.Module):
+    """images int64 (B, C, H, W) -> logits (B, D, K), log_prob (B,) in nats."""
+
+    def __init__(self, model: DensityModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        logits = self.model.conditional_logits(images)
+        log_p = torch.log_softmax(logits, dim=-1)
+        values = self.model.to_sequence(images).unsqueeze(-1)
+        return logits, log_p.gather(-1, values).squeeze(-1).sum(-1)
+
+
+class StepGraph(torch.nn.Module):
+    """value (B,), position (), *state -> logits (B, K), *new_state."""
+
+    def __init__(self, model: DensityModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, value, position, *state):
+        logits, new_state = self.model.step(value, position, tuple(state))
+        return (logits, *new_state)
+
+
+def draw_graph(opset: int = fmt.OPSET) -> onnx.ModelProto:
+    """``categorical_from_uniform`` as ONNX: logits float (B, K), noise float64 (B,) -> value int64 (B,)."""
+    const = lambda name, values: helper.make_tensor(name, TensorProto.INT64, [len(values)], values)  # noqa: E731
+    nodes = [
+        helper.make_node("Cast", ["logits"], ["logits64"], to=TensorProto.DOUBLE),
+        helper.make_node("Softmax", ["logits64"], ["probs"], axis=-1),
+        helper.make_node("CumSum", ["probs", "axis"], ["cdf"]),
+        helper.make_node("Unsqueeze", ["noise", "last"], ["noise_col"]),
+        helper.make_node("Less", ["cdf", "noise_col"], ["below"]),
+        helper.make_node("Cast", ["below"], ["below64"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["below64", "last"], ["count"], keepdims=0),
+        helper.make_node("Shape", ["logits"], ["k"], start=1, end=2),
+        helper.make_node("Sub", ["k", "one"], ["k_minus_1"]),
+        helper.make_node("Min", ["count", "k_minus_1"], ["value"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "draw",
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "K"]),
+         helper.make_tensor_value_info("noise", TensorProto.DOUBLE, ["batch"])],
+        [helper.make_tensor_value_info("value", TensorProto.INT64, ["batch"])],
+        initializer=[helper.make_tensor("axis", TensorProto.INT64, [], [1]), const("last", [-1]), const("one", [1])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION,
+                             producer_name="densreg")
+
+
+def _summary(exc: BaseException) -> str:
+    """One readable line from the exporter's long message: the cause and the line that raised it."""
+    inner = exc
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [ln.strip() for ln in str(inner).strip().splitlines() if ln.strip()]
+    cause = f"{type(inner).__name__}: {lines[0] if lines else ''}"[:400]
+    where = re.search(r"The following call raised this error:\s*\n\s*File \"([^\"]+)\", line (\d+), in (\S+)\n\s*(.+)",
+                      text)
+    if where:
+        cause += f" (at {Path(where[1]).name}:{where[2]} in {where[3]}: {where[4].strip()})"
+    return cause
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Silence a logger's warnings (the exporter logs one per missing optional package)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _to_onnx(module, args, input_names, output_names, dynamic_shapes, what: str, name: str,
+             opset: int) -> onnx.ModelProto:
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, args, dynamo=True, verbose=False, opset_version=opset,
+                                        input_names=input_names, output_names=output_names,
+                                        dynamic_shapes=dynamic_shapes)
+        proto = program.model_proto
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one clear error
+        raise ExportError(f"cannot export model {name!r}: its {what} does not export to ONNX: "
+                          f"{_summary(exc)}") from exc
+    return proto
+
+
+def _state_specs(model: DensityModel, name: str) -> tuple[list[dict], tuple[torch.Tensor, ...]]:
+    """Describe the state tensors and check they are (batch, ...) with one initial value per row."""
+    one, many = model.initial_state(1), model.initial_state(EXAMPLE_BATCH)
+    if not isinstance(one, tuple) or len(one) != len(many) or not all(isinstance(t, torch.Tensor) for t in one + many):
+        raise ExportError(f"cannot export model {name!r}: initial_state must return a tuple of tensors")
+    specs = []
+    for i, (a, b) in enumerate(zip(one, many)):
+        if a.dim() == 0 or a.shape[0] != 1 or b.shape[0] != EXAMPLE_BATCH or a.shape[1:] != b.shape[1:] \
+                or a.dtype != b.dtype:
+            raise ExportError(f"cannot export model {name!r}: state tensor {i} has shapes {tuple(a.shape)} "
+                              f"(batch 1) and {tuple(b.shape)} (batch {EXAMPLE_BATCH}); expected (batch, ...)")
+        if not torch.equal(b, a.expand_as(b)):
+            raise ExportError(f"cannot export model {name!r}: the initial value of state tensor {i} differs "
+                              "between batch rows")
+        initial = a.detach().cpu().numpy()
+        specs.append({"name": f"state_{i}", "dtype": initial.dtype.name, "shape": ["batch", *a.shape[1:]],
+                      "initial": fmt.encode_array(initial)})
+    return specs, many
+
+
+def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def parity_check(model: DensityModel, conditionals: onnx.ModelProto, step: onnx.ModelProto,
+                 batch: int = 2, seed: int = 0, positions: int | None = None) -> dict:
+    """Max abs differences, onnxruntime (CPU) vs torch, on random images of ``batch`` rows.
+
+    ``conditionals_logits`` and ``log_prob`` (nats) from conditionals.onnx;
+    ``step_logits`` from step.onnx teacher-forced along the same images for the
+    first ``positions`` positions (default all D), each side carrying its own state.
+    """
+    device = model.order.device
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, model.num_categories, (batch, *model.event_shape), generator=gen).to(device)
+    logits, log_prob = ConditionalsGraph(model)(images)
+    ort_logits, ort_log_prob = _session(conditionals).run(None, {"images": images.cpu().numpy()})
+    result = {"conditionals_logits": float(np.abs(ort_logits - logits.cpu().numpy()).max()),
+              "log_prob": float(np.abs(ort_log_prob - log_prob.cpu().numpy()).max())}
+    session = _session(step)
+    inputs = {i.name for i in session.get_inputs()}
+    seq = model.to_sequence(images)
+    state = model.initial_state(batch)
+    ort_state = [t.cpu().numpy() for t in state]
+    value = torch.zeros(batch, dtype=torch.int64, device=device)
+    worst = 0.0
+    for d in range(model.num_positions if positions is None else min(positions, model.num_positions)):
+        logits, state = model.step(value, torch.tensor(d, device=device), state)
+        feed = {"value": value.cpu().numpy(), "position": np.array(d, dtype=np.int64),
+                **{f"state_{i}": s for i, s in enumerate(ort_state)}}
+        ort_logits, *ort_state = session.run(None, {k: v for k, v in feed.items() if k in inputs})
+        worst = max(worst, float(np.abs(ort_logits - logits.cpu().numpy()).max()))
+        value = seq[:, d]
+    result["step_logits"] = worst
+    result["max_abs_diff"] = max(result["conditionals_logits"], result["step_logits"])
+    return result
+
+
+def _write_folder(out_dir: Path, files: dict[str, bytes]) -> None:
+    """Write files into a temporary folder beside ``out_dir``, then rename it into place."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"cannot export to {out_dir}: it is a file, not a folder")
+    if out_dir.is_dir() and not set(os.listdir(out_dir)) <= set(fmt.FILES):
+        raise ExportError(f"cannot export to {out_dir}: the folder holds files other than an export; "
+                          "choose an empty or new folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    old = None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary folder
+        for filename, data in files.items():
+            with open(tmp / filename, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        if out_dir.is_dir():
+            old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out_dir.exists():
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(model: DensityModel, out_dir, name: str | None = None, parity: bool = True,
+                 opset: int = fmt.OPSET, atol: float = LOGITS_ATOL, log_prob_atol: float = LOG_PROB_ATOL,
+                 parity_positions: int | None = None) -> dict:
+    """Export ``model`` to the folder ``out_dir``; returns a report.
+
+    Keys: ``dir``, ``files`` (paths), ``model``, ``opset``, ``seconds``, and with
+    ``parity``: ``max_abs_diff`` (logits, both graphs), ``log_prob_max_abs_diff``
+    (nats), ``conditionals_max_abs_diff``, ``step_max_abs_diff`` (else None).
+    Raises ExportError (naming the model and the cause) when a graph does not
+    export or parity exceeds ``atol`` / ``log_prob_atol``; nothing is written then.
+    """
+    if not isinstance(model, DensityModel):
+        raise ExportError(f"cannot export {type(model).__name__}: not a DensityModel")
+    name = name or getattr(model, "registry_name", None) or type(model).__name__
+    if opset < 18:
+        raise ExportError(f"opset {opset} is too old; the exporter needs 18 or newer")
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    was_training = model.training
+    model.eval()
+    try:
+        device = model.order.device
+        batch = torch.export.Dim("batch", min=1)
+        images = torch.zeros(EXAMPLE_BATCH, *model.event_shape, dtype=torch.int64, device=device)
+        conditionals = _to_onnx(ConditionalsGraph(model), (images,), ["images"], ["logits", "log_prob"],
+                                ({0: batch},), "conditional_logits", name, opset)
+        specs, state = _state_specs(model, name)
+        value = torch.zeros(EXAMPLE_BATCH, dtype=torch.int64, device=device)
+        position = torch.tensor(1, dtype=torch.int64, device=device)
+        state_names = [s["name"] for s in specs]
+        step = _to_onnx(StepGraph(model), (value, position, *state), ["value", "position", *state_names],
+                        ["logits", *[f"new_{n}" for n in state_names]],
+                        ({0: batch}, {}, *([tuple({0: batch} for _ in state)] if state else [])),
+                        "step", name, opset)
+        report = None
+        if parity:
+            try:
+                report = parity_check(model, conditionals, step, positions=parity_positions)
+            except Exception as exc:  # noqa: BLE001
+                raise ExportError(f"model {name!r} exported, but onnxruntime cannot run the export: "
+                                  f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
+            if report["max_abs_diff"] > atol or report["log_prob"] > log_prob_atol:
+                raise ExportError(f"export of model {name!r} fails its parity check: onnxruntime differs from "
+                                  f"torch by {report['conditionals_logits']:.3g} (conditional logits), "
+                                  f"{report['step_logits']:.3g} (step logits), {report['log_prob']:.3g} nats "
+                                  f"(log_prob); tolerances {atol:g} and {log_prob_atol:g}")
+        meta = fmt.metadata(model=name, config=model.config(), event_shape=model.event_shape,
+                            num_categories=model.num_categories, ordering=model.ordering,
+                            order=model.order.cpu().tolist(), state=specs, opset=opset,
+                            torch_version=torch.__version__, parity=report)
+        files = {}
+        for filename, proto in ((fmt.CONDITIONALS, conditionals), (fmt.STEP, step), (fmt.DRAW, draw_graph(opset))):
+            onnx.helper.set_model_props(proto, {**meta, "graph": filename.removesuffix(".onnx")})
+            onnx.checker.check_model(proto, full_check=True)
+            files[filename] = proto.SerializeToString()
+        _write_folder(out_dir, files)
+    finally:
+        model.train(was_training)
+    return {
+        "dir": str(out_dir), "files": [str(out_dir / f) for f in fmt.FILES], "model": name, "opset": opset,
+        "max_abs_diff": report and report["max_abs_diff"],
+        "log_prob_max_abs_diff": report and report["log_prob"],
+        "conditionals_max_abs_diff": report and report["conditionals_logits"],
+        "step_max_abs_diff": report and report["step_logits"],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+__all__ = ["ConditionalsGraph", "StepGraph", "draw_graph", "export_model", "parity_check"]

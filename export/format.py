@@ -1,0 +1,80 @@
+"""The export folder format, shared by the exporter (torch) and the runtime (no torch).
+
+A folder holds ``conditionals.onnx`` (images int64 (B, C, H, W) -> ``logits``
+float32 (B, D, K) and ``log_prob`` float32 (B,) in nats), ``step.onnx`` (``value``
+int64 (B,), ``position`` int64 scalar, ``state_i`` -> ``logits`` (B, K),
+``new_state_i``) and ``draw.onnx`` (``logits`` (B, K), ``noise`` float64 (B,) ->
+``value`` int64 (B,), the inverse-CDF draw, used where state stays on a device).
+Every file carries the same string metadata_props (see ``metadata``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+
+FORMAT = "densreg-onnx/1"
+CONDITIONALS, STEP, DRAW = "conditionals.onnx", "step.onnx", "draw.onnx"
+FILES = (CONDITIONALS, STEP, DRAW)
+OPSET = 18
+
+
+def densreg_version() -> str:
+    """The installed densreg version, read without importing densreg.registry (and torch)."""
+    try:
+        return version("densreg")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def major(version_string: str) -> str:
+    return version_string.split(".", 1)[0]
+
+
+def encode_array(array: np.ndarray) -> dict:
+    """An array as JSON: dtype, shape and base64 of its little-endian bytes (exact)."""
+    array = np.ascontiguousarray(array)
+    data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": base64.b64encode(data).decode("ascii")}
+
+
+def decode_array(item: dict) -> np.ndarray:
+    dtype = np.dtype(item["dtype"]).newbyteorder("<")
+    flat = np.frombuffer(base64.b64decode(item["data"]), dtype=dtype)
+    return flat.astype(dtype.newbyteorder("="), copy=False).reshape(item["shape"])
+
+
+def metadata(*, model: str, config: dict, event_shape, num_categories: int, ordering: str, order,
+             state: list[dict], opset: int, torch_version: str, parity: dict | None) -> dict[str, str]:
+    """The metadata_props of every file of an export (all values strings).
+
+    ``state``: per state tensor {name, dtype, shape (dim 0 is the batch, written
+    "batch"), initial: encode_array of the initial value for one batch row}.
+    """
+    return {
+        "format": FORMAT,
+        "model": model,
+        "config": json.dumps(config),
+        "event_shape": json.dumps(list(event_shape)),
+        "num_categories": str(int(num_categories)),
+        "ordering": ordering,
+        "order": json.dumps([int(i) for i in order]),
+        "state": json.dumps(state),
+        "densreg_version": densreg_version(),
+        "opset": str(opset),
+        "torch_version": torch_version,
+        "parity": json.dumps(parity),
+    }
+
+
+def draw_numpy(logits: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw in float64, as ``categorical_from_uniform``: (B, K), (B,) -> int64 (B,)."""
+    logits = logits.astype(np.float64)
+    logits = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(logits)
+    cdf = np.cumsum(probs / probs.sum(-1, keepdims=True), -1)
+    value = (cdf < noise[:, None]).sum(-1)
+    return np.minimum(value, logits.shape[-1] - 1).astype(np.int64)

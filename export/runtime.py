@@ -1,0 +1,335 @@
+"""Run an exported model with onnxruntime and numpy only (never imports torch).
+
+    from densreg.export.runtime import ExportedModel
+    model = ExportedModel("mnist-nade/")        # provider: CUDA if it loads, else CPU
+    nll = -model.log_prob(images)               # nats, (N,)
+    samples = model.sample(64, seed=0)          # int64 (64, C, H, W)
+
+Sampling is a Python loop around ``step.onnx``: D calls, each costing what the
+model's own cached ``step`` costs. Given the same uniform noise (n, D) it draws the
+same values as torch's ``DensityModel.sample(noise=...)`` (inverse CDF in float64).
+On CUDA (or with ``io_binding=True``) the state tensors stay on the device between
+steps as OrtValues bound through IOBinding, the draw runs in ``draw.onnx`` on the
+device, and only the drawn values (n int64 per step) are copied to the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from . import format as fmt
+from .errors import DataError, RuntimeLoadError
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+PROVIDER_CHOICES = ("auto", "cuda", "cpu")
+
+
+@dataclass
+class ExportInfo:
+    """What an export's metadata says (the fields a CheckpointInfo has, plus the export's)."""
+
+    model: str
+    config: dict[str, Any]
+    event_shape: tuple[int, int, int]
+    num_categories: int
+    ordering: str
+    densreg_version: str
+    opset: int
+    parity: dict | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Full graph optimisation, ``threads`` intra-op threads (default: all cores), quiet logs."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: a CUDA provider that fails to load is handled here
+    return options
+
+
+def _open_session(path: Path, providers: list[str], options: ort.SessionOptions) -> ort.InferenceSession:
+    if not path.is_file():
+        raise RuntimeLoadError(f"{path.parent} is not a complete densreg export: {path.name} is missing")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeLoadError(f"{path} is not a loadable ONNX model (truncated or corrupt?): {first}") from exc
+
+
+def runtime_info() -> dict:
+    """onnxruntime version, device, the providers it lists and those that actually load."""
+    usable = usable_providers()
+    return {"onnxruntime": ort.__version__, "device": ort.get_device(),
+            "available_providers": ort.get_available_providers(), "usable_providers": usable,
+            "default_provider": usable[0] if usable else None}
+
+
+_USABLE: list[str] | None = None
+
+
+def usable_providers() -> list[str]:
+    """Providers (of CUDA and CPU) that can really create a session here, CUDA first; cached."""
+    global _USABLE
+    if _USABLE is None:
+        probe = _probe_model()
+        usable = []
+        ort.set_default_logger_severity(4)  # a provider that fails to load logs an error: expected here
+        for provider in (CUDA, CPU):
+            if provider not in ort.get_available_providers():
+                continue
+            try:
+                options = session_options(1)
+                options.log_severity_level = 4
+                session = ort.InferenceSession(probe, sess_options=options, providers=[provider])
+                if session.get_providers()[0] == provider:
+                    usable.append(provider)
+            except Exception:  # noqa: BLE001 - a provider that fails to load is simply not usable
+                continue
+        ort.set_default_logger_severity(2)  # onnxruntime's default
+        _USABLE = usable
+    return list(_USABLE)
+
+
+def _probe_model() -> bytes:
+    """A serialized one-node ONNX model (Identity on a float vector), built without the onnx package."""
+    def varint(n):
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def field_bytes(number, payload):
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+    def field_int(number, value):
+        return varint(number << 3) + varint(value)
+
+    tensor_type = field_int(1, 1) + field_bytes(2, field_bytes(1, field_bytes(2, b"n")))  # float, shape [n]
+    value_info = lambda name: field_bytes(1, name) + field_bytes(2, field_bytes(1, tensor_type))  # noqa: E731
+    node = field_bytes(1, b"x") + field_bytes(2, b"y") + field_bytes(4, b"Identity")
+    graph = field_bytes(1, node) + field_bytes(2, b"probe") + field_bytes(11, value_info(b"x")) \
+        + field_bytes(12, value_info(b"y"))
+    opset = field_bytes(1, b"") + field_int(2, 18)
+    return field_int(1, 8) + field_bytes(7, graph) + field_bytes(8, opset)  # ir_version 8
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """'auto' (CUDA if it loads, else CPU), 'cuda' (must load) or 'cpu' -> providers list."""
+    if provider not in PROVIDER_CHOICES:
+        raise RuntimeLoadError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
+    usable = usable_providers()
+    if provider == "cpu" or (provider == "auto" and CUDA not in usable):
+        return [CPU]
+    if CUDA not in usable:
+        raise RuntimeLoadError(f"the CUDA provider does not load here (onnxruntime {ort.__version__}, usable "
+                               f"providers: {', '.join(usable) or 'none'}); use provider 'cpu' or 'auto'")
+    return [CUDA, CPU]
+
+
+class ExportedModel:
+    """An export folder opened in onnxruntime: density and sampling, numpy in and out.
+
+    ``provider``: the execution provider in use (e.g. "CPUExecutionProvider");
+    ``info``: an ExportInfo; ``event_shape``, ``num_categories``, ``num_positions``,
+    ``order`` (D,) int64 as the torch model's. ``io_binding`` (default: on for
+    CUDA) keeps the sampling state on the device; it works on CPU too.
+    """
+
+    def __init__(self, path, provider: str = "auto", threads: int | None = None,
+                 io_binding: bool | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise RuntimeLoadError(f"no such export folder: {self.path}")
+        providers = resolve_providers(provider)
+        options = session_options(threads)
+        self.conditionals = _open_session(self.path / fmt.CONDITIONALS, providers, options)
+        self.step_session = _open_session(self.path / fmt.STEP, providers, options)
+        self.draw_session = _open_session(self.path / fmt.DRAW, providers, options)
+        self.provider = self.step_session.get_providers()[0]
+        self.device = "cuda" if self.provider == CUDA else "cpu"
+        self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
+        meta = self._read_metadata()
+        self.info = ExportInfo(model=meta["model"], config=json.loads(meta["config"]),
+                               event_shape=tuple(json.loads(meta["event_shape"])),
+                               num_categories=int(meta["num_categories"]), ordering=meta["ordering"],
+                               densreg_version=meta["densreg_version"], opset=int(meta["opset"]),
+                               parity=json.loads(meta.get("parity", "null")))
+        self.name = self.info.model
+        self.event_shape = self.info.event_shape
+        self.num_categories = self.info.num_categories
+        self.order = np.asarray(json.loads(meta["order"]), dtype=np.int64)
+        self.num_positions = int(np.prod(self.event_shape))
+        self.state_specs = json.loads(meta["state"])
+        self._initial = [fmt.decode_array(s["initial"]) for s in self.state_specs]
+        self._step_inputs = {i.name for i in self.step_session.get_inputs()}
+        self._step_outputs = [o.name for o in self.step_session.get_outputs()]
+        self._positions = [np.array(d, dtype=np.int64) for d in range(self.num_positions)]
+        if len(self.order) != self.num_positions or sorted(self.order.tolist()) != list(range(self.num_positions)):
+            raise RuntimeLoadError(f"{self.path}: metadata 'order' is not a permutation of the {self.num_positions} "
+                                   "positions")
+
+    def _read_metadata(self) -> dict[str, str]:
+        metas = {}
+        for name, session in ((fmt.CONDITIONALS, self.conditionals), (fmt.STEP, self.step_session),
+                              (fmt.DRAW, self.draw_session)):
+            meta = dict(session.get_modelmeta().custom_metadata_map)
+            if meta.get("format") != fmt.FORMAT:
+                raise RuntimeLoadError(f"{self.path / name} is not a densreg export (metadata format "
+                                       f"{meta.get('format')!r}, expected {fmt.FORMAT!r})")
+            theirs, ours = meta.get("densreg_version", "?"), fmt.densreg_version()
+            if fmt.major(theirs) != fmt.major(ours):
+                raise RuntimeLoadError(f"{self.path / name} was exported by densreg {theirs}, another major version "
+                                       f"than this densreg {ours}; re-export it with this version")
+            metas[name] = meta
+        keys = ("model", "config", "event_shape", "num_categories", "order", "state")
+        first = metas[fmt.CONDITIONALS]
+        missing = [k for k in keys if k not in first]
+        if missing:
+            raise RuntimeLoadError(f"{self.path / fmt.CONDITIONALS}: metadata lacks {', '.join(missing)}")
+        for name, meta in metas.items():
+            if any(meta.get(k) != first.get(k) for k in keys):
+                raise RuntimeLoadError(f"{self.path}: {name} and {fmt.CONDITIONALS} come from different exports")
+        return first
+
+    def __repr__(self) -> str:
+        return f"ExportedModel({str(self.path)!r}, model={self.name!r}, provider={self.provider!r})"
+
+    # -- density ----------------------------------------------------------------
+    def validate(self, x) -> np.ndarray:
+        """Images (B, C, H, W) with integer values 0..K-1 -> int64; DataError otherwise."""
+        x = np.asarray(x)
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.event_shape:
+            raise DataError(f"expected images of shape (B, {', '.join(map(str, self.event_shape))}), "
+                            f"got shape {x.shape}")
+        if x.dtype.kind not in "iub":
+            if x.dtype.kind != "f" or not np.isfinite(x).all() or not (x == np.round(x)).all():
+                raise DataError(f"images must hold integers 0..{self.num_categories - 1}, got dtype {x.dtype} "
+                                "with non-integer values")
+        if x.size and (x.min() < 0 or x.max() >= self.num_categories):
+            raise DataError(f"image values must lie in 0..{self.num_categories - 1}; got values from {x.min()} "
+                            f"to {x.max()}")
+        return np.ascontiguousarray(x, dtype=np.int64)
+
+    def _run_conditionals(self, x, outputs):
+        return self.conditionals.run(outputs, {"images": self.validate(x)})
+
+    def conditional_logits(self, x) -> np.ndarray:
+        """Logits of every conditional, float32 (B, D, K) in generation order."""
+        return self._run_conditionals(x, ["logits"])[0]
+
+    def log_prob(self, x) -> np.ndarray:
+        """Exact log-likelihood in nats, float32 (B,)."""
+        return self._run_conditionals(x, ["log_prob"])[0]
+
+    def nll(self, x, batch_size: int = 500) -> np.ndarray:
+        """-log p(x) in nats per image, float64 (N,), in batches of ``batch_size``."""
+        x = np.asarray(x)
+        parts = [-self.log_prob(x[i:i + batch_size]).astype(np.float64) for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    # -- sampling -----------------------------------------------------------------
+    def initial_state(self, n: int) -> list[np.ndarray]:
+        """The state before position 0 for ``n`` rows (numpy, one array per state tensor)."""
+        return [np.ascontiguousarray(np.broadcast_to(a, (n, *a.shape[1:]))) for a in self._initial]
+
+    def step(self, value: np.ndarray, position: int, state: list[np.ndarray]):
+        """One ``step.onnx`` call: value (B,) int64, position int -> logits (B, K), new state."""
+        feed = {"value": np.asarray(value, dtype=np.int64), "position": self._positions[position],
+                **{s["name"]: a for s, a in zip(self.state_specs, state)}}
+        logits, *state = self.step_session.run(None, {k: v for k, v in feed.items() if k in self._step_inputs})
+        return logits, state
+
+    def _noise(self, n: int, seed, noise) -> np.ndarray:
+        if noise is None:
+            return np.random.default_rng(seed).random((n, self.num_positions))
+        noise = np.asarray(noise, dtype=np.float64)
+        if noise.shape != (n, self.num_positions):
+            raise DataError(f"noise must have shape ({n}, {self.num_positions}), got {noise.shape}")
+        return noise
+
+    def sample(self, n: int, seed: int | None = None, noise=None) -> np.ndarray:
+        """Exact ancestral samples, int64 (n, C, H, W).
+
+        ``noise`` (n, D) uniform in [0, 1) fixes the draw; otherwise it is
+        ``numpy.random.default_rng(seed).random((n, D))`` (pass the same array to
+        torch's ``model.sample(noise=torch.from_numpy(noise))`` for the same images).
+        """
+        n = int(n)
+        if n < 1:
+            raise DataError(f"number of samples must be at least 1, got {n}")
+        noise = self._noise(n, seed, noise)
+        values = self._sample_bound(noise) if self.io_binding else self._sample_host(noise)
+        flat = np.empty_like(values)
+        flat[:, self.order] = values
+        return flat.reshape(n, *self.event_shape)
+
+    def _sample_host(self, noise: np.ndarray) -> np.ndarray:
+        """Step loop with numpy state on the host (fastest on CPU); the draw in numpy float64."""
+        n = len(noise)
+        run, outputs = self.step_session.run, self._step_outputs
+        names = [s["name"] for s in self.state_specs]
+        feed = {name: a for name, a in zip(names, self.initial_state(n))}
+        keep = [name for name in names if name in self._step_inputs]
+        feed = {k: feed[k] for k in keep}
+        has_value, has_position = "value" in self._step_inputs, "position" in self._step_inputs
+        value = np.zeros(n, dtype=np.int64)
+        values = np.empty((n, self.num_positions), dtype=np.int64)
+        for d in range(self.num_positions):
+            if has_value:
+                feed["value"] = value
+            if has_position:
+                feed["position"] = self._positions[d]
+            logits, *state = run(outputs, feed)
+            for name, array in zip(names, state):
+                if name in feed:
+                    feed[name] = array
+            value = fmt.draw_numpy(logits, noise[:, d])
+            values[:, d] = value
+        return values
+
+    def _sample_bound(self, noise: np.ndarray) -> np.ndarray:
+        """Step loop through IOBinding: state, logits and the drawn value stay on ``self.device``.
+
+        Per step only the noise column goes to the device and the drawn values (n int64)
+        come back; the state outputs of one step are bound as the inputs of the next.
+        """
+        n, device = len(noise), self.device
+        ortvalue = ort.OrtValue.ortvalue_from_numpy
+        state = {s["name"]: ortvalue(a, device, 0) for s, a in zip(self.state_specs, self.initial_state(n))}
+        # two value buffers used in turn: the draw writes one while the step reads the other
+        buffers = [ortvalue(np.zeros(n, dtype=np.int64), device, 0) for _ in range(2)]
+        logits = ort.OrtValue.ortvalue_from_shape_and_type([n, self.num_categories], np.float32, device, 0)
+        noise_columns = np.ascontiguousarray(noise.T)
+        step, draw = self.step_session.io_binding(), self.draw_session.io_binding()
+        step.bind_ortvalue_output("logits", logits)
+        draw.bind_ortvalue_input("logits", logits)
+        values = np.empty((n, self.num_positions), dtype=np.int64)
+        for d in range(self.num_positions):
+            if "value" in self._step_inputs:
+                step.bind_ortvalue_input("value", buffers[d % 2])
+            if "position" in self._step_inputs:
+                step.bind_cpu_input("position", self._positions[d])
+            for spec in self.state_specs:
+                if spec["name"] in self._step_inputs:
+                    step.bind_ortvalue_input(spec["name"], state[spec["name"]])
+                step.bind_output(f"new_{spec['name']}", device, 0)
+            self.step_session.run_with_iobinding(step)
+            new_state = step.get_outputs()[1:]
+            state = {s["name"]: v for s, v in zip(self.state_specs, new_state)}
+            draw.bind_cpu_input("noise", noise_columns[d])
+            draw.bind_ortvalue_output("value", buffers[(d + 1) % 2])
+            self.draw_session.run_with_iobinding(draw)
+            values[:, d] = buffers[(d + 1) % 2].numpy()  # the only device -> host copy of the step
+        return values
