@@ -10,6 +10,8 @@ that cannot be exported leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import io
 import logging
 import os
@@ -116,15 +118,55 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
+@functools.lru_cache(maxsize=None)
+def _torchlib_registry(opset: int):
+    """The exporter's table of ONNX translations, built once per process (None if unavailable).
+
+    ``torch.onnx.export(dynamo=True)`` rebuilds it on every call by parsing the source of
+    about a thousand onnxscript functions (seconds each time); ``_core.export`` is the
+    function it then calls, and takes the table as an argument. If this torch lays its
+    exporter out differently, ``_onnx_export`` uses the public call.
+    """
+    try:
+        from torch.onnx._internal.exporter import _core, _registration
+
+        if "registry" not in inspect.signature(_core.export).parameters:
+            return None
+        return _core, _registration.ONNXRegistry.from_torchlib(opset_version=opset)
+    except Exception:  # noqa: BLE001 - any change in the private layout: use the public API
+        return None
+
+
+def _onnx_export(program, args, opset: int, **names):
+    """torch.onnx.export(program, dynamo=True), with the translation table cached."""
+    cached = _torchlib_registry(opset)
+    if cached is None:
+        return torch.onnx.export(program, args, dynamo=True, verbose=False, opset_version=opset, **names)
+    core, registry = cached
+    return core.export(program, args, registry=registry, verbose=False, opset_version=opset, **names)
+
+
+def _name_batch_axis(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Call the symbolic batch dimension "batch" (torch.export names it s0, s4, ...)."""
+    symbol = proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    if symbol:
+        for info in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+            for dim in info.type.tensor_type.shape.dim:
+                if dim.dim_param == symbol:
+                    dim.dim_param = "batch"
+    return proto
+
+
 def _to_onnx(module, args, input_names, output_names, dynamic_shapes, what: str, name: str,
              opset: int) -> onnx.ModelProto:
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, args, dynamo=True, verbose=False, opset_version=opset,
-                                        input_names=input_names, output_names=output_names,
-                                        dynamic_shapes=dynamic_shapes)
-        proto = program.model_proto
+            # torch.export first, by hand: torch.onnx.export would otherwise fall back to
+            # draft_export, which bakes a data-dependent value (say int(position)) in silently.
+            program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+            program = _onnx_export(program, args, opset, input_names=input_names, output_names=output_names)
+        proto = _name_batch_axis(program.model_proto)
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one clear error
         raise ExportError(f"cannot export model {name!r}: its {what} does not export to ONNX: "

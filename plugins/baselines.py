@@ -97,8 +97,8 @@ class Markov(DensityModel):
     def contexts(self, seq: torch.Tensor) -> torch.Tensor:
         """Values in generation order (B, D) -> context index of every position (B, D)."""
         ctx = torch.zeros_like(seq)
-        for j in range(1, self.markov_order + 1):
-            ctx[:, j:] += seq[:, :-j] * self.num_categories ** (j - 1)
+        for j in range(1, min(self.markov_order, seq.shape[1]) + 1):  # shifted copies, no in-place slices
+            ctx = ctx + torch.nn.functional.pad(seq[:, :-j], (j, 0)) * self.num_categories ** (j - 1)
         return ctx
 
     def fit_closed_form(self, x):
@@ -111,7 +111,8 @@ class Markov(DensityModel):
     def conditional_logits(self, x):
         seq = self.to_sequence(self.validate(x))
         positions = torch.arange(self.num_positions, device=seq.device)
-        return self.log_probs[positions, self.contexts(seq)]
+        table = self.log_probs.reshape(-1, self.num_categories)  # (D * contexts, K): one gather
+        return table[positions * self.num_contexts + self.contexts(seq)]
 
     def initial_state(self, batch_size):
         return (torch.zeros(batch_size, dtype=torch.int64, device=self.log_probs.device),)

@@ -21,7 +21,7 @@ from . import api
 from .catalog import parse_set_options
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from .errors import ConfigError, DataError, DensregError
-from .evaluation import evaluate
+from .evaluation import evaluate, nll_summary
 from .images import image_grid
 from .training import fit
 from .version import __version__
@@ -198,6 +198,21 @@ def train(model_name, dataset, data_path, download, settings, out, seed):
     click.echo(f"wrote {out} ({shown})")
 
 
+def load_model_or_export(path):
+    """A checkpoint file or an export folder -> (model, info).
+
+    An export folder opens in onnxruntime (densreg.export.runtime.ExportedModel, numpy
+    in and out); the provider that runs it is logged to stderr.
+    """
+    if os.path.isdir(path):
+        from densreg.export.runtime import ExportedModel
+
+        model = ExportedModel(path)
+        click.echo(f"onnxruntime: {model.info.model} from {path} runs on {model.provider}", err=True)
+        return model, model.info
+    return load_checkpoint(path)
+
+
 @cli.command(name="eval")
 @click.argument("checkpoint", type=click.Path())
 @data_options
@@ -205,13 +220,16 @@ def train(model_name, dataset, data_path, download, settings, out, seed):
 @click.option("--batch-size", default=500, show_default=True, help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: nll_nats, bits_per_dim, images.")
 def eval_command(checkpoint, dataset, data_path, download, split, batch_size, as_json):
-    """NLL (nats per image) and bits/dim of a checkpoint on a dataset split."""
-    model, info = load_checkpoint(checkpoint)
+    """NLL (nats per image) and bits/dim of a checkpoint (or an export folder) on a dataset split."""
+    model, info = load_model_or_export(checkpoint)
     ds = api.get_dataset(dataset)
     check_matches(info, ds)
     images = api.load_split(dataset, split, data_path, download)
-    result = {"model": info.model, "dataset": dataset, "split": split,
-              **evaluate(model, images, batch_size, progress=sys.stderr.isatty())}
+    if isinstance(model, torch.nn.Module):
+        scores = evaluate(model, images, batch_size, progress=sys.stderr.isatty())
+    else:  # an export in onnxruntime
+        scores = nll_summary(torch.from_numpy(model.nll(images.numpy(), batch_size)), model.num_positions)
+    result = {"model": info.model, "dataset": dataset, "split": split, **scores}
     if as_json:
         echo_json(result)
     else:
@@ -228,10 +246,18 @@ def eval_command(checkpoint, dataset, data_path, download, split, batch_size, as
               help="Also write the raw samples (array 'samples', uint8 N,C,H,W).")
 @click.option("--nrow", type=int, default=None, help="Images per grid row (default: square).")
 def sample(checkpoint, num, out, seed, npz_path, nrow):
-    """Draw exact samples from a checkpoint and write an image grid."""
-    model, info = load_checkpoint(checkpoint)
-    generator = torch.Generator().manual_seed(seed)
-    samples = model.sample(num, generator=generator).cpu().numpy().astype(np.uint8)
+    """Draw exact samples from a checkpoint (or an export folder) and write an image grid.
+
+    The uniform noise comes from numpy's default_rng(seed), so a checkpoint and its
+    export draw the same images for the same seed.
+    """
+    model, info = load_model_or_export(checkpoint)
+    noise = np.random.default_rng(seed).random((num, math.prod(info.event_shape)))
+    if isinstance(model, torch.nn.Module):
+        samples = model.sample(num, noise=torch.from_numpy(noise)).cpu().numpy()
+    else:  # an export in onnxruntime
+        samples = model.sample(num, noise=noise)
+    samples = samples.astype(np.uint8)
     picture = image_grid(samples, info.num_categories, nrow=nrow)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")

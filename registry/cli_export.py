@@ -1,3 +1,45 @@
 """`densreg export` and `densreg runtime`: ONNX export and the onnxruntime side."""
 
-from .cli import cli  # noqa: F401
+from __future__ import annotations
+
+import click
+
+from .checkpoint import load_checkpoint
+from .cli import cli, echo_json
+
+
+@cli.command(name="export")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write (conditionals.onnx, step.onnx, draw.onnx).")
+@click.option("--no-parity", is_flag=True, help="Skip the onnxruntime-vs-torch parity check.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def export_command(checkpoint, out, no_parity, as_json):
+    """Export a checkpoint to ONNX, check it, and compare onnxruntime with torch."""
+    from densreg.export import export_model
+
+    model, info = load_checkpoint(checkpoint)
+    report = export_model(model, out, name=info.model, parity=not no_parity)
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"exported {info.model} to {out} in {report['seconds']:.1f} s (opset {report['opset']})")
+    if report["max_abs_diff"] is not None:
+        click.echo(f"parity (onnxruntime vs torch): max abs diff {report['max_abs_diff']:.3g} in logits, "
+                   f"{report['log_prob_max_abs_diff']:.3g} nats in log_prob")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def runtime(as_json):
+    """onnxruntime version, device, and the providers listed and actually usable."""
+    from densreg.export.runtime import runtime_info
+
+    data = runtime_info()
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(f"onnxruntime {data['onnxruntime']} (build device {data['device']})")
+    click.echo(f"available providers: {', '.join(data['available_providers'])}")
+    click.echo(f"usable providers:    {', '.join(data['usable_providers']) or 'none'}")
+    click.echo(f"an export runs on:   {data['default_provider']}")

@@ -126,12 +126,11 @@ class DensityModel(nn.Module):
 
     def to_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> values in generation order (B, D)."""
-        return x.reshape(x.shape[0], -1)[:, self.order]
+        return x.reshape(x.shape[0], -1).index_select(1, self.order)  # one Gather when exported
 
     def from_sequence(self, seq: torch.Tensor) -> torch.Tensor:
         """Values in generation order (B, D) -> images (B, C, H, W)."""
-        flat = torch.empty_like(seq)
-        flat[:, self.order] = seq
+        flat = seq.index_select(1, torch.argsort(self.order))  # a gather, not an index_put, for export
         return flat.reshape(seq.shape[0], *self.event_shape)
 
     # -- density ------------------------------------------------------------

@@ -1,0 +1,285 @@
+"""ONNX export: parity with torch for every registered model, same samples from the same noise,
+clear failures, atomic folders, and the export/eval/sample commands on an export folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from densreg.export import ExportError, export_model
+from densreg.export import format as fmt
+from densreg.export.runtime import ExportedModel
+from densreg.registry import DataError, DensityModel, DensregError, create_model, list_models, load_checkpoint
+from densreg.registry.cli import cli
+from densreg.registry.protocol import at_position
+from densreg.plugins.baselines import Markov
+
+LOGITS_ATOL, LOG_PROB_ATOL, TIE = 1e-4, 1e-3, 1e-6
+# Small configs for the neural models, applied only to the models that are installed;
+# any other registered model (a third-party plugin) is tried with its defaults.
+SMALL_CONFIG = {"nade": {"hidden": 16}, "pixelrnn": {"hidden": 4, "layers": 1},
+                "row-lstm": {"hidden": 4, "layers": 1}, "diagonal-bilstm": {"hidden": 4, "layers": 1}}
+CASES = {"small": ((1, 4, 5), 2), "colour": ((3, 3, 3), 3), "mnist": ((1, 28, 28), 2)}
+CHEAP = {"bernoulli", "markov"}  # other models' 28x28 and colour exports cost more than a few seconds: slow
+MODELS = list_models()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Torch's step loop runs hundreds of tiny ops; with OpenMP threads on a loaded
+    2-core machine each one waits on the others (25x slower). One thread here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomize(model: DensityModel, seed: int = 0) -> DensityModel:
+    """Perturb parameters; refill float tables (buffers that are not 0/1 masks) with noise."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+        for b in model.buffers():
+            if b.is_floating_point() and not ((b == 0) | (b == 1)).all():
+                b.copy_(torch.randn(b.shape, generator=gen))
+    return model.eval()
+
+
+def build(name: str, case: str) -> DensityModel:
+    shape, k = CASES[case]
+    try:
+        model = create_model(name, shape, k, **SMALL_CONFIG.get(name, {}))
+    except DensregError as exc:  # e.g. a model for K=2 or one channel only
+        pytest.skip(f"{name} does not build for shape {shape}, K={k}: {exc}")
+    return randomize(model)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(name, case) -> (torch model, export report, ExportedModel); each exported once per module."""
+    cache = {}
+
+    def get(name, case):
+        if (name, case) not in cache:
+            model = build(name, case)
+            out = tmp_path_factory.mktemp("exports") / f"{name}-{case}"
+            report = export_model(model, out, name=name)
+            cache[name, case] = model, report, ExportedModel(out, provider="cpu")
+        return cache[name, case]
+    return get
+
+
+def params(cases):
+    out = []
+    for name in MODELS:
+        for case in cases:
+            slow = case != "small" and name not in CHEAP
+            out.append(pytest.param(name, case, id=f"{name}-{case}", marks=[pytest.mark.slow] if slow else []))
+    return out
+
+
+def random_images(model, batch, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.num_categories, (batch, *model.event_shape), generator=gen)
+
+
+@pytest.mark.parametrize("name,case", params(CASES))
+def test_export_parity_and_metadata(exported, name, case):
+    model, report, ort_model = exported(name, case)
+    assert report["max_abs_diff"] <= LOGITS_ATOL and report["log_prob_max_abs_diff"] <= LOG_PROB_ATOL
+    assert sorted(os.path.basename(f) for f in report["files"]) == sorted(fmt.FILES)
+    for path in report["files"]:
+        proto = onnx.load(path)
+        onnx.checker.check_model(proto, full_check=True)
+        assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 18
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta["model"] == name and json.loads(meta["config"]) == model.config()
+        assert json.loads(meta["event_shape"]) == list(model.event_shape)
+        assert int(meta["num_categories"]) == model.num_categories and meta["ordering"] == model.ordering
+        assert json.loads(meta["order"]) == model.order.tolist() and int(meta["opset"]) >= 18
+        state = json.loads(meta["state"])
+        for spec, tensor in zip(state, model.initial_state(2), strict=True):
+            assert spec["shape"] == ["batch", *tensor.shape[1:]] and spec["dtype"] == str(tensor.dtype)[6:]
+    step = onnx.load(report["files"][1])
+    assert [o.name for o in step.graph.output] == ["logits", *[f"new_{s['name']}" for s in state]]
+    for batch in (1, 7, 64):  # other batch sizes than the one traced with (3)
+        x = random_images(model, batch, seed=batch)
+        with torch.no_grad():
+            logits, log_prob = model.conditional_logits(x).numpy(), model.log_prob(x).numpy()
+        assert np.abs(ort_model.conditional_logits(x.numpy()) - logits).max() <= LOGITS_ATOL
+        assert np.abs(ort_model.log_prob(x.numpy()) - log_prob).max() <= LOG_PROB_ATOL
+
+
+def assert_same_samples(model, ort_model, n, seed=0):
+    """Same noise -> same images; a mismatch only where the conditional's CDF is within TIE of the noise."""
+    noise = np.random.default_rng(seed).random((n, model.num_positions))
+    ours = model.sample(n, noise=torch.from_numpy(noise)).numpy()
+    theirs = ort_model.sample(n, noise=noise)
+    assert theirs.shape == ours.shape == (n, *model.event_shape) and theirs.dtype == np.int64
+    order = model.order.numpy()
+    for i in np.nonzero((ours != theirs).reshape(n, -1).any(1))[0]:
+        seq_ours, seq_theirs = ours[i].reshape(-1)[order], theirs[i].reshape(-1)[order]
+        first = int(np.argmax(seq_ours != seq_theirs))
+        state, value = model.initial_state(1), torch.zeros(1, dtype=torch.int64)
+        with torch.no_grad():
+            for d in range(first + 1):
+                logits, state = model.step(value, d, state)
+                value = torch.tensor([seq_ours[d]])
+        cdf = torch.cumsum(torch.softmax(logits[0].double(), -1), -1)[:-1].numpy()
+        gap = np.abs(cdf - noise[i, first]).min()
+        assert gap < TIE, f"image {i} differs at position {first}, where the CDF is {gap:.2g} from the noise"
+
+
+@pytest.mark.parametrize("name,case", params(["small", "mnist"]))
+def test_same_noise_same_samples(exported, name, case):
+    model, _, ort_model = exported(name, case)
+    for n in ((1, 7, 64) if case == "small" else (7,)):
+        assert_same_samples(model, ort_model, n, seed=n)
+
+
+def test_sampling_through_iobinding_matches(exported):
+    model, _, ort_model = exported("markov", "colour")
+    noise = np.random.default_rng(5).random((7, model.num_positions))
+    host = ort_model.sample(7, noise=noise)
+    bound = ExportedModel(ort_model.path, provider="cpu", io_binding=True)
+    assert bound.io_binding and np.array_equal(bound.sample(7, noise=noise), host)
+
+
+# -- the protocol's export-friendly pieces ------------------------------------------
+class RecomputingMarkov(Markov):
+    """A model with no cached step: the default DensityModel.step (recompute_step) is exported."""
+
+    registry_name = "recomputing-markov"
+    step = DensityModel.step
+    initial_state = DensityModel.initial_state
+
+
+def test_default_recompute_step_exports_and_matches(tmp_path):
+    model = randomize(RecomputingMarkov((1, 3, 4), 3, ordering="snake"))
+    report = export_model(model, tmp_path / "e")
+    assert report["max_abs_diff"] <= LOGITS_ATOL
+    x = random_images(model, 4)
+    seq, state, value = model.to_sequence(x), model.initial_state(4), torch.zeros(4, dtype=torch.int64)
+    for d in range(model.num_positions):  # int and tensor positions give the same as before (teacher forcing)
+        by_int, _ = model.step(value, d, state)
+        by_tensor, state = model.step(value, torch.tensor(d), state)
+        assert torch.equal(by_int, by_tensor)
+        assert torch.allclose(by_int, model.conditional_logits(x)[:, d], atol=1e-6)
+        value = seq[:, d]
+    assert_same_samples(model, ExportedModel(tmp_path / "e", provider="cpu"), 7)
+
+
+def test_at_position_takes_ints_and_tensors():
+    table = torch.arange(12).reshape(4, 3)
+    assert torch.equal(at_position(table, 2), table[2]) and torch.equal(at_position(table, torch.tensor(2)), table[2])
+
+
+def test_validation_still_runs_outside_tracing():
+    model = create_model("markov", (1, 2, 2), 2)
+    with pytest.raises(DataError, match="0..1"):
+        model.log_prob(torch.full((1, 1, 2, 2), 2))
+
+
+# -- failures are clear and leave nothing behind ---------------------------------------
+class IntPositionMarkov(Markov):
+    registry_name = "int-position"
+
+    def step(self, value, position, state):
+        (ctx,) = state
+        ctx = value + self.num_categories * (ctx % (self.num_contexts // self.num_categories))
+        return self.log_probs[int(position)][ctx], (ctx,)
+
+
+class TraceDependentMarkov(Markov):
+    registry_name = "trace-dependent"
+
+    def conditional_logits(self, x):
+        logits = super().conditional_logits(x)
+        return logits + 1.0 if torch.compiler.is_compiling() else logits
+
+
+def assert_nothing_written(parent, out):
+    assert not out.exists() and [p.name for p in parent.iterdir()] == []
+
+
+def test_unexportable_step_fails_clearly(tmp_path):
+    out = tmp_path / "parent" / "e"
+    out.parent.mkdir()
+    with pytest.raises(ExportError) as err:
+        export_model(IntPositionMarkov((1, 2, 2)), out)
+    message = str(err.value)
+    assert "'int-position'" in message and "step" in message and "int(position)" in message
+    assert isinstance(err.value, DensregError)
+    assert_nothing_written(out.parent, out)
+
+
+def test_parity_failure_is_an_error(tmp_path):
+    out = tmp_path / "parent" / "e"
+    out.parent.mkdir()
+    with pytest.raises(ExportError, match=r"'trace-dependent'.*parity.*conditional logits"):
+        export_model(randomize(TraceDependentMarkov((1, 2, 2))), out)
+    assert_nothing_written(out.parent, out)
+
+
+def test_export_replaces_an_export_but_not_other_folders(tmp_path):
+    out = tmp_path / "e"
+    model = randomize(create_model("bernoulli", (1, 2, 3), 2))
+    assert export_model(model, out, parity=False)["max_abs_diff"] is None and out.is_dir()
+    randomize(model, seed=7)
+    export_model(model, out)
+    assert np.allclose(ExportedModel(out, provider="cpu").log_prob(np.zeros((1, 1, 2, 3))),
+                       model.log_prob(torch.zeros(1, 1, 2, 3)).numpy(), atol=LOG_PROB_ATOL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="other than an export"):
+        export_model(model, tmp_path / "notes")
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+# -- the CLI ------------------------------------------------------------------------
+def run_ok(*args):
+    result = CliRunner().invoke(cli, list(map(str, args)))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_cli_export_eval_sample_on_an_export_folder(tmp_path):
+    ckpt, out = tmp_path / "m.safetensors", tmp_path / "m-onnx"
+    run_ok("train", "markov", "--dataset", "digits", "--set", "ordering=snake", "--out", ckpt)
+    text = run_ok("export", ckpt, "--out", out).output
+    found = re.search(r"max abs diff (\S+) in logits, (\S+) nats in log_prob", text)
+    assert found and float(found[1]) <= LOGITS_ATOL and float(found[2]) <= LOG_PROB_ATOL
+    torch_eval = json.loads(run_ok("eval", ckpt, "--dataset", "digits", "--json").output)
+    result = run_ok("eval", out, "--dataset", "digits", "--json")
+    ort_eval = json.loads(result.stdout)
+    assert "CPUExecutionProvider" in result.stderr
+    assert ort_eval.keys() == torch_eval.keys() and ort_eval["images"] == torch_eval["images"] == 300
+    assert ort_eval["model"] == "markov" and abs(ort_eval["nll_nats"] - torch_eval["nll_nats"]) < LOG_PROB_ATOL
+    text = run_ok("eval", out, "--dataset", "digits").stdout
+    assert text.startswith("markov on digits/test:") and "bits/dim" in text
+    run_ok("sample", ckpt, "-n", "9", "--out", tmp_path / "a.png", "--npz", tmp_path / "a.npz", "--seed", "4")
+    result = run_ok("sample", out, "-n", "9", "--out", tmp_path / "b.png", "--npz", tmp_path / "b.npz", "--seed", "4")
+    assert "provider" not in result.stdout and "CPUExecutionProvider" in result.stderr
+    assert np.array_equal(np.load(tmp_path / "a.npz")["samples"], np.load(tmp_path / "b.npz")["samples"])
+    assert (tmp_path / "b.png").stat().st_size > 0
+    model, _ = load_checkpoint(ckpt)
+    assert_same_samples(model, ExportedModel(out, provider="cpu"), 64)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [
+        f"Error: no such checkpoint file: {tmp_path / 'missing.safetensors'}"]
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "empty"), "--dataset", "digits"])
+    assert result.exit_code == 1 and "conditionals.onnx is missing" in result.output
+    assert len(result.output.strip().splitlines()) == 1
