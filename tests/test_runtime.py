@@ -1,0 +1,231 @@
+"""The onnxruntime runtime: no torch at run time, providers by what loads, the draw, IOBinding,
+and clear errors for broken export folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from densreg.export import RuntimeLoadError, export_model
+from densreg.export import format as fmt
+from densreg.export.exporter import draw_graph
+from densreg.export.runtime import CPU, CUDA, ExportedModel, runtime_info, usable_providers
+from densreg.registry import DataError, DensregError, categorical_from_uniform, create_model
+from densreg.registry.cli import cli
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    """A Markov model (order 2, snake, K=3, 2x3x4) with random tables, exported once."""
+    model = create_model("markov", (2, 3, 4), 3, order=2, ordering="snake")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.log_probs.copy_(torch.randn(model.log_probs.shape, generator=gen))
+    out = tmp_path_factory.mktemp("rt") / "markov"
+    export_model(model, out)
+    return model, out
+
+
+BLOCKER = """
+import importlib.abc, sys
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "onnx", "onnxscript", "safetensors", "click"}:
+            raise ImportError(f"{name} is blocked: a deployment box has onnxruntime and numpy only")
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def test_runtime_without_torch(export_dir, tmp_path):
+    model, out = export_dir
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    x = np.random.default_rng(0).integers(0, 3, (5, 2, 3, 4))
+    noise = np.random.default_rng(1).random((6, model.num_positions))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "noise.npy", noise)
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        try:
+            import torch
+            sys.exit("torch imported")
+        except ImportError:
+            pass
+        import densreg.export
+        from densreg.export.runtime import ExportedModel
+        from densreg.export.errors import DensregError, RuntimeLoadError
+        m = ExportedModel({str(out)!r})
+        lp = m.log_prob(np.load({str(tmp_path / 'x.npy')!r}))
+        s = m.sample(6, noise=np.load({str(tmp_path / 'noise.npy')!r}))
+        try:
+            ExportedModel({str(tmp_path)!r})
+        except RuntimeLoadError as exc:
+            err = [type(exc).__name__, isinstance(exc, DensregError), str(exc)]
+        heavy = sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "onnx", "onnxscript", "click"))
+        print(json.dumps({{"log_prob": lp.tolist(), "samples": s.tolist(), "provider": m.provider,
+                          "heavy": heavy, "error": err}}))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == [] and result["provider"] in (CPU, CUDA)
+    assert result["error"][:2] == ["RuntimeLoadError", True] and "conditionals.onnx is missing" in result["error"][2]
+    with torch.no_grad():
+        assert np.abs(np.array(result["log_prob"]) - model.log_prob(torch.from_numpy(x)).numpy()).max() < 1e-3
+        expected = model.sample(6, noise=torch.from_numpy(noise)).numpy()
+    assert np.array_equal(np.array(result["samples"]), expected)
+
+
+def test_blocker_really_blocks_torch(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "blocked" in proc.stderr
+
+
+# -- providers ----------------------------------------------------------------------
+def test_providers_are_chosen_by_what_loads(export_dir):
+    _, out = export_dir
+    usable = usable_providers()
+    assert CPU in usable and set(usable) <= {CPU, CUDA}
+    info = runtime_info()
+    assert info["usable_providers"] == usable and info["default_provider"] == usable[0]
+    assert ExportedModel(out).provider == usable[0]  # auto: CUDA where it loads, else CPU
+    assert ExportedModel(out, provider="cpu").provider == CPU
+    if CUDA in usable:
+        model = ExportedModel(out, provider="cuda")
+        assert model.provider == CUDA and model.io_binding
+    else:  # listed (onnxruntime-gpu) or not, it does not load here
+        with pytest.raises(RuntimeLoadError, match="CUDA provider does not load"):
+            ExportedModel(out, provider="cuda")
+    with pytest.raises(RuntimeLoadError, match="unknown provider"):
+        ExportedModel(out, provider="tpu")
+
+
+def test_runtime_command():
+    result = CliRunner().invoke(cli, ["runtime", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["usable_providers"] == usable_providers() and data["onnxruntime"]
+    text = CliRunner().invoke(cli, ["runtime"]).output
+    assert f"an export runs on:   {usable_providers()[0]}" in text and "usable providers:" in text
+
+
+# -- the draw and the sampling loops --------------------------------------------------
+def test_draws_agree_with_categorical_from_uniform():
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 5)).astype(np.float32) * 3
+    logits[:10] = 0.0  # equal probabilities: CDF steps at exact fractions
+    noise = rng.random(4000)
+    noise[:10] = [0.0, 0.2, 0.4, 0.6, 0.8, 0.999999, 0.5, 0.3, 0.1, 0.9]
+    expected = categorical_from_uniform(torch.from_numpy(logits), torch.from_numpy(noise)).numpy()
+    session = ort.InferenceSession(draw_graph().SerializeToString(), providers=["CPUExecutionProvider"])
+    for got in (fmt.draw_numpy(logits, noise), session.run(None, {"logits": logits, "noise": noise})[0]):
+        assert got.dtype == np.int64
+        cdf = np.cumsum(torch.softmax(torch.from_numpy(logits).double(), -1).numpy(), -1)[:, :-1]
+        differ = got != expected
+        assert differ.sum() <= 2 and (np.abs(cdf[differ] - noise[differ, None]).min(-1) < 1e-12).all()
+
+
+def test_iobinding_loop_equals_host_loop(export_dir):
+    model, out = export_dir
+    host = ExportedModel(out, provider="cpu")
+    bound = ExportedModel(out, provider="cpu", io_binding=True)
+    assert not host.io_binding and bound.io_binding
+    for n in (1, 7, 64):
+        noise = np.random.default_rng(n).random((n, model.num_positions))
+        assert np.array_equal(bound.sample(n, noise=noise), host.sample(n, noise=noise))
+    assert np.array_equal(host.sample(3, seed=5), host.sample(3, seed=5))
+    assert not np.array_equal(host.sample(8, seed=5), host.sample(8, seed=6))
+
+
+def test_step_and_state_api(export_dir):
+    model, out = export_dir
+    m = ExportedModel(out, provider="cpu")
+    x = torch.from_numpy(np.random.default_rng(2).integers(0, 3, (4, 2, 3, 4)))
+    seq, expected = model.to_sequence(x).numpy(), model.conditional_logits(x).detach().numpy()
+    state, value = m.initial_state(4), np.zeros(4, dtype=np.int64)
+    assert [a.shape for a in state] == [tuple(t.shape) for t in model.initial_state(4)]
+    for d in range(m.num_positions):
+        logits, state = m.step(value, d, state)
+        assert np.abs(logits - expected[:, d]).max() < 1e-5
+        value = seq[:, d]
+    assert m.info.model == "markov" and m.info.config == model.config() and m.info.parity["max_abs_diff"] == 0.0
+
+
+def test_input_validation(export_dir):
+    _, out = export_dir
+    m = ExportedModel(out, provider="cpu")
+    with pytest.raises(DataError, match=r"shape \(B, 2, 3, 4\)"):
+        m.log_prob(np.zeros((2, 1, 3, 4)))
+    with pytest.raises(DataError, match="0..2"):
+        m.log_prob(np.full((1, 2, 3, 4), 3))
+    with pytest.raises(DataError, match="integers"):
+        m.conditional_logits(np.full((1, 2, 3, 4), 0.5))
+    assert m.log_prob(np.ones((1, 2, 3, 4), dtype=np.float32)).shape == (1,)
+    with pytest.raises(DataError, match="noise must have shape"):
+        m.sample(2, noise=np.zeros((3, 24)))
+
+
+# -- broken folders ---------------------------------------------------------------------
+def copy_export(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def set_metadata(path, **changes):
+    proto = onnx.load(path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update(changes)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, path)
+
+
+def test_broken_folders_give_clear_errors(export_dir, tmp_path):
+    _, out = export_dir
+    cases = {}
+    d = copy_export(out, tmp_path / "corrupt")
+    (d / fmt.STEP).write_bytes(os.urandom(2000))
+    cases[d] = "step.onnx is not a loadable ONNX model"
+    d = copy_export(out, tmp_path / "truncated")
+    data = (d / fmt.CONDITIONALS).read_bytes()
+    (d / fmt.CONDITIONALS).write_bytes(data[: len(data) // 2])
+    cases[d] = "conditionals.onnx is not a loadable ONNX model (truncated or corrupt?)"
+    d = copy_export(out, tmp_path / "missing")
+    (d / fmt.DRAW).unlink()
+    cases[d] = "not a complete densreg export: draw.onnx is missing"
+    d = copy_export(out, tmp_path / "major")
+    future = f"{int(fmt.major(fmt.densreg_version())) + 1}.0.0"
+    set_metadata(d / fmt.STEP, densreg_version=future)
+    cases[d] = f"was exported by densreg {future}, another major version"
+    d = copy_export(out, tmp_path / "foreign")
+    set_metadata(d / fmt.CONDITIONALS, format="something-else")
+    cases[d] = "is not a densreg export (metadata format 'something-else'"
+    d = copy_export(out, tmp_path / "mixed")
+    set_metadata(d / fmt.STEP, config=json.dumps({"other": 1}))
+    cases[d] = "come from different exports"
+    cases[tmp_path / "nowhere"] = "no such export folder"
+    for folder, message in cases.items():
+        with pytest.raises(RuntimeLoadError) as err:
+            ExportedModel(folder, provider="cpu")
+        assert message in str(err.value) and isinstance(err.value, DensregError), (folder.name, str(err.value))
+    minor = copy_export(out, tmp_path / "minor")  # same major version: loads
+    set_metadata(minor / fmt.STEP, densreg_version=f"{fmt.major(fmt.densreg_version())}.99.0")
+    ExportedModel(minor, provider="cpu")
+    result = CliRunner().invoke(cli, ["sample", str(tmp_path / "truncated"), "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("Error: ") and "truncated or corrupt" in result.output
