@@ -51,8 +51,8 @@ class NADE(DensityModel):
         self.V = nn.Parameter(torch.randn(D, *out, H) / math.sqrt(H))
         self.b = nn.Parameter(torch.zeros(D, *out))
         self.block = block_size(D)
-        mask = torch.tril(torch.ones(self.block, self.block), -1).repeat_interleave(K - 1, dim=1)
-        self.register_buffer("block_mask", mask, persistent=False)  # (T, T*(K-1)): s < t
+        mask = torch.ones(self.block, self.block, dtype=torch.bool).tril(-1).repeat_interleave(K - 1, dim=1)
+        self.register_buffer("block_mask", mask, persistent=False)  # bool (T, T*(K-1)): s < t
 
     def config(self):
         return {**super().config(), "hidden": self.hidden, "activation": self.activation}
@@ -87,10 +87,11 @@ class NADE(DensityModel):
         nb = D // T
         codes = self.input_codes(seq).reshape(B, nb, T * J).transpose(0, 1)  # (nb, B, T*J)
         weights = self.W.reshape(nb, T * J, H)
-        masked = (self.block_mask[None, :, None, :] * codes[:, None]).reshape(nb, T * B, T * J)
+        masked = (self.block_mask.to(codes.dtype)[None, :, None, :] * codes[:, None]).reshape(nb, T * B, T * J)
         inside = torch.bmm(masked, weights).reshape(nb, T, B, H)
         totals = torch.bmm(codes, weights)  # (nb, B, H)
-        before = torch.cumsum(totals, 0) - totals + self.c
+        # exclusive running sum (not cumsum - totals, whose rounding would let a block see itself)
+        before = torch.cat([torch.zeros_like(totals[:1]), torch.cumsum(totals[:-1], 0)]) + self.c
         return (inside + before[:, None]).reshape(D, B, H)
 
     def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
