@@ -107,15 +107,18 @@ def _summary(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet(logger_name: str):
-    """Silence a logger's warnings (the exporter logs one per missing optional package)."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet(*logger_names: str):
+    """Silence loggers (the exporter warns per missing optional package, its optimizer per
+    constant it cannot fold)."""
+    loggers = [logging.getLogger(n) for n in logger_names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,7 +163,7 @@ def _name_batch_axis(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _to_onnx(module, args, input_names, output_names, dynamic_shapes, what: str, name: str,
              opset: int) -> onnx.ModelProto:
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx", "onnxscript", "onnx_ir"):
             warnings.simplefilter("ignore")
             # torch.export first, by hand: torch.onnx.export would otherwise fall back to
             # draft_export, which bakes a data-dependent value (say int(position)) in silently.
@@ -174,24 +177,43 @@ def _to_onnx(module, args, input_names, output_names, dynamic_shapes, what: str,
     return proto
 
 
+def _batch_axis(a: torch.Tensor, b: torch.Tensor, rows_a: int, rows_b: int) -> int | None:
+    """The one axis along which the state for ``rows_a`` and ``rows_b`` batch rows differ (None: no axis)."""
+    if a.dim() != b.dim():
+        return -1
+    differ = [i for i, (m, n) in enumerate(zip(a.shape, b.shape)) if m != n]
+    if not differ:
+        return None
+    if len(differ) == 1 and (a.shape[differ[0]], b.shape[differ[0]]) == (rows_a, rows_b):
+        return differ[0]
+    return -1
+
+
 def _state_specs(model: DensityModel, name: str) -> tuple[list[dict], tuple[torch.Tensor, ...]]:
-    """Describe the state tensors and check they are (batch, ...) with one initial value per row."""
+    """Describe the state tensors: each has one batch axis (any position) or none, and the
+    same initial value in every batch row (so the runtime can build it from one row)."""
     one, many = model.initial_state(1), model.initial_state(EXAMPLE_BATCH)
     if not isinstance(one, tuple) or len(one) != len(many) or not all(isinstance(t, torch.Tensor) for t in one + many):
         raise ExportError(f"cannot export model {name!r}: initial_state must return a tuple of tensors")
     specs = []
     for i, (a, b) in enumerate(zip(one, many)):
-        if a.dim() == 0 or a.shape[0] != 1 or b.shape[0] != EXAMPLE_BATCH or a.shape[1:] != b.shape[1:] \
-                or a.dtype != b.dtype:
+        axis = _batch_axis(a, b, 1, EXAMPLE_BATCH)
+        if axis == -1 or a.dtype != b.dtype:
             raise ExportError(f"cannot export model {name!r}: state tensor {i} has shapes {tuple(a.shape)} "
-                              f"(batch 1) and {tuple(b.shape)} (batch {EXAMPLE_BATCH}); expected (batch, ...)")
+                              f"(batch 1) and {tuple(b.shape)} (batch {EXAMPLE_BATCH}); expected one axis of "
+                              "size batch and the others fixed")
         if not torch.equal(b, a.expand_as(b)):
             raise ExportError(f"cannot export model {name!r}: the initial value of state tensor {i} differs "
                               "between batch rows")
         initial = a.detach().cpu().numpy()
-        specs.append({"name": f"state_{i}", "dtype": initial.dtype.name, "shape": ["batch", *a.shape[1:]],
+        shape = ["batch" if j == axis else n for j, n in enumerate(a.shape)]
+        specs.append({"name": f"state_{i}", "dtype": initial.dtype.name, "shape": shape, "batch_axis": axis,
                       "initial": fmt.encode_array(initial)})
     return specs, many
+
+
+def _dynamic(spec: dict, batch) -> dict:
+    return {} if spec["batch_axis"] is None else {spec["batch_axis"]: batch}
 
 
 def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
@@ -297,7 +319,7 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
         state_names = [s["name"] for s in specs]
         step = _to_onnx(StepGraph(model), (value, position, *state), ["value", "position", *state_names],
                         ["logits", *[f"new_{n}" for n in state_names]],
-                        ({0: batch}, {}, *([tuple({0: batch} for _ in state)] if state else [])),
+                        ({0: batch}, {}, *([tuple(_dynamic(s, batch) for s in specs)] if state else [])),
                         "step", name, opset)
         report = None
         if parity:

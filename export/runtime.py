@@ -242,7 +242,12 @@ class ExportedModel:
     # -- sampling -----------------------------------------------------------------
     def initial_state(self, n: int) -> list[np.ndarray]:
         """The state before position 0 for ``n`` rows (numpy, one array per state tensor)."""
-        return [np.ascontiguousarray(np.broadcast_to(a, (n, *a.shape[1:]))) for a in self._initial]
+        out = []
+        for spec, a in zip(self.state_specs, self._initial):
+            axis = spec.get("batch_axis", 0)
+            shape = a.shape if axis is None else (*a.shape[:axis], n, *a.shape[axis + 1:])
+            out.append(np.ascontiguousarray(np.broadcast_to(a, shape)))
+        return out
 
     def step(self, value: np.ndarray, position: int, state: list[np.ndarray]):
         """One ``step.onnx`` call: value (B,) int64, position int -> logits (B, K), new state."""

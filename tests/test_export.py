@@ -106,8 +106,10 @@ def test_export_parity_and_metadata(exported, name, case):
         assert int(meta["num_categories"]) == model.num_categories and meta["ordering"] == model.ordering
         assert json.loads(meta["order"]) == model.order.tolist() and int(meta["opset"]) >= 18
         state = json.loads(meta["state"])
-        for spec, tensor in zip(state, model.initial_state(2), strict=True):
-            assert spec["shape"] == ["batch", *tensor.shape[1:]] and spec["dtype"] == str(tensor.dtype)[6:]
+        for spec, tensor in zip(state, model.initial_state(2), strict=True):  # batch axis: any one axis
+            axis = spec["batch_axis"]
+            assert spec["shape"] == ["batch" if i == axis else n for i, n in enumerate(tensor.shape)]
+            assert (axis is None or tensor.shape[axis] == 2) and spec["dtype"] == str(tensor.dtype)[6:]
     step = onnx.load(report["files"][1])
     assert [o.name for o in step.graph.output] == ["logits", *[f"new_{s['name']}" for s in state]]
     for batch in (1, 7, 64):  # other batch sizes than the one traced with (3)
