@@ -145,7 +145,8 @@ def write_results(rows: dict, machine: dict, results: Path = RESULTS) -> None:
         f"Machine: {machine['cpu']}, {machine['cpus']} CPUs, torch {machine['torch']}, "
         f"{machine['threads']} threads; last written {machine['written']}.",
         "Train throughput is images/s during training epochs; eval throughput is images/s scoring the",
-        "10000 test images (batches of 500). Wall time is the training time of the run.",
+        "10000 test images (batches of 500). Wall time is the training time of the run (for closed-form",
+        "models: counting plus scoring the train and valid splits; from a log: the sum of its epochs).",
         "",
         "| model | config | parameters | epochs | train wall time | test NLL (nats) | bits/dim | reference (nats) "
         "| train images/s | eval images/s | device |",
