@@ -47,10 +47,14 @@ class ConditionalsGraph(torch.nn.Module):
         self.model = model
 
     def forward(self, images):
-        logits = self.model.conditional_logits(images)
-        log_p = torch.log_softmax(logits, dim=-1)
-        values = self.model.to_sequence(images).unsqueeze(-1)
-        return logits, log_p.gather(-1, values).squeeze(-1).sum(-1)
+        logits = self.model.conditional_logits(images).to(torch.float32)  # the format's dtype (no-op for most)
+        values = self.model.to_sequence(images)
+        if logits.shape[-1] == 2:  # log sigmoid(+-(l1 - l0)): half the work of log_softmax and a gather
+            diff = logits[..., 1] - logits[..., 0]
+            log_p = -torch.nn.functional.softplus((1 - 2 * values).to(diff.dtype) * diff)
+        else:
+            log_p = torch.log_softmax(logits, dim=-1).gather(-1, values.unsqueeze(-1)).squeeze(-1)
+        return logits, log_p.sum(-1)
 
 
 class StepGraph(torch.nn.Module):
@@ -62,7 +66,7 @@ class StepGraph(torch.nn.Module):
 
     def forward(self, value, position, *state):
         logits, new_state = self.model.step(value, position, tuple(state))
-        return (logits, *new_state)
+        return (logits.to(torch.float32), *new_state)
 
 
 def draw_graph(opset: int = fmt.OPSET) -> onnx.ModelProto:
@@ -255,13 +259,18 @@ def parity_check(model: DensityModel, conditionals: onnx.ModelProto, step: onnx.
     return result
 
 
-def _write_folder(out_dir: Path, files: dict[str, bytes]) -> None:
-    """Write files into a temporary folder beside ``out_dir``, then rename it into place."""
+def _check_target(out_dir: Path) -> None:
+    """``out_dir`` must be new, empty, or a previous export (which is then replaced)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"cannot export to {out_dir}: it is a file, not a folder")
     if out_dir.is_dir() and not set(os.listdir(out_dir)) <= set(fmt.FILES):
         raise ExportError(f"cannot export to {out_dir}: the folder holds files other than an export; "
                           "choose an empty or new folder")
+
+
+def _write_folder(out_dir: Path, files: dict[str, bytes]) -> None:
+    """Write files into a temporary folder beside ``out_dir``, then rename it into place."""
+    _check_target(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     old = None
@@ -305,6 +314,7 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
         raise ExportError(f"opset {opset} is too old; the exporter needs 18 or newer")
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    _check_target(out_dir)  # before minutes of tracing, and again just before writing
     was_training = model.training
     model.eval()
     try:
