@@ -509,8 +509,9 @@ def _export(subject: Subject) -> str:
     (shape, k, ordering, model), = subject.first_variant((((1, 2, 3), 2),))
     images = all_images(shape, k)
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "export"
         try:
-            info = export_model(model, tmp, name=subject.label.replace(":", "-"), parity=True)
+            info = export_model(model, folder, name=subject.label.replace(":", "-"), parity=True)
         except Exception as exc:
             raise CheckFailed(f"export_model failed on {_space(shape, k, ordering)}: {_describe(exc)} (step() must "
                               "work with a 0-dim tensor position: no int(position), .item(), Python if on tensor "
@@ -523,7 +524,7 @@ def _export(subject: Subject) -> str:
             from densreg.export.runtime import ExportedModel
         except ImportError:
             return f"exported with parity {reported} (no runtime to cross-check)"
-        runtime = ExportedModel(tmp)
+        runtime = ExportedModel(folder)
         with torch.no_grad():
             expected = model.log_prob(images).double().numpy()
         got = runtime.log_prob(images.numpy())
