@@ -215,20 +215,25 @@ class Subject:
                 built += 1
                 yield shape, k, model.ordering, model
         if not built:
-            raise CheckFailed("the model could not be built on any tiny space: " + "; ".join(self.notes))
+            raise CheckFailed("the model could not be built on any tiny space: " + self.notes_text())
 
     def first_variant(self, spaces, preferred=("snake", "random:3", "raster")):
         """One model per space, in the first preferred ordering it accepts."""
         orderings = [o for o in preferred if o in self.orderings] + [o for o in self.orderings if o not in preferred]
-        self.notes, out = {}, []
+        notes, out = {}, []
         for shape, k in spaces:
+            refused = {}
             for ordering in orderings:
                 try:
                     model = self.build(shape, k, ordering)
                     out.append((shape, k, model.ordering, model))
                     break
                 except ConfigError as exc:
-                    self.notes.setdefault(str(exc), []).append(_space(shape, k, ordering))
+                    refused.setdefault(str(exc), []).append(_space(shape, k, ordering))
+            else:  # no ordering worked on this space: worth a note
+                for message, places in refused.items():
+                    notes.setdefault(message, []).extend(places)
+        self.notes = notes
         if not out:
             raise CheckFailed("the model could not be built on any tiny space: " + self.notes_text())
         return out
@@ -258,7 +263,12 @@ def _describe(exc: BaseException) -> str:
 
 
 def _notes(subject) -> str:
-    return f" (not run on {subject.notes_text()})" if subject.notes else ""
+    """A short note on what the model refused (ConfigError) when the check passed on the rest."""
+    if not subject.notes:
+        return ""
+    count = sum(len(places) for places in subject.notes.values())
+    message, places = next(iter(subject.notes.items()))
+    return f" (not run on {count} refused space/ordering pairs, e.g. {places[0]}: {message})"
 
 
 def _expect_logits(model, x) -> torch.Tensor:
