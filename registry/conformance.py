@@ -41,13 +41,18 @@ import time
 import traceback
 import types
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
+from .api import create_model, model_spec, register_plugin, unregister_plugin
+from .catalog import check_config
+from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import ConfigError
+from .hookspecs import hookimpl
+from .protocol import DensityModel
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 DEFAULT_ORDERINGS = ("raster", "snake", "random:3")
@@ -152,8 +157,6 @@ class Subject:
 
     def __init__(self, model: str | Callable, config: dict | None = None,
                  prepare: Callable | None = None, orderings=None) -> None:
-        from .api import model_spec
-
         self.config = dict(config or {})
         if isinstance(model, str):
             self.name = model
@@ -162,8 +165,6 @@ class Subject:
             self.name, self.factory = None, model
         else:
             raise ConfigError(f"expected a registered model name or a factory, got {type(model).__name__}")
-        from .catalog import check_config
-
         check_config(self.factory, self.config)  # a bad key or value is the caller's error, not the model's
         self.prepare = prepare or randomize
         self.notes: dict[str, list[str]] = {}
@@ -178,9 +179,6 @@ class Subject:
 
     def build(self, event_shape, num_categories: int, ordering: str | None = None, seed: int = 0):
         """A prepared model in eval mode; ConfigError if it does not take this space or ordering."""
-        from .api import create_model
-        from .protocol import DensityModel
-
         config = dict(self.config)
         if ordering is not None:
             config["ordering"] = ordering
@@ -453,8 +451,6 @@ def _registered(subject: Subject):
     if subject.name is not None:
         yield subject.name
         return
-    from .api import register_plugin, unregister_plugin
-    from .hookspecs import hookimpl
 
     def register_models(register):
         register(subject.factory, name="subject", description="model under conformance check")
@@ -468,8 +464,6 @@ def _registered(subject: Subject):
 
 
 def _round_trip(subject: Subject) -> str:
-    from .checkpoint import load_checkpoint, save_checkpoint
-
     (shape, k, ordering, model), = subject.first_variant((((1, 2, 3), 2),))
     config = model.config()
     try:
