@@ -353,3 +353,23 @@ def test_export_check_catches_a_step_that_is_not_traceable():
     result = run_checks(IntPosition, checks=["export"])[0]
     assert result.failed and "export_model failed on 1x2x3 K=2" in result.detail
     assert "no int(position), .item()" in result.detail
+
+
+def test_model_conformance_uses_the_class_prepare():
+    calls = []
+
+    def zero_then_record(model, seed):
+        calls.append((type(model).__name__, model.event_shape, seed))
+
+    class Prepared(ModelConformance):
+        model, prepare = Linear, staticmethod(zero_then_record)
+
+    Prepared().test_step()
+    assert calls and all(name == "Linear" for name, _, _ in calls)
+
+    class Plain(ModelConformance):  # a plain function works too, and so does a function as factory
+        model, prepare = (lambda **config: Linear(**config)), zero_then_record
+
+    calls.clear()
+    Plain().test_round_trip()
+    assert len(calls) == 1
