@@ -358,17 +358,17 @@ def test_export_check_catches_a_step_that_is_not_traceable():
 def test_model_conformance_uses_the_class_prepare():
     calls = []
 
-    def zero_then_record(model, seed):
+    def record(model, seed):
         calls.append((type(model).__name__, model.event_shape, seed))
 
     class Prepared(ModelConformance):
-        model, prepare = Linear, staticmethod(zero_then_record)
+        model, prepare = Linear, staticmethod(record)
 
     Prepared().test_step()
     assert calls and all(name == "Linear" for name, _, _ in calls)
 
     class Plain(ModelConformance):  # a plain function works too, and so does a function as factory
-        model, prepare = (lambda **config: Linear(**config)), zero_then_record
+        model, prepare = (lambda **config: Linear(**config)), record
 
     calls.clear()
     Plain().test_round_trip()
