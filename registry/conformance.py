@@ -517,9 +517,10 @@ def _export(subject: Subject) -> str:
         try:
             info = export_model(model, folder, name=subject.label.replace(":", "-"), parity=True)
         except Exception as exc:
-            raise CheckFailed(f"export_model failed on {_space(shape, k, ordering)}: {_describe(exc)} (step() must "
-                              "work with a 0-dim tensor position: no int(position), .item(), Python if on tensor "
-                              "values or data-dependent shapes; see PLUGINS.md)") from exc
+            raise CheckFailed(f"export_model failed on {_space(shape, k, ordering)}: {_describe(exc)} (export needs a "
+                              "step that works with a 0-dim tensor position: no int(position), .item(), Python if "
+                              "on tensor values or data-dependent shapes; and a state of batch-first tensors "
+                              "whose shapes depend only on the batch size; see PLUGINS.md)") from exc
         reported = (info or {}).get("max_abs_diff")
         if reported is not None and not float(reported) <= EXPORT_TOL:
             raise CheckFailed(f"the exporter's parity check found a difference of {float(reported):.3g} "
