@@ -57,6 +57,7 @@ def test_em_never_decreases_the_likelihood_and_beats_independence():
     assert nll[-1] < float(-independent.log_prob(train).mean()) - 2.0
 
 
+@torch.no_grad()
 def test_conditional_logits_stay_normalized_at_28x28():
     """Logits are log-probabilities (<= 0, log-sum-exp 0), not prefix sums of hundreds of nats."""
     model = create_model("mixture", (1, 28, 28), components=4)
@@ -66,6 +67,7 @@ def test_conditional_logits_stay_normalized_at_28x28():
     torch.testing.assert_close(torch.logsumexp(logits, -1), torch.zeros(2, 784), atol=1e-5, rtol=0)
 
 
+@torch.no_grad()
 def test_features_are_the_posterior_over_components():
     model = create_model("mixture", (1, 2, 2), components=3)
     x = torch.randint(0, 2, (4, 1, 2, 2))
