@@ -152,7 +152,8 @@ class GradientRun:
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         resume = {"epoch": self.epoch, "best": self.best, "log": self.log, "param_groups": groups,
-                  "options": {k: v for k, v in self.opts.items() if k not in ("progress", "resume", "device")}}
+                  "options": {k: str(v) if k == "out" else v for k, v in self.opts.items()
+                              if k not in ("progress", "resume", "device")}}
         save_checkpoint(self.paths[2], self.model, self.name, metrics=self.metrics(), extra={"resume": resume},
                         extra_tensors=tensors)
         text = "".join(json.dumps(entry) + "\n" for entry in self.log)
@@ -172,6 +173,7 @@ class GradientRun:
             raise ConfigError(f"cannot resume: {path} was written for config {saved_config}, "
                               f"but this run's model has config {self.model.config()}")
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
         try:
             self.model.load_state_dict(model_state, strict=True)
         except RuntimeError as exc:
