@@ -15,6 +15,16 @@ from densreg.registry import load_checkpoint, load_split  # noqa: E402
 from densreg.registry.cli import cli  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: run torch single-threaded (on a busy 2-core machine each parallel op
+    otherwise waits ~40 ms for a descheduled thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_ok(*args):
     result = CliRunner().invoke(cli, list(map(str, args)))
     assert result.exit_code == 0, result.output

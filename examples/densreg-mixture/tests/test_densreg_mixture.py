@@ -12,6 +12,16 @@ from densreg.registry.testing import ModelConformance  # noqa: E402
 from densreg_mixture import Mixture  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: run torch single-threaded (on a busy 2-core machine each parallel op
+    otherwise waits ~40 ms for a descheduled thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TestMixtureConformance(ModelConformance):
     """Every densreg conformance check, through the registry name the entry point gives."""
 
