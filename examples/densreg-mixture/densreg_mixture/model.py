@@ -24,7 +24,8 @@ EM_CHUNK = 4096  # images per E-step batch
 
 
 class Mixture(DensityModel):
-    """Mixture of ``components`` products of independent categoricals, fit by EM.
+    """Mixture of ``components`` products of independent categoricals, fit by EM
+    (``fit="em"``, default) or by densreg's gradient loop on log_prob (``fit="gradient"``).
 
     Parameters: ``weight_logits`` (M,) -> log pi = log_softmax; ``logits`` (M, D, K)
     per image position (flat C*H*W index, not generation order) -> log p_m(x_d = k).
@@ -35,8 +36,13 @@ class Mixture(DensityModel):
     closed_form = True
 
     def __init__(self, event_shape=(1, 28, 28), num_categories: int = 2, ordering: str = "raster",
-                 components: int = 10, iterations: int = 50, alpha: float = 1.0, seed: int = 0) -> None:
+                 components: int = 10, iterations: int = 50, alpha: float = 1.0, seed: int = 0,
+                 fit: str = "em") -> None:
         super().__init__(event_shape, num_categories, ordering)
+        if fit not in ("em", "gradient"):
+            raise ConfigError(f"fit must be 'em' (closed-form EM) or 'gradient' (densreg's Adam loop), got {fit!r}")
+        self.fit = fit
+        self.closed_form = fit == "em"  # densreg's fit() runs EM, or gradient training on log_prob
         if components < 1:
             raise ConfigError(f"components must be >= 1, got {components}")
         if iterations < 0:
@@ -51,7 +57,7 @@ class Mixture(DensityModel):
 
     def config(self):
         return {**super().config(), "components": self.components, "iterations": self.iterations,
-                "alpha": self.alpha, "seed": self.seed}
+                "alpha": self.alpha, "seed": self.seed, "fit": self.fit}
 
     def free_parameters(self) -> int:
         return self.components - 1 + self.components * self.num_positions * (self.num_categories - 1)
