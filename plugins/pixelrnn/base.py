@@ -45,6 +45,18 @@ def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor, dim: int = 1) -> tuple[
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
+def branch(pred: torch.Tensor, true_fn, false_fn, operands: tuple[torch.Tensor, ...]):
+    """``true_fn(*operands)`` if the 0-dim bool ``pred`` else ``false_fn(*operands)``.
+
+    Traced (torch.export, hence the dynamo ONNX exporter) it is ``torch.cond``, an ONNX
+    If node, so only the taken branch runs there too; in eager mode a plain Python
+    branch (eager ``torch.cond`` would compile its branches with dynamo).
+    """
+    if torch.compiler.is_compiling():
+        return torch.cond(pred, true_fn, false_fn, operands)
+    return true_fn(*operands) if bool(pred) else false_fn(*operands)
+
+
 def one_hot_at(index: torch.Tensor, size: int, device) -> torch.Tensor:
     """Boolean (size,) that is True at the 0-dim ``index`` only (a write mask export can trace)."""
     return torch.arange(size, device=device) == index

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import SpatialPixelRNN, lstm_cell, put, take
+from .base import SpatialPixelRNN, branch, lstm_cell, put, take
 from .masks import MaskedConv2d
 
 
@@ -114,10 +114,9 @@ class DiagonalBiLSTM(SpatialPixelRNN):
 
     def step_layers(self, x, row, col, new_row, layer_state):
         left_above, left_h, left_c, right_above, cur_x = layer_state
-        # At a row's first position: the finished row's right-to-left pass (only then, through
-        # torch.cond, an If node in ONNX), and its left-to-right h becomes the row above.
-        right_above = torch.cond(new_row, lambda a, b: self.right_to_left(a, b), lambda a, b: b.clone(),
-                                 (cur_x, right_above))
+        # At a row's first position: the finished row's right-to-left pass (only then: an If
+        # node in ONNX), and its left-to-right h becomes the row above.
+        right_above = branch(new_row, self.right_to_left, lambda cur, above: above.clone(), (cur_x, right_above))
         right_above = torch.where(row > 0, right_above, torch.zeros_like(right_above))
         left_above = torch.where(new_row, left_h[..., 1:], left_above)
         hs, cs, xs = [], [], []
