@@ -62,14 +62,15 @@ class DiagonalBiLSTMLayer(nn.Module):
         batch, hidden, height, width = x.shape
         left, right = self.input_to_state(x).chunk(2, dim=1)
         gates_in = skew(torch.stack([left, right.flip(-1)]))  # (2, B, 4h, H, H+W-1)
-        valid = skew(x.new_ones(height, width))  # (H, H+W-1): 1 inside the image
+        gates_in = gates_in.permute(4, 0, 1, 2, 3).contiguous()  # skewed columns first, contiguous
+        valid = skew(x.new_ones(height, width)).t()  # (H+W-1, H): 1 inside the image
         h = c = x.new_zeros(2, batch, hidden, height)
         columns = []
-        for s in range(gates_in.shape[-1]):
+        for gates, inside in zip(gates_in.unbind(0), valid.unbind(0)):  # skewed columns s
             above = F.pad(h, (1, 0))[..., :-1]  # row i gets h(i-1) of the previous column
             recurrent = torch.einsum("dok,dbki->dboi", self.state_to_state, torch.cat([above, h], dim=2))
-            h, c = lstm_cell(gates_in[..., s] + recurrent, c, dim=2)
-            h, c = h * valid[:, s], c * valid[:, s]
+            h, c = lstm_cell(gates + recurrent, c, dim=2)
+            h, c = h * inside, c * inside
             columns.append(h)
         states = unskew(torch.stack(columns, dim=-1), width)  # (2, B, h, H, W)
         right_shifted = F.pad(states[1].flip(-1), (0, 0, 1, 0))[:, :, :-1]
