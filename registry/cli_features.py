@@ -1,3 +1,37 @@
 """`densreg features`: hidden representations of images (NADE, PixelRNN)."""
 
-from .cli import cli  # noqa: F401
+from __future__ import annotations
+
+import io
+import sys
+
+import click
+import numpy as np
+
+from . import api
+from .checkpoint import atomic_write_bytes, load_checkpoint
+from .cli import check_matches, cli, data_options
+from .features import extract_features
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path())
+@data_options
+@click.option("--split", default="test", show_default=True, help="Which split to encode.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Archive to write (.npz).")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1), help="Images per pass.")
+def features(checkpoint, dataset, data_path, download, split, out, batch_size):
+    """Write a checkpoint's features of a dataset split to an .npz archive.
+
+    The archive holds ``features`` (float32, N x F: one row per image, in the split's
+    order; for NADE the F = hidden units after the whole image) and ``model`` (its name).
+    """
+    model, info = load_checkpoint(checkpoint)
+    ds = api.get_dataset(dataset)
+    check_matches(info, ds)
+    images = api.load_split(dataset, split, data_path, download)
+    values = extract_features(model, images, batch_size, progress=sys.stderr.isatty())
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, features=values, model=np.array(info.model))
+    atomic_write_bytes(out, buffer.getvalue())
+    click.echo(f"wrote {out}: features of {values.shape[0]} images, {values.shape[1]} values each")

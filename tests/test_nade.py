@@ -1,0 +1,148 @@
+"""NADE: exact normalization, causality, the vectorised pass against a per-position reference,
+the cached step, parameter count, features and config errors."""
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import all_images, randomize_
+from densreg.registry import ConfigError, create_model
+from densreg.registry.cli import cli
+
+ORDERINGS = ["raster", "snake", "column", "random:5"]
+
+
+def nade(shape, k, ordering="raster", hidden=6, activation="sigmoid", seed=0):
+    model = create_model("nade", shape, k, ordering=ordering, hidden=hidden, activation=activation)
+    randomize_(model, seed)
+    return model
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+@pytest.mark.parametrize("shape, k", [((1, 3, 3), 2), ((1, 2, 2), 3)])
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_normalization(ordering, shape, k, activation):
+    model = nade(shape, k, ordering, activation=activation)
+    total = model.log_prob(all_images(shape, k)).double().exp().sum()
+    assert abs(total.item() - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+@pytest.mark.parametrize("k", [2, 3])
+def test_causality_by_perturbation(ordering, k):
+    shape = (2, 2, 3)
+    model = nade(shape, k, ordering)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, k, (4, *shape), generator=gen)
+    with torch.no_grad():
+        base = model.conditional_logits(x)
+        for d in range(model.num_positions):
+            seq = model.to_sequence(x).clone()
+            seq[:, d:] = torch.randint(0, k, seq[:, d:].shape, generator=gen)
+            changed = model.conditional_logits(model.from_sequence(seq))
+            assert torch.equal(changed[:, : d + 1], base[:, : d + 1]), f"position {d} sees x at or after {d}"
+            if d < model.num_positions - 1:  # and the dependence on x_d itself is real
+                seq = model.to_sequence(x).clone()
+                seq[:, d] = (seq[:, d] + 1) % k
+                flipped = model.conditional_logits(model.from_sequence(seq))
+                assert not torch.equal(flipped[:, d + 1:], base[:, d + 1:])
+
+
+def reference_log_prob(model, x):
+    """Plain float64 per-position NADE, straight from the equations."""
+    W, c, V, b = (p.detach().double() for p in (model.W, model.c, model.V, model.b))
+    act = torch.sigmoid if model.activation == "sigmoid" else torch.relu
+    seq = model.to_sequence(x)
+    out = torch.zeros(len(x), dtype=torch.float64)
+    for i in range(len(x)):
+        a = c.clone()
+        for d in range(model.num_positions):
+            h = act(a)
+            if model.num_categories == 2:
+                logits = torch.stack([torch.zeros((), dtype=torch.float64), V[d] @ h + b[d]])
+            else:
+                logits = V[d] @ h + b[d]
+            value = int(seq[i, d])
+            out[i] += torch.log_softmax(logits, -1)[value]
+            if value > 0:
+                a = a + W[d, value - 1]
+    return out
+
+
+@pytest.mark.parametrize("shape, k, ordering, activation", [
+    ((1, 4, 5), 2, "snake", "sigmoid"), ((2, 3, 3), 4, "random:3", "relu"), ((1, 1, 7), 2, "column", "relu")])
+def test_vectorised_equals_reference(shape, k, ordering, activation):
+    model = nade(shape, k, ordering, hidden=9, activation=activation)
+    x = torch.randint(0, k, (6, *shape), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(model.log_prob(x).double().detach(), reference_log_prob(model, x),
+                               atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+@pytest.mark.parametrize("tensor_position", [False, True])
+def test_step_matches_conditional_logits(k, tensor_position):
+    model = nade((1, 4, 4), k, "snake", hidden=11)
+    x = torch.randint(0, k, (5, 1, 4, 4), generator=torch.Generator().manual_seed(3))
+    seq = model.to_sequence(x)
+    with torch.no_grad():
+        expected = model.conditional_logits(x)
+        state, value = model.initial_state(5), torch.zeros(5, dtype=torch.int64)
+        for d in range(model.num_positions):
+            position = torch.tensor(d) if tensor_position else d
+            logits, state = model.step(value, position, state)
+            assert tuple(s.shape for s in state) == ((5, 11),)
+            torch.testing.assert_close(logits, expected[:, d], atol=1e-5, rtol=0)
+            value = seq[:, d]
+
+
+def test_cached_sampling_matches_naive_sampling():
+    model = nade((1, 3, 3), 3, "snake", hidden=8)
+    noise = torch.rand(7, 9, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert torch.equal(model.sample(7, noise=noise), model.sample(7, noise=noise, naive=True))
+
+
+def test_parameter_count():
+    D, H = 28 * 28, 500
+    model = create_model("nade")
+    assert model.free_parameters() == 2 * D * H + D + H
+    assert model.free_parameters() == sum(p.numel() for p in model.parameters())
+    data = json.loads(CliRunner().invoke(cli, ["info", "nade", "--shape", "1,8,8", "--set", "hidden=7",
+                                               "--json"]).output)
+    assert data["parameters"] == 2 * 64 * 7 + 64 + 7
+    assert data["config"]["hidden"] == 7 and data["config"]["activation"] == "sigmoid"
+    grey = create_model("nade", (1, 2, 2), 3, hidden=5)
+    # K-way softmax: D(H+1) of the D*K*(H+1) output entries are a redundant shift
+    assert grey.free_parameters() == sum(p.numel() for p in grey.parameters()) - 4 * (5 + 1)
+
+
+def test_features_are_the_hidden_units_after_the_whole_image():
+    model = nade((1, 3, 3), 2, "snake", hidden=8)
+    x = torch.randint(0, 2, (5, 1, 3, 3), generator=torch.Generator().manual_seed(5))
+    features = model.features(x)
+    assert features.shape == (5, 8) and features.dtype == torch.float32
+    # it is h of a position D+1: extend the image by one value and read h at the last position
+    seq = model.to_sequence(x).double()
+    expected = torch.sigmoid(model.c.double() + seq @ model.W[:, 0].double())
+    torch.testing.assert_close(features.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="activation"):
+        create_model("nade", activation="tanh")
+    with pytest.raises(ConfigError, match="hidden"):
+        create_model("nade", hidden=0)
+    with pytest.raises(ConfigError, match="hidden"):
+        create_model("nade", hidden=2.5)
+
+
+def test_block_sizes_cover_awkward_lengths():
+    for shape in [(1, 1, 1), (1, 1, 13), (3, 2, 5)]:
+        model = nade(shape, 2, "raster", hidden=4)
+        x = torch.randint(0, 2, (3, *shape), generator=torch.Generator().manual_seed(6))
+        assert model.num_positions % model.block == 0
+        torch.testing.assert_close(model.log_prob(x).double().detach(), reference_log_prob(model, x),
+                                   atol=1e-4, rtol=0)
+    assert create_model("nade").block == 28 and math.isqrt(64) == create_model("nade", (1, 8, 8)).block
