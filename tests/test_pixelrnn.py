@@ -7,11 +7,22 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import all_images, randomize_
-from densreg.registry import ConfigError, create_model, load_checkpoint, save_checkpoint
+from densreg.registry import ConfigError, create_model, load_checkpoint, load_split, save_checkpoint
+from densreg.registry.evaluation import evaluate
+from densreg.registry.training import fit
 
 VARIANTS = ["pixelrnn", "row-lstm", "diagonal-bilstm"]
 SPATIAL = ["row-lstm", "diagonal-bilstm"]
 SHAPES = [((1, 5, 6), 2), ((3, 5, 6), 4)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Many small ops: one thread is several times faster than two on a shared, loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def build(name, shape, k, seed=0, **config):
@@ -204,3 +215,16 @@ def test_features(name):
     model = build(name, (1, 4, 5), 2)
     feats = model.features(torch.randint(0, 2, (3, 1, 4, 5)))
     assert feats.shape[0] == 3 and feats.dim() == 2 and torch.isfinite(feats).all()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_short_training_on_digits_lowers_valid_nll(name):
+    train, valid = load_split("digits", "train")[:400], load_split("digits", "valid")[:150]
+    torch.manual_seed(0)
+    config = {"hidden": 8, "layers": 2} if name != "pixelrnn" else {"hidden": 16}
+    model = create_model(name, (1, 8, 8), 2, **config)
+    before = evaluate(model, valid)["nll_nats"]
+    metrics = fit(model, train, valid, epochs=2, batch_size=40, lr=1e-2, seed=0)
+    after = evaluate(model, valid)["nll_nats"]
+    assert metrics["epochs"] == 2 and abs(metrics["valid_nll_nats"] - after) < 1e-3
+    assert after < before - 5.0, f"valid NLL {before:.2f} -> {after:.2f} nats"
