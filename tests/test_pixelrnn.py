@@ -228,3 +228,38 @@ def test_short_training_on_digits_lowers_valid_nll(name):
     after = evaluate(model, valid)["nll_nats"]
     assert metrics["epochs"] == 2 and abs(metrics["valid_nll_nats"] - after) < 1e-3
     assert after < before - 5.0, f"valid NLL {before:.2f} -> {after:.2f} nats"
+
+
+class StepModule(torch.nn.Module):
+    """``model.step`` as a module: (value, position, *state) -> (logits, *state)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, value, position, *state):
+        logits, new_state = self.model.step(value, position, tuple(state))
+        return (logits, *new_state)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VARIANTS)
+def test_step_exports_to_onnx_and_matches(name, tmp_path):
+    """The dynamo exporter takes ``step`` (0-dim int64 position); onnxruntime steps match conditional_logits."""
+    np = pytest.importorskip("numpy")
+    ort = pytest.importorskip("onnxruntime")
+    model = build(name, (3, 3, 4), 4)
+    state = model.initial_state(2)
+    program = torch.onnx.export(StepModule(model), (torch.zeros(2, dtype=torch.int64), torch.tensor(5), *state),
+                                dynamo=True)
+    program.save(str(tmp_path / "step.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "step.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    x = torch.randint(0, 4, (2, 3, 3, 4), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected, seq = model.conditional_logits(x).numpy(), model.to_sequence(x).numpy()
+    arrays, value = [s.numpy() for s in state], np.zeros(2, dtype=np.int64)
+    for d in range(model.num_positions):
+        logits, *arrays = session.run(None, dict(zip(names, [value, np.array(d, dtype=np.int64), *arrays])))
+        np.testing.assert_allclose(logits, expected[:, d], atol=1e-5, rtol=0)
+        value = seq[:, d]

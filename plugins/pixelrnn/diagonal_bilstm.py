@@ -81,7 +81,7 @@ class DiagonalBiLSTM(SpatialPixelRNN):
     """Diagonal BiLSTM PixelRNN: 7x7 mask-A input conv, residual Diagonal BiLSTM layers, 1x1 mask-B outputs."""
 
     registry_name = "diagonal-bilstm"
-    description = "PixelRNN Diagonal BiLSTM (van den Oord et al. 2016): skewed bidirectional LSTM, full context"
+    description = "PixelRNN Diagonal BiLSTM (van den Oord et al. 2016): LSTMs along diagonals in both directions"
 
     def make_layer(self, groups):
         return DiagonalBiLSTMLayer(groups)
