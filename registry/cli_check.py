@@ -1,3 +1,41 @@
 """`densreg check`: run the conformance checks on a model."""
 
-from .cli import cli  # noqa: F401
+from __future__ import annotations
+
+import click
+
+from . import api
+from .catalog import parse_set_options
+from .cli import cli, echo_json, echo_table
+from .conformance import CHECKS, run_checks
+
+
+@cli.command()
+@click.argument("model_name", metavar="MODEL")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@click.option("--only", "only", multiple=True, type=click.Choice(list(CHECKS)), help="Run only this check (repeatable).")
+@click.option("--skip", "skip", multiple=True, type=click.Choice(list(CHECKS)), help="Leave out this check (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {model, config, results: [{name, status, detail, seconds}]}.")
+@click.pass_context
+def check(ctx, model_name, settings, only, skip, as_json):
+    """Check that MODEL honours the density-model contract, on tiny images.
+
+    Runs normalization, chain rule, causality, step parity, sampling (chi-square),
+    checkpoint round trip and ONNX export parity; prints a table and exits 1 if any
+    check fails.
+    """
+    spec = api.model_spec(model_name)
+    config = parse_set_options(settings)
+    results = run_checks(model_name, config, checks=list(only) or None, skip=skip)
+    failed = [r for r in results if r.failed]
+    if as_json:
+        echo_json({"model": spec.qualified_name, "config": config, "passed": not failed,
+                   "results": [r.as_dict() for r in results]})
+    else:
+        click.echo(f"{spec.qualified_name}" + (f" with {config}" if config else "") + f": {spec.description}")
+        echo_table([[r.name, r.status.upper() if r.failed else r.status, f"{r.seconds:.2f}s", r.detail]
+                    for r in results], ["check", "result", "time", "detail"])
+        counts = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
+        click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+    if failed:
+        ctx.exit(1)

@@ -10,7 +10,9 @@ mean NLL in nats per image with Adam. With ``out`` (the checkpoint path, e.g.
 - ``run.last.safetensors`` after every epoch: the resume state (model weights, Adam's
   state tensors, best weights, RNG states as tensors; epoch, best-so-far, options and
   the log as JSON metadata). It is also a loadable checkpoint. ``resume=True`` continues
-  from it, so an interrupted run (even by SIGKILL) loses at most the epoch in progress.
+  from it, so an interrupted run (even by SIGKILL) loses at most the epoch in progress;
+  options not given again (epochs, batch_size, lr, ...) are those of the interrupted run,
+  while ``max_minutes`` always counts from the start of the current call.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ DEFAULTS = {
     "progress": False,
     "name": None,
 }
+
+
+# what a resumed run takes from the interrupted one unless given again (max_minutes is per call)
+INHERITED = ("epochs", "batch_size", "lr", "weight_decay", "clip_grad", "patience", "lr_decay")
 
 
 def run_paths(out) -> tuple[Path, Path, Path]:
@@ -81,9 +87,10 @@ def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, **options
     if unknown:
         raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}; "
                           f"accepted: {', '.join(DEFAULTS)}")
-    opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    given = {k: v for k, v in options.items() if v is not None}
+    opts = {**DEFAULTS, **given}
     check_options(opts)
-    return GradientRun(model, train, valid, opts).run(start)
+    return GradientRun(model, train, valid, opts, given=set(given)).run(start)
 
 
 def check_options(opts: dict) -> None:
@@ -127,8 +134,9 @@ def _load_optimizer(optimizer, tensors: dict[str, torch.Tensor], groups: list[di
 class GradientRun:
     """One (possibly resumed) gradient-training run; see ``fit``."""
 
-    def __init__(self, model, train, valid, opts: dict) -> None:
+    def __init__(self, model, train, valid, opts: dict, given: set = frozenset()) -> None:
         self.opts = opts
+        self.given = given
         self.device = torch.device(opts["device"] or default_device())
         self.model = model.to(self.device)
         self.name = opts["name"] or getattr(model, "registry_name", None) or type(model).__name__.lower()
@@ -186,6 +194,12 @@ class GradientRun:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.epoch, self.best, self.log = int(resume["epoch"]), resume["best"], list(resume["log"])
+        for key in INHERITED:  # options not given again are those of the interrupted run
+            if key not in self.given and key in resume["options"]:
+                self.opts[key] = resume["options"][key]
+        check_options(self.opts)
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self.opts["weight_decay"]
 
     # -- training -------------------------------------------------------------
     def metrics(self) -> dict:

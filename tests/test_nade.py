@@ -1,9 +1,10 @@
 """NADE: exact normalization, causality, the vectorised pass against a per-position reference,
-the cached step, parameter count, features and config errors."""
+the cached step (and its dynamo ONNX export), parameter count, features and config errors."""
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -146,3 +147,32 @@ def test_block_sizes_cover_awkward_lengths():
         torch.testing.assert_close(model.log_prob(x).double().detach(), reference_log_prob(model, x),
                                    atol=1e-4, rtol=0)
     assert create_model("nade").block == 28 and math.isqrt(64) == create_model("nade", (1, 8, 8)).block
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_step_exports_with_dynamo_onnx(tmp_path, k):
+    ort = pytest.importorskip("onnxruntime")
+    model = nade((1, 3, 4), k, "snake", hidden=10).eval()
+
+    class Step(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, value, position, state):
+            logits, (new,) = self.model.step(value, position, (state,))
+            return logits, new
+
+    args = (torch.zeros(2, dtype=torch.int64), torch.tensor(0), torch.zeros(2, 10))
+    torch.onnx.export(Step(model), args, str(tmp_path / "step.onnx"), dynamo=True,
+                      input_names=["value", "position", "state"], verbose=False)
+    session = ort.InferenceSession(str(tmp_path / "step.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randint(0, k, (2, 1, 3, 4), generator=torch.Generator().manual_seed(7))
+    seq = model.to_sequence(x).numpy()
+    with torch.no_grad():
+        expected = model.conditional_logits(x).numpy()
+    state, value = np.zeros((2, 10), np.float32), np.zeros(2, np.int64)
+    for d in range(model.num_positions):
+        logits, state = session.run(None, {"value": value, "position": np.array(d, np.int64), "state": state})
+        np.testing.assert_allclose(logits, expected[:, d], atol=1e-5, rtol=0)
+        value = seq[:, d]

@@ -77,7 +77,8 @@ def test_resume_ends_where_an_uninterrupted_run_ends(digits, tmp_path):
     part = small_nade()
     fit(part, train, valid, epochs=2, out=tmp_path / "part.safetensors", **options)
     resumed = small_nade(seed=99)  # different initial weights: everything must come from the state
-    metrics = fit(resumed, train, valid, epochs=4, out=tmp_path / "part.safetensors", resume=True, **options)
+    # options not given again are taken from the interrupted run
+    metrics = fit(resumed, train, valid, epochs=4, out=tmp_path / "part.safetensors", resume=True)
     assert metrics["epochs"] == 4
     for key, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, atol=1e-6, rtol=0)
@@ -175,9 +176,11 @@ def test_cli_train_options_and_errors(tmp_path):
     assert info.metrics["epochs"] == 2 and info.metrics["dataset"] == "digits"
     assert len(run_paths(out)[1].read_text().splitlines()) == 2
     result = run("train", "nade", "--dataset", "digits", "--out", out, "--set", "hidden=8", "--epochs", 3,
-                 "--batch-size", 200, "--lr", 0.01, "--lr-decay", 0.9, "--resume")
+                 "--resume")
     assert result.exit_code == 0, result.output
-    assert [json.loads(x)["epoch"] for x in run_paths(out)[1].read_text().splitlines()] == [1, 2, 3]
+    log = [json.loads(x) for x in run_paths(out)[1].read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+    assert [e["lr"] for e in log] == pytest.approx([0.01, 0.009, 0.0081])  # --lr, --lr-decay kept
 
     result = run("train", "markov", "--dataset", "digits", "--out", tmp_path / "m.safetensors", "--epochs", 3)
     assert result.exit_code == 1 and "closed form" in result.output and "--epochs" in result.output

@@ -1,0 +1,6 @@
+"""densreg-mixture: a third-party densreg plugin adding the ``mixture`` model."""
+
+from .model import Mixture
+
+__all__ = ["Mixture"]
+__version__ = "0.1.0"

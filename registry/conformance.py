@@ -1,0 +1,644 @@
+"""Conformance checks: does a model honour the DensityModel contract?
+
+In the spirit of scikit-learn's ``check_estimator``: each check takes a registered
+model name (``"markov"``, ``"plugin:model"``) or a factory
+(``factory(event_shape=..., num_categories=..., **config)``, e.g. a DensityModel
+subclass) plus config overrides, builds the model on tiny image spaces (several
+orderings where the model takes ``ordering``), gives it random parameters (and a
+closed-form fit on random images where it has one) and returns a ``CheckResult``
+whose ``detail`` tells the author what is wrong.
+
+    from densreg.registry.conformance import run_checks
+    for result in run_checks("markov", {"order": 2}):
+        print(result.name, result.status, result.detail)
+
+The checks (``CHECKS``, in this order):
+
+- ``normalization``: sum of exp(log_prob) over every image of 1x2x3 (K=2) and 1x2x2
+  (K=3) is 1 within 1e-5.
+- ``chain_rule``: log_prob(x) equals the sum of the log-softmax conditionals, 1e-4 nats.
+- ``causality``: the conditional at generation position d does not change when the
+  values at positions >= d change (each position alone, then every suffix).
+- ``step``: under teacher forcing, ``step`` equals ``conditional_logits`` within
+  1e-5, with ``position`` an int and a 0-dim int64 tensor; the state keeps its shapes.
+- ``sampling``: 4000 samples on 1x2x2 (K=2) and 1x1x3 (K=3) follow exp(log_prob):
+  chi-square goodness of fit, cells with expected count < 5 pooled, fails at
+  p < 1e-3 (a correct model fails each test with probability 1e-3; the seed is fixed,
+  so a result is reproducible).
+- ``round_trip``: save_checkpoint, load_checkpoint through the registry: same config,
+  same log_prob and same samples for the same noise.
+- ``export``: ``densreg.export.export_model`` with parity, then the onnxruntime
+  model's log_prob and samples against torch (skipped when the exporter is absent).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import tempfile
+import time
+import traceback
+import types
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .api import create_model, model_spec, register_plugin, unregister_plugin
+from .catalog import check_config
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import ConfigError
+from .hookspecs import hookimpl
+from .protocol import DensityModel
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+DEFAULT_ORDERINGS = ("raster", "snake", "random:3")
+NORMALIZATION_SPACES = (((1, 2, 3), 2), ((1, 2, 2), 3))
+CAUSALITY_SPACES = (((1, 2, 3), 2), ((1, 2, 2), 3))
+STEP_SPACES = (((1, 2, 3), 3),)
+SAMPLING_SPACES = (((1, 2, 2), 2), ((1, 1, 3), 3))
+SAMPLING_SIZE = 4000
+SAMPLING_ALPHA = 1e-3
+NORMALIZATION_TOL = 1e-5
+CHAIN_RULE_TOL = 1e-4
+CAUSALITY_TOL = 1e-5
+STEP_TOL = 1e-5
+EXPORT_TOL = 1e-4
+NO_EXPORTER = "densreg.export has no exporter in this installation"
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check: ``status`` is "passed", "failed" or "skipped"."""
+
+    name: str
+    status: str
+    detail: str = ""
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAILED
+
+    @property
+    def skipped(self) -> bool:
+        return self.status == SKIPPED
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "seconds": round(self.seconds, 3)}
+
+
+class CheckFailed(Exception):
+    """Raised inside a check with the message the author should read."""
+
+
+class CheckSkipped(Exception):
+    """Raised inside a check when it does not apply."""
+
+
+# -- the model under test ----------------------------------------------------------
+def all_images(event_shape, num_categories: int) -> torch.Tensor:
+    """Every image of a tiny space, int64 (K^D, C, H, W); image i is i written in base K."""
+    d = math.prod(event_shape)
+    powers = num_categories ** torch.arange(d - 1, -1, -1)
+    index = torch.arange(num_categories ** d).unsqueeze(-1)
+    return ((index // powers) % num_categories).reshape(-1, *event_shape)
+
+
+def image_index(images: torch.Tensor, num_categories: int) -> torch.Tensor:
+    """Inverse of ``all_images``: (B, C, H, W) -> (B,) int64."""
+    flat = images.reshape(images.shape[0], -1)
+    powers = num_categories ** torch.arange(flat.shape[1] - 1, -1, -1, device=flat.device)
+    return (flat * powers).sum(-1)
+
+
+def random_images(event_shape, num_categories: int, n: int = 200, seed: int = 0) -> torch.Tensor:
+    """Correlated random images (n, C, H, W): each value copies the previous one (flat order) with
+    probability 0.6, so a closed-form fit on them gives non-uniform conditionals."""
+    gen = torch.Generator().manual_seed(seed)
+    d = math.prod(event_shape)
+    fresh = torch.randint(0, num_categories, (n, d), generator=gen)
+    copy = torch.rand(n, d, generator=gen) < 0.6
+    seq = fresh.clone()
+    for j in range(1, d):
+        seq[:, j] = torch.where(copy[:, j], seq[:, j - 1], fresh[:, j])
+    return seq.reshape(n, *event_shape)
+
+
+def randomize(model, seed: int = 0) -> None:
+    """The default preparation: every floating parameter drawn from N(0, 1) (buffers such as
+    masks are left alone), then a closed-form fit on ``random_images`` if the model has one."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point():
+                param.copy_(torch.randn(param.shape, generator=gen).to(param.dtype))
+    if getattr(model, "closed_form", False):
+        model.fit_closed_form(random_images(model.event_shape, model.num_categories, seed=seed))
+
+
+def _takes(factory, key: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class Subject:
+    """A registered name or a factory, with config overrides: builds models on tiny spaces."""
+
+    def __init__(self, model: str | Callable, config: dict | None = None,
+                 prepare: Callable | None = None, orderings=None) -> None:
+        self.config = dict(config or {})
+        if isinstance(model, str):
+            self.name = model
+            self.factory = model_spec(model).factory
+        elif callable(model):
+            self.name, self.factory = None, model
+        else:
+            raise ConfigError(f"expected a registered model name or a factory, got {type(model).__name__}")
+        check_config(self.factory, self.config)  # a bad key or value is the caller's error, not the model's
+        self.prepare = prepare or randomize
+        self.notes: dict[str, list[str]] = {}
+        if "ordering" in self.config or not _takes(self.factory, "ordering"):
+            self.orderings = (None,)
+        else:
+            self.orderings = tuple(orderings or DEFAULT_ORDERINGS)
+
+    @property
+    def label(self) -> str:
+        return self.name or getattr(self.factory, "__name__", repr(self.factory))
+
+    def build(self, event_shape, num_categories: int, ordering: str | None = None, seed: int = 0):
+        """A prepared model in eval mode; ConfigError if it does not take this space or ordering."""
+        config = dict(self.config)
+        if ordering is not None:
+            config["ordering"] = ordering
+        if self.name is not None:
+            model = create_model(self.name, event_shape, num_categories, **config)
+        else:
+            model = self.factory(event_shape=tuple(event_shape), num_categories=num_categories, **config)
+            if not isinstance(model, DensityModel):
+                raise CheckFailed(f"the factory returned {type(model).__name__}, not a DensityModel")
+        try:
+            self.prepare(model, seed)
+        except Exception as exc:
+            raise CheckFailed(f"preparing the model (random parameters, closed-form fit) failed: "
+                              f"{_describe(exc)}") from exc
+        return model.eval()
+
+    def variants(self, spaces, orderings=None):
+        """Yield (shape, K, ordering, model) for every space x ordering the model accepts.
+
+        Spaces or orderings the model refuses with ConfigError are noted in ``self.notes``;
+        CheckFailed if it accepts none of them.
+        """
+        built = 0
+        self.notes = {}
+        for shape, k in spaces:
+            for ordering in orderings or self.orderings:
+                try:
+                    model = self.build(shape, k, ordering)
+                except ConfigError as exc:
+                    self.notes.setdefault(str(exc), []).append(_space(shape, k, ordering))
+                    continue
+                built += 1
+                yield shape, k, model.ordering, model
+        if not built:
+            raise CheckFailed("the model could not be built on any tiny space: " + self.notes_text())
+
+    def first_variant(self, spaces, preferred=("snake", "random:3", "raster")):
+        """One model per space, in the first preferred ordering it accepts."""
+        orderings = [o for o in preferred if o in self.orderings] + [o for o in self.orderings if o not in preferred]
+        notes, out = {}, []
+        for shape, k in spaces:
+            refused = {}
+            for ordering in orderings:
+                try:
+                    model = self.build(shape, k, ordering)
+                    out.append((shape, k, model.ordering, model))
+                    break
+                except ConfigError as exc:
+                    refused.setdefault(str(exc), []).append(_space(shape, k, ordering))
+            else:  # no ordering worked on this space: worth a note
+                for message, places in refused.items():
+                    notes.setdefault(message, []).extend(places)
+        self.notes = notes
+        if not out:
+            raise CheckFailed("the model could not be built on any tiny space: " + self.notes_text())
+        return out
+
+    def notes_text(self) -> str:
+        """What the model refused to be built on, grouped by message."""
+        return "; ".join(f"{', '.join(places)}: {message}" for message, places in self.notes.items())
+
+
+def _space(shape, k, ordering) -> str:
+    text = f"{'x'.join(map(str, shape))} K={k}"
+    return text + (f", ordering {ordering!r}" if ordering else "")
+
+
+def _where(model, d: int) -> str:
+    flat = int(model.order[d])
+    c_count, height, width = model.event_shape
+    c, rest = divmod(flat, height * width)
+    h, w = divmod(rest, width)
+    return f"{d} (c={c}, h={h}, w={w})"
+
+
+def _describe(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _notes(subject) -> str:
+    """A short note on what the model refused (ConfigError) when the check passed on the rest."""
+    if not subject.notes:
+        return ""
+    count = sum(len(places) for places in subject.notes.values())
+    message, places = next(iter(subject.notes.items()))
+    return f" (not run on {count} refused space/ordering pairs, e.g. {places[0]}: {message})"
+
+
+def _expect_logits(model, x) -> torch.Tensor:
+    logits = model.conditional_logits(x)
+    expected = (x.shape[0], model.num_positions, model.num_categories)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise CheckFailed(f"conditional_logits returned {got}, expected (B, D, K) = {expected}")
+    if bool(torch.isnan(logits).any()) or bool((logits == float("inf")).any()):
+        raise CheckFailed("conditional_logits returned NaN or +inf values")
+    return logits
+
+
+# -- the checks ------------------------------------------------------------------
+def _normalization(subject: Subject) -> str:
+    worst = 0.0
+    for shape, k, ordering, model in subject.variants(NORMALIZATION_SPACES):
+        images = all_images(shape, k)
+        with torch.no_grad():
+            log_p = model.log_prob(images)
+        if tuple(log_p.shape) != (len(images),):
+            raise CheckFailed(f"log_prob returned shape {tuple(log_p.shape)} for {len(images)} images, "
+                              f"expected ({len(images)},)")
+        if bool(torch.isnan(log_p).any()):
+            raise CheckFailed(f"log_prob returned NaN on {_space(shape, k, ordering)}")
+        total = float(log_p.double().exp().sum())
+        if not abs(total - 1.0) <= NORMALIZATION_TOL:
+            raise CheckFailed(f"sum of exp(log_prob) over all {len(images)} images of {_space(shape, k, ordering)} "
+                              f"is {total:.6g}, not 1 (tolerance {NORMALIZATION_TOL:g}): log_prob is not a "
+                              "normalized density (each conditional must be a softmax over K values, and "
+                              "log_prob their sum)")
+        worst = max(worst, abs(total - 1.0))
+    return f"sums within {worst:.1e} of 1" + _notes(subject)
+
+
+def _chain_rule(subject: Subject) -> str:
+    worst = 0.0
+    for shape, k, ordering, model in subject.variants(NORMALIZATION_SPACES):
+        images = all_images(shape, k)
+        with torch.no_grad():
+            logits = _expect_logits(model, images)
+            chain = torch.log_softmax(logits.double(), -1).gather(-1, model.to_sequence(images).unsqueeze(-1)).sum((1, 2))
+            log_p = model.log_prob(images).double()
+        diff = (chain - log_p).abs()
+        if float(diff.max()) > CHAIN_RULE_TOL:
+            i = int(diff.argmax())
+            raise CheckFailed(f"log_prob differs from the chain rule of conditional_logits by {float(diff[i]):.3g} "
+                              f"nats on image {images[i].reshape(-1).tolist()} of {_space(shape, k, ordering)} "
+                              f"(log_prob {float(log_p[i]):.5f}, sum of conditionals {float(chain[i]):.5f}): "
+                              "sampling and per-pixel scores use the conditionals, so they must agree with log_prob")
+        worst = max(worst, float(diff.max()))
+    return f"log_prob equals the sum of conditionals within {worst:.1e} nats" + _notes(subject)
+
+
+def _causality(subject: Subject) -> str:
+    checked = 0
+    for shape, k, ordering, model in subject.variants(CAUSALITY_SPACES):
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randint(0, k, (4, *shape), generator=gen)
+        seq = model.to_sequence(x)
+        with torch.no_grad():
+            base = _expect_logits(model, x)
+            for j in range(model.num_positions):  # one position at a time: names the culprit
+                changed = seq.clone()
+                changed[:, j] = (changed[:, j] + 1) % k
+                diff = (_expect_logits(model, model.from_sequence(changed))[:, : j + 1] - base[:, : j + 1]).abs()
+                diff = diff.amax(dim=(0, 2))
+                if float(diff.max()) > CAUSALITY_TOL:
+                    p = int((diff > CAUSALITY_TOL).nonzero()[0])
+                    what = ("the model sees the value it predicts (x_d)" if p == j
+                            else "the model peeks at the future")
+                    raise CheckFailed(f"conditional at position {_where(model, p)} changed by {float(diff[p]):.3g} "
+                                      f"when x at position {_where(model, j)} changed ({_space(shape, k, ordering)}; "
+                                      f"positions count in generation order): {what}")
+            for d in range(model.num_positions):  # every value at and after d at once
+                changed = seq.clone()
+                changed[:, d:] = torch.randint(0, k, changed[:, d:].shape, generator=gen)
+                diff = (_expect_logits(model, model.from_sequence(changed))[:, : d + 1] - base[:, : d + 1]).abs()
+                if float(diff.max()) > CAUSALITY_TOL:
+                    raise CheckFailed(f"conditionals up to position {d} changed when the values at positions {d} "
+                                      f"and later changed together ({_space(shape, k, ordering)}): the model "
+                                      "peeks at the future")
+        checked += 1
+    return f"{checked} space/ordering pairs, every position perturbed" + _notes(subject)
+
+
+def _step(subject: Subject) -> str:
+    worst = 0.0
+    for shape, k, ordering, model in subject.variants(STEP_SPACES):
+        x = torch.randint(0, k, (3, *shape), generator=torch.Generator().manual_seed(2))
+        seq = model.to_sequence(x)
+        with torch.no_grad():
+            expected = _expect_logits(model, x)
+            for as_tensor in (False, True):
+                kind = "a 0-dim int64 tensor" if as_tensor else "an int"
+                state = model.initial_state(3)
+                if not isinstance(state, tuple) or not all(isinstance(t, torch.Tensor) for t in state):
+                    raise CheckFailed(f"initial_state returned {type(state).__name__}, expected a tuple of tensors")
+                shapes = [tuple(t.shape) for t in state]
+                value = torch.zeros(3, dtype=torch.int64)
+                for d in range(model.num_positions):
+                    position = torch.tensor(d, dtype=torch.int64) if as_tensor else d
+                    try:
+                        logits, state = model.step(value, position, state)
+                    except Exception as exc:
+                        raise CheckFailed(f"step at position {d} with the position given as {kind} raised "
+                                          f"{_describe(exc)}") from exc
+                    if tuple(logits.shape) != (3, k):
+                        raise CheckFailed(f"step returned logits of shape {tuple(logits.shape)}, expected (B, K) "
+                                          f"= {(3, k)}")
+                    new_shapes = [tuple(t.shape) for t in state]
+                    if new_shapes != shapes:
+                        raise CheckFailed(f"the state changed shape from {shapes} to {new_shapes} at position {d}: "
+                                          "the state must be a tuple of fixed-shape tensors (for export)")
+                    diff = float((logits.double() - expected[:, d].double()).abs().max())
+                    if not diff <= STEP_TOL:
+                        raise CheckFailed(f"step at position {_where(model, d)} (position given as {kind}, "
+                                          f"{_space(shape, k, ordering)}) differs from conditional_logits by "
+                                          f"{diff:.3g} (tolerance {STEP_TOL:g}) under teacher forcing: value is x "
+                                          "at the previous position (zeros at 0) and the cached state must "
+                                          "reproduce the full pass")
+                    worst = max(worst, diff)
+                    value = seq[:, d]
+    return f"teacher-forced steps match within {worst:.1e} (int and tensor positions)" + _notes(subject)
+
+
+def chi_square(counts: torch.Tensor, expected: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int, float]:
+    """Pearson's chi-square of observed ``counts`` against ``expected`` (both (cells,)), cells with
+    expected < ``min_expected`` pooled into one (merged with the next smallest if still below).
+    Returns (statistic, degrees of freedom, p-value)."""
+    order = torch.argsort(expected)
+    counts, expected = counts[order].double(), expected[order].double()
+    small = int((expected < min_expected).sum())
+    if small:
+        pooled_e, pooled_c, rest = expected[:small].sum(), counts[:small].sum(), small
+        while pooled_e < min_expected and rest < len(expected):
+            pooled_e, pooled_c, rest = pooled_e + expected[rest], pooled_c + counts[rest], rest + 1
+        expected = torch.cat([pooled_e.reshape(1), expected[rest:]])
+        counts = torch.cat([pooled_c.reshape(1), counts[rest:]])
+    stat = float(((counts - expected) ** 2 / expected).sum())
+    dof = len(expected) - 1
+    if dof < 1:
+        return stat, 0, 1.0
+    p = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(stat / 2)))
+    return stat, dof, p
+
+
+def _sampling(subject: Subject) -> str:
+    shown = []
+    for shape, k, ordering, model in subject.first_variant(SAMPLING_SPACES):
+        images = all_images(shape, k)
+        with torch.no_grad():
+            probs = model.log_prob(images).double().exp()
+        probs = probs / probs.sum()
+        samples = model.sample(SAMPLING_SIZE, generator=torch.Generator().manual_seed(0))
+        if tuple(samples.shape) != (SAMPLING_SIZE, *shape) or samples.dtype != torch.int64:
+            raise CheckFailed(f"sample({SAMPLING_SIZE}) returned {samples.dtype} of shape {tuple(samples.shape)}, "
+                              f"expected int64 {(SAMPLING_SIZE, *shape)}")
+        if bool((samples < 0).any()) or bool((samples >= k).any()):
+            raise CheckFailed(f"samples hold values outside 0..{k - 1}")
+        counts = torch.bincount(image_index(samples, k), minlength=len(images)).double()
+        expected = probs * SAMPLING_SIZE
+        impossible = (counts > 0) & (probs == 0)
+        if bool(impossible.any()):
+            i = int(impossible.nonzero()[0])
+            raise CheckFailed(f"sampled image {images[i].reshape(-1).tolist()}, whose log_prob is -inf")
+        stat, dof, p = chi_square(counts, expected)
+        if p < SAMPLING_ALPHA:
+            i = int(((counts - expected) / expected.clamp(min=1e-12).sqrt()).abs().argmax())
+            raise CheckFailed(f"{SAMPLING_SIZE} samples on {_space(shape, k, ordering)} do not follow exp(log_prob): "
+                              f"chi-square {stat:.1f} with {dof} degrees of freedom, p = {p:.2g} < {SAMPLING_ALPHA:g}; "
+                              f"image {images[i].reshape(-1).tolist()} drawn {int(counts[i])} times, expected "
+                              f"{float(expected[i]):.1f}: sample() (through step) must draw from the same "
+                              "conditionals as log_prob")
+        shown.append(f"{'x'.join(map(str, shape))} K={k}: chi2 {stat:.1f}, {dof} dof, p={p:.2f}")
+    return "; ".join(shown) + _notes(subject)
+
+
+@contextmanager
+def _registered(subject: Subject):
+    """The subject's registry name; a factory is registered in-process for the duration."""
+    if subject.name is not None:
+        yield subject.name
+        return
+
+    def register_models(register):
+        register(subject.factory, name="subject", description="model under conformance check")
+
+    plugin = types.SimpleNamespace(register_models=hookimpl(register_models))
+    register_plugin(plugin, "conformance")
+    try:
+        yield "conformance:subject"
+    finally:
+        unregister_plugin("conformance")
+
+
+def _round_trip(subject: Subject) -> str:
+    (shape, k, ordering, model), = subject.first_variant((((1, 2, 3), 2),))
+    config = model.config()
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as exc:
+        raise CheckFailed(f"config() is not JSON-able: {exc}") from exc
+    images = all_images(shape, k)
+    noise = torch.rand(64, model.num_positions, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with torch.no_grad():
+        before = model.log_prob(images).double()
+    before_samples = model.sample(64, noise=noise)
+    with tempfile.TemporaryDirectory() as tmp, _registered(subject) as name:
+        path = Path(tmp) / "model.safetensors"
+        save_checkpoint(path, model, name)
+        try:
+            again, _ = load_checkpoint(path)
+        except Exception as exc:
+            raise CheckFailed(f"load_checkpoint could not rebuild the model from its own checkpoint: {exc} "
+                              "(config() must return keyword arguments the factory accepts, and every tensor "
+                              "must be a parameter or buffer of the rebuilt model)") from exc
+    if type(again) is not type(model):
+        raise CheckFailed(f"the checkpoint rebuilt a {type(again).__name__}, not a {type(model).__name__}")
+    if again.config() != config:
+        keys = sorted(key for key in set(config) | set(again.config()) if config.get(key) != again.config().get(key))
+        raise CheckFailed(f"config() of the reloaded model differs in {', '.join(map(repr, keys))}: "
+                          f"saved {({key: config.get(key) for key in keys})}, rebuilt "
+                          f"{({key: again.config().get(key) for key in keys})} (does the constructor store "
+                          "what config() reports?)")
+    with torch.no_grad():
+        after = again.log_prob(images).double()
+    diff = float((after - before).abs().max())
+    if diff > 1e-6:
+        raise CheckFailed(f"log_prob of the model reloaded from its checkpoint differs by {diff:.3g} nats: state "
+                          "that shapes the density is neither in config() nor a parameter or buffer "
+                          "(register tensors with register_buffer, or add the value to config())")
+    if not torch.equal(again.sample(64, noise=noise), before_samples):
+        raise CheckFailed("samples of the reloaded model differ from the original's for the same noise: the step "
+                          "state depends on something not saved in the checkpoint")
+    return f"config {json.dumps(config)} rebuilt through the registry; log_prob and samples identical"
+
+
+def _export(subject: Subject) -> str:
+    try:
+        from densreg.export import export_model
+    except ImportError as exc:
+        raise CheckSkipped(NO_EXPORTER) from exc
+    (shape, k, ordering, model), = subject.first_variant((((1, 2, 3), 2),))
+    images = all_images(shape, k)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "export"
+        try:
+            info = export_model(model, folder, name=subject.label.replace(":", "-"), parity=True)
+        except Exception as exc:
+            raise CheckFailed(f"export_model failed on {_space(shape, k, ordering)}: {_describe(exc)} (export needs a "
+                              "step that works with a 0-dim tensor position: no int(position), .item(), Python if "
+                              "on tensor values or data-dependent shapes; and a state of batch-first tensors "
+                              "whose shapes depend only on the batch size; see PLUGINS.md)") from exc
+        reported = (info or {}).get("max_abs_diff")
+        if reported is not None and not float(reported) <= EXPORT_TOL:
+            raise CheckFailed(f"the exporter's parity check found a difference of {float(reported):.3g} "
+                              f"between onnxruntime and torch (tolerance {EXPORT_TOL:g})")
+        try:
+            from densreg.export.runtime import ExportedModel
+        except ImportError:
+            return f"exported with parity {reported} (no runtime to cross-check)"
+        runtime = ExportedModel(folder)
+        with torch.no_grad():
+            expected = model.log_prob(images).double().numpy()
+        got = runtime.log_prob(images.numpy())
+        diff = float(abs(torch.as_tensor(got, dtype=torch.float64).numpy() - expected).max())
+        if not diff <= EXPORT_TOL:
+            raise CheckFailed(f"log_prob in onnxruntime differs from torch by {diff:.3g} nats on "
+                              f"{_space(shape, k, ordering)} (tolerance {EXPORT_TOL:g})")
+        noise = torch.rand(200, model.num_positions, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+        ours = model.sample(200, noise=noise).numpy()
+        theirs = runtime.sample(200, noise=noise.numpy())
+        mismatched = int((torch.as_tensor(theirs).reshape(200, -1) != torch.as_tensor(ours).reshape(200, -1))
+                         .any(-1).sum())
+        if mismatched > 2:  # a value drawn right at a CDF boundary may legitimately differ
+            raise CheckFailed(f"{mismatched} of 200 samples drawn in onnxruntime differ from torch's for the same "
+                              "noise: the exported step does not reproduce the torch step")
+    return (f"onnxruntime ({getattr(runtime, 'provider', '?')}) log_prob within {diff:.1e} nats; "
+            f"samples for the same noise agree ({mismatched} of 200 differ)")
+
+
+CHECKS: dict[str, Callable[[Subject], str]] = {
+    "normalization": _normalization,
+    "chain_rule": _chain_rule,
+    "causality": _causality,
+    "step": _step,
+    "sampling": _sampling,
+    "round_trip": _round_trip,
+    "export": _export,
+}
+
+
+@contextmanager
+def _one_thread():
+    """Run torch single-threaded for the duration: on tiny tensors intra-op threads only add
+    synchronisation, which costs 5-10x on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_check(name: str, model: str | Callable, config: dict | None = None, *,
+              prepare: Callable | None = None, orderings=None) -> CheckResult:
+    """Run one check (a key of ``CHECKS``) on ``model`` (registered name or factory) with ``config``.
+
+    A model that raises, or breaks the contract, gives a failed result; an unknown model
+    name or a config the factory refuses raises (UnknownNameError, ConfigError).
+
+    ``prepare(model, seed)`` replaces ``randomize`` (give a trained-looking model random
+    parameters your way); ``orderings`` replaces DEFAULT_ORDERINGS.
+    """
+    if name not in CHECKS:
+        raise ConfigError(f"unknown check {name!r}; checks: {', '.join(CHECKS)}")
+    subject = model if isinstance(model, Subject) else Subject(model, config, prepare, orderings)
+    start = time.perf_counter()
+    try:
+        with _one_thread():
+            status, detail = PASSED, CHECKS[name](subject)
+    except CheckFailed as exc:
+        status, detail = FAILED, str(exc)
+    except CheckSkipped as exc:
+        status, detail = SKIPPED, str(exc)
+    except Exception as exc:  # the model raised: report it as the check's failure
+        status, detail = FAILED, f"the model raised {_describe(exc)}"
+    return CheckResult(name, status, detail, time.perf_counter() - start)
+
+
+def run_checks(model: str | Callable, config: dict | None = None, *, checks=None, skip=(),
+               prepare: Callable | None = None, orderings=None) -> list[CheckResult]:
+    """Run ``checks`` (default: all of ``CHECKS`` but those in ``skip``) and return their results."""
+    names = list(checks or CHECKS)
+    unknown = [n for n in [*names, *skip] if n not in CHECKS]
+    if unknown:
+        raise ConfigError(f"unknown check {unknown[0]!r}; checks: {', '.join(CHECKS)}")
+    subject = Subject(model, config, prepare, orderings)
+    return [run_check(n, subject) for n in names if n not in skip]
+
+
+def check_normalization(model, config=None, **options) -> CheckResult:
+    """sum exp(log_prob) over every image of tiny spaces is 1 (1e-5)."""
+    return run_check("normalization", model, config, **options)
+
+
+def check_chain_rule(model, config=None, **options) -> CheckResult:
+    """log_prob equals the sum of log-softmax conditionals (1e-4 nats)."""
+    return run_check("chain_rule", model, config, **options)
+
+
+def check_causality(model, config=None, **options) -> CheckResult:
+    """The conditional at d ignores values at d and after."""
+    return run_check("causality", model, config, **options)
+
+
+def check_step(model, config=None, **options) -> CheckResult:
+    """Teacher-forced step equals conditional_logits (1e-5), int and tensor positions."""
+    return run_check("step", model, config, **options)
+
+
+def check_sampling(model, config=None, **options) -> CheckResult:
+    """Sample frequencies match exp(log_prob) (chi-square, p >= 1e-3)."""
+    return run_check("sampling", model, config, **options)
+
+
+def check_round_trip(model, config=None, **options) -> CheckResult:
+    """Checkpoint save and load through the registry keeps config, log_prob and samples."""
+    return run_check("round_trip", model, config, **options)
+
+
+def check_export(model, config=None, **options) -> CheckResult:
+    """ONNX export parity (skipped without densreg.export)."""
+    return run_check("export", model, config, **options)

@@ -1,0 +1,375 @@
+"""The conformance kit: broken models are caught by the right check with the right message,
+every registered model passes, and `densreg check` reports it with the right exit code."""
+
+import json
+import types
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from densreg.registry import ConfigError, DensityModel, UnknownNameError, hookimpl, list_models
+from densreg.registry import register_plugin, unregister_plugin
+from densreg.registry.cli import cli
+from densreg.registry.conformance import (CHECKS, NO_EXPORTER, all_images, check_causality, check_chain_rule,
+                                          check_normalization, check_round_trip, check_sampling, check_step,
+                                          chi_square, image_index, run_checks)
+from densreg.registry.testing import ModelConformance, conformance_tests
+
+
+class Linear(DensityModel):
+    """A correct reference: logits_d = b_d + sum_{j<d} W[d, j] onehot(x_j), with a cached step.
+
+    ``extra`` >= 0 breaks it: the conditional at d also sees x at d + extra.
+    """
+
+    def __init__(self, event_shape=(1, 2, 3), num_categories=2, ordering="raster", extra: int = -1):
+        super().__init__(event_shape, num_categories, ordering)
+        self.extra = extra
+        d, k = self.num_positions, self.num_categories
+        self.weight = torch.nn.Parameter(torch.zeros(d, k, d, k))
+        self.bias = torch.nn.Parameter(torch.zeros(d, k))
+        rows, cols = torch.arange(d).unsqueeze(1), torch.arange(d).unsqueeze(0)
+        sees = (cols < rows) | ((cols == rows + extra) & (extra >= 0))  # (d, j)
+        self.register_buffer("mask", sees.float()[:, None, :, None].expand(d, k, d, k).clone())
+
+    def config(self):
+        return {**super().config(), "extra": self.extra}
+
+    def conditional_logits(self, x):
+        onehot = torch.nn.functional.one_hot(self.to_sequence(self.validate(x)), self.num_categories).float()
+        return torch.einsum("djkl,bkl->bdj", self.weight * self.mask, onehot) + self.bias
+
+    def initial_state(self, batch_size):
+        return (torch.zeros(batch_size, self.num_positions, self.num_categories),)
+
+    def step(self, value, position, state):
+        (acc,) = state
+        position = torch.as_tensor(position)
+        prev = (position - 1).clamp(min=0)
+        onehot = torch.nn.functional.one_hot(value, self.num_categories).float()  # (B, K)
+        column = (self.weight * self.mask).index_select(2, prev.reshape(1)).squeeze(2)  # (D, K, K)
+        acc = acc + torch.where(position > 0, torch.einsum("dkl,bl->bdk", column, onehot), 0.0)
+        logits = (acc + self.bias).index_select(1, position.reshape(1)).squeeze(1)
+        return logits, (acc,)
+
+
+class SeesItself(Linear):
+    """Broken: the conditional at d sees x_d."""
+
+    def __init__(self, event_shape=(1, 2, 3), num_categories=2, ordering="raster"):
+        super().__init__(event_shape, num_categories, ordering, extra=0)
+
+    def config(self):
+        return DensityModel.config(self)
+
+
+class SeesTheFuture(Linear):
+    """Broken: the conditional at d sees x_{d+2}."""
+
+    def __init__(self, event_shape=(1, 2, 3), num_categories=2, ordering="raster"):
+        super().__init__(event_shape, num_categories, ordering, extra=2)
+
+    def config(self):
+        return DensityModel.config(self)
+
+
+class Unnormalized(Linear):
+    """Broken: log_prob sums raw logits instead of log-softmax conditionals."""
+
+    def log_prob(self, x):
+        x = self.validate(x)
+        return self.conditional_logits(x).gather(-1, self.to_sequence(x).unsqueeze(-1)).sum((1, 2))
+
+
+class StaleStep(Linear):
+    """Broken: the cached step forgets the value just drawn (off by one)."""
+
+    def step(self, value, position, state):
+        logits, new_state = super().step(value, position, state)
+        (acc,) = state
+        position = torch.as_tensor(position)
+        return (acc + self.bias).index_select(1, position.reshape(1)).squeeze(1), new_state
+
+
+class SkewedSampler(Linear):
+    """Broken: sample() feeds the inverse CDF squared uniforms, so it favours value 0."""
+
+    @torch.no_grad()
+    def sample(self, n, generator=None, noise=None, naive=False):
+        if noise is None:
+            noise = torch.rand(n, self.num_positions, generator=generator, dtype=torch.float64) ** 2
+        return super().sample(n, noise=noise, naive=naive)
+
+
+class ForgetsScale(Linear):
+    """Broken: ``scale`` shapes the density but config() leaves it out."""
+
+    def __init__(self, event_shape=(1, 2, 3), num_categories=2, ordering="raster", scale: float = 1.0):
+        super().__init__(event_shape, num_categories, ordering)
+        self.scale = scale
+
+    def config(self):
+        return DensityModel.config(self)
+
+    def conditional_logits(self, x):
+        return super().conditional_logits(x) * self.scale
+
+
+class ExtraConfigKey(Linear):
+    """Broken: config() reports a key the constructor does not take."""
+
+    def config(self):
+        return {**super().config(), "hidden": 3}
+
+
+# -- broken models are caught by the right check ---------------------------------------
+def test_reference_model_passes_every_check():
+    results = {r.name: r for r in run_checks(Linear, skip=("export",))}
+    assert all(r.passed for r in results.values()) and len(results) == len(CHECKS) - 1, results
+    assert "6 space/ordering pairs" in results["causality"].detail
+
+
+def test_model_that_sees_x_d_fails_causality():
+    result = check_causality(SeesItself)
+    assert result.failed
+    assert "conditional at position 0 (c=0, h=0, w=0)" in result.detail
+    assert "when x at position 0 (c=0, h=0, w=0) changed" in result.detail
+    assert "the model sees the value it predicts (x_d)" in result.detail
+
+
+def test_model_that_peeks_at_the_future_fails_causality():
+    result = check_causality(SeesTheFuture, {"ordering": "column"})
+    assert result.failed
+    # column order on 1x2x3 generates (0,0) (1,0) (0,1) ...; position 0 sees position 2
+    assert "conditional at position 0 (c=0, h=0, w=0) changed" in result.detail
+    assert "when x at position 2 (c=0, h=0, w=1) changed (1x2x3 K=2, ordering 'column'" in result.detail
+    assert "the model peeks at the future" in result.detail
+
+
+def test_unnormalized_model_fails_normalization_only_there():
+    result = check_normalization(Unnormalized)
+    assert result.failed
+    assert "sum of exp(log_prob) over all 64 images of 1x2x3 K=2, ordering 'raster' is" in result.detail
+    assert "not a normalized density" in result.detail
+    assert check_chain_rule(Unnormalized).failed
+    assert check_causality(Unnormalized).passed and check_step(Unnormalized).passed
+
+
+def test_stale_step_fails_the_step_check():
+    result = check_step(StaleStep)
+    assert result.failed
+    assert "step at position 1 (c=0, h=0, w=1) (position given as an int, 1x2x3 K=3, ordering 'raster') " \
+           "differs from conditional_logits" in result.detail
+    assert check_causality(StaleStep).passed and check_normalization(StaleStep).passed
+
+
+def test_skewed_sampler_fails_the_sampling_check():
+    result = check_sampling(SkewedSampler)
+    assert result.failed
+    assert "4000 samples on 1x2x2 K=2, ordering 'snake' do not follow exp(log_prob): chi-square" in result.detail
+    assert check_sampling(Linear).passed and check_step(SkewedSampler).passed
+
+
+def test_config_that_forgets_a_value_fails_the_round_trip():
+    result = check_round_trip(ForgetsScale, {"scale": 3.0})
+    assert result.failed
+    assert "log_prob of the model reloaded from its checkpoint differs" in result.detail
+    assert "neither in config() nor a parameter or buffer" in result.detail
+
+
+def test_config_with_a_foreign_key_fails_the_round_trip():
+    result = check_round_trip(ExtraConfigKey)
+    assert result.failed
+    assert "load_checkpoint could not rebuild the model from its own checkpoint" in result.detail
+    assert "unknown config key 'hidden'" in result.detail
+
+
+def test_a_model_that_raises_is_a_failure_not_a_crash():
+    class Raises(Linear):
+        def conditional_logits(self, x):
+            raise RuntimeError("shape trouble")
+
+    result = check_causality(Raises)
+    assert result.failed and "RuntimeError: shape trouble (at test_conformance.py:" in result.detail
+
+
+def test_refused_spaces_are_noted_and_all_refused_fails():
+    class BinaryOnly(Linear):
+        def __init__(self, event_shape=(1, 2, 3), num_categories=2, ordering="raster"):
+            if num_categories != 2 or ordering != "raster":
+                raise ConfigError("only K=2 in raster order")
+            super().__init__(event_shape, num_categories, ordering)
+
+        def config(self):
+            return DensityModel.config(self)
+
+    result = check_normalization(BinaryOnly)
+    assert result.passed and "not run on" in result.detail and "only K=2 in raster order" in result.detail
+    result = check_normalization(BinaryOnly, {"ordering": "snake"})
+    assert result.failed and "could not be built on any tiny space" in result.detail
+
+
+def test_caller_errors_raise():
+    with pytest.raises(ConfigError, match="unknown config key 'nope'"):
+        run_checks("markov", {"nope": 1})
+    with pytest.raises(UnknownNameError):
+        run_checks("no-such-model")
+    with pytest.raises(ConfigError, match="unknown check 'speed'"):
+        run_checks("markov", checks=["speed"])
+
+
+def test_export_is_skipped_with_the_reason_when_there_is_no_exporter():
+    try:
+        from densreg.export import export_model  # noqa: F401
+    except ImportError:
+        (result,) = run_checks("bernoulli", checks=["export"])
+        assert result.skipped and result.detail == NO_EXPORTER
+    else:
+        pytest.skip("the exporter is installed; the export check runs in test_registered_models_pass")
+
+
+def test_chi_square_pools_small_cells_and_detects_a_wrong_law():
+    expected = torch.tensor([1000.0, 1000.0, 10.0, 1.0, 1.0, 3.0])
+    stat, dof, p = chi_square(torch.tensor([1000.0, 1000.0, 10.0, 3.0, 2.0, 0.0]), expected)
+    assert stat == 0 and dof == 3 and p == 1.0  # the three small cells pooled into one of 5
+    stat, dof, p = chi_square(torch.tensor([3.0, 0.0, 1.0]), torch.tensor([1.0, 2.0, 1.0]))
+    assert dof == 0 and p == 1.0  # no test is possible with one pooled cell
+    stat, dof, p = chi_square(torch.tensor([1100.0, 900.0, 10.0, 1.0, 1.0, 3.0]), expected)
+    assert abs(stat - 20.0) < 1e-9 and 4e-5 < p < 5e-4  # chi2(3) survival at 20 is 1.7e-4
+
+
+def test_all_images_enumerates_in_base_k():
+    images = all_images((1, 1, 3), 3)
+    assert images.shape == (27, 1, 1, 3) and images[5].reshape(-1).tolist() == [0, 1, 2]
+    assert torch.equal(image_index(images, 3), torch.arange(27))
+
+
+# -- the pytest forms ----------------------------------------------------------------------
+class TestLinearConformance(ModelConformance):
+    model, config = Linear, {"extra": -1}
+    skip_checks = ("export",)
+
+
+@pytest.mark.parametrize("case", conformance_tests(SeesItself, checks=["causality"]))
+def test_parametrized_form_fails_a_broken_model(case):
+    with pytest.raises(pytest.fail.Exception, match="conformance check 'causality' failed for SeesItself-causality"):
+        case.run()
+
+
+def test_parametrized_form_ids_and_skip():
+    cases = conformance_tests("markov", skip=("export",), order=2)
+    assert [c.id for c in cases] == [f"markov-{n}" for n in CHECKS if n != "export"]
+    assert cases[0].values[0].config == {"order": 2}
+
+
+# -- every registered model passes ------------------------------------------------------------
+SMALL = {"nade": {"hidden": 8}, "pixelrnn": {"hidden": 4, "layers": 1}, "row-lstm": {"hidden": 4, "layers": 1},
+         "diagonal-bilstm": {"hidden": 4, "layers": 1}, "mixture": {"components": 3, "iterations": 3}}
+EXPORT_BY_DEFAULT = {"markov"}  # the rest under -m slow (mixture's export also runs in test_example_plugin.py)
+
+
+def registered_cases():
+    cases = []
+    for name in list_models():
+        bare = name.rpartition(":")[2]
+        config = SMALL.get(bare, {})
+        cases += conformance_tests(name, skip=("export",), **config)
+        cases += conformance_tests(name, checks=["export"], **config,
+                                   marks=() if bare in EXPORT_BY_DEFAULT else (pytest.mark.slow,))
+    return cases
+
+
+@pytest.mark.parametrize("case", registered_cases())
+def test_registered_models_pass(case):
+    case.run()
+
+
+# -- densreg check -------------------------------------------------------------------------
+def run(*args):
+    return CliRunner().invoke(cli, list(map(str, args)))
+
+
+def test_cli_check_passes_a_builtin_model():
+    result = run("check", "markov", "--set", "order=2", "--skip", "export")
+    assert result.exit_code == 0, result.output
+    assert "baselines:markov with {'order': 2}" in result.output
+    for name in CHECKS:
+        if name != "export":
+            assert any(line.split()[:2] == [name, "passed"] for line in result.output.splitlines()), name
+    assert "6 passed, 0 failed, 0 skipped" in result.output
+
+
+def broken_plugin():
+    @hookimpl
+    def register_models(register):
+        register(SeesTheFuture, name="peeker", description="peeks at the future")
+        register(Linear, name="linear", description="a correct linear model")
+
+    return types.SimpleNamespace(register_models=register_models)
+
+
+def test_cli_check_fails_a_broken_model_with_the_detail():
+    try:
+        register_plugin(broken_plugin(), "broken-plugin")
+        result = run("check", "peeker", "--skip", "export")
+        assert result.exit_code == 1
+        causality = next(line for line in result.output.splitlines() if line.startswith("causality"))
+        assert "FAILED" in causality and "the model peeks at the future" in causality
+        assert "failed" in result.output.splitlines()[-1]
+        data = json.loads(run("check", "broken-plugin:peeker", "--only", "causality", "--json").output)
+        assert data["passed"] is False and data["model"] == "broken-plugin:peeker"
+        assert data["results"][0]["status"] == "failed"
+        data = json.loads(run("check", "linear", "--only", "step", "--only", "round_trip", "--json").output)
+        assert data["passed"] is True and [r["name"] for r in data["results"]] == ["step", "round_trip"]
+    finally:
+        unregister_plugin("broken-plugin")
+
+
+def test_cli_check_user_errors_are_one_line():
+    result = run("check", "no-such-model")
+    assert result.exit_code == 1 and "unknown model 'no-such-model'" in result.output
+    result = run("check", "markov", "--set", "hidden=3")
+    assert result.exit_code == 1 and "unknown config key 'hidden'" in result.output
+    assert run("check", "markov", "--only", "speed").exit_code == 2
+
+
+class IntPosition(Linear):
+    """Broken for export only: the step turns the position into a Python int."""
+
+    def step(self, value, position, state):
+        (acc,) = state
+        d = int(position)
+        if d > 0:
+            onehot = torch.nn.functional.one_hot(value, self.num_categories).float()
+            acc = acc + torch.einsum("dkl,bl->bdk", (self.weight * self.mask)[:, :, d - 1], onehot)
+        return acc[:, d] + self.bias[d], (acc,)
+
+
+@pytest.mark.slow
+def test_export_check_catches_a_step_that_is_not_traceable():
+    pytest.importorskip("densreg.export.exporter", reason=NO_EXPORTER)
+    assert check_step(IntPosition).passed  # eager torch is happy with int(position)
+    result = run_checks(IntPosition, checks=["export"])[0]
+    assert result.failed and "export_model failed on 1x2x3 K=2" in result.detail
+    assert "no int(position), .item()" in result.detail and "batch-first" in result.detail
+
+
+def test_model_conformance_uses_the_class_prepare():
+    calls = []
+
+    def record(model, seed):
+        calls.append((type(model).__name__, model.event_shape, seed))
+
+    class Prepared(ModelConformance):
+        model, prepare = Linear, staticmethod(record)
+
+    Prepared().test_step()
+    assert calls and all(name == "Linear" for name, _, _ in calls)
+
+    class Plain(ModelConformance):  # a plain function works too, and so does a function as factory
+        model, prepare = (lambda **config: Linear(**config)), record
+
+    calls.clear()
+    Plain().test_round_trip()
+    assert len(calls) == 1
