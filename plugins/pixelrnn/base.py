@@ -1,0 +1,190 @@
+"""The frame shared by Row LSTM and Diagonal BiLSTM: input layer, residual LSTM stack, output layers.
+
+    x (B, C, H, W) in 0..K-1
+      -> scaled to [-1, 1] (2x/(K-1) - 1; zero is the padding value)
+      -> 7x7 mask-A convolution to ``hidden`` feature maps
+      -> ``layers`` LSTM layers, each added to its input (residual)
+      -> ReLU, 1x1 mask-B conv to ``output_hidden`` maps, ReLU, 1x1 mask-B conv to C*K maps
+      -> a K-way softmax per channel.
+
+Generation order: raster over pixels, channels R, G, B within a pixel (the core's
+``raster`` ordering is this pixel-major order, so ``order`` is the usual buffer).
+The paper keeps a residual stream of 2h maps and LSTMs of h units; here both have
+``hidden`` maps, so the residual needs no 1x1 projection.
+
+Cached ``step`` (both variants): every feature of pixel (i, j) in channel group g
+depends on values of that pixel in channels < g only, so no feature ever depends on the
+last channel of its own pixel. Hence, at position d = (row r, column j, channel c),
+the features of pixels left of j in row r and of every row above are final; a step
+recomputes the current pixel through the layers (its input needs the 4 x 7 window of
+the last 4 image rows) and caches what it computed. The image is kept as a buffer of
+its last 4 rows, so the state has a fixed size independent of the image height.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from densreg.registry import ConfigError, DensityModel
+
+from .masks import MaskedConv2d, channel_groups
+
+INPUT_KERNEL = 7
+ROWS_KEPT = INPUT_KERNEL // 2 + 1  # the rows the mask-A kernel reads: 3 above and the current one
+
+
+def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """LSTM update from pre-activations ``gates`` (4h along ``dim``: input, forget, output, cell).
+
+    Returns (h, c), each ``gates`` with h along ``dim``.
+    """
+    i, f, o, g = gates.chunk(4, dim)
+    c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def branch(pred: torch.Tensor, true_fn, false_fn, operands: tuple[torch.Tensor, ...]):
+    """``true_fn(*operands)`` if the 0-dim bool ``pred`` else ``false_fn(*operands)``.
+
+    Traced (torch.export, hence the dynamo ONNX exporter) it is ``torch.cond``, an ONNX
+    If node, so only the taken branch runs there too; in eager mode a plain Python
+    branch (eager ``torch.cond`` would compile its branches with dynamo).
+    """
+    if torch.compiler.is_compiling():
+        return torch.cond(pred, true_fn, false_fn, operands)
+    return true_fn(*operands) if bool(pred) else false_fn(*operands)
+
+
+def one_hot_at(index: torch.Tensor, size: int, device) -> torch.Tensor:
+    """Boolean (size,) that is True at the 0-dim ``index`` only (a write mask export can trace)."""
+    return torch.arange(size, device=device) == index
+
+
+def take(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """``t`` at the 0-dim tensor ``index`` along ``dim`` (the dim is dropped); traceable."""
+    return t.index_select(dim, index.reshape(1)).squeeze(dim)
+
+
+def put(t: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` (..., N) with ``value`` (...) written at the 0-dim ``index`` of the last dim."""
+    return torch.where(one_hot_at(index, t.shape[-1], t.device), value.unsqueeze(-1), t)
+
+
+class SpatialPixelRNN(DensityModel):
+    """Base of ``row-lstm`` and ``diagonal-bilstm``; subclasses give the LSTM layer and its cached step."""
+
+    def __init__(self, event_shape=(1, 28, 28), num_categories: int = 2, ordering: str = "raster",
+                 hidden: int = 16, layers: int = 3, output_hidden: int = 32) -> None:
+        super().__init__(event_shape, num_categories, ordering)
+        if self.ordering != "raster":
+            raise ConfigError(f"{self.registry_name} generates in raster order (channels R, G, B within a pixel) "
+                              f"only; got ordering {ordering!r} (the plain 'pixelrnn' takes any ordering)")
+        channels = self.event_shape[0]
+        for key, value in (("hidden", hidden), ("output_hidden", output_hidden)):
+            if int(value) < channels:
+                raise ConfigError(f"{key} must be at least the number of channels ({channels}) so that every "
+                                  f"channel group has feature maps, got {value}")
+        if int(layers) < 1:
+            raise ConfigError(f"layers must be at least 1, got {layers}")
+        self.hidden, self.num_layers, self.output_hidden = int(hidden), int(layers), int(output_hidden)
+        groups = channel_groups(self.hidden, channels)
+        self.input_conv = MaskedConv2d(torch.arange(channels), groups, (INPUT_KERNEL, INPUT_KERNEL), "A")
+        self.rnn = nn.ModuleList(self.make_layer(groups) for _ in range(self.num_layers))
+        out_groups = channel_groups(self.output_hidden, channels)
+        self.output_hidden_conv = MaskedConv2d(groups, out_groups, (1, 1), "B")
+        logit_groups = torch.arange(channels * self.num_categories) // self.num_categories
+        self.output_conv = MaskedConv2d(out_groups, logit_groups, (1, 1), "B")
+
+    def make_layer(self, groups: torch.Tensor) -> nn.Module:
+        """One LSTM layer on (B, hidden, H, W) maps whose channels are in ``groups``."""
+        raise NotImplementedError
+
+    def config(self):
+        return {**super().config(), "hidden": self.hidden, "layers": self.num_layers,
+                "output_hidden": self.output_hidden}
+
+    # -- teacher-forced pass ---------------------------------------------------
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Values 0..K-1 -> float in [-1, 1]."""
+        return x.float() * (2.0 / (self.num_categories - 1)) - 1.0
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Output layers: (B, hidden, H, W) -> logits (B, C*K, H, W)."""
+        return self.output_conv(F.relu(self.output_hidden_conv(F.relu(h))))
+
+    def hidden_maps(self, scaled: torch.Tensor) -> torch.Tensor:
+        """Scaled images (B, C, H, W) float -> the last layer's residual stream (B, hidden, H, W)."""
+        h = self.input_conv(scaled)
+        for layer in self.rnn:
+            h = h + layer(h)
+        return h
+
+    def logits_from_scaled(self, scaled: torch.Tensor) -> torch.Tensor:
+        """``conditional_logits`` of scaled float images (B, C, H, W) -> (B, D, K); differentiable
+        in the input (the causality tests take gradients through it)."""
+        logits = self.head(self.hidden_maps(scaled))
+        batch, (channels, height, width) = scaled.shape[0], self.event_shape
+        logits = logits.reshape(batch, channels, self.num_categories, height, width).permute(0, 1, 3, 4, 2)
+        return logits.reshape(batch, self.num_positions, self.num_categories)[:, self.order]
+
+    def conditional_logits(self, x):
+        return self.logits_from_scaled(self.scale(self.validate(x)))
+
+    def features(self, x):
+        """The last layer's feature maps, flattened: (B, C, H, W) -> (B, hidden*H*W).
+
+        The map at pixel (i, j) summarises the pixels before it in raster order.
+        """
+        with torch.no_grad():
+            return self.hidden_maps(self.scale(self.validate(x))).flatten(1)
+
+    # -- cached step -------------------------------------------------------------
+    def initial_state(self, batch_size):
+        channels, _, width = self.event_shape
+        pad = INPUT_KERNEL // 2
+        image = torch.zeros(batch_size, channels, ROWS_KEPT, width + 2 * pad, device=self.order.device)
+        return (image, *self.initial_layer_state(batch_size))
+
+    def initial_layer_state(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def step(self, value, position, state):
+        """Logits (B, K) at ``position`` (int or 0-dim int64 tensor); cost O(layers * hidden^2).
+
+        State: (image rows (B, C, 4, W + 6), scaled values with 3 columns of zero padding
+        each side, the current row last; then the variant's layer caches).
+        """
+        image, *layer_state = state
+        channels, _, width = self.event_shape
+        per_row = width * channels
+        pos = torch.as_tensor(position, dtype=torch.int64, device=image.device)
+        col, ch = (pos // channels) % width, pos % channels
+        new_row = pos % per_row == 0  # also at d = 0, where every cache is still zero
+        # Start a new row: shift the kept rows up, the new current row is empty (zeros).
+        shifted = torch.cat([image[:, :, 1:], torch.zeros_like(image[:, :, :1])], dim=2)
+        image = torch.where(new_row, shifted, image)
+        # Write the value at position d - 1 (the last row's end when a row has just started).
+        prev = pos - 1
+        pad = INPUT_KERNEL // 2
+        write = (one_hot_at(prev % channels, channels, image.device)[:, None, None]
+                 & one_hot_at(torch.where(new_row, ROWS_KEPT - 2, ROWS_KEPT - 1), ROWS_KEPT, image.device)[:, None]
+                 & one_hot_at((prev // channels) % width + pad, width + 2 * pad, image.device)
+                 & (pos > 0))
+        image = torch.where(write, self.scale(value)[:, None, None, None], image)
+        # Input layer at the current pixel: the 4 x 7 window of kept rows around column col.
+        window = image.index_select(3, col + torch.arange(INPUT_KERNEL, device=image.device))
+        weight = self.input_conv.masked_weight()[:, :, :ROWS_KEPT]
+        x = F.conv2d(window, weight, self.input_conv.bias).flatten(1)
+        x, layer_state = self.step_layers(x, pos // per_row, col, new_row, tuple(layer_state))
+        logits = self.head(x[:, :, None, None]).reshape(x.shape[0], channels, self.num_categories)
+        return take(logits, 1, ch), (image, *layer_state)
+
+    def step_layers(self, x, row, col, new_row, layer_state):
+        """Run the current pixel's input features x (B, hidden) through the layers.
+
+        ``row``, ``col``: 0-dim int64; ``new_row``: 0-dim bool, True at a row's first
+        position. Returns the last residual stream (B, hidden) and the new layer caches.
+        """
+        raise NotImplementedError

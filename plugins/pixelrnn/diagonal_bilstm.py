@@ -1,0 +1,134 @@
+"""Diagonal BiLSTM (van den Oord et al., 2016, section 3.2): LSTMs along the image's diagonals.
+
+The input map is skewed (row i shifted right by i) so that the diagonals i + j = s
+become columns s; the LSTM then runs over the columns. In the original coordinates,
+for the left-to-right direction:
+
+    gates(i, j) = K_is x(i, j) + K_ss [h(i-1, j), h(i, j-1)]
+    c(i, j) = sigmoid(f) . c(i, j-1) + sigmoid(i) . tanh(g),   h = sigmoid(o) . tanh(c)
+
+K_is: 1 x 1 convolution with mask B; K_ss: the 2 x 1 convolution over the previous
+skewed column (the pixel above and the one to the left). The right-to-left direction
+is the same on the mirrored map (own weights); its output is shifted down one row
+before the two are added, so that no pixel sees itself or a later one:
+
+    out(i, j) = h_left(i, j) + h_right(i-1, j).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import SpatialPixelRNN, branch, lstm_cell, put, take
+from .masks import MaskedConv2d
+
+
+def skew(x: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) -> (..., H, H+W-1): row i shifted right by i, zeros elsewhere."""
+    height, width = x.shape[-2:]
+    j = torch.arange(height + width - 1, device=x.device) - torch.arange(height, device=x.device)[:, None]
+    index = j.clamp(0, width - 1).expand(*x.shape[:-1], -1)
+    return torch.gather(x, -1, index) * ((j >= 0) & (j < width))
+
+
+def unskew(y: torch.Tensor, width: int) -> torch.Tensor:
+    """Inverse of ``skew``: (..., H, H+W-1) -> (..., H, W)."""
+    height = y.shape[-2]
+    index = torch.arange(height, device=y.device)[:, None] + torch.arange(width, device=y.device)
+    return torch.gather(y, -1, index.expand(*y.shape[:-1], -1))
+
+
+class DiagonalBiLSTMLayer(nn.Module):
+    """(B, hidden, H, W) -> out (B, hidden, H, W), both directions; channels grouped by ``groups``."""
+
+    def __init__(self, groups: torch.Tensor) -> None:
+        super().__init__()
+        hidden = len(groups)
+        # Gates of both directions: the first 4h maps run left to right, the next 4h right to left.
+        self.input_to_state = MaskedConv2d(groups, groups.repeat(8), (1, 1), "B")
+        # state_to_state[direction]: (4h, 2h), acting on [h above, h beside] (beside: left, or right).
+        self.state_to_state = nn.Parameter(torch.empty(2, 4 * hidden, 2 * hidden))
+        nn.init.uniform_(self.state_to_state, -(2 * hidden) ** -0.5, (2 * hidden) ** -0.5)
+
+    def input_gates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked 1x1 input-to-state weight (2, 4h, h) and bias (2, 4h), left-to-right first."""
+        hidden = self.state_to_state.shape[2] // 2
+        return (self.input_to_state.masked_weight().reshape(2, 4 * hidden, hidden),
+                self.input_to_state.bias.reshape(2, 4 * hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, hidden, height, width = x.shape
+        left, right = self.input_to_state(x).chunk(2, dim=1)
+        gates_in = skew(torch.stack([left, right.flip(-1)]))  # (2, B, 4h, H, H+W-1)
+        gates_in = gates_in.permute(4, 0, 1, 2, 3).contiguous()  # skewed columns first, contiguous
+        valid = skew(x.new_ones(height, width)).t()  # (H+W-1, H): 1 inside the image
+        h = c = x.new_zeros(2, batch, hidden, height)
+        columns = []
+        for gates, inside in zip(gates_in.unbind(0), valid.unbind(0)):  # skewed columns s
+            above = F.pad(h, (1, 0))[..., :-1]  # row i gets h(i-1) of the previous column
+            recurrent = torch.einsum("dok,dbki->dboi", self.state_to_state, torch.cat([above, h], dim=2))
+            h, c = lstm_cell(gates + recurrent, c, dim=2)
+            h, c = h * inside, c * inside
+            columns.append(h)
+        states = unskew(torch.stack(columns, dim=-1), width)  # (2, B, h, H, W)
+        right_shifted = F.pad(states[1].flip(-1), (0, 0, 1, 0))[:, :, :-1]
+        return states[0] + right_shifted
+
+
+class DiagonalBiLSTM(SpatialPixelRNN):
+    """Diagonal BiLSTM PixelRNN: 7x7 mask-A input conv, residual Diagonal BiLSTM layers, 1x1 mask-B outputs."""
+
+    registry_name = "diagonal-bilstm"
+    description = "PixelRNN Diagonal BiLSTM (van den Oord et al. 2016): LSTMs along diagonals in both directions"
+
+    def make_layer(self, groups):
+        return DiagonalBiLSTMLayer(groups)
+
+    def initial_layer_state(self, batch_size):
+        """(left_above (L, B, h, W), left_h (L, B, h, W+1), left_c (L, B, h, W+1), right_above (L, B, h, W),
+        cur_x (L, B, h, W)): the left-to-right h of the row above, h and c of the current row so
+        far (one zero column on the left), the right-to-left h of the row above (the shifted
+        output for this row), and the current row's layer inputs."""
+        width = self.event_shape[2]
+        zeros = lambda w: torch.zeros(self.num_layers, batch_size, self.hidden, w, device=self.order.device)  # noqa: E731
+        return zeros(width), zeros(width + 1), zeros(width + 1), zeros(width), zeros(width)
+
+    def right_to_left(self, cur_x: torch.Tensor, right_above: torch.Tensor) -> torch.Tensor:
+        """Right-to-left h of a finished row, every layer at once: (L, B, h, W) x 2 -> (L, B, h, W).
+
+        ``cur_x``: the row's layer inputs; ``right_above``: right-to-left h of the row above it.
+        """
+        w_in = torch.stack([layer.input_gates()[0][1] for layer in self.rnn])  # (L, 4h, h)
+        b_in = torch.stack([layer.input_gates()[1][1] for layer in self.rnn])  # (L, 4h)
+        w_ss = torch.stack([layer.state_to_state[1] for layer in self.rnn])  # (L, 4h, 2h)
+        w_above, w_beside = w_ss.chunk(2, dim=2)
+        gates_in = (torch.einsum("loh,lbhw->lbow", w_in, cur_x) + b_in[:, None, :, None]
+                    + torch.einsum("loh,lbhw->lbow", w_above, right_above))
+        h = c = cur_x.new_zeros(cur_x.shape[:3])
+        columns = []
+        for j in reversed(range(cur_x.shape[-1])):
+            h, c = lstm_cell(gates_in[..., j] + torch.einsum("loh,lbh->lbo", w_beside, h), c, dim=2)
+            columns.append(h)
+        return torch.stack(columns[::-1], dim=-1)
+
+    def step_layers(self, x, row, col, new_row, layer_state):
+        left_above, left_h, left_c, right_above, cur_x = layer_state
+        # At a row's first position: the finished row's right-to-left pass (only then: an If
+        # node in ONNX), and its left-to-right h becomes the row above.
+        right_above = branch(new_row, self.right_to_left, lambda cur, above: above.clone(), (cur_x, right_above))
+        right_above = torch.where(row > 0, right_above, torch.zeros_like(right_above))
+        left_above = torch.where(new_row, left_h[..., 1:], left_above)
+        hs, cs, xs = [], [], []
+        for l, layer in enumerate(self.rnn):
+            w_in, b_in = layer.input_gates()
+            w_above, w_beside = layer.state_to_state[0].chunk(2, dim=1)
+            gates = (F.linear(x, w_in[0], b_in[0]) + F.linear(take(left_above[l], 2, col), w_above)
+                     + F.linear(take(left_h[l], 2, col), w_beside))
+            h, c = lstm_cell(gates, take(left_c[l], 2, col))
+            hs.append(put(left_h[l], col + 1, h))
+            cs.append(put(left_c[l], col + 1, c))
+            xs.append(put(cur_x[l], col, x))
+            x = x + h + take(right_above[l], 2, col)
+        return x, (left_above, torch.stack(hs), torch.stack(cs), right_above, torch.stack(xs))

@@ -1,0 +1,85 @@
+"""Row LSTM (van den Oord et al., 2016, section 3.1): an LSTM that runs down the image a row at a time.
+
+For row i, with maps of ``hidden`` channels:
+
+    gates_i = K_is * x_i  +  K_ss * h_{i-1}      (4 * hidden gate maps: input, forget, output, cell)
+    c_i = sigmoid(f) . c_{i-1} + sigmoid(i) . tanh(g),    h_i = sigmoid(o) . tanh(c_i)
+
+K_is: 1 x 3 convolution along the row with mask B (the left neighbour, and the pixel
+itself in channel groups <= the output's), computed for the whole image at once;
+K_ss: a width-3 1-D convolution over the row above's hidden state. The receptive field
+is the triangle above the pixel plus the row to its left (through the input layer).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import SpatialPixelRNN, lstm_cell, put, take
+from .masks import MaskedConv2d
+
+KERNEL = 3
+
+
+class RowLSTMLayer(nn.Module):
+    """(B, hidden, H, W) -> hidden states (B, hidden, H, W); channels grouped by ``groups``."""
+
+    def __init__(self, groups: torch.Tensor) -> None:
+        super().__init__()
+        hidden = len(groups)
+        self.input_to_state = MaskedConv2d(groups, groups.repeat(4), (1, KERNEL), "B")
+        self.state_to_state = nn.Conv1d(hidden, 4 * hidden, KERNEL, padding=KERNEL // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, hidden, height, width = x.shape
+        h = c = x.new_zeros(batch, hidden, width)
+        # state_to_state as one matmul over 3 shifted copies of the row (much faster than conv1d
+        # on rows this small, forward and backward): weight (4h, 3h), tap-major.
+        weight = self.state_to_state.weight.permute(0, 2, 1).flatten(1)
+        rows = []
+        # Rows first and contiguous; unbind gives one gradient buffer, not one per row.
+        for gates_in in self.input_to_state(x).permute(2, 0, 1, 3).contiguous().unbind(0):
+            padded = F.pad(h, (KERNEL // 2, KERNEL // 2))
+            taps = torch.cat([padded[..., t:t + width] for t in range(KERNEL)], dim=1)  # (B, 3h, W)
+            h, c = lstm_cell(gates_in + torch.matmul(weight, taps), c)
+            rows.append(h)
+        return torch.stack(rows, dim=2)
+
+
+class RowLSTM(SpatialPixelRNN):
+    """Row LSTM PixelRNN: 7x7 mask-A input conv, residual Row LSTM layers, 1x1 mask-B outputs."""
+
+    registry_name = "row-lstm"
+    description = "PixelRNN Row LSTM (van den Oord et al. 2016): row-by-row LSTM, triangular context"
+
+    def make_layer(self, groups):
+        return RowLSTMLayer(groups)
+
+    def initial_layer_state(self, batch_size):
+        """(above_h (L, B, h, W+2), above_c (L, B, h, W), cur_x (L, B, h, W+1), cur_h (L, B, h, W+2),
+        cur_c (L, B, h, W)): the row above's LSTM state (h zero-padded one column each side) and
+        the current row's layer inputs (one zero column on the left), h and c so far."""
+        width = self.event_shape[2]
+        zeros = lambda w: torch.zeros(self.num_layers, batch_size, self.hidden, w, device=self.order.device)  # noqa: E731
+        return zeros(width + 2), zeros(width), zeros(width + 1), zeros(width + 2), zeros(width)
+
+    def step_layers(self, x, row, col, new_row, layer_state):
+        above_h, above_c, cur_x, cur_h, cur_c = layer_state
+        # At a row's first position the row just finished becomes the row above.
+        above_h = torch.where(new_row, cur_h, above_h)
+        above_c = torch.where(new_row, cur_c, above_c)
+        taps = col + torch.arange(KERNEL, device=x.device)
+        xs, hs, cs = [], [], []
+        for l, layer in enumerate(self.rnn):
+            w_in = layer.input_to_state.masked_weight()  # (4h, h, 1, 3); the right tap is masked out
+            gates = (F.linear(take(cur_x[l], 2, col), w_in[:, :, 0, 0])
+                     + F.linear(x, w_in[:, :, 0, 1], layer.input_to_state.bias)
+                     + F.conv1d(above_h[l].index_select(2, taps), layer.state_to_state.weight).squeeze(2))
+            h, c = lstm_cell(gates, take(above_c[l], 2, col))
+            xs.append(put(cur_x[l], col + 1, x))
+            hs.append(put(cur_h[l], col + 1, h))
+            cs.append(put(cur_c[l], col, c))
+            x = x + h
+        return x, (above_h, above_c, torch.stack(xs), torch.stack(hs), torch.stack(cs))

@@ -1,0 +1,265 @@
+"""PixelRNN family (pixelrnn, row-lstm, diagonal-bilstm): causality by gradients, exact
+normalization, cached step vs conditional_logits, step cost independent of the height,
+checkpoints, and a short training run."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import all_images, randomize_
+from densreg.registry import ConfigError, create_model, load_checkpoint, load_split, save_checkpoint
+from densreg.registry.evaluation import evaluate
+from densreg.registry.training import fit
+
+VARIANTS = ["pixelrnn", "row-lstm", "diagonal-bilstm"]
+SPATIAL = ["row-lstm", "diagonal-bilstm"]
+SHAPES = [((1, 5, 6), 2), ((3, 5, 6), 4)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Many small ops: one thread is several times faster than two on a shared, loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(name, shape, k, seed=0, **config):
+    """A small model with random weights (scaled so logits stay of order 10)."""
+    config = {"hidden": 6, "layers": 2, **config}
+    if name != "pixelrnn":
+        config.setdefault("output_hidden", 6)
+    model = create_model(name, shape, k, **config)
+    randomize_(model, seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    return model.eval()
+
+
+def value_gradients(model, x, linear_head=False):
+    """G (D, D): G[d, e] = |gradient of position d's logits w.r.t. the value generated e-th| (summed).
+
+    One copy of the image ``x`` (1, C, H, W) per position d, one backward pass.
+    ``linear_head``: drop the ReLUs of the output layers (a dead ReLU can zero a gradient
+    by chance; the masks, and so the receptive field, are unchanged).
+    """
+    d_count, k = model.num_positions, model.num_categories
+    weights = torch.randn(d_count, k, generator=torch.Generator().manual_seed(7))
+    rows = torch.arange(d_count)
+    if model.registry_name == "pixelrnn":
+        inp = model.inputs(model.to_sequence(x)).detach().repeat(d_count, 1, 1).requires_grad_()
+        logits = model.logits_from_inputs(inp)
+        (grad,) = torch.autograd.grad((logits[rows, rows] * weights).sum(), inp)
+        slots = grad.abs().sum(-1)  # slot e holds the value generated (e-1)-th
+        return torch.cat([slots[:, 1:], torch.zeros(d_count, 1)], dim=1)
+    if linear_head:
+        model.head = lambda h: model.output_conv(model.output_hidden_conv(h))
+    scaled = model.scale(x).repeat(d_count, 1, 1, 1).requires_grad_()
+    logits = model.logits_from_scaled(scaled)
+    (grad,) = torch.autograd.grad((logits[rows, rows] * weights).sum(), scaled)
+    return model.to_sequence(grad.abs())
+
+
+def diagonal_blind_spot(shape):
+    """(D, D) bool: the earlier values a Diagonal BiLSTM cannot see.
+
+    No feature of a pixel depends on its own last channel, so the last value of row i-1
+    reaches row i only through the 7x7 input layer, which spans 3 columns right: pixels
+    (i, j) with j < W - 4 do not see it (as in the paper's architecture).
+    """
+    channels, height, width = shape
+    per_row = width * channels
+    d = torch.arange(channels * height * width)
+    row_start, col = d - d % per_row, (d // channels) % width
+    blind = (d[None, :] == row_start[:, None] - 1) & (col[:, None] < width - 4) & (row_start[:, None] > 0)
+    return blind
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("shape, k", SHAPES)
+def test_causality_by_gradients(name, shape, k):
+    model = build(name, shape, k)
+    x = torch.randint(0, k, (1, *shape), generator=torch.Generator().manual_seed(1))
+    grads = value_gradients(model, x)
+    assert torch.equal(grads.triu(), torch.zeros_like(grads)), "a position sees itself or a later value"
+    grads = value_gradients(model, x, linear_head=True)
+    assert torch.equal(grads.triu(), torch.zeros_like(grads)), "a position sees itself or a later value"
+    seen = grads > 0
+    earlier = torch.ones_like(seen).tril(-1)
+    assert seen[1:].any(dim=1).all(), "some position after the first sees no earlier value"
+    if name == "pixelrnn":
+        assert torch.equal(seen, earlier)
+    if name == "diagonal-bilstm":
+        assert torch.equal(seen, earlier & ~diagonal_blind_spot(shape))
+
+
+def test_row_lstm_field_is_triangular_and_diagonal_bilstm_is_not():
+    """Pixel (2, 0) of a 1x5x8 image: the Row LSTM cannot see (1, 4), (0, 5) or (0, 7); the
+    Diagonal BiLSTM sees them all."""
+    shape = (1, 5, 8)
+    x = torch.randint(0, 2, (1, *shape), generator=torch.Generator().manual_seed(2))
+    row = value_gradients(build("row-lstm", shape, 2, layers=3), x, linear_head=True)
+    diagonal = value_gradients(build("diagonal-bilstm", shape, 2), x, linear_head=True)
+    d = 16
+    assert row[d, [12, 5, 7]].max() == 0 and row[d, [0, 8, 11]].min() > 0
+    assert diagonal[d, [12, 5, 7, 0, 8, 11]].min() > 0
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("shape, k", [((1, 2, 3), 2), ((3, 1, 2), 2), ((1, 2, 2), 3)])
+def test_normalization(name, shape, k):
+    model = build(name, shape, k, hidden=3, output_hidden=3) if name != "pixelrnn" else build(name, shape, k)
+    total = model.log_prob(all_images(shape, k)).double().exp().sum()
+    assert abs(total.item() - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("shape, k", [((1, 4, 6), 2), ((3, 3, 4), 4), ((3, 2, 2), 256)])
+def test_step_matches_conditional_logits(name, shape, k):
+    """Teacher-forced steps reproduce conditional_logits; positions alternate int / 0-dim tensor."""
+    model = build(name, shape, k, hidden=6 if k < 256 else 9)
+    batch = 3
+    x = torch.randint(0, k, (batch, *shape), generator=torch.Generator().manual_seed(3))
+    seq = model.to_sequence(x)
+    with torch.no_grad():
+        expected = model.conditional_logits(x)
+        state, value = model.initial_state(batch), torch.zeros(batch, dtype=torch.int64)
+        for d in range(model.num_positions):
+            logits, state = model.step(value, torch.tensor(d) if d % 2 else d, state)
+            torch.testing.assert_close(logits, expected[:, d], atol=1e-5, rtol=0, msg=f"position {d}")
+            value = seq[:, d]
+
+
+def test_plain_pixelrnn_takes_any_ordering():
+    for ordering in ("snake", "column", "random:3"):
+        tiny = build("pixelrnn", (2, 1, 2), 3, ordering=ordering)
+        assert abs(tiny.log_prob(all_images((2, 1, 2), 3)).double().exp().sum().item() - 1.0) < 1e-5
+        model = build("pixelrnn", (2, 2, 3), 3, ordering=ordering)
+        x = torch.randint(0, 3, (2, 2, 2, 3))
+        with torch.no_grad():
+            expected, seq = model.conditional_logits(x), model.to_sequence(x)
+            state, value = model.initial_state(2), torch.zeros(2, dtype=torch.int64)
+            for d in range(model.num_positions):
+                logits, state = model.step(value, d, state)
+                torch.testing.assert_close(logits, expected[:, d], atol=1e-5, rtol=0)
+                value = seq[:, d]
+
+
+def step_cost(model, position):
+    """(FLOPs of one step at ``position``, state shapes); the state is that after a zero prefix."""
+    state = model.initial_state(2)
+    value = torch.zeros(2, dtype=torch.int64)
+    with torch.no_grad():
+        for d in range(position):
+            _, state = model.step(value, d, state)
+        with FlopCounterMode(display=False) as counter:
+            model.step(value, position, state)
+    return counter.get_total_flops(), [tuple(s.shape) for s in state]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_step_cost_does_not_grow_with_height(name):
+    """Same FLOPs and state shapes for a 1x3x5 and a 1x12x5 image, mid-row and at a row's start."""
+    short, tall = build(name, (1, 3, 5), 2), build(name, (1, 12, 5), 2)
+    if name == "pixelrnn":  # its position embedding grows with D; the LSTM state does not
+        short.position_embedding = tall.position_embedding = None
+    for position in (7, 10):
+        flops_short, shapes_short = step_cost(short, position)
+        flops_tall, shapes_tall = step_cost(tall, position)
+        assert flops_short == flops_tall > 0
+        assert shapes_short == shapes_tall
+    if name in SPATIAL:  # (the FLOP counter does not see inside nn.LSTM's fused kernel)
+        full = FlopCounterMode(display=False)
+        with full, torch.no_grad():
+            tall.conditional_logits(torch.zeros(2, 1, 12, 5, dtype=torch.int64))
+        assert step_cost(tall, 7)[0] * 10 < full.get_total_flops()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_cached_and_naive_sampling_agree(name):
+    model = build(name, (3, 2, 3), 4)
+    noise = torch.rand(4, model.num_positions, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    samples = model.sample(4, noise=noise)
+    assert samples.shape == (4, 3, 2, 3) and samples.dtype == torch.int64
+    assert torch.equal(samples, model.sample(4, noise=noise, naive=True))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_checkpoint_round_trip(name, tmp_path):
+    model = build(name, (3, 4, 5), 4, hidden=9, layers=3)
+    path = tmp_path / f"{name}.safetensors"
+    save_checkpoint(path, model, name)
+    again, info = load_checkpoint(path)
+    assert info.model == name and again.config() == model.config()
+    assert again.config()["hidden"] == 9 and again.config()["layers"] == 3
+    x = torch.randint(0, 4, (4, 3, 4, 5))
+    torch.testing.assert_close(again.log_prob(x), model.log_prob(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name, config, message", [
+    ("row-lstm", {"ordering": "snake"}, "raster order"),
+    ("diagonal-bilstm", {"ordering": "column"}, "raster order"),
+    ("row-lstm", {"hidden": 2}, "at least the number of channels"),
+    ("diagonal-bilstm", {"layers": 0}, "layers must be at least 1"),
+    ("pixelrnn", {"hidden": 0}, "at least 1"),
+])
+def test_bad_configs(name, config, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model(name, (3, 4, 4), 4, **config)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_features(name):
+    model = build(name, (1, 4, 5), 2)
+    feats = model.features(torch.randint(0, 2, (3, 1, 4, 5)))
+    assert feats.shape[0] == 3 and feats.dim() == 2 and torch.isfinite(feats).all()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_short_training_on_digits_lowers_valid_nll(name):
+    train, valid = load_split("digits", "train")[:400], load_split("digits", "valid")[:150]
+    torch.manual_seed(0)
+    config = {"hidden": 8, "layers": 2} if name != "pixelrnn" else {"hidden": 16}
+    model = create_model(name, (1, 8, 8), 2, **config)
+    before = evaluate(model, valid)["nll_nats"]
+    metrics = fit(model, train, valid, epochs=2, batch_size=40, lr=1e-2, seed=0)
+    after = evaluate(model, valid)["nll_nats"]
+    assert metrics["epochs"] == 2 and abs(metrics["valid_nll_nats"] - after) < 1e-3
+    assert after < before - 5.0, f"valid NLL {before:.2f} -> {after:.2f} nats"
+
+
+class StepModule(torch.nn.Module):
+    """``model.step`` as a module: (value, position, *state) -> (logits, *state)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, value, position, *state):
+        logits, new_state = self.model.step(value, position, tuple(state))
+        return (logits, *new_state)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VARIANTS)
+def test_step_exports_to_onnx_and_matches(name, tmp_path):
+    """The dynamo exporter takes ``step`` (0-dim int64 position); onnxruntime steps match conditional_logits."""
+    np = pytest.importorskip("numpy")
+    ort = pytest.importorskip("onnxruntime")
+    model = build(name, (3, 3, 4), 4)
+    state = model.initial_state(2)
+    program = torch.onnx.export(StepModule(model), (torch.zeros(2, dtype=torch.int64), torch.tensor(5), *state),
+                                dynamo=True)
+    program.save(str(tmp_path / "step.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "step.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    x = torch.randint(0, 4, (2, 3, 3, 4), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected, seq = model.conditional_logits(x).numpy(), model.to_sequence(x).numpy()
+    arrays, value = [s.numpy() for s in state], np.zeros(2, dtype=np.int64)
+    for d in range(model.num_positions):
+        logits, *arrays = session.run(None, dict(zip(names, [value, np.array(d, dtype=np.int64), *arrays])))
+        np.testing.assert_allclose(logits, expected[:, d], atol=1e-5, rtol=0)
+        value = seq[:, d]
