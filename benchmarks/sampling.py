@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # ../shared beside the clone (CI), or beside the folder of worktrees
 MNIST_CANDIDATES = [base / "shared" / "data" / "binarized_mnist.npz" for base in (ROOT.parent, ROOT.parents[1])]
 SHAPE = (1, 28, 28)
-NAIVE_BUDGET_S = 20.0  # time at most about this much of naive sampling, extrapolate the rest
+NAIVE_BUDGET_S = 10.0  # time at most about this much of naive sampling, extrapolate the rest
 
 
 def cpu_name() -> str:
