@@ -10,7 +10,8 @@ For each model at 1x28x28 (random weights, or trained ones with --checkpoint):
     (``recompute_step``); when that would take long, a prefix of pixels is timed and
     the time extrapolated linearly (each naive step costs the same), marked "~";
   * log_prob throughput on the 10000 binarized-MNIST test images (random images if
-    the file is absent), ORT vs torch, batches of 500.
+    the file is absent), ORT vs torch, batches of 500; a slow model is scored for
+    about LOGPROB_BUDGET_S per engine and its images/s taken from the batches done.
 Sampling runs with 1 thread and with all cores for each engine, and the faster is
 reported (with its thread count): on a shared machine extra threads can slow tiny ops
 down a lot. The log_prob pass gives both engines --logprob-threads threads.
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST_CANDIDATES = [base / "shared" / "data" / "binarized_mnist.npz" for base in (ROOT.parent, ROOT.parents[1])]
 SHAPE = (1, 28, 28)
 NAIVE_BUDGET_S = 10.0  # time at most about this much of naive sampling, extrapolate the rest
+LOGPROB_BUDGET_S = 30.0  # score at most about this long per engine; images/s from the batches done
 
 
 def cpu_name() -> str:
@@ -135,16 +137,25 @@ def bench_model(name, checkpoints, batch, images, threads_options, logprob_threa
 
     x = torch.from_numpy(images)
 
-    def torch_log_prob():
-        with torch.no_grad():
-            for i in range(0, len(x), 500):
-                model.log_prob(x[i:i + 500])
-    # log_prob: one pass each (10000 images), both engines with the same thread count
+    @torch.no_grad()
+    def torch_log_prob(batch):
+        model.log_prob(batch)
+    # log_prob: one pass each over the images, both engines with the same thread count
     torch.set_num_threads(logprob_threads)
-    row["torch_logprob_s"], row["torch_logprob_threads"] = timed(torch_log_prob, 1), logprob_threads
-    row["ort_logprob_s"] = timed(lambda: sessions[logprob_threads].nll(images, 500), 1)
-    row["ort_logprob_threads"] = logprob_threads
+    row["torch_logprob_s"], row["torch_logprob_images"] = throughput(torch_log_prob, x)
+    row["ort_logprob_s"], row["ort_logprob_images"] = throughput(sessions[logprob_threads].log_prob, images)
+    row["torch_logprob_threads"] = row["ort_logprob_threads"] = logprob_threads
     return row
+
+
+def throughput(fn, images, batch: int = 500) -> tuple[float, int]:
+    """(seconds, images scored) for ``fn`` over ``images`` in batches; stops after LOGPROB_BUDGET_S."""
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+        fn(images[i:i + batch])
+        if time.perf_counter() - start > LOGPROB_BUDGET_S:
+            return time.perf_counter() - start, min(i + batch, len(images))
+    return time.perf_counter() - start, len(images)
 
 
 def fmt_s(seconds: float, approx: bool = False) -> str:
@@ -168,16 +179,18 @@ def table(rows, batch, images_label, n_images) -> list[str]:
             f"{'yes' if r['same_samples'] else 'no'} | {r['export_s']:.1f} s | {r['parity']:.2g} |")
     lines += [
         "",
-        f"log_prob on {n_images} {images_label}, batches of 500 (images per second):",
+        f"log_prob on the first of {n_images} {images_label}, batches of 500, about "
+        f"{LOGPROB_BUDGET_S:.0f} s per engine at most (images per second; images scored and time in brackets):",
         "",
         "| model | ORT | torch | ORT vs torch |",
         "|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {n_images / r['ort_logprob_s']:,.0f} ({fmt_s(r['ort_logprob_s'])}) "
-                     f"[{r['ort_logprob_threads']}] | {n_images / r['torch_logprob_s']:,.0f} "
-                     f"({fmt_s(r['torch_logprob_s'])}) [{r['torch_logprob_threads']}] | "
-                     f"{r['torch_logprob_s'] / r['ort_logprob_s']:.2f}x |")
+        ort_rate = r["ort_logprob_images"] / r["ort_logprob_s"]
+        torch_rate = r["torch_logprob_images"] / r["torch_logprob_s"]
+        lines.append(f"| {r['model']} | {ort_rate:,.0f} ({r['ort_logprob_images']} in {fmt_s(r['ort_logprob_s'])}) "
+                     f"[{r['ort_logprob_threads']}] | {torch_rate:,.0f} ({r['torch_logprob_images']} in "
+                     f"{fmt_s(r['torch_logprob_s'])}) [{r['torch_logprob_threads']}] | {ort_rate / torch_rate:.2f}x |")
     return lines
 
 
@@ -205,6 +218,12 @@ def main(argv=None) -> None:
             print(f"[{name}] ...", file=sys.stderr, flush=True)
             rows.append(bench_model(name, checkpoints, args.batch, images, threads_options, args.logprob_threads,
                                     Path(tmp)))
+            write_report(args, argv, rows, images_label, len(images), cores, load)  # after every model
+    print(write_report(args, argv, rows, images_label, len(images), cores, load))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def write_report(args, argv, rows, images_label, n_images, cores, load) -> str:
     machine = (f"{cpu_name()}, {cores} cores (shared with other jobs; load average {load:.1f} at the start), "
                f"Python {platform.python_version()}, torch {torch.__version__}, onnxruntime {ort.__version__} "
                "(CPUExecutionProvider)")
@@ -212,7 +231,7 @@ def main(argv=None) -> None:
              f"Machine: {machine}.", "",
              f"Command: `python benchmarks/sampling.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip()
              + "", "",
-             *table(rows, args.batch, images_label, len(images)), "",
+             *table(rows, args.batch, images_label, n_images), "",
              "Weights: " + "; ".join(f"{r['model']}: {r['weights']}" for r in rows) + ".",
              "\"~\": naive sampling timed on a prefix of the pixels and extrapolated to 784 (each naive step "
              "re-runs the whole network, so its cost is the same at every pixel).",
@@ -222,10 +241,9 @@ def main(argv=None) -> None:
              "copied to the host) is exercised on CPU by tests/test_runtime.py and is what "
              "`ExportedModel(dir, provider=\"cuda\")` uses.", ""]
     text = "\n".join(lines)
-    print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
-    print(f"wrote {args.out}", file=sys.stderr)
+    return text
 
 
 if __name__ == "__main__":

@@ -71,7 +71,16 @@ def metadata(*, model: str, config: dict, event_shape, num_categories: int, orde
 
 
 def draw_numpy(logits: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draw in float64, as ``categorical_from_uniform``: (B, K), (B,) -> int64 (B,)."""
+    """Inverse-CDF draw in float64, as ``categorical_from_uniform``: (B, K), (B,) -> int64 (B,).
+
+    The same operations as torch's float64 softmax and cumsum, so the same values; for
+    K = 2 written on the two columns (value 1 iff p0 < noise), a few times faster.
+    """
+    if logits.shape[-1] == 2:
+        l0, l1 = logits[:, 0].astype(np.float64), logits[:, 1].astype(np.float64)
+        top = np.maximum(l0, l1)
+        e0, e1 = np.exp(l0 - top), np.exp(l1 - top)
+        return (e0 / (e0 + e1) < noise).astype(np.int64)
     logits = logits.astype(np.float64)
     logits = logits - logits.max(-1, keepdims=True)
     probs = np.exp(logits)
