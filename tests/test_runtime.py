@@ -123,11 +123,12 @@ def test_runtime_command():
 
 
 # -- the draw and the sampling loops --------------------------------------------------
-def test_draws_agree_with_categorical_from_uniform():
+@pytest.mark.parametrize("k", [2, 5])
+def test_draws_agree_with_categorical_from_uniform(k):
     import onnxruntime as ort
 
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(4000, 5)).astype(np.float32) * 3
+    rng = np.random.default_rng(k)
+    logits = rng.normal(size=(4000, k)).astype(np.float32) * 3
     logits[:10] = 0.0  # equal probabilities: CDF steps at exact fractions
     noise = rng.random(4000)
     noise[:10] = [0.0, 0.2, 0.4, 0.6, 0.8, 0.999999, 0.5, 0.3, 0.1, 0.9]
