@@ -519,7 +519,7 @@ def _export(subject: Subject) -> str:
         except Exception as exc:
             raise CheckFailed(f"export_model failed on {_space(shape, k, ordering)}: {_describe(exc)} (export needs a "
                               "step that works with a 0-dim tensor position: no int(position), .item(), Python if "
-                              "on tensor values or data-dependent shapes; and a state of batch-first tensors "
+                              "on tensor values or data-dependent shapes; and state tensors with one batch axis, "
                               "whose shapes depend only on the batch size; see PLUGINS.md)") from exc
         reported = (info or {}).get("max_abs_diff")
         if reported is not None and not float(reported) <= EXPORT_TOL:
