@@ -25,16 +25,25 @@ from .version import __version__
 FORMAT = "densreg-checkpoint/1"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``.
 
-    An interrupted write leaves any previous file at ``path`` intact.
+    An interrupted write leaves any previous file at ``path`` intact. The file gets the
+    permissions a plain ``open(path, "wb")`` would give (0666 less the umask), not
+    mkstemp's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -104,3 +104,15 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
         save_checkpoint(path, make_model(), "markov", metrics={"epoch": 2})
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.safetensors"]  # no temporary file left behind
+
+
+def test_written_files_follow_the_umask_not_mkstemp(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        checkpoint.atomic_write_bytes(tmp_path / "a.bin", b"x")
+        os.umask(0o077)
+        checkpoint.atomic_write_bytes(tmp_path / "b.bin", b"x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o600
