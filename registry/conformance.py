@@ -561,9 +561,9 @@ CHECKS: dict[str, Callable[[Subject], str]] = {
 
 
 @contextmanager
-def _one_thread():
-    """Run torch single-threaded for the duration: on tiny tensors intra-op threads only add
-    synchronisation, which costs 5-10x on a busy machine."""
+def one_torch_thread():
+    """Run torch single-threaded for the duration: on tiny tensors and many small ops,
+    intra-op threads only add synchronisation, which costs 5-25x on a busy machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -587,7 +587,7 @@ def run_check(name: str, model: str | Callable, config: dict | None = None, *,
     subject = model if isinstance(model, Subject) else Subject(model, config, prepare, orderings)
     start = time.perf_counter()
     try:
-        with _one_thread():
+        with one_torch_thread():
             status, detail = PASSED, CHECKS[name](subject)
     except CheckFailed as exc:
         status, detail = FAILED, str(exc)

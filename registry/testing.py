@@ -27,7 +27,15 @@ from typing import Any, Callable
 
 import pytest
 
-from .conformance import CHECKS, CheckResult, Subject, run_check
+from .conformance import CHECKS, CheckResult, Subject, one_torch_thread, run_check
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """Module-wide ``one_torch_thread``: import it into a test module to run that module's
+    tests with torch single-threaded (tiny tensors, many small ops)."""
+    with one_torch_thread():
+        yield
 
 
 @dataclass

@@ -13,16 +13,8 @@ pytest.importorskip("densreg_mixture", reason="the example plugin is not install
 
 from densreg.registry import load_checkpoint, load_split  # noqa: E402
 from densreg.registry.cli import cli  # noqa: E402
+from densreg.registry.testing import single_torch_thread  # noqa: E402,F401 (autouse: one torch thread)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: run torch single-threaded (on a busy 2-core machine each parallel op
-    otherwise waits ~40 ms for a descheduled thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_ok(*args):

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from densreg.export import ExportError, export_model
 from densreg.export import format as fmt
 from densreg.export.runtime import ExportedModel
+from densreg.registry.testing import single_torch_thread  # noqa: F401 (autouse: one torch thread)
 from densreg.registry import DataError, DensityModel, DensregError, create_model, list_models, load_checkpoint
 from densreg.registry.cli import cli
 from densreg.registry.protocol import at_position
@@ -34,15 +35,6 @@ CHEAP = {"markov"}
 SLOW_EVEN_SMALL = {"diagonal-bilstm"}
 MODELS = list_models()
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Torch's step loop runs hundreds of tiny ops; with OpenMP threads on a loaded
-    2-core machine each one waits on the others (25x slower). One thread here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def randomize(model: DensityModel, seed: int = 0) -> DensityModel:

@@ -9,20 +9,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import all_images, randomize_
 from densreg.registry import ConfigError, create_model, load_checkpoint, load_split, save_checkpoint
 from densreg.registry.evaluation import evaluate
+from densreg.registry.testing import single_torch_thread  # noqa: F401 (autouse: one torch thread)
 from densreg.registry.training import fit
 
 VARIANTS = ["pixelrnn", "row-lstm", "diagonal-bilstm"]
 SPATIAL = ["row-lstm", "diagonal-bilstm"]
 SHAPES = [((1, 5, 6), 2), ((3, 5, 6), 4)]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many small ops: one thread is several times faster than two on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(name, shape, k, seed=0, **config):

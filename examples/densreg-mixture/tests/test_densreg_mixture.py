@@ -8,18 +8,9 @@ import torch
 pytest.importorskip("densreg_mixture", reason="pip install -e examples/densreg-mixture")
 
 from densreg.registry import create_model, list_models, load_split  # noqa: E402
-from densreg.registry.testing import ModelConformance  # noqa: E402
+from densreg.registry.testing import ModelConformance, single_torch_thread  # noqa: E402,F401 (autouse: one torch thread)
 from densreg_mixture import Mixture  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: run torch single-threaded (on a busy 2-core machine each parallel op
-    otherwise waits ~40 ms for a descheduled thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TestMixtureConformance(ModelConformance):
