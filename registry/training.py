@@ -6,7 +6,7 @@ mean NLL in nats per image with Adam. With ``out`` (the checkpoint path, e.g.
 
 - ``out`` itself whenever the validation NLL improves (the best weights so far);
 - ``run.log.jsonl``: one JSON line per epoch (epoch, train_nll, valid_nll, seconds,
-  images_per_s, lr);
+  images (training images in the epoch), images_per_s, lr);
 - ``run.last.safetensors`` after every epoch: the resume state (model weights, Adam's
   state tensors, best weights, RNG states as tensors; epoch, best-so-far, options and
   the log as JSON metadata). It is also a loadable checkpoint. ``resume=True`` continues
@@ -253,7 +253,7 @@ class GradientRun:
                 if self.valid is not None else train_nll
             self.epoch += 1
             entry = {"epoch": self.epoch, "train_nll": train_nll, "valid_nll": valid_nll,
-                     "seconds": time.perf_counter() - epoch_start, "images_per_s": rate,
+                     "seconds": time.perf_counter() - epoch_start, "images": len(self.train), "images_per_s": rate,
                      "lr": self.optimizer.param_groups[0]["lr"]}
             self.log.append(entry)
             if valid_nll < self.best["valid_nll_nats"]:

@@ -18,7 +18,8 @@ def test_from_checkpoint_row(tmp_path, mnist_npz):
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "n.safetensors", create_model("nade", hidden=4), "nade", metrics={"best_epoch": 2})
     (tmp_path / "n.log.jsonl").write_text("".join(
-        json.dumps({"epoch": e, "train_nll": 100.0, "valid_nll": 99.0, "seconds": 100.0, "images_per_s": 500.0}) + "\n"
+        json.dumps({"epoch": e, "train_nll": 100.0, "valid_nll": 99.0, "seconds": 100.0, "images_per_s": 500.0,
+                    "images": 1000}) + "\n"
         for e in (1, 2, 3)))
     (tmp_path / "nll.json").write_text(json.dumps({"machine": {}, "rows": [
         {"label": "bernoulli", "config": {"alpha": 1.0}, "parameters": 784, "epochs": None,
@@ -31,7 +32,8 @@ def test_from_checkpoint_row(tmp_path, mnist_npz):
     assert set(rows) == {"bernoulli", "nade"}
     nade = rows["nade"]
     assert nade["epochs"] == 3 and nade["best_epoch"] == 2 and nade["train_seconds"] == 300.0
+    assert nade["train_images"] == 3000  # epochs of 1000 images (chunks), not passes over the split
     assert nade["parameters"] == 2 * 784 * 4 + 784 + 4 and nade["reference"] == 88.86
     assert nade["nll_nats"] > 88 and abs(nade["bits_per_dim"] - nade["nll_nats"] / (784 * 0.6931471805599453)) < 1e-9
     table = (tmp_path / "nll.md").read_text()
-    assert "| nade |" in table and "| bernoulli |" in table and "3 (best 2)" in table
+    assert "| nade |" in table and "| bernoulli |" in table and "3 (best 2), 3,000 images (0.06 passes)" in table

@@ -42,6 +42,7 @@ def test_short_training_lowers_valid_nll(digits, tmp_path):
     log = [json.loads(line) for line in run_paths(out)[1].read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2, 3]
     assert {"train_nll", "valid_nll", "seconds", "images_per_s", "lr"} <= set(log[0])
+    assert [e["images"] for e in log] == [len(train)] * 3
     assert [e["lr"] for e in log] == pytest.approx([1e-2, 1e-2 * 0.95, 1e-2 * 0.95 ** 2])
     saved, info = load_checkpoint(out)
     assert info.model == "nade" and info.metrics["best_epoch"] == metrics["best_epoch"]
