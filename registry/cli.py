@@ -220,7 +220,7 @@ def train(model_name, dataset, data_path, download, settings, out, seed, **train
     spec = api.model_spec(model_name)
     name = spec.qualified_name if ":" in model_name else spec.name
     if not model.closed_form:
-        training.update(out=out, seed=seed, progress=sys.stderr.isatty(), name=name)
+        training.update(out=out, seed=seed, progress=True, name=name)
     metrics = fit(model, train_images, valid_images, **training)
     metrics["dataset"] = dataset
     save_checkpoint(out, model, name, metrics=metrics)

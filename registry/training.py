@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, **options
     norm, or None), patience (epochs without a better validation NLL before stopping),
     seed (shuffling order), device, out (checkpoint path, or None to write nothing),
     resume, max_minutes (stop after the epoch that crosses it), lr_decay (learning rate
-    multiplied by this after every epoch), progress (tqdm bars), name (the registry name
+    multiplied by this after every epoch), progress (a line per epoch on stderr, and a tqdm
+    bar per epoch when stderr is a terminal), name (the registry name
     written in checkpoints; default the model's ``registry_name``).
     Metrics: train_nll_nats, valid_nll_nats, epochs, best_epoch, seconds (this call).
     """
@@ -218,7 +220,8 @@ class GradientRun:
         order = torch.randperm(len(self.train), generator=self.shuffle).to(self.device)
         batches = order.split(opts["batch_size"])
         total, seen, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", unit="batch", leave=False, disable=not opts["progress"])
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", unit="batch", leave=False,
+                   disable=None if opts["progress"] else True)  # None: no bar unless stderr is a terminal
         for index in bar:
             x = self.train[index].long()
             loss = -model.log_prob(x).mean()
@@ -267,7 +270,7 @@ class GradientRun:
                 self.save_state()
             if opts["progress"]:
                 tqdm.write(f"epoch {self.epoch}: train {train_nll:.4f} valid {valid_nll:.4f} nats "
-                           f"({entry['seconds']:.1f} s, {rate:.0f} images/s)")
+                           f"({entry['seconds']:.1f} s, {rate:.0f} images/s)", file=sys.stderr)
             if opts["max_minutes"] is not None and time.perf_counter() - start > 60 * opts["max_minutes"]:
                 stopped = "max_minutes"
                 break

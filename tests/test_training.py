@@ -3,6 +3,7 @@ kill safety, the per-epoch log, and the train command's options and errors."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,6 +177,9 @@ def test_cli_train_options_and_errors(tmp_path):
     model, info = load_checkpoint(out)
     assert info.metrics["epochs"] == 2 and info.metrics["dataset"] == "digits"
     assert len(run_paths(out)[1].read_text().splitlines()) == 2
+    # a line per epoch on stderr even without a terminal (a nohup log shows progress); stdout stays clean
+    assert re.search(r"^epoch 2: train [0-9.]+ valid [0-9.]+ nats", result.stderr, re.M), result.stderr
+    assert "epoch 1:" not in result.stdout
     result = run("train", "nade", "--dataset", "digits", "--out", out, "--set", "hidden=8", "--epochs", 3,
                  "--resume")
     assert result.exit_code == 0, result.output
