@@ -150,6 +150,10 @@ class SpatialPixelRNN(DensityModel):
     def initial_layer_state(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
+    def layer_zeros(self, batch_size: int, width: int) -> torch.Tensor:
+        """A zero cache for every layer: (layers, B, hidden, width) on the model's device."""
+        return torch.zeros(self.num_layers, batch_size, self.hidden, width, device=self.order.device)
+
     def step(self, value, position, state):
         """Logits (B, K) at ``position`` (int or 0-dim int64 tensor); cost O(layers * hidden^2).
 

@@ -92,16 +92,16 @@ class DiagonalBiLSTM(SpatialPixelRNN):
         far (one zero column on the left), the right-to-left h of the row above (the shifted
         output for this row), and the current row's layer inputs."""
         width = self.event_shape[2]
-        zeros = lambda w: torch.zeros(self.num_layers, batch_size, self.hidden, w, device=self.order.device)  # noqa: E731
-        return zeros(width), zeros(width + 1), zeros(width + 1), zeros(width), zeros(width)
+        return tuple(self.layer_zeros(batch_size, width + extra) for extra in (0, 1, 1, 0, 0))
 
     def right_to_left(self, cur_x: torch.Tensor, right_above: torch.Tensor) -> torch.Tensor:
         """Right-to-left h of a finished row, every layer at once: (L, B, h, W) x 2 -> (L, B, h, W).
 
         ``cur_x``: the row's layer inputs; ``right_above``: right-to-left h of the row above it.
         """
-        w_in = torch.stack([layer.input_gates()[0][1] for layer in self.rnn])  # (L, 4h, h)
-        b_in = torch.stack([layer.input_gates()[1][1] for layer in self.rnn])  # (L, 4h)
+        gates = [layer.input_gates() for layer in self.rnn]  # each masks its weight once
+        w_in = torch.stack([weight[1] for weight, _ in gates])  # (L, 4h, h)
+        b_in = torch.stack([bias[1] for _, bias in gates])  # (L, 4h)
         w_ss = torch.stack([layer.state_to_state[1] for layer in self.rnn])  # (L, 4h, 2h)
         w_above, w_beside = w_ss.chunk(2, dim=2)
         gates_in = (torch.einsum("loh,lbhw->lbow", w_in, cur_x) + b_in[:, None, :, None]

@@ -62,8 +62,7 @@ class RowLSTM(SpatialPixelRNN):
         cur_c (L, B, h, W)): the row above's LSTM state (h zero-padded one column each side) and
         the current row's layer inputs (one zero column on the left), h and c so far."""
         width = self.event_shape[2]
-        zeros = lambda w: torch.zeros(self.num_layers, batch_size, self.hidden, w, device=self.order.device)  # noqa: E731
-        return zeros(width + 2), zeros(width), zeros(width + 1), zeros(width + 2), zeros(width)
+        return tuple(self.layer_zeros(batch_size, width + extra) for extra in (2, 0, 1, 2, 0))
 
     def step_layers(self, x, row, col, new_row, layer_state):
         above_h, above_c, cur_x, cur_h, cur_c = layer_state
