@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from densreg.registry import api, load_checkpoint
-from densreg.registry.checkpoint import atomic_write_bytes
+from densreg.registry.atomic import atomic_write_bytes
 from densreg.registry.errors import UnknownNameError
-from densreg.registry.evaluation import nll_summary, per_image_nll
-from densreg.registry.training import fit, run_paths
+from densreg.app.evaluation import nll_summary, per_image_nll
+from densreg.app.training import fit, run_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from densreg.registry import DensityModel, create_model
-from densreg.registry.checkpoint import atomic_write_bytes
+from densreg.registry.atomic import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -1,6 +1,6 @@
 """Train a PixelRNN variant on binarized MNIST under a wall-clock budget, then score the test split.
 
-Training goes through the core loop ``densreg.registry.training.fit``. An epoch of
+Training goes through the core loop ``densreg.app.training.fit``. An epoch of
 50000 images takes longer than a CPU budget of minutes, and ``fit`` checks
 ``max_minutes`` between epochs, so the training set is fed in chunks of fresh images
 (about ``--chunk-minutes`` each): each chunk is one ``fit`` epoch, resumed from the
@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 
 from densreg.registry import create_model, load_split
-from densreg.registry.catalog import parse_set_options
-from densreg.registry.checkpoint import atomic_write_bytes
-from densreg.registry.evaluation import evaluate
-from densreg.registry.images import image_grid
-from densreg.registry.training import fit, run_paths
+from densreg.app.cli.common import parse_set_options
+from densreg.registry.atomic import atomic_write_bytes
+from densreg.app.evaluation import evaluate
+from densreg.app.images import image_grid
+from densreg.app.training import fit, run_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -7,7 +7,7 @@ The exporter is imported lazily (module ``__getattr__``), so importing this pack
 or its runtime never imports torch.
 """
 
-from .errors import ExportError, RuntimeLoadError
+from densreg.registry.errors import ExportError, RuntimeLoadError
 
 _EXPORTER = ("export_model", "parity_check", "ConditionalsGraph", "StepGraph", "draw_graph")
 

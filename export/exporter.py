@@ -16,8 +16,6 @@ import io
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,10 +26,11 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
+from densreg.registry.atomic import atomic_write_folder
+from densreg.registry.errors import ExportError
 from densreg.registry.protocol import DensityModel
 
 from . import format as fmt
-from .errors import ExportError
 
 EXAMPLE_BATCH = 3  # traced with this batch; the batch dimension is exported dynamic
 LOGITS_ATOL = 1e-4  # parity tolerance on logits (absolute)
@@ -268,34 +267,6 @@ def _check_target(out_dir: Path) -> None:
                           "choose an empty or new folder")
 
 
-def _write_folder(out_dir: Path, files: dict[str, bytes]) -> None:
-    """Write files into a temporary folder beside ``out_dir``, then rename it into place."""
-    _check_target(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    old = None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary folder
-        for filename, data in files.items():
-            with open(tmp / filename, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        if out_dir.is_dir():
-            old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out_dir.exists():
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_model(model: DensityModel, out_dir, name: str | None = None, parity: bool = True,
                  opset: int = fmt.OPSET, atol: float = LOGITS_ATOL, log_prob_atol: float = LOG_PROB_ATOL,
                  parity_positions: int | None = None) -> dict:
@@ -352,7 +323,8 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
             onnx.helper.set_model_props(proto, {**meta, "graph": filename.removesuffix(".onnx")})
             onnx.checker.check_model(proto, full_check=True)
             files[filename] = proto.SerializeToString()
-        _write_folder(out_dir, files)
+        _check_target(out_dir)
+        atomic_write_folder(out_dir, files)
     finally:
         model.train(was_training)
     return {

@@ -12,22 +12,16 @@ from __future__ import annotations
 
 import base64
 import json
-from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
+
+from densreg.registry.saved import SavedModelInfo
+from densreg.registry.version import __version__
 
 FORMAT = "densreg-onnx/1"
 CONDITIONALS, STEP, DRAW = "conditionals.onnx", "step.onnx", "draw.onnx"
 FILES = (CONDITIONALS, STEP, DRAW)
 OPSET = 18
-
-
-def densreg_version() -> str:
-    """The installed densreg version, read without importing densreg.registry (and torch)."""
-    try:
-        return version("densreg")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"
 
 
 def major(version_string: str) -> str:
@@ -54,20 +48,23 @@ def metadata(*, model: str, config: dict, event_shape, num_categories: int, orde
     ``state``: per state tensor {name, dtype, shape (dim 0 is the batch, written
     "batch"), initial: encode_array of the initial value for one batch row}.
     """
+    info = SavedModelInfo(model=model, config=config, event_shape=tuple(event_shape), num_categories=num_categories,
+                          ordering=ordering, densreg_version=__version__)
     return {
         "format": FORMAT,
-        "model": model,
-        "config": json.dumps(config),
-        "event_shape": json.dumps(list(event_shape)),
-        "num_categories": str(int(num_categories)),
-        "ordering": ordering,
+        **info.model_metadata(),
         "order": json.dumps([int(i) for i in order]),
         "state": json.dumps(state),
-        "densreg_version": densreg_version(),
         "opset": str(opset),
         "torch_version": torch_version,
         "parity": json.dumps(parity),
     }
+
+
+def parse_info(metadata: dict[str, str]) -> SavedModelInfo:
+    """An export's metadata -> its description (KeyError / ValueError when malformed)."""
+    return SavedModelInfo.from_metadata(metadata, opset=int(metadata["opset"]),
+                                        parity=json.loads(metadata.get("parity", "null")))
 
 
 def draw_numpy(logits: np.ndarray, noise: np.ndarray) -> np.ndarray:

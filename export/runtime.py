@@ -17,33 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from densreg.registry.errors import DataError, RuntimeLoadError
+from densreg.registry.version import __version__
+
 from . import format as fmt
-from .errors import DataError, RuntimeLoadError
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 PROVIDER_CHOICES = ("auto", "cuda", "cpu")
-
-
-@dataclass
-class ExportInfo:
-    """What an export's metadata says (the fields a CheckpointInfo has, plus the export's)."""
-
-    model: str
-    config: dict[str, Any]
-    event_shape: tuple[int, int, int]
-    num_categories: int
-    ordering: str
-    densreg_version: str
-    opset: int
-    parity: dict | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -142,7 +127,7 @@ class ExportedModel:
     """An export folder opened in onnxruntime: density and sampling, numpy in and out.
 
     ``provider``: the execution provider in use (e.g. "CPUExecutionProvider");
-    ``info``: an ExportInfo; ``event_shape``, ``num_categories``, ``num_positions``,
+    ``info``: a SavedModelInfo; ``event_shape``, ``num_categories``, ``num_positions``,
     ``order`` (D,) int64 as the torch model's. ``io_binding`` (default: on for
     CUDA) keeps the sampling state on the device; it works on CPU too.
     """
@@ -161,11 +146,10 @@ class ExportedModel:
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
         meta = self._read_metadata()
-        self.info = ExportInfo(model=meta["model"], config=json.loads(meta["config"]),
-                               event_shape=tuple(json.loads(meta["event_shape"])),
-                               num_categories=int(meta["num_categories"]), ordering=meta["ordering"],
-                               densreg_version=meta["densreg_version"], opset=int(meta["opset"]),
-                               parity=json.loads(meta.get("parity", "null")))
+        try:
+            self.info = fmt.parse_info(meta)
+        except (KeyError, ValueError) as exc:
+            raise RuntimeLoadError(f"{self.path}: export metadata is incomplete or invalid: {exc}") from exc
         self.name = self.info.model
         self.event_shape = self.info.event_shape
         self.num_categories = self.info.num_categories
@@ -188,7 +172,7 @@ class ExportedModel:
             if meta.get("format") != fmt.FORMAT:
                 raise RuntimeLoadError(f"{self.path / name} is not a densreg export (metadata format "
                                        f"{meta.get('format')!r}, expected {fmt.FORMAT!r})")
-            theirs, ours = meta.get("densreg_version", "?"), fmt.densreg_version()
+            theirs, ours = meta.get("densreg_version", "?"), __version__
             if fmt.major(theirs) != fmt.major(ours):
                 raise RuntimeLoadError(f"{self.path / name} was exported by densreg {theirs}, another major version "
                                        f"than this densreg {ours}; re-export it with this version")

@@ -1,22 +1,45 @@
-"""densreg core: the density-model protocol, the plugin registry, datasets, checkpoints, CLI.
+"""densreg.registry: the core a plugin author meets.
 
-The core never imports a plugin; plugins import this package.
+The density-model protocol and orderings, the hookspecs and plugin host, the catalog of
+models and datasets, checkpoints, errors, and the conformance kit (``densreg.registry.testing``).
+The core never imports a plugin or the application (``densreg.app``); plugins import it.
+
+Names are loaded on first use (PEP 562), so torch-free modules such as ``errors``,
+``saved`` and ``atomic`` import without torch (the onnxruntime side relies on it).
 """
 
-from .api import (create_model, get_catalog, get_dataset, list_datasets, list_models, list_plugins,
-                  load_split, model_spec, register_plugin, unregister_plugin)
-from .catalog import Dataset, ModelSpec
-from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import CheckpointError, ConfigError, DataError, DensregError, PluginError, UnknownNameError
-from .hookspecs import hookimpl
-from .orderings import make_ordering
-from .protocol import DensityModel, State, at_position, categorical_from_uniform, validate_images
-from .version import __version__
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError", "ConfigError", "DataError", "Dataset", "DensityModel", "DensregError", "ModelSpec",
-    "PluginError", "State", "UnknownNameError", "__version__", "at_position", "categorical_from_uniform", "create_model",
-    "get_catalog", "get_dataset", "hookimpl", "list_datasets", "list_models", "list_plugins", "load_checkpoint",
-    "load_split", "make_ordering", "model_spec", "register_plugin", "save_checkpoint", "unregister_plugin",
-    "validate_images",
-]
+import importlib
+
+_EXPORTS = {
+    "api": ("create_model", "get_catalog", "get_dataset", "list_datasets", "list_models", "list_plugins",
+            "load_split", "model_spec", "register_plugin", "unregister_plugin"),
+    "atomic": ("atomic_write_bytes", "atomic_write_folder"),
+    "catalog": ("ModelSpec",),
+    "checkpoint": ("load_checkpoint", "save_checkpoint"),
+    "datasets": ("Dataset", "cache_dir"),
+    "errors": ("CheckpointError", "ConfigError", "DataError", "DensregError", "ExportError", "PluginError",
+               "RuntimeLoadError", "UnknownNameError"),
+    "hookspecs": ("hookimpl",),
+    "orderings": ("make_ordering",),
+    "protocol": ("DensityModel", "State", "at_position", "categorical_from_uniform", "validate_images"),
+    "saved": ("SavedModelInfo",),
+    "version": ("__version__",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

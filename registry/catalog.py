@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
-
+from .datasets import Dataset
 from .errors import ConfigError, UnknownNameError
 from .plugin_manager import PluginHost, PluginInfo
 
@@ -38,30 +36,6 @@ class ModelSpec:
     def as_dict(self) -> dict:
         return {"name": self.name, "qualified_name": self.qualified_name, "plugin": self.plugin,
                 "distribution": self.distribution, "description": self.description}
-
-
-@dataclass
-class Dataset:
-    """A registered dataset.
-
-    ``load(split, data, download)`` returns integer images (N, C, H, W) with values
-    0..num_categories-1; ``data`` is a user path (or None for the default location).
-    """
-
-    name: str
-    description: str
-    event_shape: tuple[int, int, int]
-    num_categories: int
-    load: Callable[[str, str | None, bool], np.ndarray]
-    splits: tuple[str, ...] = ("train", "valid", "test")
-    plugin: str = ""
-    distribution: str = ""
-    needs_files: bool = False
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "event_shape": list(self.event_shape),
-                "num_categories": self.num_categories, "splits": list(self.splits), "plugin": self.plugin,
-                "needs_files": self.needs_files}
 
 
 @dataclass
@@ -133,21 +107,6 @@ class Catalog:
                 if len(group) > 1:
                     out[f"{kind}:{name}"] = [f"{g.plugin} ({g.distribution})" for g in group]
         return out
-
-
-def parse_set_options(items) -> dict[str, Any]:
-    """``["hidden=500", "ordering=snake"]`` -> dict; values parse as JSON, else stay strings."""
-    out: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"bad --set value {item!r}: expected key=value")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def _check_value(key: str, value: Any, default: Any) -> Any:

@@ -2,69 +2,26 @@
 
 Metadata keys (all strings): ``format`` (FORMAT), ``model`` (registry name),
 ``config`` (JSON), ``event_shape`` (JSON), ``num_categories``, ``ordering``,
-``densreg_version``, ``metrics`` (JSON) and ``extra`` (JSON, free-form).
+``densreg_version`` (the keys every saved model has, see saved.py), ``metrics`` (JSON)
+and ``extra`` (JSON, free-form).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
+from .atomic import atomic_write_bytes
 from .errors import CheckpointError, ConfigError
+from .saved import SavedModelInfo
 from .version import __version__
 
 FORMAT = "densreg-checkpoint/1"
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``.
-
-    An interrupted write leaves any previous file at ``path`` intact. The file gets the
-    permissions a plain ``open(path, "wb")`` would give (0666 less the umask), not
-    mkstemp's private 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@dataclass
-class CheckpointInfo:
-    """What a checkpoint's metadata says."""
-
-    model: str
-    config: dict[str, Any]
-    event_shape: tuple[int, int, int]
-    num_categories: int
-    ordering: str
-    densreg_version: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -76,17 +33,9 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
 def save_checkpoint(path, model, name: str, metrics: dict | None = None, extra: dict | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``model`` (registered as ``name``) to ``path`` atomically."""
-    metadata = {
-        "format": FORMAT,
-        "model": name,
-        "config": json.dumps(model.config()),
-        "event_shape": json.dumps(list(model.event_shape)),
-        "num_categories": str(model.num_categories),
-        "ordering": model.ordering,
-        "densreg_version": __version__,
-        "metrics": json.dumps(metrics or {}),
-        "extra": json.dumps(extra or {}),
-    }
+    info = SavedModelInfo.describe(model, name, __version__)
+    metadata = {"format": FORMAT, **info.model_metadata(), "metrics": json.dumps(metrics or {}),
+                "extra": json.dumps(extra or {})}
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
     save_tensors(path, tensors, metadata)
@@ -107,27 +56,19 @@ def read_tensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def parse_info(path, metadata: dict[str, str]) -> CheckpointInfo:
+def parse_info(path, metadata: dict[str, str]) -> SavedModelInfo:
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a densreg checkpoint "
                               f"(metadata format {metadata.get('format')!r}, expected {FORMAT!r})")
     try:
-        return CheckpointInfo(
-            model=metadata["model"],
-            config=json.loads(metadata["config"]),
-            event_shape=tuple(json.loads(metadata["event_shape"])),
-            num_categories=int(metadata["num_categories"]),
-            ordering=metadata["ordering"],
-            densreg_version=metadata.get("densreg_version", ""),
-            metrics=json.loads(metadata.get("metrics", "{}")),
-            extra=json.loads(metadata.get("extra", "{}")),
-        )
+        return SavedModelInfo.from_metadata(metadata, metrics=json.loads(metadata.get("metrics", "{}")),
+                                            extra=json.loads(metadata.get("extra", "{}")))
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: densreg checkpoint metadata is incomplete or invalid: {exc}") from exc
 
 
 def load_checkpoint(path, device: str | torch.device = "cpu"):
-    """Rebuild the model saved at ``path`` through the registry; returns (model, CheckpointInfo)."""
+    """Rebuild the model saved at ``path`` through the registry; returns (model, SavedModelInfo)."""
     from .api import create_model  # the registry is only needed to rebuild
 
     tensors, metadata = read_tensors(path)

@@ -1,4 +1,7 @@
-"""Exceptions that the CLI turns into one line on stderr and a non-zero exit."""
+"""Every exception densreg reports to a user; the CLI turns them into one line on stderr and exit 1.
+
+Imports nothing, so the torch-free runtime (densreg.export.runtime) shares it.
+"""
 
 
 class DensregError(Exception):
@@ -26,3 +29,11 @@ class DataError(DensregError, ValueError):
 
 class PluginError(DensregError):
     """A plugin failed to import or register (fatal with DENSREG_STRICT_PLUGINS=1)."""
+
+
+class ExportError(DensregError):
+    """A model cannot be exported to ONNX, or the export fails its parity check."""
+
+
+class RuntimeLoadError(DensregError):
+    """An export folder cannot be opened: a file missing, corrupt or truncated, or another format version."""

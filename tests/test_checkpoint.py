@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import densreg.registry.atomic as atomic
 import densreg.registry.checkpoint as checkpoint
 from conftest import randomize_
 from densreg.registry import CheckpointError, create_model, load_checkpoint, save_checkpoint
@@ -99,7 +100,7 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
     def crash(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, make_model(), "markov", metrics={"epoch": 2})
     assert path.read_bytes() == before
@@ -109,9 +110,9 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
 def test_written_files_follow_the_umask_not_mkstemp(tmp_path):
     previous = os.umask(0o022)
     try:
-        checkpoint.atomic_write_bytes(tmp_path / "a.bin", b"x")
+        atomic.atomic_write_bytes(tmp_path / "a.bin", b"x")
         os.umask(0o077)
-        checkpoint.atomic_write_bytes(tmp_path / "b.bin", b"x")
+        atomic.atomic_write_bytes(tmp_path / "b.bin", b"x")
     finally:
         os.umask(previous)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644

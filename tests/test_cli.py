@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from densreg.registry import hookimpl, load_checkpoint, register_plugin, unregister_plugin
-from densreg.registry.cli import cli, main
+from densreg.app.cli import cli, main
 
 
 def run(*args):
@@ -109,7 +109,7 @@ def test_checkpoint_dataset_mismatch(tmp_path):
 def test_subprocess_exit_codes_and_debug(tmp_path):
     bad = tmp_path / "corrupt.safetensors"
     bad.write_bytes(b"\x00" * 5)
-    cmd = [sys.executable, "-m", "densreg.registry", "eval", str(bad), "--dataset", "digits"]
+    cmd = [sys.executable, "-m", "densreg", "eval", str(bad), "--dataset", "digits"]
     plain = subprocess.run(cmd, capture_output=True, text=True)
     assert plain.returncode == 1 and "not a readable safetensors file" in plain.stderr
     assert "Traceback" not in plain.stderr

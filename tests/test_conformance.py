@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from densreg.registry import ConfigError, DensityModel, UnknownNameError, hookimpl, list_models
 from densreg.registry import register_plugin, unregister_plugin
-from densreg.registry.cli import cli
+from densreg.app.cli import cli
 from densreg.registry.conformance import (CHECKS, NO_EXPORTER, all_images, check_causality, check_chain_rule,
                                           check_normalization, check_round_trip, check_sampling, check_step,
                                           chi_square, image_index, run_checks)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from densreg.registry import DataError, get_dataset, load_split
-from densreg.registry.data import (MNIST_FILE, array_sha256, download_mnist, load_binarized_mnist, load_digits,
-                                   read_amat)
+from densreg.plugins.datasets.digits import load_digits
+from densreg.plugins.datasets.mnist import MNIST_FILE, array_sha256, download_mnist, load_binarized_mnist, read_amat
 
 
 def write_amat(path, images):
@@ -107,7 +107,7 @@ def test_cli_download_from_a_mirror_checks_the_real_checksums(mnist_npz, tmp_pat
     """--download through $DENSREG_MNIST_URL: the built-in checksums match the standard splits."""
     from click.testing import CliRunner
 
-    from densreg.registry.cli import cli
+    from densreg.app.cli import cli
 
     mirror = tmp_path / "mirror"
     mirror.mkdir()

@@ -12,7 +12,7 @@ pytest.importorskip("densreg_mixture", reason="the example plugin is not install
                     "pip install -e examples/densreg-mixture (.ci/run does)")
 
 from densreg.registry import load_checkpoint, load_split  # noqa: E402
-from densreg.registry.cli import cli  # noqa: E402
+from densreg.app.cli import cli  # noqa: E402
 from densreg.registry.testing import single_torch_thread  # noqa: E402,F401 (autouse: one torch thread)
 
 

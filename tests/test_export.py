@@ -18,7 +18,7 @@ from densreg.export import format as fmt
 from densreg.export.runtime import ExportedModel
 from densreg.registry.testing import single_torch_thread  # noqa: F401 (autouse: one torch thread)
 from densreg.registry import DataError, DensityModel, DensregError, create_model, list_models, load_checkpoint
-from densreg.registry.cli import cli
+from densreg.app.cli import cli
 from densreg.registry.protocol import at_position
 from densreg.plugins.baselines import Markov
 

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from densreg.registry import ConfigError, create_model, load_split, save_checkpoint
-from densreg.registry.cli import cli
-from densreg.registry.features import extract_features
-from densreg.registry.plotting import nice_ticks
+from densreg.app.cli import cli
+from densreg.app.features import extract_features
+from densreg.app.plotting import nice_ticks
 
 
 def run(*args):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from conftest import all_images, randomize_
 from densreg.registry import ConfigError, create_model
-from densreg.registry.cli import cli
+from densreg.app.cli import cli
 
 ORDERINGS = ["raster", "snake", "column", "random:5"]
 

@@ -8,9 +8,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import all_images, randomize_
 from densreg.registry import ConfigError, create_model, load_checkpoint, load_split, save_checkpoint
-from densreg.registry.evaluation import evaluate
+from densreg.app.evaluation import evaluate
 from densreg.registry.testing import single_torch_thread  # noqa: F401 (autouse: one torch thread)
-from densreg.registry.training import fit
+from densreg.app.training import fit
 
 VARIANTS = ["pixelrnn", "row-lstm", "diagonal-bilstm"]
 SPATIAL = ["row-lstm", "diagonal-bilstm"]

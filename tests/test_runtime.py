@@ -20,8 +20,8 @@ from densreg.export import RuntimeLoadError, export_model
 from densreg.export import format as fmt
 from densreg.export.exporter import draw_graph
 from densreg.export.runtime import CPU, CUDA, ExportedModel, runtime_info, usable_providers
-from densreg.registry import DataError, DensregError, categorical_from_uniform, create_model
-from densreg.registry.cli import cli
+from densreg.registry import DataError, DensregError, __version__, categorical_from_uniform, create_model
+from densreg.app.cli import cli
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +61,9 @@ def test_runtime_without_torch(export_dir, tmp_path):
             sys.exit("torch imported")
         except ImportError:
             pass
-        import densreg.export
+        import densreg, densreg.export
         from densreg.export.runtime import ExportedModel
-        from densreg.export.errors import DensregError, RuntimeLoadError
+        from densreg.registry.errors import DensregError, RuntimeLoadError
         m = ExportedModel({str(out)!r})
         lp = m.log_prob(np.load({str(tmp_path / 'x.npy')!r}))
         s = m.sample(6, noise=np.load({str(tmp_path / 'noise.npy')!r}))
@@ -210,7 +210,7 @@ def test_broken_folders_give_clear_errors(export_dir, tmp_path):
     (d / fmt.DRAW).unlink()
     cases[d] = "not a complete densreg export: draw.onnx is missing"
     d = copy_export(out, tmp_path / "major")
-    future = f"{int(fmt.major(fmt.densreg_version())) + 1}.0.0"
+    future = f"{int(fmt.major(__version__)) + 1}.0.0"
     set_metadata(d / fmt.STEP, densreg_version=future)
     cases[d] = f"was exported by densreg {future}, another major version"
     d = copy_export(out, tmp_path / "foreign")
@@ -225,7 +225,7 @@ def test_broken_folders_give_clear_errors(export_dir, tmp_path):
             ExportedModel(folder, provider="cpu")
         assert message in str(err.value) and isinstance(err.value, DensregError), (folder.name, str(err.value))
     minor = copy_export(out, tmp_path / "minor")  # same major version: loads
-    set_metadata(minor / fmt.STEP, densreg_version=f"{fmt.major(fmt.densreg_version())}.99.0")
+    set_metadata(minor / fmt.STEP, densreg_version=f"{fmt.major(__version__)}.99.0")
     ExportedModel(minor, provider="cpu")
     result = CliRunner().invoke(cli, ["sample", str(tmp_path / "truncated"), "--out", str(tmp_path / "s.png")])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from densreg.registry import ConfigError, create_model, load_checkpoint, load_split
-from densreg.registry import training
-from densreg.registry.cli import cli
-from densreg.registry.evaluation import evaluate
-from densreg.registry.training import fit, run_paths
+from densreg.app import training
+from densreg.app.cli import cli
+from densreg.app.evaluation import evaluate
+from densreg.app.training import fit, run_paths
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_option_errors(digits, tmp_path):
 KILL_SCRIPT = """
 import sys, torch
 from densreg.registry import create_model, load_split
-from densreg.registry.training import fit
+from densreg.app.training import fit
 torch.manual_seed(0)
 model = create_model("nade", (1, 8, 8), 2, hidden=16)
 fit(model, load_split("digits", "train")[:200], load_split("digits", "valid")[:50], epochs=100000,

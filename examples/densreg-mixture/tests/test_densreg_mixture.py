@@ -79,7 +79,7 @@ def test_features_are_the_posterior_over_components():
 
 def test_gradient_training_through_densreg_fit():
     """fit="gradient": densreg's own training loop minimises the exact NLL by Adam."""
-    from densreg.registry.training import fit
+    from densreg.app.training import fit
 
     train, valid = load_split("digits", "train"), load_split("digits", "valid")
     model = create_model("mixture", (1, 8, 8), components=5, fit="gradient")

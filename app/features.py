@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import ConfigError
+from densreg.registry import ConfigError
 
 
 @torch.no_grad()

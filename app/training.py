@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import atomic_write_bytes, read_tensors, save_checkpoint
-from .errors import CheckpointError, ConfigError
+from densreg.registry import CheckpointError, ConfigError, atomic_write_bytes, save_checkpoint
+from densreg.registry.checkpoint import read_tensors
+
 from .evaluation import evaluate
 
 DEFAULTS = {

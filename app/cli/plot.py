@@ -6,12 +6,11 @@ from pathlib import Path
 
 import click
 
-from .checkpoint import atomic_write_bytes
-from .cli import cli
-from .plotting import learning_curves_png, read_log
+from densreg.app.plotting import learning_curves_png, read_log
+from densreg.registry import atomic_write_bytes, hookimpl
 
 
-@cli.command()
+@click.command()
 @click.argument("logs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Picture to write (.png).")
 def plot(logs, out):
@@ -26,3 +25,8 @@ def plot(logs, out):
     atomic_write_bytes(out, learning_curves_png(runs))
     epochs = sum(len(entries) for entries in runs.values())
     click.echo(f"wrote {out} ({len(runs)} run(s), {epochs} epochs)")
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(plot)

@@ -1,5 +1,5 @@
-"""Readers for the built-in datasets: binarized MNIST (.npz or .amat, with download) and
-scikit-learn's 8x8 digits. Each returns uint8 images (N, C, H, W)."""
+"""Binarized MNIST (Larochelle & Murray, 2011): the reader (.npz or .amat, with download) and its
+registration. The reader returns uint8 images (N, 1, 28, 28)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from densreg.registry import Dataset
+from densreg.registry.datasets import cache_dir
+from densreg.registry.errors import DataError
 
 MNIST_SPLITS = {"train": 50000, "valid": 10000, "test": 10000}
 MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
@@ -21,11 +23,6 @@ MNIST_SHA256 = {
     "valid": "069b4f0beb389b776478c3e872b4df71c95ac4be64d7cbe6d32e24ebac8e6d5e",
     "test": "ca0294c3b8d984c7a1dc891015a8eea6f37bae59a34e35ea0fc8c47110a8dd86",
 }
-
-
-def cache_dir() -> Path:
-    """Where downloads go: $DENSREG_CACHE, else ~/.cache/densreg."""
-    return Path(os.environ.get("DENSREG_CACHE") or Path.home() / ".cache" / "densreg")
 
 
 def array_sha256(images: np.ndarray) -> str:
@@ -123,24 +120,7 @@ def load_binarized_mnist(split: str, data: str | None = None, download: bool = F
     return images[:, None].astype(np.uint8)
 
 
-DIGITS_SPLIT_SEED = 0
-DIGITS_SIZES = {"valid": 300, "test": 300}  # the remaining 1197 images are train
-
-
-def load_digits(split: str, levels: int = 2) -> np.ndarray:
-    """scikit-learn's bundled 8x8 digits (values 0..16) as uint8 (N, 1, 8, 8).
-
-    ``levels=2``: binarized (value >= 8); ``levels=17``: the grey values as they are.
-    The split is a fixed permutation (seed 0): valid 300, test 300, train the rest.
-    """
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    images = sklearn_digits().images.astype(np.uint8)  # (1797, 8, 8), 0..16
-    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
-    n_valid, n_test = DIGITS_SIZES["valid"], DIGITS_SIZES["test"]
-    index = {"valid": order[:n_valid], "test": order[n_valid:n_valid + n_test],
-             "train": order[n_valid + n_test:]}[split]
-    chosen = images[np.sort(index)]
-    if levels == 2:
-        chosen = (chosen >= 8).astype(np.uint8)
-    return chosen[:, None]
+BINARIZED_MNIST = Dataset(
+    name="binarized-mnist",
+    description="MNIST with the fixed binarization of Larochelle & Murray (2011); 50000/10000/10000",
+    event_shape=(1, 28, 28), num_categories=2, load=load_binarized_mnist, needs_files=True)

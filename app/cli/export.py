@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from .checkpoint import load_checkpoint
-from .cli import cli, echo_json
+from densreg.registry import hookimpl, load_checkpoint
+
+from .common import echo_json
 
 
-@cli.command(name="export")
+@click.command(name="export")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder to write (conditionals.onnx, step.onnx, draw.onnx).")
@@ -29,7 +30,7 @@ def export_command(checkpoint, out, no_parity, as_json):
                    f"{report['log_prob_max_abs_diff']:.3g} nats in log_prob")
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def runtime(as_json):
     """onnxruntime version, device, and the providers listed and actually usable."""
@@ -43,3 +44,9 @@ def runtime(as_json):
     click.echo(f"available providers: {', '.join(data['available_providers'])}")
     click.echo(f"usable providers:    {', '.join(data['usable_providers']) or 'none'}")
     click.echo(f"an export runs on:   {data['default_provider']}")
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(export_command)
+    cli.add_command(runtime)

@@ -8,13 +8,13 @@ import sys
 import click
 import numpy as np
 
-from . import api
-from .checkpoint import atomic_write_bytes, load_checkpoint
-from .cli import check_matches, cli, data_options
-from .features import extract_features
+from densreg.app.features import extract_features
+from densreg.registry import api, atomic_write_bytes, hookimpl, load_checkpoint
+
+from .common import check_matches, data_options
 
 
-@cli.command()
+@click.command()
 @click.argument("checkpoint", type=click.Path())
 @data_options
 @click.option("--split", default="test", show_default=True, help="Which split to encode.")
@@ -35,3 +35,8 @@ def features(checkpoint, dataset, data_path, download, split, out, batch_size):
     np.savez_compressed(buffer, features=values, model=np.array(info.model))
     atomic_write_bytes(out, buffer.getvalue())
     click.echo(f"wrote {out}: features of {values.shape[0]} images, {values.shape[1]} values each")
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(features)

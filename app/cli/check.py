@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import click
 
-from . import api
-from .catalog import parse_set_options
-from .cli import cli, echo_json, echo_table
-from .conformance import CHECKS, run_checks
+from densreg.registry import api, hookimpl
+from densreg.registry.conformance import CHECKS, run_checks
+
+from .common import echo_json, echo_table, parse_set_options, set_option
 
 
-@cli.command()
+@click.command()
 @click.argument("model_name", metavar="MODEL")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@set_option
 @click.option("--only", "only", multiple=True, type=click.Choice(list(CHECKS)), help="Run only this check (repeatable).")
 @click.option("--skip", "skip", multiple=True, type=click.Choice(list(CHECKS)), help="Leave out this check (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {model, config, results: [{name, status, detail, seconds}]}.")
@@ -39,3 +39,8 @@ def check(ctx, model_name, settings, only, skip, as_json):
         click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
     if failed:
         ctx.exit(1)
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(check)

@@ -1,0 +1,64 @@
+"""The ``densreg`` command line: a click group, one module per topic.
+
+Every error a user can cause is a DensregError (or an OSError): one line on stderr,
+exit status 1, and no traceback unless ``--debug`` (or DENSREG_DEBUG=1).
+
+There is one way to add a command: a ``register_commands(cli)`` hook implementation that
+calls ``cli.add_command``. Each built-in topic module below has one, and a plugin's runs
+through the ``densreg`` entry points when ``main`` starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from densreg.registry import DensregError, __version__, api
+
+from . import check, evaluate, export, features, listing, plot, sample, train
+
+
+class DensregGroup(click.Group):
+    """A click group that turns user errors into one line and a non-zero exit."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the top of the program
+            if (ctx.obj or {}).get("debug") or os.environ.get("DENSREG_DEBUG") == "1":
+                raise
+            if isinstance(exc, (DensregError, OSError)):
+                click.echo(f"Error: {exc}", err=True)
+            else:
+                click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                           err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=DensregGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="densreg")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """densreg: exact-likelihood density models for discrete images, from plugins."""
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+BUILTIN_COMMANDS = (listing, train, evaluate, sample, features, plot, check, export)
+for _module in BUILTIN_COMMANDS:
+    _module.register_commands(cli)
+
+
+def main(argv=None) -> None:
+    """Console entry point: load plugins' commands, then run."""
+    try:
+        host = api.get_catalog().host
+        host.call_each("register_commands", lambda info: {"cli": cli})
+    except DensregError as exc:  # strict plugin mode
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    cli.main(args=argv, prog_name="densreg")

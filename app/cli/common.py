@@ -1,0 +1,82 @@
+"""What the commands share: option groups, parsing, output, and opening a saved model."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from densreg.registry import ConfigError, DataError, load_checkpoint
+
+
+def echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def echo_table(rows: list[list[str]], headers: list[str]) -> None:
+    """Print rows as left-aligned columns."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"bad --shape {text!r}: expected C,H,W with positive integers, e.g. 1,28,28")
+    return shape
+
+
+def parse_set_options(items) -> dict[str, Any]:
+    """``["hidden=500", "ordering=snake"]`` -> dict; values parse as JSON, else stay strings."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"bad --set value {item!r}: expected key=value")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+
+def set_option(func):
+    """``--set KEY=VALUE`` (repeatable): a model config override, parsed by ``parse_set_options``."""
+    return click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config value.")(func)
+
+
+def data_options(func):
+    func = click.option("--download", is_flag=True, help="Fetch the dataset's published files if needed.")(func)
+    func = click.option("--data", "data_path", default=None, help="Path to the dataset's files.")(func)
+    return click.option("--dataset", required=True, help="Registered dataset name (see `densreg datasets`).")(func)
+
+
+def check_matches(info, dataset) -> None:
+    if tuple(info.event_shape) != tuple(dataset.event_shape) or info.num_categories != dataset.num_categories:
+        raise DataError(f"the model was trained on shape {tuple(info.event_shape)} with K={info.num_categories}, "
+                        f"but dataset {dataset.name!r} has shape {dataset.event_shape} with K={dataset.num_categories}")
+
+
+def load_model_or_export(path):
+    """A checkpoint file or an export folder -> (model, info).
+
+    An export folder opens in onnxruntime (densreg.export.runtime.ExportedModel, numpy
+    in and out); the provider that runs it is logged to stderr.
+    """
+    if os.path.isdir(path):
+        from densreg.export.runtime import ExportedModel
+
+        model = ExportedModel(path)
+        click.echo(f"onnxruntime: {model.info.model} from {path} runs on {model.provider}", err=True)
+        return model, model.info
+    return load_checkpoint(path)
+
+

@@ -1,0 +1,104 @@
+"""`densreg plugins`, `models`, `datasets`, `info`: what is installed, and what a model costs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+from densreg.registry import ConfigError, api, hookimpl
+
+from .common import echo_json, echo_table, parse_set_options, parse_shape, set_option
+
+def joint_parameters(num_categories: int, num_positions: int) -> str:
+    """K^D - 1 as digits when short, else as a power."""
+    if num_positions * math.log10(num_categories) < 18:
+        return str(num_categories ** num_positions - 1)
+    return f"{num_categories}^{num_positions} - 1"
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json):
+    """List installed plugins: distribution, version, hooks, load errors."""
+    infos = api.list_plugins()
+    clashes = api.get_catalog().clashes()
+    if as_json:
+        echo_json([i.as_dict() for i in infos])
+        return
+    echo_table([[i.name, i.distribution, i.version, ",".join(i.hooks), i.error or ""] for i in infos],
+               ["plugin", "distribution", "version", "hooks", "error"])
+    for name, owners in clashes.items():
+        click.echo(f"clash: {name} is registered by {', '.join(owners)}; use plugin:name to pick one", err=True)
+
+
+@click.command()
+@click.argument("pattern", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of {name, plugin, description, ...}.")
+def models(pattern, as_json):
+    """List registered models, optionally filtered by a glob PATTERN (e.g. 'mark*')."""
+    specs = api.get_catalog().model_specs(pattern)
+    if as_json:
+        echo_json([s.as_dict() for s in specs])
+        return
+    echo_table([[s.name, s.plugin, s.description] for s in specs], ["name", "plugin", "description"])
+    for name, owners in api.get_catalog().clashes().items():
+        if name.startswith("model:"):
+            click.echo(f"clash: {name[6:]} is registered by {', '.join(owners)}; use plugin:name", err=True)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def datasets(as_json):
+    """List registered datasets with their shape and number of levels K."""
+    items = api.list_datasets()
+    if as_json:
+        echo_json([d.as_dict() for d in items])
+        return
+    echo_table([[d.name, ",".join(map(str, d.event_shape)), d.num_categories, d.plugin, d.description]
+                for d in items], ["name", "shape", "K", "plugin", "description"])
+
+
+@click.command()
+@click.argument("model_name", metavar="MODEL")
+@click.option("--shape", default=None, help="Data shape C,H,W (default 1,28,28 or the --dataset's).")
+@click.option("--categories", "-k", type=int, default=None, help="Number of levels K (default 2).")
+@click.option("--dataset", default=None, help="Take shape and K from this dataset.")
+@set_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (keys include 'parameters').")
+def info(model_name, shape, categories, dataset, settings, as_json):
+    """Show a model's config with defaults and its free-parameter count."""
+    event_shape, num_categories = (1, 28, 28), 2
+    if dataset:
+        ds = api.get_dataset(dataset)
+        event_shape, num_categories = ds.event_shape, ds.num_categories
+    event_shape = parse_shape(shape) if shape else event_shape
+    num_categories = categories if categories is not None else num_categories
+    if num_categories < 2:
+        raise ConfigError(f"--categories must be at least 2, got {num_categories}")
+    spec = api.model_spec(model_name)
+    model = api.create_model(model_name, event_shape, num_categories, **parse_set_options(settings))
+    dims = model.num_positions
+    data = {
+        "name": spec.name, "plugin": spec.plugin, "description": spec.description,
+        "config": model.config(), "parameters": int(model.free_parameters()),
+        "joint_parameters": joint_parameters(num_categories, dims),
+        "joint_parameters_log10": dims * math.log10(num_categories),
+    }
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(f"{spec.name} ({spec.plugin}): {spec.description}")
+    for key, value in data["config"].items():
+        click.echo(f"  {key} = {json.dumps(value)}")
+    click.echo(f"free parameters: {data['parameters']:,}")
+    click.echo(f"fully general joint over {num_categories}^{dims} images: {data['joint_parameters']} parameters "
+               f"(about 10^{data['joint_parameters_log10']:.1f})")
+
+
+
+@hookimpl
+def register_commands(cli):
+    for command in (plugins, models, datasets, info):
+        cli.add_command(command)

@@ -1,0 +1,52 @@
+"""`densreg sample`: exact samples of a checkpoint or an export folder, as an image grid."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import click
+import numpy as np
+import torch
+
+from densreg.app.images import image_grid
+from densreg.registry import atomic_write_bytes, hookimpl
+
+from .common import load_model_or_export
+
+@click.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("-n", "--num", "num", default=64, show_default=True, type=click.IntRange(min=1), help="How many.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image grid to write (.png).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--npz", "npz_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the raw samples (array 'samples', uint8 N,C,H,W).")
+@click.option("--nrow", type=int, default=None, help="Images per grid row (default: square).")
+def sample(checkpoint, num, out, seed, npz_path, nrow):
+    """Draw exact samples from a checkpoint (or an export folder) and write an image grid.
+
+    The uniform noise comes from numpy's default_rng(seed), so a checkpoint and its
+    export draw the same images for the same seed.
+    """
+    model, info = load_model_or_export(checkpoint)
+    noise = np.random.default_rng(seed).random((num, math.prod(info.event_shape)))
+    if isinstance(model, torch.nn.Module):
+        samples = model.sample(num, noise=torch.from_numpy(noise)).cpu().numpy()
+    else:  # an export in onnxruntime
+        samples = model.sample(num, noise=noise)
+    samples = samples.astype(np.uint8)
+    picture = image_grid(samples, info.num_categories, nrow=nrow)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    atomic_write_bytes(out, buffer.getvalue())
+    if npz_path:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, samples=samples)
+        atomic_write_bytes(npz_path, buffer.getvalue())
+    click.echo(f"wrote {num} samples to {out}" + (f" and {npz_path}" if npz_path else ""))
+
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(sample)

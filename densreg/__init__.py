@@ -1,0 +1,47 @@
+"""densreg: explicit density models for discrete images, from plugins.
+
+The public face::
+
+    import densreg
+    model = densreg.create_model("nade", event_shape=(1, 8, 8), hidden=50)
+    densreg.fit(model, densreg.load_split("digits", "train"), epochs=5)
+    nll = -model.log_prob(x)                       # nats, (B,)
+
+Every name here comes from a subpackage, loaded on first use: the core
+(``densreg.registry``: protocol, registry, checkpoints, errors, conformance kit), the
+application (``densreg.app``: training, evaluation, the CLI) and the ONNX side
+(``densreg.export``; its runtime never imports torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "densreg.registry": (
+        "CheckpointError", "ConfigError", "DataError", "Dataset", "DensityModel", "DensregError", "ExportError",
+        "ModelSpec", "PluginError", "RuntimeLoadError", "SavedModelInfo", "State", "UnknownNameError",
+        "__version__", "at_position", "categorical_from_uniform", "create_model", "get_dataset", "hookimpl",
+        "list_datasets", "list_models", "list_plugins", "load_checkpoint", "load_split", "make_ordering",
+        "model_spec", "register_plugin", "save_checkpoint", "unregister_plugin", "validate_images"),
+    "densreg.app.training": ("TrainingOptions", "fit"),
+    "densreg.app.evaluation": ("evaluate",),
+    "densreg.export": ("export_model",),
+    "densreg.export.runtime": ("ExportedModel",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

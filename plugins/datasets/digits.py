@@ -1,0 +1,46 @@
+"""scikit-learn's bundled 8x8 digits, binarized or as 17 grey levels: the reader and its
+registrations. Needs no files; the reader returns uint8 images (N, 1, 8, 8)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from densreg.registry import Dataset
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_SIZES = {"valid": 300, "test": 300}  # the remaining 1197 images are train
+
+
+def load_digits(split: str, levels: int = 2) -> np.ndarray:
+    """scikit-learn's bundled 8x8 digits (values 0..16) as uint8 (N, 1, 8, 8).
+
+    ``levels=2``: binarized (value >= 8); ``levels=17``: the grey values as they are.
+    The split is a fixed permutation (seed 0): valid 300, test 300, train the rest.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    images = sklearn_digits().images.astype(np.uint8)  # (1797, 8, 8), 0..16
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
+    n_valid, n_test = DIGITS_SIZES["valid"], DIGITS_SIZES["test"]
+    index = {"valid": order[:n_valid], "test": order[n_valid:n_valid + n_test],
+             "train": order[n_valid + n_test:]}[split]
+    chosen = images[np.sort(index)]
+    if levels == 2:
+        chosen = (chosen >= 8).astype(np.uint8)
+    return chosen[:, None]
+
+
+def _load(levels: int, split: str, data: str | None = None, download: bool = False) -> np.ndarray:
+    return load_digits(split, levels=levels)
+
+
+DIGITS = Dataset(
+    name="digits",
+    description="scikit-learn's bundled 8x8 digits, binarized (value >= 8); 1197/300/300, no files needed",
+    event_shape=(1, 8, 8), num_categories=2, load=partial(_load, 2))
+DIGITS_GREY = Dataset(
+    name="digits-grey",
+    description="scikit-learn's bundled 8x8 digits as 17 grey levels (0..16); 1197/300/300",
+    event_shape=(1, 8, 8), num_categories=17, load=partial(_load, 17))

@@ -1,5 +1,0 @@
-"""``python -m densreg.registry`` runs the CLI."""
-
-from .cli import main
-
-main()

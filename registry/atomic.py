@@ -1,0 +1,66 @@
+"""Atomic writes: a file or a folder appears whole at its path, or not at all (torch-free).
+
+Both write into a temporary sibling, fsync, then rename over the target, so an
+interrupted write (even SIGKILL) leaves any previous file or folder intact. What they
+create gets the permissions a plain ``open``/``mkdir`` would give (0666/0777 less the
+umask), not mkstemp's private 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_synced(path: Path, data: bytes, fd: int | None = None) -> None:
+    """Write ``data`` to ``path`` (or the open descriptor ``fd``) with the umask's permissions, fsynced."""
+    handle = os.fdopen(fd, "wb") if fd is not None else open(path, "wb")
+    with handle:
+        os.fchmod(handle.fileno(), 0o666 & ~_umask())
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        _write_synced(Path(tmp), data, fd)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_folder(folder: str | os.PathLike, files: dict[str, bytes]) -> None:
+    """Make ``folder`` hold exactly ``files`` ({file name: bytes}), replacing a previous folder whole."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    old = None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        for filename, data in files.items():
+            _write_synced(tmp / filename, data)
+        if folder.is_dir():
+            old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not folder.exists():
+            os.replace(old, folder)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
