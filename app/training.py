@@ -17,11 +17,14 @@ mean NLL in nats per image with Adam. With ``out`` (the checkpoint path, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -31,88 +34,113 @@ from densreg.registry.checkpoint import read_tensors
 
 from .evaluation import evaluate
 
-DEFAULTS = {
-    "epochs": 20,
-    "batch_size": 100,
-    "lr": 5e-3,
-    "weight_decay": 0.0,
-    "clip_grad": None,
-    "patience": 5,
-    "seed": 0,
-    "device": None,
-    "out": None,
-    "resume": False,
-    "max_minutes": None,
-    "lr_decay": 0.95,
-    "progress": False,
-    "name": None,
-}
+@dataclass
+class TrainingOptions:
+    """Hyperparameters of a gradient-training run; ``densreg train`` shows these defaults.
+
+    epochs: most passes over the training set; batch_size: images per Adam step; lr: Adam's
+    learning rate, multiplied by lr_decay after every epoch; weight_decay: Adam's L2 term;
+    clip_grad: maximum gradient norm (None: no clipping); patience: epochs without a better
+    validation NLL before stopping; max_minutes: stop after the epoch that crosses this budget
+    (counted per call, None: no budget); seed: shuffling order; device: torch device (None:
+    cuda if available, else cpu).
+    """
+
+    epochs: int = 20
+    batch_size: int = 100
+    lr: float = 5e-3
+    lr_decay: float = 0.95
+    weight_decay: float = 0.0
+    clip_grad: float | None = None
+    patience: int = 5
+    max_minutes: float | None = None
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first option out of range."""
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        def positive_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        need(positive_int(self.epochs), "epochs", ">= 1")
+        need(positive_int(self.batch_size), "batch_size", ">= 1")
+        need(positive_int(self.patience), "patience", ">= 1")
+        need(self.lr > 0, "lr", "> 0")
+        need(0 < self.lr_decay <= 1, "lr_decay", "in (0, 1]")
+        need(self.weight_decay >= 0, "weight_decay", ">= 0")
+        need(self.clip_grad is None or self.clip_grad > 0, "clip_grad", "> 0")
+        need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "> 0")
+
+    def replace(self, **changes) -> "TrainingOptions":
+        """A checked copy with ``changes``; unknown names raise ConfigError listing the accepted ones."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}; "
+                              f"accepted: {', '.join(f.name for f in fields(self))}")
+        return dataclasses.replace(self, **changes)
 
 
 # what a resumed run takes from the interrupted one unless given again (max_minutes is per call)
 INHERITED = ("epochs", "batch_size", "lr", "weight_decay", "clip_grad", "patience", "lr_decay")
 
 
-def run_paths(out) -> tuple[Path, Path, Path]:
-    """Checkpoint path -> (checkpoint, log ``STEM.log.jsonl``, resume state ``STEM.last.safetensors``)."""
+class RunPaths(NamedTuple):
+    """The files of a run whose checkpoint is ``checkpoint`` (``STEM.safetensors``)."""
+
+    checkpoint: Path  # the best weights so far
+    log: Path  # STEM.log.jsonl, one JSON line per epoch
+    state: Path  # STEM.last.safetensors, what --resume continues from
+
+
+def run_paths(out) -> RunPaths:
     out = Path(out)
-    return out, out.with_name(out.stem + ".log.jsonl"), out.with_name(out.stem + ".last.safetensors")
+    return RunPaths(out, out.with_name(out.stem + ".log.jsonl"), out.with_name(out.stem + ".last.safetensors"))
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, **options) -> dict:
+def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, *, out=None, resume: bool = False,
+        progress: bool = False, name: str | None = None, metrics: dict | None = None, **options) -> dict:
     """Fit ``model`` to int64 images (N, C, H, W); return metrics (NLL in nats per image).
 
-    Closed-form models take no options. Otherwise the options (defaults in ``DEFAULTS``)
-    are: epochs, batch_size, lr, weight_decay (Adam's L2 term), clip_grad (max gradient
-    norm, or None), patience (epochs without a better validation NLL before stopping),
-    seed (shuffling order), device, out (checkpoint path, or None to write nothing),
-    resume, max_minutes (stop after the epoch that crosses it), lr_decay (learning rate
-    multiplied by this after every epoch), progress (a line per epoch on stderr, and a tqdm
-    bar per epoch when stderr is a terminal), name (the registry name
-    written in checkpoints; default the model's ``registry_name``).
-    Metrics: train_nll_nats, valid_nll_nats, epochs, best_epoch, seconds (this call).
+    ``options`` are TrainingOptions fields; those not given take its defaults (or, with
+    ``resume``, the interrupted run's). Closed-form models take none. ``out``: the checkpoint
+    path (None: write nothing); fit is its only writer. ``resume``: continue the run of ``out``.
+    ``progress``: a line per epoch on stderr, and a tqdm bar when stderr is a terminal.
+    ``name``: the registry name written in checkpoints (default the model's ``registry_name``).
+    ``metrics``: extra entries recorded in the checkpoint's metrics (e.g. the dataset name).
+    Returns train_nll_nats, valid_nll_nats, epochs, best_epoch, stopped, seconds (this call).
     """
     start = time.perf_counter()
+    name = name or getattr(model, "registry_name", None) or type(model).__name__.lower()
     if model.closed_form:
-        if options:
-            raise ConfigError(f"{type(model).__name__} fits in closed form; it takes no training "
-                              f"options ({', '.join(sorted(options))})")
-        metrics = dict(model.fit_closed_form(train))
+        if options or resume:
+            given = ", ".join(f"{k} (--{k.replace('_', '-')})" for k in sorted(options) or ["resume"])
+            raise ConfigError(f"{name} fits in closed form by counting; the training options {given} only apply "
+                              "to gradient-trained models")
+        result = dict(model.fit_closed_form(train))
         if valid is not None and len(valid):
-            metrics["valid_nll_nats"] = evaluate(model, valid)["nll_nats"]
-        metrics["seconds"] = time.perf_counter() - start
-        return metrics
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}; "
-                          f"accepted: {', '.join(DEFAULTS)}")
-    given = {k: v for k, v in options.items() if v is not None}
-    opts = {**DEFAULTS, **given}
-    check_options(opts)
-    return GradientRun(model, train, valid, opts, given=set(given)).run(start)
-
-
-def check_options(opts: dict) -> None:
-    def need(ok: bool, text: str) -> None:
-        if not ok:
-            raise ConfigError(text)
-
-    need(isinstance(opts["epochs"], int) and opts["epochs"] >= 1, f"epochs must be >= 1, got {opts['epochs']!r}")
-    need(isinstance(opts["batch_size"], int) and opts["batch_size"] >= 1,
-         f"batch_size must be >= 1, got {opts['batch_size']!r}")
-    need(opts["lr"] > 0, f"lr must be > 0, got {opts['lr']!r}")
-    need(opts["weight_decay"] >= 0, f"weight_decay must be >= 0, got {opts['weight_decay']!r}")
-    need(opts["clip_grad"] is None or opts["clip_grad"] > 0, f"clip_grad must be > 0, got {opts['clip_grad']!r}")
-    need(isinstance(opts["patience"], int) and opts["patience"] >= 1,
-         f"patience must be >= 1, got {opts['patience']!r}")
-    need(0 < opts["lr_decay"] <= 1, f"lr_decay must be in (0, 1], got {opts['lr_decay']!r}")
-    need(opts["max_minutes"] is None or opts["max_minutes"] > 0,
-         f"max_minutes must be > 0, got {opts['max_minutes']!r}")
-    need(not opts["resume"] or opts["out"] is not None, "resume needs out, the checkpoint path of the run")
+            result["valid_nll_nats"] = evaluate(model, valid)["nll_nats"]
+        result["seconds"] = time.perf_counter() - start
+        if out is not None:
+            save_checkpoint(out, model, name, metrics={**result, **(metrics or {})})
+        return result
+    if resume and out is None:
+        raise ConfigError("resume needs out, the checkpoint path of the run")
+    opts = TrainingOptions().replace(**{k: v for k, v in options.items() if v is not None})
+    given = {k for k, v in options.items() if v is not None}
+    run = GradientRun(model, train, valid, opts, given=given, out=out, progress=progress, name=name,
+                      extra_metrics=metrics)
+    return run.run(start, resume)
 
 
 def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -137,23 +165,26 @@ def _load_optimizer(optimizer, tensors: dict[str, torch.Tensor], groups: list[di
 class GradientRun:
     """One (possibly resumed) gradient-training run; see ``fit``."""
 
-    def __init__(self, model, train, valid, opts: dict, given: set = frozenset()) -> None:
+    def __init__(self, model, train, valid, opts: TrainingOptions, given: set = frozenset(), out=None,
+                 progress: bool = False, name: str = "", extra_metrics: dict | None = None) -> None:
         self.opts = opts
         self.given = given
-        self.device = torch.device(opts["device"] or default_device())
+        self.progress = progress
+        self.device = torch.device(opts.device or default_device())
         self.model = model.to(self.device)
-        self.name = opts["name"] or getattr(model, "registry_name", None) or type(model).__name__.lower()
+        self.name = name
+        self.extra_metrics = dict(extra_metrics or {})
         small = model.num_categories <= 256  # keep the data compact (uint8) on the device
         dtype = torch.uint8 if small else torch.int64
         self.train = train.to(dtype).to(self.device)
         self.valid = valid.to(dtype) if valid is not None and len(valid) else None
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=opts["lr"], weight_decay=opts["weight_decay"])
-        self.shuffle = torch.Generator().manual_seed(int(opts["seed"]))
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        self.shuffle = torch.Generator().manual_seed(int(opts.seed))
         self.epoch = 0  # epochs completed
         self.best = {"valid_nll_nats": math.inf, "epoch": 0, "bad_epochs": 0}
         self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.log: list[dict] = []
-        self.paths = run_paths(opts["out"]) if opts["out"] is not None else None
+        self.paths = run_paths(out) if out is not None else None
 
     # -- persistence ----------------------------------------------------------
     def save_state(self) -> None:
@@ -163,15 +194,15 @@ class GradientRun:
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         resume = {"epoch": self.epoch, "best": self.best, "log": self.log, "param_groups": groups,
-                  "options": {k: str(v) if k == "out" else v for k, v in self.opts.items()
-                              if k not in ("progress", "resume", "device")}}
-        save_checkpoint(self.paths[2], self.model, self.name, metrics=self.metrics(), extra={"resume": resume},
+                  "options": {**{k: v for k, v in dataclasses.asdict(self.opts).items() if k != "device"},
+                              "out": str(self.paths.checkpoint), "name": self.name}}
+        save_checkpoint(self.paths.state, self.model, self.name, metrics=self.metrics(), extra={"resume": resume},
                         extra_tensors=tensors)
         text = "".join(json.dumps(entry) + "\n" for entry in self.log)
-        atomic_write_bytes(self.paths[1], text.encode())
+        atomic_write_bytes(self.paths.log, text.encode())
 
     def load_state(self) -> None:
-        path = self.paths[2]
+        path = self.paths.state
         if not path.is_file():
             raise CheckpointError(f"cannot resume: no resume state {path} (was the run started with this --out?)")
         tensors, metadata = read_tensors(path)
@@ -197,12 +228,11 @@ class GradientRun:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.epoch, self.best, self.log = int(resume["epoch"]), resume["best"], list(resume["log"])
-        for key in INHERITED:  # options not given again are those of the interrupted run
-            if key not in self.given and key in resume["options"]:
-                self.opts[key] = resume["options"][key]
-        check_options(self.opts)
+        inherited = {key: resume["options"][key] for key in INHERITED  # not given again: as interrupted
+                     if key not in self.given and key in resume["options"]}
+        self.opts = self.opts.replace(**inherited)
         for group in self.optimizer.param_groups:
-            group["weight_decay"] = self.opts["weight_decay"]
+            group["weight_decay"] = self.opts.weight_decay
 
     # -- training -------------------------------------------------------------
     def metrics(self) -> dict:
@@ -210,26 +240,26 @@ class GradientRun:
         best_entry = next((e for e in self.log if e["epoch"] == self.best["epoch"]), last)
         return {"train_nll_nats": best_entry.get("train_nll", math.nan),
                 "valid_nll_nats": best_entry.get("valid_nll", math.nan),
-                "epochs": self.epoch, "best_epoch": self.best["epoch"]}
+                "epochs": self.epoch, "best_epoch": self.best["epoch"], **self.extra_metrics}
 
     def train_epoch(self) -> tuple[float, float]:
         """One pass over the shuffled training set; returns (mean train NLL, images/s)."""
         model, opts = self.model, self.opts
         model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = opts["lr"] * opts["lr_decay"] ** self.epoch
+            group["lr"] = opts.lr * opts.lr_decay ** self.epoch
         order = torch.randperm(len(self.train), generator=self.shuffle).to(self.device)
-        batches = order.split(opts["batch_size"])
+        batches = order.split(opts.batch_size)
         total, seen, start = 0.0, 0, time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", unit="batch", leave=False,
-                   disable=None if opts["progress"] else True)  # None: no bar unless stderr is a terminal
+                   disable=None if self.progress else True)  # None: no bar unless stderr is a terminal
         for index in bar:
             x = self.train[index].long()
             loss = -model.log_prob(x).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if opts["clip_grad"] is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opts["clip_grad"])
+            if opts.clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
             self.optimizer.step()
             total += float(loss.detach()) * len(index)
             seen += len(index)
@@ -241,19 +271,19 @@ class GradientRun:
                               "or set --clip-grad")
         return total / seen, seen / max(time.perf_counter() - start, 1e-9)
 
-    def run(self, start: float) -> dict:
-        opts = self.opts
-        if opts["resume"]:
+    def run(self, start: float, resume: bool = False) -> dict:
+        if resume:
             self.load_state()
+        opts = self.opts
         stopped = "epochs"
-        while self.epoch < opts["epochs"]:
-            if self.best["bad_epochs"] >= opts["patience"]:
+        while self.epoch < opts.epochs:
+            if self.best["bad_epochs"] >= opts.patience:
                 stopped = "patience"
                 break
             epoch_start = time.perf_counter()
             train_nll, rate = self.train_epoch()
             self.model.eval()
-            valid_nll = evaluate(self.model, self.valid, opts["batch_size"] * 5)["nll_nats"] \
+            valid_nll = evaluate(self.model, self.valid, opts.batch_size * 5)["nll_nats"] \
                 if self.valid is not None else train_nll
             self.epoch += 1
             entry = {"epoch": self.epoch, "train_nll": train_nll, "valid_nll": valid_nll,
@@ -264,19 +294,19 @@ class GradientRun:
                 self.best = {"valid_nll_nats": valid_nll, "epoch": self.epoch, "bad_epochs": 0}
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 if self.paths:
-                    save_checkpoint(self.paths[0], self.model, self.name, metrics=self.metrics())
+                    save_checkpoint(self.paths.checkpoint, self.model, self.name, metrics=self.metrics())
             else:
                 self.best["bad_epochs"] += 1
             if self.paths:
                 self.save_state()
-            if opts["progress"]:
+            if self.progress:
                 tqdm.write(f"epoch {self.epoch}: train {train_nll:.4f} valid {valid_nll:.4f} nats "
                            f"({entry['seconds']:.1f} s, {rate:.0f} images/s)", file=sys.stderr)
-            if opts["max_minutes"] is not None and time.perf_counter() - start > 60 * opts["max_minutes"]:
+            if opts.max_minutes is not None and time.perf_counter() - start > 60 * opts.max_minutes:
                 stopped = "max_minutes"
                 break
         else:
-            if self.best["bad_epochs"] >= opts["patience"]:
+            if self.best["bad_epochs"] >= opts.patience:
                 stopped = "patience"
         self.model.load_state_dict(self.best_state)
         self.model.eval()

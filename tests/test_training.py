@@ -195,3 +195,30 @@ def test_cli_train_options_and_errors(tmp_path):
     assert result.exit_code == 2 and "--lr" in result.output
     result = run("train", "nade", "--dataset", "digits", "--out", out, "--set", "hidden=4", "--resume")
     assert result.exit_code == 1 and "cannot resume" in result.output
+
+
+def test_training_options_are_one_typed_object_whose_defaults_the_cli_shows():
+    defaults = training.TrainingOptions()
+    help_text = " ".join(run("train", "--help").output.split())
+    for flag, value in (("--epochs", defaults.epochs), ("--batch-size", defaults.batch_size),
+                        ("--lr", defaults.lr), ("--lr-decay", defaults.lr_decay), ("--patience", defaults.patience)):
+        assert re.search(rf"{flag} \S+ RANGE .*?\[default: {value};", help_text), flag
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        defaults.replace(batch_size=0)
+    with pytest.raises(ConfigError, match="unknown training options: epochz"):
+        defaults.replace(epochz=1)
+    paths = run_paths("runs/m.safetensors")
+    assert paths.log.name == "m.log.jsonl" and paths.state.name == "m.last.safetensors"
+    assert paths.checkpoint.name == "m.safetensors"
+
+
+def test_fit_is_the_one_writer_of_the_checkpoint(digits, tmp_path):
+    train, valid = digits
+    out = tmp_path / "markov.safetensors"
+    metrics = fit(create_model("markov", (1, 8, 8)), train, valid, out=out, metrics={"dataset": "digits"})
+    model, info = load_checkpoint(out)
+    assert info.metrics["dataset"] == "digits" and info.metrics["valid_nll_nats"] == metrics["valid_nll_nats"]
+    assert abs(evaluate(model, valid)["nll_nats"] - metrics["valid_nll_nats"]) < 1e-9
+    # --seed is an option of every model (initial weights), so a counting model accepts it
+    result = run("train", "markov", "--dataset", "digits", "--out", tmp_path / "s.safetensors", "--seed", 3)
+    assert result.exit_code == 0, result.output
