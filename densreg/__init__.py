@@ -15,7 +15,7 @@ application (``densreg.app``: training, evaluation, the CLI) and the ONNX side
 
 from __future__ import annotations
 
-import importlib
+from densreg.registry.lazy import lazy_exports
 
 _EXPORTS = {
     "densreg.registry": (
@@ -29,19 +29,4 @@ _EXPORTS = {
     "densreg.export": ("export_model",),
     "densreg.export.runtime": ("ExportedModel",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

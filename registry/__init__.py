@@ -10,36 +10,21 @@ Names are loaded on first use (PEP 562), so torch-free modules such as ``errors`
 
 from __future__ import annotations
 
-import importlib
+from .lazy import lazy_exports
 
 _EXPORTS = {
-    "api": ("create_model", "get_catalog", "get_dataset", "list_datasets", "list_models", "list_plugins",
-            "load_split", "model_spec", "register_plugin", "unregister_plugin"),
-    "atomic": ("atomic_write_bytes", "atomic_write_folder"),
-    "catalog": ("ModelSpec",),
-    "checkpoint": ("load_checkpoint", "save_checkpoint"),
-    "datasets": ("Dataset", "cache_dir"),
-    "errors": ("CheckpointError", "ConfigError", "DataError", "DensregError", "ExportError", "PluginError",
-               "RuntimeLoadError", "UnknownNameError"),
-    "hookspecs": ("hookimpl",),
-    "orderings": ("make_ordering",),
-    "protocol": ("DensityModel", "State", "at_position", "categorical_from_uniform", "validate_images"),
-    "saved": ("SavedModelInfo",),
-    "version": ("__version__",),
+    ".api": ("create_model", "get_catalog", "get_dataset", "list_datasets", "list_models", "list_plugins",
+             "load_split", "model_spec", "register_plugin", "unregister_plugin"),
+    ".atomic": ("atomic_write_bytes", "atomic_write_folder"),
+    ".catalog": ("ModelSpec",),
+    ".checkpoint": ("load_checkpoint", "save_checkpoint"),
+    ".datasets": ("Dataset", "cache_dir"),
+    ".errors": ("CheckpointError", "ConfigError", "DataError", "DensregError", "ExportError", "PluginError",
+                "RuntimeLoadError", "UnknownNameError"),
+    ".hookspecs": ("hookimpl",),
+    ".orderings": ("make_ordering",),
+    ".protocol": ("DensityModel", "State", "at_position", "categorical_from_uniform", "validate_images"),
+    ".saved": ("SavedModelInfo",),
+    ".version": ("__version__",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
