@@ -25,4 +25,4 @@ def register_datasets(register):
 
 @hookspec
 def register_commands(cli):
-    """Add commands to the ``densreg`` click group ``cli`` (``@cli.command()``)."""
+    """Add commands to the ``densreg`` click group: ``cli.add_command(command)`` (built-ins do the same)."""

@@ -44,3 +44,24 @@ def test_the_analysis_finds_cycles_and_breaches(bad_tree):
     assert result["breaches"] == ["densreg.export.runtime -> densreg.plugins.p",
                                   "densreg.registry.c -> densreg.app.tool",
                                   "densreg.registry.d -> densreg.export.runtime"]
+
+
+def test_import_densreg_is_the_public_face():
+    import densreg
+    import densreg.export
+    import densreg.registry
+
+    for name in densreg.__all__:
+        assert getattr(densreg, name) is not None, name
+    assert densreg.create_model is densreg.registry.create_model and densreg.hookimpl is densreg.registry.hookimpl
+    assert densreg.ExportError is densreg.export.ExportError  # one errors module, one identity
+    assert issubclass(densreg.RuntimeLoadError, densreg.DensregError)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        densreg.nothing  # noqa: B018
+
+
+def test_python_dash_m_densreg_runs_the_cli():
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "densreg", "models", "mark*"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.splitlines()[1].startswith("markov"), result
