@@ -117,3 +117,21 @@ def test_written_files_follow_the_umask_not_mkstemp(tmp_path):
         os.umask(previous)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o600
+
+
+def test_files_written_before_the_restructuring_still_load():
+    """tests/data/format-0.1: a checkpoint and its export written by densreg at commit fa5ab77."""
+    import numpy as np
+
+    from densreg.export.runtime import ExportedModel
+    from densreg.registry.conformance import all_images
+
+    folder = os.path.join(os.path.dirname(__file__), "data", "format-0.1")
+    model, info = load_checkpoint(os.path.join(folder, "nade.safetensors"))
+    exported = ExportedModel(os.path.join(folder, "nade-onnx"), provider="cpu")
+    assert (info.model, info.ordering, info.event_shape) == ("nade", "random:5", (1, 3, 3))
+    assert exported.info.config == info.config and exported.info.opset == 18
+    x = all_images((1, 3, 3), 2)
+    log_p = model.log_prob(x).detach()
+    assert abs(float(log_p.exp().sum()) - 1) < 1e-5
+    np.testing.assert_allclose(exported.log_prob(x.numpy()), log_p.numpy(), atol=1e-5)
