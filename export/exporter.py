@@ -26,7 +26,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-from densreg.registry.atomic import atomic_write_folder
+from densreg.registry.atomic import atomic_write_folder, check_target
 from densreg.registry.errors import ExportError
 from densreg.registry.protocol import DensityModel
 
@@ -262,6 +262,7 @@ def _check_target(out_dir: Path) -> None:
     """``out_dir`` must be new, empty, or a previous export (which is then replaced)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"cannot export to {out_dir}: it is a file, not a folder")
+    check_target(out_dir, "folder")  # no symlink or special file
     if out_dir.is_dir() and not set(os.listdir(out_dir)) <= set(fmt.FILES):
         raise ExportError(f"cannot export to {out_dir}: the folder holds files other than an export; "
                           "choose an empty or new folder")
@@ -309,7 +310,7 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
             except Exception as exc:  # noqa: BLE001
                 raise ExportError(f"model {name!r} exported, but onnxruntime cannot run the export: "
                                   f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
-            if report["max_abs_diff"] > atol or report["log_prob"] > log_prob_atol:
+            if not (report["max_abs_diff"] <= atol and report["log_prob"] <= log_prob_atol):  # NaN fails
                 raise ExportError(f"export of model {name!r} fails its parity check: onnxruntime differs from "
                                   f"torch by {report['conditionals_logits']:.3g} (conditional logits), "
                                   f"{report['step_logits']:.3g} (step logits), {report['log_prob']:.3g} nats "

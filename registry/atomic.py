@@ -3,15 +3,20 @@
 Both write into a temporary sibling, fsync, then rename over the target, so an
 interrupted write (even SIGKILL) leaves any previous file or folder intact. What they
 create gets the permissions a plain ``open``/``mkdir`` would give (0666/0777 less the
-umask), not mkstemp's private 0600.
+umask), not mkstemp's private 0600. They replace only what they would create: a target
+that is a symlink, a FIFO, a device or another special file, or a read-only file, is
+refused with a DataError and left as it is.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
+
+from .errors import DataError
 
 
 def _umask() -> int:
@@ -30,9 +35,26 @@ def _write_synced(path: Path, data: bytes, fd: int | None = None) -> None:
         os.fsync(handle.fileno())
 
 
+def check_target(path: str | os.PathLike, kind: str = "file") -> None:
+    """Raise DataError unless ``path`` is absent or a writable regular file (``kind="folder"``: a folder)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise DataError(f"refusing to write {path}: it is a symbolic link; give the real path")
+    is_kind = stat.S_ISDIR(info.st_mode) if kind == "folder" else stat.S_ISREG(info.st_mode)
+    if not is_kind:
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
+        raise DataError(f"refusing to write {path}: it is {what}; expected a {kind} or nothing there")
+    if not info.st_mode & 0o222:
+        raise DataError(f"refusing to write {path}: it is read-only")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (parent folders are created)."""
     path = Path(path)
+    check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -46,6 +68,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_folder(folder: str | os.PathLike, files: dict[str, bytes]) -> None:
     """Make ``folder`` hold exactly ``files`` ({file name: bytes}), replacing a previous folder whole."""
     folder = Path(folder)
+    check_target(folder, "folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     old = None

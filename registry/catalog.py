@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -110,6 +111,8 @@ class Catalog:
 
 
 def _check_value(key: str, value: Any, default: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"bad value for {key!r}: {value!r} is not a finite number")
     if default is inspect.Parameter.empty or default is None:
         return value
     if isinstance(default, bool):

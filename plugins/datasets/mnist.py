@@ -117,6 +117,9 @@ def load_binarized_mnist(split: str, data: str | None = None, download: bool = F
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"binarized MNIST {split}: expected (N, 28, 28) images, got {images.shape}")
+    if images.dtype.kind not in "biuf" or not np.isin(images, (0, 1)).all():  # checked before any cast
+        raise DataError(f"binarized MNIST {split}: values must be 0 and 1 (got dtype {images.dtype}); "
+                        "nothing is cast silently")
     return images[:, None].astype(np.uint8)
 
 
