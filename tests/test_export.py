@@ -20,7 +20,7 @@ from densreg.registry.testing import single_torch_thread  # noqa: F401 (autouse:
 from densreg.registry import DataError, DensityModel, DensregError, create_model, list_models, load_checkpoint
 from densreg.app.cli import cli
 from densreg.registry.protocol import at_position
-from densreg.plugins.baselines import Markov
+from densreg.plugins.baselines import Bernoulli, Markov
 
 LOGITS_ATOL, LOG_PROB_ATOL, TIE = 1e-4, 1e-3, 1e-6
 # Small configs for the neural models, applied only to the models that are installed;
@@ -202,6 +202,47 @@ class TraceDependentMarkov(Markov):
     def conditional_logits(self, x):
         logits = super().conditional_logits(x)
         return logits + 1.0 if torch.compiler.is_compiling() else logits
+
+
+class OffsetMarkov(Markov):
+    """Exports logits shifted by ``offset`` (all K alike: log_prob is unchanged)."""
+
+    registry_name = "offset"
+    offset = 0.0
+
+    def conditional_logits(self, x):
+        logits = super().conditional_logits(x)
+        return logits + self.offset if torch.compiler.is_compiling() else logits
+
+
+class FlippedValuesBernoulli(Bernoulli):
+    """Exports the same logits, but scores flipped values: only log_prob differs."""
+
+    registry_name = "flipped-values"
+
+    def to_sequence(self, x):
+        seq = super().to_sequence(x)
+        return 1 - seq if torch.compiler.is_compiling() else seq
+
+
+@pytest.mark.parametrize("offset, fails", [(2e-4, True), (5e-5, False)])
+def test_parity_tolerance_on_logits_is_tight(tmp_path, offset, fails):
+    from densreg.export.exporter import LOGITS_ATOL
+
+    assert offset > LOGITS_ATOL if fails else offset < LOGITS_ATOL
+    model = randomize(type("M", (OffsetMarkov,), {"offset": offset})((1, 2, 2)))
+    if fails:
+        with pytest.raises(ExportError, match="parity"):
+            export_model(model, tmp_path / "e")
+        assert not (tmp_path / "e").exists()
+    else:
+        assert export_model(model, tmp_path / "e")["max_abs_diff"] == pytest.approx(offset, rel=0.1)
+
+
+def test_parity_fails_when_only_log_prob_differs(tmp_path):
+    model = randomize(FlippedValuesBernoulli((1, 2, 2)))
+    with pytest.raises(ExportError, match=r"parity.* 0 \(conditional logits\), 0 \(step logits\), [0-9.]+ nats"):
+        export_model(model, tmp_path / "e")
 
 
 def assert_nothing_written(parent, out):

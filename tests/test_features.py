@@ -79,3 +79,18 @@ def test_nice_ticks_cover_the_range():
     ticks = nice_ticks(87.3, 112.9)
     assert ticks[0] >= 87.3 and ticks[-1] <= 112.9 and 3 <= len(ticks) <= 8
     assert len(set(np.diff(ticks).round(9))) == 1
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_nade_features_use_the_configured_activation(activation):
+    torch.manual_seed(0)
+    model = create_model("nade", (1, 3, 3), hidden=6, activation=activation)
+    with torch.no_grad():
+        model.c.normal_()  # so that some pre-activations are negative: relu and sigmoid differ there
+    x = torch.randint(0, 2, (4, 1, 3, 3))
+    seq = x.reshape(4, -1).index_select(1, model.order).double()
+    w = model.W.double()  # (D, K-1, H): value 1 at position d adds W[d, 0]; value 0 adds nothing
+    pre = model.c.double() + seq @ w[:, 0]
+    expected = torch.relu(pre) if activation == "relu" else torch.sigmoid(pre)
+    assert (pre < 0).any()
+    torch.testing.assert_close(model.features(x).double(), expected, atol=1e-5, rtol=1e-5)

@@ -222,3 +222,22 @@ def test_fit_is_the_one_writer_of_the_checkpoint(digits, tmp_path):
     # --seed is an option of every model (initial weights), so a counting model accepts it
     result = run("train", "markov", "--dataset", "digits", "--out", tmp_path / "s.safetensors", "--seed", 3)
     assert result.exit_code == 0, result.output
+
+
+def test_cli_seed_reaches_initial_weights_and_shuffling(tmp_path):
+    def train(seed, name):
+        out = tmp_path / f"{name}.safetensors"
+        result = run("train", "nade", "--dataset", "digits", "--out", out, "--set", "hidden=4", "--epochs", 1,
+                     "--seed", seed)
+        assert result.exit_code == 0, result.output
+        return load_checkpoint(out)[0].state_dict()
+
+    same_a, same_b, other = train(1, "a"), train(1, "b"), train(2, "c")
+    assert all(torch.equal(same_a[k], same_b[k]) for k in same_a)
+    assert not torch.equal(same_a["W"], other["W"])
+
+
+def test_seed_alone_changes_the_shuffling_order(digits):
+    train, valid = digits
+    runs = [fit(small_nade(seed=0), train, valid, epochs=1, batch_size=50, seed=s) for s in (0, 0, 1)]
+    assert runs[0]["train_nll_nats"] == runs[1]["train_nll_nats"] != runs[2]["train_nll_nats"]
