@@ -97,3 +97,13 @@ def test_mnist_npz_values_are_checked_before_any_cast(tmp_path, bad):
     fine[0, 0, 0] = 1.0
     np.savez(tmp_path / "ok.npz", train=fine, valid=fine, test=fine)
     assert load_binarized_mnist("test", str(tmp_path / "ok.npz"))[0, 0, 0, 0] == 1
+
+
+def test_negative_seed_and_rows_are_usage_errors(tmp_path):
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, create_model("bernoulli", (1, 2, 2)), "bernoulli")
+    for args in (["sample", str(ckpt), "--out", str(tmp_path / "s.png"), "--seed", "-5"],
+                 ["sample", str(ckpt), "--out", str(tmp_path / "s.png"), "--nrow", "-2"],
+                 ["train", "bernoulli", "--dataset", "digits", "--out", str(ckpt), "--seed", "-5"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and "Invalid value for" in result.output and "unexpected" not in result.output

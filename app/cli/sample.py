@@ -18,10 +18,10 @@ from .common import load_model_or_export
 @click.argument("checkpoint", type=click.Path())
 @click.option("-n", "--num", "num", default=64, show_default=True, type=click.IntRange(min=1), help="How many.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image grid to write (.png).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
 @click.option("--npz", "npz_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the raw samples (array 'samples', uint8 N,C,H,W).")
-@click.option("--nrow", type=int, default=None, help="Images per grid row (default: square).")
+@click.option("--nrow", type=click.IntRange(min=1), default=None, help="Images per grid row (default: square).")
 def sample(checkpoint, num, out, seed, npz_path, nrow):
     """Draw exact samples from a checkpoint (or an export folder) and write an image grid.
 

@@ -19,7 +19,7 @@ DEFAULTS = TrainingOptions()
 @data_options
 @set_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.safetensors).")
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
               help="Random seed (initial weights, shuffling).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True, help="Most epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True,
