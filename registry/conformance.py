@@ -29,6 +29,17 @@ The checks (``CHECKS``, in this order):
   same log_prob and same samples for the same noise.
 - ``export``: ``densreg.export.export_model`` with parity, then the onnxruntime
   model's log_prob and samples against torch (skipped when the exporter is absent).
+
+Options of every entry point: ``prepare(model, seed)`` replaces ``randomize``,
+``orderings`` replaces DEFAULT_ORDERINGS, and ``spaces`` (a sequence of
+``(event_shape, K)``) replaces the tiny spaces of every check (round_trip and export use
+the first), e.g. ``(((3, 1, 2), 2),)`` for colour images or a model that takes K=2 only.
+normalization, chain_rule, sampling and round_trip enumerate every image of a space, so
+keep K^(C*H*W) small (a few hundred); causality and step take larger spaces.
+
+Helpers for tests: ``all_images`` (every image of a tiny space), ``randomize`` (random
+parameters, optionally random float buffers), ``random_images``, ``image_index``,
+``chi_square``.
 """
 
 from __future__ import annotations
@@ -60,6 +71,7 @@ NORMALIZATION_SPACES = (((1, 2, 3), 2), ((1, 2, 2), 3))
 CAUSALITY_SPACES = (((1, 2, 3), 2), ((1, 2, 2), 3))
 STEP_SPACES = (((1, 2, 3), 3),)
 SAMPLING_SPACES = (((1, 2, 2), 2), ((1, 1, 3), 3))
+ROUND_TRIP_SPACES = (((1, 2, 3), 2),)  # round_trip and export
 SAMPLING_SIZE = 4000
 SAMPLING_ALPHA = 1e-3
 NORMALIZATION_TOL = 1e-5
@@ -105,7 +117,9 @@ class CheckSkipped(Exception):
 
 # -- the model under test ----------------------------------------------------------
 def all_images(event_shape, num_categories: int) -> torch.Tensor:
-    """Every image of a tiny space, int64 (K^D, C, H, W); image i is i written in base K."""
+    """Every image of a tiny space: ``event_shape`` (C, H, W), K = ``num_categories`` ->
+    int64 (K^D, C, H, W) with D = C*H*W; image i is i written in base K (flat C, H, W order,
+    most significant value first), so image_index inverts it."""
     d = math.prod(event_shape)
     powers = num_categories ** torch.arange(d - 1, -1, -1)
     index = torch.arange(num_categories ** d).unsqueeze(-1)
@@ -132,15 +146,25 @@ def random_images(event_shape, num_categories: int, n: int = 200, seed: int = 0)
     return seq.reshape(n, *event_shape)
 
 
-def randomize(model, seed: int = 0) -> None:
-    """The default preparation: every floating parameter drawn from N(0, 1) (buffers such as
-    masks are left alone), then a closed-form fit on ``random_images`` if the model has one."""
+def randomize(model, seed: int = 0, *, buffers: bool = False) -> None:
+    """Random values for ``model`` in place; the kit's default preparation.
+
+    Every floating parameter is drawn from N(0, 1) (same shape, generator seeded with
+    ``seed``); buffers are left alone, and a ``closed_form`` model is then fitted on
+    ``random_images(event_shape, K, seed=seed)`` (200 correlated images), so its tables are
+    not uniform. ``buffers=True``: every floating buffer is drawn from N(0, 1) too, after
+    the parameters, and there is no closed-form fit (it would overwrite them), e.g. for the
+    probability tables of the baselines, which then hold unnormalised logits that log_prob's
+    log-softmax must renormalise. Non-float buffers (orderings, bool masks) never change;
+    a model that keeps a mask as a float buffer must not get ``buffers=True``.
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for param in model.parameters():
-            if param.is_floating_point():
-                param.copy_(torch.randn(param.shape, generator=gen).to(param.dtype))
-    if getattr(model, "closed_form", False):
+        tensors = [*model.parameters(), *(model.buffers() if buffers else ())]
+        for tensor in tensors:
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=gen).to(tensor.dtype))
+    if getattr(model, "closed_form", False) and not buffers:
         model.fit_closed_form(random_images(model.event_shape, model.num_categories, seed=seed))
 
 
@@ -156,7 +180,7 @@ class Subject:
     """A registered name or a factory, with config overrides: builds models on tiny spaces."""
 
     def __init__(self, model: str | Callable, config: dict | None = None,
-                 prepare: Callable | None = None, orderings=None) -> None:
+                 prepare: Callable | None = None, orderings=None, spaces=None) -> None:
         self.config = dict(config or {})
         if isinstance(model, str):
             self.name = model
@@ -167,11 +191,16 @@ class Subject:
             raise ConfigError(f"expected a registered model name or a factory, got {type(model).__name__}")
         check_config(self.factory, self.config)  # a bad key or value is the caller's error, not the model's
         self.prepare = prepare or randomize
+        self.spaces = tuple((tuple(shape), int(k)) for shape, k in spaces) if spaces else None
         self.notes: dict[str, list[str]] = {}
         if "ordering" in self.config or not _takes(self.factory, "ordering"):
             self.orderings = (None,)
         else:
             self.orderings = tuple(orderings or DEFAULT_ORDERINGS)
+
+    def spaces_or(self, default):
+        """The tiny spaces a check runs on: ``spaces`` given to the subject, else the check's own."""
+        return self.spaces or default
 
     @property
     def label(self) -> str:
@@ -283,7 +312,7 @@ def _expect_logits(model, x) -> torch.Tensor:
 # -- the checks ------------------------------------------------------------------
 def _normalization(subject: Subject) -> str:
     worst = 0.0
-    for shape, k, ordering, model in subject.variants(NORMALIZATION_SPACES):
+    for shape, k, ordering, model in subject.variants(subject.spaces_or(NORMALIZATION_SPACES)):
         images = all_images(shape, k)
         with torch.no_grad():
             log_p = model.log_prob(images)
@@ -304,7 +333,7 @@ def _normalization(subject: Subject) -> str:
 
 def _chain_rule(subject: Subject) -> str:
     worst = 0.0
-    for shape, k, ordering, model in subject.variants(NORMALIZATION_SPACES):
+    for shape, k, ordering, model in subject.variants(subject.spaces_or(NORMALIZATION_SPACES)):
         images = all_images(shape, k)
         with torch.no_grad():
             logits = _expect_logits(model, images)
@@ -323,7 +352,7 @@ def _chain_rule(subject: Subject) -> str:
 
 def _causality(subject: Subject) -> str:
     checked = 0
-    for shape, k, ordering, model in subject.variants(CAUSALITY_SPACES):
+    for shape, k, ordering, model in subject.variants(subject.spaces_or(CAUSALITY_SPACES)):
         gen = torch.Generator().manual_seed(1)
         x = torch.randint(0, k, (4, *shape), generator=gen)
         seq = model.to_sequence(x)
@@ -355,7 +384,7 @@ def _causality(subject: Subject) -> str:
 
 def _step(subject: Subject) -> str:
     worst = 0.0
-    for shape, k, ordering, model in subject.variants(STEP_SPACES):
+    for shape, k, ordering, model in subject.variants(subject.spaces_or(STEP_SPACES)):
         x = torch.randint(0, k, (3, *shape), generator=torch.Generator().manual_seed(2))
         seq = model.to_sequence(x)
         with torch.no_grad():
@@ -416,7 +445,7 @@ def chi_square(counts: torch.Tensor, expected: torch.Tensor, min_expected: float
 
 def _sampling(subject: Subject) -> str:
     shown = []
-    for shape, k, ordering, model in subject.first_variant(SAMPLING_SPACES):
+    for shape, k, ordering, model in subject.first_variant(subject.spaces_or(SAMPLING_SPACES)):
         images = all_images(shape, k)
         with torch.no_grad():
             probs = model.log_prob(images).double().exp()
@@ -464,7 +493,7 @@ def _registered(subject: Subject):
 
 
 def _round_trip(subject: Subject) -> str:
-    (shape, k, ordering, model), = subject.first_variant((((1, 2, 3), 2),))
+    (shape, k, ordering, model), = subject.first_variant(subject.spaces_or(ROUND_TRIP_SPACES)[:1])
     config = model.config()
     try:
         json.dumps(config)
@@ -510,7 +539,7 @@ def _export(subject: Subject) -> str:
         from densreg.export import export_model
     except ImportError as exc:
         raise CheckSkipped(NO_EXPORTER) from exc
-    (shape, k, ordering, model), = subject.first_variant((((1, 2, 3), 2),))
+    (shape, k, ordering, model), = subject.first_variant(subject.spaces_or(ROUND_TRIP_SPACES)[:1])
     images = all_images(shape, k)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "export"
@@ -573,18 +602,19 @@ def one_torch_thread():
 
 
 def run_check(name: str, model: str | Callable, config: dict | None = None, *,
-              prepare: Callable | None = None, orderings=None) -> CheckResult:
+              prepare: Callable | None = None, orderings=None, spaces=None) -> CheckResult:
     """Run one check (a key of ``CHECKS``) on ``model`` (registered name or factory) with ``config``.
 
     A model that raises, or breaks the contract, gives a failed result; an unknown model
     name or a config the factory refuses raises (UnknownNameError, ConfigError).
 
     ``prepare(model, seed)`` replaces ``randomize`` (give a trained-looking model random
-    parameters your way); ``orderings`` replaces DEFAULT_ORDERINGS.
+    parameters your way); ``orderings`` replaces DEFAULT_ORDERINGS; ``spaces`` (a sequence
+    of ``(event_shape, K)``) replaces every check's tiny spaces.
     """
     if name not in CHECKS:
         raise ConfigError(f"unknown check {name!r}; checks: {', '.join(CHECKS)}")
-    subject = model if isinstance(model, Subject) else Subject(model, config, prepare, orderings)
+    subject = model if isinstance(model, Subject) else Subject(model, config, prepare, orderings, spaces)
     start = time.perf_counter()
     try:
         with one_torch_thread():
@@ -599,13 +629,13 @@ def run_check(name: str, model: str | Callable, config: dict | None = None, *,
 
 
 def run_checks(model: str | Callable, config: dict | None = None, *, checks=None, skip=(),
-               prepare: Callable | None = None, orderings=None) -> list[CheckResult]:
+               prepare: Callable | None = None, orderings=None, spaces=None) -> list[CheckResult]:
     """Run ``checks`` (default: all of ``CHECKS`` but those in ``skip``) and return their results."""
     names = list(checks or CHECKS)
     unknown = [n for n in [*names, *skip] if n not in CHECKS]
     if unknown:
         raise ConfigError(f"unknown check {unknown[0]!r}; checks: {', '.join(CHECKS)}")
-    subject = Subject(model, config, prepare, orderings)
+    subject = Subject(model, config, prepare, orderings, spaces)
     return [run_check(n, subject) for n in names if n not in skip]
 
 

@@ -16,7 +16,12 @@ or, parametrized (any subset of the checks, several models)::
         case.run()
 
 A failed check fails its test with the check's detail; a skipped one (export
-without an exporter) skips it with the reason. Needs pytest (imported here only).
+without an exporter) skips it with the reason. Options as in ``conformance.run_check``:
+``prepare``, ``orderings``, ``spaces``. Needs pytest (imported here only).
+
+Helpers for a plugin's own tests live in ``densreg.registry.conformance``: ``all_images``
+(every image of a tiny space) and ``randomize`` (random parameters, ``buffers=True`` for
+random float buffers too).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class ConformanceCase:
     config: dict[str, Any] = field(default_factory=dict)
     prepare: Callable | None = None
     orderings: tuple[str, ...] | None = None
+    spaces: tuple | None = None
 
     @property
     def id(self) -> str:
@@ -54,7 +60,7 @@ class ConformanceCase:
         return f"{label}-{self.check}"
 
     def result(self) -> CheckResult:
-        return run_check(self.check, Subject(self.model, self.config, self.prepare, self.orderings))
+        return run_check(self.check, Subject(self.model, self.config, self.prepare, self.orderings, self.spaces))
 
     def run(self) -> CheckResult:
         result = self.result()
@@ -66,10 +72,10 @@ class ConformanceCase:
 
 
 def conformance_tests(model: str | Callable, *, checks=None, skip=(), prepare: Callable | None = None,
-                      orderings=None, marks=(), **config) -> list:
+                      orderings=None, spaces=None, marks=(), **config) -> list:
     """``pytest.param`` cases, one per check (default all of CHECKS but ``skip``), for
     ``@pytest.mark.parametrize("case", ...)``; ``marks`` are added to every case."""
-    return [pytest.param(ConformanceCase(name, model, dict(config), prepare, orderings), marks=marks,
+    return [pytest.param(ConformanceCase(name, model, dict(config), prepare, orderings, spaces), marks=marks,
                          id=ConformanceCase(name, model).id)
             for name in (checks or CHECKS) if name not in skip]
 
@@ -82,12 +88,14 @@ def _plain(obj, name: str):
 
 class ModelConformance:
     """Subclass as ``class TestX(ModelConformance)`` and set ``model`` (registered name or
-    factory) and ``config``; optionally ``prepare(model, seed)``, ``orderings``, ``skip_checks``."""
+    factory) and ``config``; optionally ``prepare(model, seed)``, ``orderings``, ``spaces``,
+    ``skip_checks``."""
 
     model: str | Callable | None = None
     config: dict[str, Any] = {}
     prepare: Callable | None = None
     orderings: tuple[str, ...] | None = None
+    spaces: tuple | None = None
     skip_checks: tuple[str, ...] = ()
 
     def _run(self, check: str) -> None:
@@ -96,7 +104,7 @@ class ModelConformance:
             pytest.skip("set `model` on the ModelConformance subclass")
         if check in self.skip_checks:
             pytest.skip(f"{check} listed in skip_checks")
-        ConformanceCase(check, model, dict(self.config), prepare, self.orderings).run()
+        ConformanceCase(check, model, dict(self.config), prepare, self.orderings, self.spaces).run()
 
     def test_normalization(self):
         self._run("normalization")

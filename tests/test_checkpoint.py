@@ -8,13 +8,13 @@ from safetensors.torch import save_file
 
 import densreg.registry.atomic as atomic
 import densreg.registry.checkpoint as checkpoint
-from conftest import randomize_
 from densreg.registry import CheckpointError, create_model, load_checkpoint, save_checkpoint
+from densreg.registry.conformance import randomize
 
 
 def make_model():
     model = create_model("markov", (1, 3, 3), 3, order=2, ordering="random:4", alpha=0.5)
-    randomize_(model)
+    randomize(model, buffers=True)  # random log-probability tables
     return model
 
 

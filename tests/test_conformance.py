@@ -8,12 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from densreg.registry import ConfigError, DensityModel, UnknownNameError, hookimpl, list_models
+from densreg.registry import ConfigError, DensityModel, UnknownNameError, create_model, hookimpl, list_models
 from densreg.registry import register_plugin, unregister_plugin
 from densreg.app.cli import cli
 from densreg.registry.conformance import (CHECKS, NO_EXPORTER, all_images, check_causality, check_chain_rule,
                                           check_normalization, check_round_trip, check_sampling, check_step,
-                                          chi_square, image_index, run_checks)
+                                          chi_square, image_index, randomize, run_checks)
 from densreg.registry.testing import ModelConformance, conformance_tests
 
 
@@ -245,6 +245,44 @@ def test_all_images_enumerates_in_base_k():
     assert torch.equal(image_index(images, 3), torch.arange(27))
 
 
+def test_randomize_draws_buffers_only_when_asked():
+    fitted, tables = create_model("markov", (1, 2, 3), 3), create_model("markov", (1, 2, 3), 3)
+    randomize(fitted)  # closed-form fit on random images: normalised, non-uniform tables
+    randomize(tables, buffers=True)  # N(0, 1) tables, no fit
+    torch.testing.assert_close(fitted.log_probs.logsumexp(-1), torch.zeros(6, 3))
+    assert fitted.log_probs.std() > 0.1 and tables.log_probs.logsumexp(-1).abs().max() > 0.1
+    model = create_model("row-lstm", (1, 2, 3), 2, hidden=4, layers=1)
+    masks = {name: b.clone() for name, b in model.named_buffers()}
+    randomize(model, 1, buffers=True)  # bool masks and the int ordering never change
+    assert all(torch.equal(b, masks[name]) for name, b in model.named_buffers())
+    again = create_model("row-lstm", (1, 2, 3), 2, hidden=4, layers=1)
+    randomize(again, 1)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
+
+
+class ColourOnly(Linear):
+    """Correct, but built on 3-channel images only."""
+
+    def __init__(self, event_shape=(3, 1, 2), num_categories=2, ordering="raster"):
+        if event_shape[0] != 3:
+            raise ConfigError("colour images only")
+        super().__init__(event_shape, num_categories, ordering)
+
+    def config(self):
+        return DensityModel.config(self)
+
+
+def test_spaces_replace_the_tiny_spaces_of_every_check():
+    result = check_normalization(ColourOnly)
+    assert result.failed and "could not be built on any tiny space" in result.detail
+    results = {r.name: r for r in run_checks(ColourOnly, spaces=(((3, 1, 2), 2), ((3, 1, 1), 3)), skip=("export",))}
+    assert all(r.passed for r in results.values()), results
+    assert "6 space/ordering pairs" in results["causality"].detail  # 2 spaces x 3 orderings
+    assert "3x1x2 K=2" in results["sampling"].detail and "3x1x1 K=3" in results["sampling"].detail
+    result = check_causality(SeesItself, spaces=(((3, 1, 2), 2),), orderings=["column"])
+    assert result.failed and "(3x1x2 K=2, ordering 'column'" in result.detail
+
+
 # -- the pytest forms ----------------------------------------------------------------------
 class TestLinearConformance(ModelConformance):
     model, config = Linear, {"extra": -1}
@@ -264,9 +302,50 @@ def test_parametrized_form_ids_and_skip():
 
 
 # -- every registered model passes ------------------------------------------------------------
+# Each registered model runs every check in its base config (SMALL, or its defaults for a model
+# not listed); the built-in models also run in the configs of EXTRA. This is where the generic
+# checks of the per-model test files live: they keep only model-specific maths.
 SMALL = {"nade": {"hidden": 8}, "pixelrnn": {"hidden": 4, "layers": 1}, "row-lstm": {"hidden": 4, "layers": 1},
          "diagonal-bilstm": {"hidden": 4, "layers": 1}, "mixture": {"components": 3, "iterations": 3}}
 EXPORT_BY_DEFAULT = {"markov"}  # the rest under -m slow (mixture's export also runs in test_example_plugin.py)
+ORDERINGS = ("raster", "snake", "column", "random:3")  # the kit's DEFAULT_ORDERINGS and column
+COLOUR = (((3, 1, 2), 2), ((2, 1, 2), 4))  # C > 1 (channel masks) and K = 4; 64 and 256 images
+LARGER = (((1, 4, 6), 2), ((3, 3, 4), 4), ((3, 2, 2), 256))  # several rows and K = 256: step only
+BUILT_IN = ("bernoulli", "markov", "nade", "pixelrnn", "row-lstm", "diagonal-bilstm")
+SPATIAL = ("row-lstm", "diagonal-bilstm")
+
+
+def random_tables(model, seed):
+    """The baselines' probability tables (float buffers) drawn from N(0, 1): unnormalised logits."""
+    randomize(model, seed, buffers=True)
+
+
+def half_scale(model, seed):
+    """randomize, then every parameter halved: deep models on the LARGER spaces keep logits of
+    order 10, so float32 step and full pass agree to the step check's 1e-5."""
+    randomize(model, seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(0.5)
+
+
+def two_layers(name):
+    return {"hidden": 6, "layers": 2, **({"output_hidden": 6} if name in SPATIAL else {})}
+
+
+LARGER_STEP = {"spaces": LARGER, "checks": ["step"], "prepare": half_scale}
+# name -> [(label, config, options)]: checks default to all but export, on the kit's spaces
+EXTRA = {name: [("colour", SMALL.get(name, {}), {"spaces": COLOUR})] for name in BUILT_IN}
+EXTRA["bernoulli"] += [("random-tables", {}, {"prepare": random_tables})]
+EXTRA["markov"] += [(f"order={order},random-tables", {"order": order}, {"prepare": random_tables})
+                    for order in (1, 2, 3)]
+EXTRA["nade"] += [("relu", {"hidden": 8, "activation": "relu"}, {}),
+                  ("larger", {"hidden": 8}, LARGER_STEP)]
+for name in ("pixelrnn", *SPATIAL):
+    minimal = {"hidden": 3, "output_hidden": 3} if name in SPATIAL else {}  # one unit per channel group
+    EXTRA[name] += [("layers=2", two_layers(name), {}),
+                    ("layers=2,colour", {**two_layers(name), **minimal}, {"spaces": COLOUR}),
+                    ("layers=2,larger", two_layers(name), LARGER_STEP)]
 
 
 def registered_cases():
@@ -274,10 +353,24 @@ def registered_cases():
     for name in list_models():
         bare = name.rpartition(":")[2]
         config = SMALL.get(bare, {})
-        cases += conformance_tests(name, skip=("export",), **config)
-        cases += conformance_tests(name, checks=["export"], **config,
+        cases += conformance_tests(name, skip=("export",), orderings=ORDERINGS, **config)
+        cases += conformance_tests(name, checks=["export"], orderings=ORDERINGS, **config,
                                    marks=() if bare in EXPORT_BY_DEFAULT else (pytest.mark.slow,))
+        if name == bare:  # the built-in models, under their bare names
+            for label, config, options in EXTRA.get(bare, ()):
+                options = {"skip": ("export",), **options}
+                cases += [pytest.param(*case.values, id=f"{bare}({label})-{case.values[0].check}")
+                          for case in conformance_tests(name, orderings=ORDERINGS, **options, **config)]
     return cases
+
+
+def test_registered_cases_cover_every_built_in_model_and_extra_config():
+    ids = [case.id for case in registered_cases()]
+    assert len(ids) == len(set(ids))
+    for name in BUILT_IN:
+        assert f"{name}-causality" in ids and f"{name}(colour)-step" in ids
+    assert "markov(order=3,random-tables)-sampling" in ids and "nade(relu)-round_trip" in ids
+    assert "diagonal-bilstm(layers=2,larger)-step" in ids and "pixelrnn(layers=2)-normalization" in ids
 
 
 @pytest.mark.parametrize("case", registered_cases())

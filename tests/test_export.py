@@ -37,7 +37,7 @@ MODELS = list_models()
 
 
 
-def randomize(model: DensityModel, seed: int = 0) -> DensityModel:
+def perturb(model: DensityModel, seed: int = 0) -> DensityModel:  # not the kit's randomize: keeps the init scale
     """Perturb parameters; refill float tables (buffers that are not 0/1 masks) with noise."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -55,7 +55,7 @@ def build(name: str, case: str) -> DensityModel:
         model = create_model(name, shape, k, **SMALL_CONFIG.get(name, {}))
     except DensregError as exc:  # e.g. a model for K=2 or one channel only
         pytest.skip(f"{name} does not build for shape {shape}, K={k}: {exc}")
-    return randomize(model)
+    return perturb(model)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ class RecomputingMarkov(Markov):
 
 
 def test_default_recompute_step_exports_and_matches(tmp_path):
-    model = randomize(RecomputingMarkov((1, 3, 4), 3, ordering="snake"))
+    model = perturb(RecomputingMarkov((1, 3, 4), 3, ordering="snake"))
     report = export_model(model, tmp_path / "e")
     assert report["max_abs_diff"] <= LOGITS_ATOL
     x = random_images(model, 4)
@@ -230,7 +230,7 @@ def test_parity_tolerance_on_logits_is_tight(tmp_path, offset, fails):
     from densreg.export.exporter import LOGITS_ATOL
 
     assert offset > LOGITS_ATOL if fails else offset < LOGITS_ATOL
-    model = randomize(type("M", (OffsetMarkov,), {"offset": offset})((1, 2, 2)))
+    model = perturb(type("M", (OffsetMarkov,), {"offset": offset})((1, 2, 2)))
     if fails:
         with pytest.raises(ExportError, match="parity"):
             export_model(model, tmp_path / "e")
@@ -240,7 +240,7 @@ def test_parity_tolerance_on_logits_is_tight(tmp_path, offset, fails):
 
 
 def test_parity_fails_when_only_log_prob_differs(tmp_path):
-    model = randomize(FlippedValuesBernoulli((1, 2, 2)))
+    model = perturb(FlippedValuesBernoulli((1, 2, 2)))
     with pytest.raises(ExportError, match=r"parity.* 0 \(conditional logits\), 0 \(step logits\), [0-9.]+ nats"):
         export_model(model, tmp_path / "e")
 
@@ -264,15 +264,15 @@ def test_parity_failure_is_an_error(tmp_path):
     out = tmp_path / "parent" / "e"
     out.parent.mkdir()
     with pytest.raises(ExportError, match=r"'trace-dependent'.*parity.*conditional logits"):
-        export_model(randomize(TraceDependentMarkov((1, 2, 2))), out)
+        export_model(perturb(TraceDependentMarkov((1, 2, 2))), out)
     assert_nothing_written(out.parent, out)
 
 
 def test_export_replaces_an_export_but_not_other_folders(tmp_path):
     out = tmp_path / "e"
-    model = randomize(create_model("bernoulli", (1, 2, 3), 2))
+    model = perturb(create_model("bernoulli", (1, 2, 3), 2))
     assert export_model(model, out, parity=False)["max_abs_diff"] is None and out.is_dir()
-    randomize(model, seed=7)
+    perturb(model, seed=7)
     export_model(model, out)
     assert np.allclose(ExportedModel(out, provider="cpu").log_prob(np.zeros((1, 1, 2, 3))),
                        model.log_prob(torch.zeros(1, 1, 2, 3)).numpy(), atol=LOG_PROB_ATOL)
