@@ -12,6 +12,7 @@ from densreg.registry import api, hookimpl
 
 from .common import check_matches, data_options, echo_json, load_model_or_export
 
+
 @click.command(name="eval")
 @click.argument("checkpoint", type=click.Path())
 @data_options

@@ -14,6 +14,7 @@ from densreg.registry import atomic_write_bytes, hookimpl
 
 from .common import load_model_or_export
 
+
 @click.command()
 @click.argument("checkpoint", type=click.Path())
 @click.option("-n", "--num", "num", default=64, show_default=True, type=click.IntRange(min=1), help="How many.")
