@@ -34,6 +34,7 @@ from densreg.registry.checkpoint import read_tensors
 
 from .evaluation import evaluate
 
+
 @dataclass
 class TrainingOptions:
     """Hyperparameters of a gradient-training run; ``densreg train`` shows these defaults.
@@ -136,10 +137,9 @@ def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, *, out=No
         return result
     if resume and out is None:
         raise ConfigError("resume needs out, the checkpoint path of the run")
-    opts = TrainingOptions().replace(**{k: v for k, v in options.items() if v is not None})
-    given = {k for k, v in options.items() if v is not None}
-    run = GradientRun(model, train, valid, opts, given=given, out=out, progress=progress, name=name,
-                      extra_metrics=metrics)
+    given = {k: v for k, v in options.items() if v is not None}
+    run = GradientRun(model, train, valid, TrainingOptions().replace(**given), given=set(given), out=out,
+                      progress=progress, name=name, extra_metrics=metrics)
     return run.run(start, resume)
 
 

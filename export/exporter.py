@@ -29,6 +29,7 @@ from onnx import TensorProto, helper
 from densreg.registry.atomic import atomic_write_folder, check_target
 from densreg.registry.errors import ExportError
 from densreg.registry.protocol import DensityModel
+from densreg.registry.saved import SavedModelInfo
 
 from . import format as fmt
 
@@ -315,10 +316,8 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
                                   f"torch by {report['conditionals_logits']:.3g} (conditional logits), "
                                   f"{report['step_logits']:.3g} (step logits), {report['log_prob']:.3g} nats "
                                   f"(log_prob); tolerances {atol:g} and {log_prob_atol:g}")
-        meta = fmt.metadata(model=name, config=model.config(), event_shape=model.event_shape,
-                            num_categories=model.num_categories, ordering=model.ordering,
-                            order=model.order.cpu().tolist(), state=specs, opset=opset,
-                            torch_version=torch.__version__, parity=report)
+        meta = fmt.metadata(SavedModelInfo.describe(model, name), order=model.order.cpu().tolist(), state=specs,
+                            opset=opset, torch_version=torch.__version__, parity=report)
         files = {}
         for filename, proto in ((fmt.CONDITIONALS, conditionals), (fmt.STEP, step), (fmt.DRAW, draw_graph(opset))):
             onnx.helper.set_model_props(proto, {**meta, "graph": filename.removesuffix(".onnx")})

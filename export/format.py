@@ -16,7 +16,6 @@ import json
 import numpy as np
 
 from densreg.registry.saved import SavedModelInfo
-from densreg.registry.version import __version__
 
 FORMAT = "densreg-onnx/1"
 CONDITIONALS, STEP, DRAW = "conditionals.onnx", "step.onnx", "draw.onnx"
@@ -41,15 +40,14 @@ def decode_array(item: dict) -> np.ndarray:
     return flat.astype(dtype.newbyteorder("="), copy=False).reshape(item["shape"])
 
 
-def metadata(*, model: str, config: dict, event_shape, num_categories: int, ordering: str, order,
-             state: list[dict], opset: int, torch_version: str, parity: dict | None) -> dict[str, str]:
-    """The metadata_props of every file of an export (all values strings).
+def metadata(info: SavedModelInfo, *, order, state: list[dict], opset: int, torch_version: str,
+             parity: dict | None) -> dict[str, str]:
+    """The metadata_props of every file of an export (all values strings): the model's keys from
+    ``info``, then the export's own.
 
     ``state``: per state tensor {name, dtype, shape (dim 0 is the batch, written
     "batch"), initial: encode_array of the initial value for one batch row}.
     """
-    info = SavedModelInfo(model=model, config=config, event_shape=tuple(event_shape), num_categories=num_categories,
-                          ordering=ordering, densreg_version=__version__)
     return {
         "format": FORMAT,
         **info.model_metadata(),

@@ -19,7 +19,6 @@ from safetensors.torch import save as save_bytes
 from .atomic import atomic_write_bytes
 from .errors import CheckpointError, ConfigError
 from .saved import SavedModelInfo
-from .version import __version__
 
 FORMAT = "densreg-checkpoint/1"
 
@@ -33,7 +32,7 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
 def save_checkpoint(path, model, name: str, metrics: dict | None = None, extra: dict | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``model`` (registered as ``name``) to ``path`` atomically."""
-    info = SavedModelInfo.describe(model, name, __version__)
+    info = SavedModelInfo.describe(model, name)
     metadata = {"format": FORMAT, **info.model_metadata(), "metrics": json.dumps(metrics or {}),
                 "extra": json.dumps(extra or {})}
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}

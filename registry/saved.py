@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-MODEL_KEYS = ("model", "config", "event_shape", "num_categories", "ordering", "densreg_version")
+from .version import __version__
 
 
 @dataclass
@@ -35,11 +35,11 @@ class SavedModelInfo:
     parity: dict | None = None
 
     @classmethod
-    def describe(cls, model, name: str, version: str, **more) -> "SavedModelInfo":
-        """The description of a live ``DensityModel`` registered as ``name``."""
+    def describe(cls, model, name: str, **more) -> "SavedModelInfo":
+        """The description of a live ``DensityModel`` registered as ``name``, by this densreg."""
         return cls(model=name, config=model.config(), event_shape=tuple(model.event_shape),
                    num_categories=int(model.num_categories), ordering=model.ordering,
-                   densreg_version=version, **more)
+                   densreg_version=__version__, **more)
 
     def model_metadata(self) -> dict[str, str]:
         """The shared keys as metadata strings."""
