@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .catalog import DEFAULT_EVENT_SHAPE, Catalog, Dataset, ModelSpec, check_config
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, UnknownNameError
 from .plugin_manager import PluginHost, PluginInfo
 from .protocol import DensityModel, validate_images
 
@@ -55,6 +55,17 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 def model_spec(name: str) -> ModelSpec:
     return get_catalog().model(name)
+
+
+def plugin_of(name: str) -> tuple[str, str, str, str]:
+    """(bare name, plugin, distribution, version) of model ``name`` as installed; a name the
+    registry does not know gives (its bare part, its plugin part or "", "", "")."""
+    try:
+        spec = model_spec(name)
+    except UnknownNameError:
+        plugin, _, bare = name.rpartition(":")
+        return bare, plugin, "", ""
+    return spec.name, spec.plugin, spec.distribution, spec.version
 
 
 def create_model(name: str, event_shape=DEFAULT_EVENT_SHAPE, num_categories: int = 2, **config) -> DensityModel:

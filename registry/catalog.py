@@ -1,8 +1,9 @@
 """What the installed plugins provide: models and datasets, looked up by name.
 
 A name is unqualified (``markov``) or qualified by its plugin (``baselines:markov``).
-When two plugins register one name, the unqualified name is ambiguous and the
-error says which plugins clash; each stays reachable by its qualified name.
+When two plugins register one name, a built-in (distribution ``densreg``) keeps the
+unqualified name; between third parties it is ambiguous and the error says which
+plugins clash. Each stays reachable by its qualified name.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .errors import ConfigError, UnknownNameError
 from .plugin_manager import PluginHost, PluginInfo
 
 DEFAULT_EVENT_SHAPE = (1, 28, 28)
+BUILTIN_DISTRIBUTION = "densreg"  # plugins of this distribution win a bare-name clash
 
 
 @dataclass
@@ -29,6 +31,7 @@ class ModelSpec:
     description: str
     plugin: str
     distribution: str = ""
+    version: str = ""
 
     @property
     def qualified_name(self) -> str:
@@ -36,7 +39,7 @@ class ModelSpec:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "qualified_name": self.qualified_name, "plugin": self.plugin,
-                "distribution": self.distribution, "description": self.description}
+                "distribution": self.distribution, "version": self.version, "description": self.description}
 
 
 @dataclass
@@ -61,7 +64,7 @@ class Catalog:
                 raise ConfigError(f"a model needs a name without ':' (got {name!r})")
             doc = description or getattr(factory, "description", "") or (inspect.getdoc(factory) or "")
             spec = ModelSpec(name, factory, doc.strip().splitlines()[0] if doc.strip() else "",
-                             info.name, info.distribution)
+                             info.name, info.distribution, info.version)
             self.models.setdefault(name, []).append(spec)
         return register
 
@@ -81,6 +84,9 @@ class Catalog:
         if not candidates:
             known = ", ".join(sorted(table)) or "none"
             raise UnknownNameError(f"unknown {kind} {name!r}; installed {kind}s: {known}")
+        if len(candidates) > 1 and not plugin:  # a built-in keeps its bare name
+            builtins = [c for c in candidates if c.distribution == BUILTIN_DISTRIBUTION]
+            candidates = builtins if len(builtins) == 1 else candidates
         if len(candidates) > 1:
             owners = ", ".join(f"{c.plugin} ({c.distribution or 'no distribution'})" for c in candidates)
             choices = " or ".join(f"{c.plugin}:{bare}" for c in candidates)

@@ -17,7 +17,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from .atomic import atomic_write_bytes
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, UnknownNameError
 from .saved import SavedModelInfo
 
 FORMAT = "densreg-checkpoint/1"
@@ -66,6 +66,30 @@ def parse_info(path, metadata: dict[str, str]) -> SavedModelInfo:
         raise CheckpointError(f"{path}: densreg checkpoint metadata is incomplete or invalid: {exc}") from exc
 
 
+def saved_model_name(path, info: SavedModelInfo) -> str:
+    """The registry name that rebuilds the model saved at ``path``: its qualified name when the file
+    records its plugin, else the bare name (built-ins win a clash). CheckpointError, naming the
+    distribution to install, when that plugin is not installed."""
+    from .api import model_spec
+
+    try:
+        model_spec(info.qualified_name)
+        return info.qualified_name
+    except UnknownNameError as exc:
+        if not info.plugin:
+            raise CheckpointError(f"{path}: cannot rebuild model {info.model!r}: {exc}") from exc
+    try:  # the plugin was renamed, but its distribution still registers the model
+        spec = model_spec(info.model)
+        if info.distribution and spec.distribution == info.distribution:
+            return spec.qualified_name
+    except UnknownNameError:
+        pass
+    dist = info.distribution
+    hint = f"pip install {dist}" if dist and dist != "in-process" else "register that plugin first"
+    raise CheckpointError(f"{path} holds model {info.model!r} of {info.provenance}, which is not installed "
+                          f"here: {hint}")
+
+
 def load_checkpoint(path, device: str | torch.device = "cpu"):
     """Rebuild the model saved at ``path`` through the registry; returns (model, SavedModelInfo)."""
     from .api import create_model  # the registry is only needed to rebuild
@@ -73,8 +97,9 @@ def load_checkpoint(path, device: str | torch.device = "cpu"):
     tensors, metadata = read_tensors(path)
     info = parse_info(path, metadata)
     config = {k: v for k, v in info.config.items() if k not in ("event_shape", "num_categories")}
+    name = saved_model_name(path, info)
     try:
-        model = create_model(info.model, event_shape=info.event_shape, num_categories=info.num_categories, **config)
+        model = create_model(name, event_shape=info.event_shape, num_categories=info.num_categories, **config)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: the saved config does not fit model {info.model!r} as installed: {exc}") from exc
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

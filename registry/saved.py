@@ -1,9 +1,13 @@
 """What a saved model says about itself, shared by checkpoints and exports (torch-free).
 
 A checkpoint's safetensors metadata and every file of an export folder carry the same
-string keys for the model: ``model`` (registry name), ``config`` (JSON constructor
-arguments), ``event_shape`` (JSON [C, H, W]), ``num_categories`` (K), ``ordering`` and
-``densreg_version``. Each format adds its own keys (see checkpoint.py, export/format.py).
+string keys for the model: ``model`` (bare registry name), ``plugin`` (the entry-point name
+that registered it, so ``plugin:model`` is its qualified name), ``distribution`` and
+``distribution_version`` (the installed package that provides the plugin), ``config`` (JSON
+constructor arguments), ``event_shape`` (JSON [C, H, W]), ``num_categories`` (K),
+``ordering`` and ``densreg_version``. Files written before the plugin keys existed (format
+0.1) lack them and load by the bare name. Each format adds its own keys (see checkpoint.py,
+export/format.py).
 """
 
 from __future__ import annotations
@@ -29,21 +33,44 @@ class SavedModelInfo:
     num_categories: int
     ordering: str
     densreg_version: str = ""
+    plugin: str = ""
+    distribution: str = ""
+    distribution_version: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     opset: int | None = None
     parity: dict | None = None
 
+    @property
+    def qualified_name(self) -> str:
+        """``plugin:model``, or the bare name for a file that does not record its plugin."""
+        return f"{self.plugin}:{self.model}" if self.plugin else self.model
+
+    @property
+    def provenance(self) -> str:
+        """Where the model comes from, for messages: "plugin 'p' (distribution d 1.0)"."""
+        if not self.plugin:
+            return "an unrecorded plugin (file written before densreg recorded plugins)"
+        dist = " ".join(part for part in (self.distribution, self.distribution_version) if part)
+        return f"plugin {self.plugin!r}" + (f" (distribution {dist})" if dist else "")
+
     @classmethod
     def describe(cls, model, name: str, **more) -> "SavedModelInfo":
-        """The description of a live ``DensityModel`` registered as ``name``, by this densreg."""
-        return cls(model=name, config=model.config(), event_shape=tuple(model.event_shape),
+        """The description of a live ``DensityModel`` registered as ``name`` (bare or
+        ``plugin:model``), by this densreg: the name is resolved in the registry to record its
+        plugin, distribution and version; a name the registry does not know is kept as given."""
+        from .api import plugin_of  # the registry is torch-side; this module stays torch-free
+
+        bare, plugin, distribution, version = plugin_of(name)
+        return cls(model=bare, config=model.config(), event_shape=tuple(model.event_shape),
                    num_categories=int(model.num_categories), ordering=model.ordering,
-                   densreg_version=__version__, **more)
+                   densreg_version=__version__, plugin=plugin, distribution=distribution,
+                   distribution_version=version, **more)
 
     def model_metadata(self) -> dict[str, str]:
         """The shared keys as metadata strings."""
-        return {"model": self.model, "config": json.dumps(self.config),
+        return {"model": self.model, "plugin": self.plugin, "distribution": self.distribution,
+                "distribution_version": self.distribution_version, "config": json.dumps(self.config),
                 "event_shape": json.dumps(list(self.event_shape)),
                 "num_categories": str(int(self.num_categories)), "ordering": self.ordering,
                 "densreg_version": self.densreg_version}
@@ -55,7 +82,10 @@ class SavedModelInfo:
         Raises KeyError for a missing key and ValueError for a malformed one; the
         caller names the file in the error it raises.
         """
-        return cls(model=metadata["model"], config=json.loads(metadata["config"]),
+        plugin, _, bare = metadata["model"].rpartition(":")  # a qualified name written by hand
+        return cls(model=bare, config=json.loads(metadata["config"]),
                    event_shape=tuple(json.loads(metadata["event_shape"])),
                    num_categories=int(metadata["num_categories"]), ordering=metadata["ordering"],
-                   densreg_version=metadata.get("densreg_version", ""), **more)
+                   densreg_version=metadata.get("densreg_version", ""), plugin=metadata.get("plugin") or plugin,
+                   distribution=metadata.get("distribution", ""),
+                   distribution_version=metadata.get("distribution_version", ""), **more)

@@ -45,18 +45,29 @@ def test_throwaway_plugin_registers_and_unregisters():
     assert "throwaway" not in list_models()
 
 
-def test_clash_is_ambiguous_and_qualified_names_work():
+def test_builtin_keeps_its_bare_name_and_qualified_names_work():
     try:
         register_plugin(plugin_with_model("markov"), "other")
-        with pytest.raises(UnknownNameError, match=r"registered by several plugins: baselines .*other.*"
-                                                   r"pick one with baselines:markov or other:markov"):
-            create_model("markov", (1, 2, 2))
+        assert type(create_model("markov", (1, 2, 2))).__name__ == "Markov"  # the built-in wins
         assert type(create_model("other:markov", (1, 2, 2))) is Constant
         assert type(create_model("baselines:markov", (1, 2, 2))).__name__ == "Markov"
         assert {"baselines:markov", "other:markov"} <= set(list_models())
         assert "model:markov" in get_catalog().clashes()
     finally:
         unregister_plugin("other")
+
+
+def test_clash_between_third_parties_is_ambiguous():
+    try:
+        register_plugin(plugin_with_model("shared"), "one")
+        register_plugin(plugin_with_model("shared"), "two")
+        with pytest.raises(UnknownNameError, match=r"registered by several plugins: one .*two.*"
+                                                   r"pick one with one:shared or two:shared"):
+            create_model("shared", (1, 2, 2))
+        assert type(create_model("two:shared", (1, 2, 2))) is Constant
+    finally:
+        unregister_plugin("one")
+        unregister_plugin("two")
 
 
 def test_unknown_names():

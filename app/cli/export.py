@@ -20,7 +20,7 @@ def export_command(checkpoint, out, no_parity, as_json):
     from densreg.export import export_model
 
     model, info = load_checkpoint(checkpoint)
-    report = export_model(model, out, name=info.model, parity=not no_parity)
+    report = export_model(model, out, name=info.qualified_name, parity=not no_parity)
     if as_json:
         echo_json(report)
         return

@@ -58,8 +58,7 @@ def train(ctx, model_name, dataset, data_path, download, settings, out, resume, 
     train_images = api.load_split(dataset, "train", data_path, download)
     valid_images = api.load_split(dataset, "valid", data_path) if "valid" in ds.splits else None
     click.echo(f"training {model_name} on {dataset} ({len(train_images)} images)", err=True)
-    spec = api.model_spec(model_name)
-    name = spec.qualified_name if ":" in model_name else spec.name
+    name = api.model_spec(model_name).qualified_name  # what the checkpoint records
     metrics = fit(model, train_images, valid_images, out=out, resume=resume, progress=True, name=name,
                   metrics={"dataset": dataset}, **given)
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
