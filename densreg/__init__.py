@@ -26,6 +26,8 @@ _EXPORTS = {
         "model_spec", "register_plugin", "save_checkpoint", "unregister_plugin", "validate_images"),
     "densreg.app.training": ("TrainingOptions", "fit"),
     "densreg.app.evaluation": ("evaluate",),
+    "densreg.app.scoring": ("score_images",),
+    "densreg.app.completion": ("complete",),
     "densreg.export": ("export_model",),
     "densreg.export.runtime": ("ExportedModel",),
 }

@@ -17,7 +17,7 @@ import click
 
 from densreg.registry import DensregError, __version__, api
 
-from . import check, evaluate, export, features, listing, plot, sample, train
+from . import check, complete, evaluate, export, features, listing, plot, sample, score, train
 
 
 class DensregGroup(click.Group):
@@ -48,7 +48,7 @@ def cli(ctx, debug):
     ctx.ensure_object(dict)["debug"] = debug
 
 
-BUILTIN_COMMANDS = (listing, train, evaluate, sample, features, plot, check, export)
+BUILTIN_COMMANDS = (listing, train, evaluate, score, sample, complete, features, plot, check, export)
 for _module in BUILTIN_COMMANDS:
     _module.register_commands(cli)
 

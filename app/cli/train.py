@@ -6,6 +6,7 @@ import click
 import torch
 from click.core import ParameterSource
 
+from densreg.app.ood import perturb_images
 from densreg.app.training import TrainingOptions, fit
 from densreg.registry import api, hookimpl
 
@@ -38,11 +39,15 @@ DEFAULTS = TrainingOptions()
               show_default="no budget", help="Stop after the epoch that crosses this wall-clock budget.")
 @click.option("--device", default=DEFAULTS.device, show_default="cuda if available, else cpu",
               help="torch device, e.g. cpu or cuda.")
+@click.option("--perturb", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="Train a background model for `densreg score --method likelihood-ratio` (Ren et al. 2019): "
+                   "each train and valid value is replaced, with this probability, by a uniform draw from 0..K-1 "
+                   "(one fixed draw per split, seeded by --seed).")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run of --out from its last epoch (OUT stem + .last.safetensors); "
                    "options not given again are the interrupted run's.")
 @click.pass_context
-def train(ctx, model_name, dataset, data_path, download, settings, out, resume, **options):
+def train(ctx, model_name, dataset, data_path, download, settings, out, perturb, resume, **options):
     """Fit MODEL on a dataset's train split and write a checkpoint.
 
     Gradient-trained models also write OUT stem + .log.jsonl (one JSON line per epoch)
@@ -57,12 +62,25 @@ def train(ctx, model_name, dataset, data_path, download, settings, out, resume, 
         given["seed"] = options["seed"]  # --seed also fixes the shuffling order of gradient training
     train_images = api.load_split(dataset, "train", data_path, download)
     valid_images = api.load_split(dataset, "valid", data_path) if "valid" in ds.splits else None
-    click.echo(f"training {model_name} on {dataset} ({len(train_images)} images)", err=True)
+    recorded = {"dataset": dataset}
+    if perturb is not None:
+        train_images, valid_images = perturbed(train_images, valid_images, perturb, ds.num_categories, options["seed"])
+        recorded["perturb"] = perturb
+    click.echo(f"training {model_name} on {dataset} ({len(train_images)} images"
+               + (f", perturbed at rate {perturb}" if perturb is not None else "") + ")", err=True)
     name = api.model_spec(model_name).qualified_name  # what the checkpoint records
     metrics = fit(model, train_images, valid_images, out=out, resume=resume, progress=True, name=name,
-                  metrics={"dataset": dataset}, **given)
+                  metrics=recorded, **given)
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
     click.echo(f"wrote {out} ({shown})")
+
+
+def perturbed(train_images, valid_images, rate, num_categories, seed):
+    """The train and valid splits with Ren et al.'s perturbation (densreg.app.ood.perturb_images)."""
+    train_images = torch.from_numpy(perturb_images(train_images.numpy(), rate, num_categories, seed))
+    if valid_images is not None:
+        valid_images = torch.from_numpy(perturb_images(valid_images.numpy(), rate, num_categories, seed + 1))
+    return train_images, valid_images
 
 
 @hookimpl

@@ -1,0 +1,159 @@
+"""`densreg score`: per-image anomaly scores of a checkpoint or an export folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from densreg.app.anomaly_plots import heatmaps_png
+from densreg.app.inputs import read_images
+from densreg.app.scoring import METHODS, most_anomalous, score_images, summary
+from densreg.registry import ConfigError, atomic_write_bytes, hookimpl
+
+from .common import echo_json, load_model_or_export
+
+
+def images_option(func):
+    """``--dataset NAME [--data PATH] [--split S]`` or ``--images FILE.npz|FILE.png|FOLDER [--resize]``."""
+    func = click.option("--resize", is_flag=True, help="Scale PNG pictures of another size to the model's H x W.")(func)
+    func = click.option("--images", "images_path", type=click.Path(), default=None,
+                        help="An .npz (array 'images', N x C x H x W or N x H x W), a .png, or a folder of .png "
+                             "files; grey values g become floor(g*K/256).")(func)
+    func = click.option("--split", default="test", show_default=True, help="Split of --dataset.")(func)
+    func = click.option("--data", "data_path", default=None, help="Path to the dataset's files.")(func)
+    return click.option("--dataset", default=None, help="A registered dataset (see `densreg datasets`).")(func)
+
+
+def load_inputs(info, dataset, data_path, split, images_path, resize) -> tuple[np.ndarray, list[str]]:
+    """The images named by ``images_option``, checked against the model: int64 (N, C, H, W), names."""
+    if (dataset is None) == (images_path is None):
+        raise click.UsageError("give exactly one of --dataset NAME or --images PATH")
+    if images_path is not None:
+        return read_images(images_path, info.event_shape, info.num_categories, resize)
+    from densreg.registry import api
+
+    from .common import check_matches
+
+    check_matches(info, api.get_dataset(dataset))
+    images = api.load_split(dataset, split, data_path).numpy()
+    return images, [f"{dataset}/{split}[{i}]" for i in range(len(images))]
+
+
+def reference_images(info, dataset, data_path, split, size) -> np.ndarray | None:
+    """Training images for the typicality score: the given dataset, or the one the checkpoint names."""
+    dataset = dataset or (info.metrics or {}).get("dataset")
+    if dataset is None:
+        return None
+    from densreg.registry import api
+
+    from .common import check_matches
+
+    check_matches(info, api.get_dataset(dataset))
+    images = api.load_split(dataset, split, data_path).numpy()
+    if len(images) > size:
+        images = images[np.random.default_rng(0).choice(len(images), size, replace=False)]
+    return images
+
+
+def write_table(path: str, names: list[str], result) -> None:
+    """Per-image rows as CSV, or JSON when ``path`` ends in .json."""
+    columns = {"score": result.scores, "nll_nats": result.nll, "bits_per_dim": result.bits_per_dim,
+               **result.columns}
+    rows = [{"index": i, "name": name, **{k: float(v[i]) for k, v in columns.items()}} for i, name in enumerate(names)]
+    if Path(path).suffix.lower() == ".json":
+        data = json.dumps({"method": result.method, "summary": summary(result.scores), "images": rows}, indent=1)
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        data = buffer.getvalue()
+    atomic_write_bytes(path, data.encode())
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL_OR_EXPORT", type=click.Path())
+@images_option
+@click.option("--method", type=click.Choice(list(METHODS)), default="nll", show_default=True,
+              help="nll: -log p(x); likelihood-ratio: minus a background model's log p (Ren et al. 2019); "
+                   "complexity: minus the PNG code length (Serrà et al. 2020); typicality: distance from the "
+                   "mean training NLL (Nalisnick et al. 2019). Higher is more anomalous; all in nats.")
+@click.option("--background", type=click.Path(), default=None,
+              help="Background model (checkpoint or export) for --method likelihood-ratio, trained with "
+                   "`densreg train ... --perturb RATE`.")
+@click.option("--reference-dataset", default=None,
+              help="Training distribution for --method typicality (default: the dataset the checkpoint records).")
+@click.option("--reference-data", default=None, help="Path to the reference dataset's files.")
+@click.option("--reference-split", default="train", show_default=True, help="Split of the reference dataset.")
+@click.option("--reference-size", type=click.IntRange(min=2), default=2000, show_default=True,
+              help="Reference images used (a fixed random subset).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Per-image scores: CSV (index, name, score, nll_nats, bits_per_dim, ...) or JSON by suffix.")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="List the k most anomalous.")
+@click.option("--heatmaps", type=click.Path(dir_okay=False), default=None,
+              help="PNG of the --top most anomalous images beside their per-pixel -log p maps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Images per pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary and the top list as JSON.")
+def score(model_path, dataset, data_path, split, images_path, resize, method, background, reference_dataset,
+          reference_data, reference_split, reference_size, out, top, heatmaps, batch_size, as_json):
+    """Score images by how anomalous they are under a checkpoint or an export folder.
+
+    Prints a summary (mean and quantiles of the score and of the NLL) and the --top most
+    anomalous images; --out writes every image's score, NLL in nats and bits/dim.
+    """
+    model, info = load_model_or_export(model_path)
+    extra = {}
+    if method == "likelihood-ratio":
+        if background is None:
+            raise ConfigError("--method likelihood-ratio needs --background MODEL (train one with "
+                              "`densreg train ... --perturb 0.2`)")
+        extra["background"] = load_model_or_export(background)[0]
+    images, names = load_inputs(info, dataset, data_path, split, images_path, resize)
+    if method == "typicality":
+        extra["reference"] = reference_images(info, reference_dataset, reference_data, reference_split, reference_size)
+    result = score_images(model, images, method, batch_size=batch_size, progress=sys.stderr.isatty(), **extra)
+    ranked = most_anomalous(result.scores, top)
+    if out:
+        write_table(out, names, result)
+    if heatmaps and len(ranked):
+        labels = [f"{names[i]}: {method} {result.scores[i]:.2f}, NLL {result.nll[i]:.1f}" for i in ranked]
+        atomic_write_bytes(heatmaps, heatmaps_png(images[ranked], result.pixel_nll[ranked], labels,
+                                                  info.num_categories))
+    report = {"model": info.model, "method": method, "images": len(images), "score": summary(result.scores),
+              "nll_nats": summary(result.nll), "bits_per_dim": float(result.bits_per_dim.mean()),
+              "most_anomalous": [{"index": int(i), "name": names[i], "score": float(result.scores[i]),
+                                  "nll_nats": float(result.nll[i])} for i in ranked]}
+    if as_json:
+        echo_json(report)
+    else:
+        _print_report(report)
+    for path in (out, heatmaps):
+        if path:
+            click.echo(f"wrote {path}", err=True)
+
+
+def _print_report(report: dict) -> None:
+    s, n = report["score"], report["nll_nats"]
+    click.echo(f"{report['model']}: {report['images']} images, method {report['method']} (higher = more anomalous)")
+    for label, stats in (("score", s), ("nll_nats", n)):
+        click.echo(f"  {label:9s} mean {stats['mean']:.3f}  q05 {stats['q05']:.3f}  median {stats['median']:.3f}  "
+                   f"q95 {stats['q95']:.3f}  max {stats['max']:.3f}")
+    click.echo(f"  bits/dim  mean {report['bits_per_dim']:.5f}")
+    if report["most_anomalous"]:
+        click.echo(f"most anomalous {len(report['most_anomalous'])}:")
+        for row in report["most_anomalous"]:
+            click.echo(f"  {row['name']}  score {row['score']:.3f}  nll {row['nll_nats']:.3f}")
+    if not math.isfinite(s["mean"]):
+        click.echo("warning: some scores are not finite", err=True)
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(score)
