@@ -25,6 +25,8 @@ class Dataset:
 
     ``load(split, data, download)`` returns integer images (N, C, H, W) with values
     0..num_categories-1; ``data`` is a user path (or None for the default location).
+    ``labels(split, data)``, where the dataset has them, returns one integer class label per
+    image of the split, in the same order (e.g. the digit); None when it has none.
     """
 
     name: str
@@ -36,8 +38,9 @@ class Dataset:
     plugin: str = ""
     distribution: str = ""
     needs_files: bool = False
+    labels: Callable[[str, str | None], np.ndarray] | None = None
 
     def as_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "event_shape": list(self.event_shape),
                 "num_categories": self.num_categories, "splits": list(self.splits), "plugin": self.plugin,
-                "needs_files": self.needs_files}
+                "needs_files": self.needs_files, "labelled": self.labels is not None}

@@ -37,9 +37,16 @@ def test_features_command(tmp_path):
                  "--out", tmp_path / "f.npz", "--batch-size", 64)
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "f.npz") as archive:
-        features = archive["features"]
+        features, labels = archive["features"], archive["labels"]
         assert str(archive["model"]) == "nade"
     images = load_split("digits", "valid")
+    assert "and their labels" in result.output and labels.shape == (len(images),)
+    from sklearn.datasets import load_digits
+
+    every = load_digits()
+    binary = (every.images >= 8).reshape(len(every.images), -1)
+    for image, label in zip(images.reshape(len(images), -1).numpy()[:50], labels[:50]):
+        assert label in every.target[(binary == image).all(-1)]  # an image of that digit looks exactly so
     assert features.shape == (len(images), 10)
     np.testing.assert_allclose(features, model.features(images).detach().numpy(), atol=1e-6)
 

@@ -24,17 +24,22 @@ def features(checkpoint, dataset, data_path, download, split, out, batch_size):
     """Write a checkpoint's features of a dataset split to an .npz archive.
 
     The archive holds ``features`` (float32, N x F: one row per image, in the split's
-    order; for NADE the F = hidden units after the whole image) and ``model`` (its name).
+    order; for NADE the F = hidden units after the whole image), ``model`` (its name) and,
+    when the dataset has class labels (e.g. digits), ``labels`` (int64, N).
     """
     model, info = load_checkpoint(checkpoint)
     ds = api.get_dataset(dataset)
     check_matches(info, ds)
     images = api.load_split(dataset, split, data_path, download)
     values = extract_features(model, images, batch_size, progress=sys.stderr.isatty())
+    arrays = {"features": values, "model": np.array(info.model)}
+    if ds.labels is not None:
+        arrays["labels"] = np.asarray(ds.labels(split, data_path), dtype=np.int64)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, features=values, model=np.array(info.model))
+    np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(out, buffer.getvalue())
-    click.echo(f"wrote {out}: features of {values.shape[0]} images, {values.shape[1]} values each")
+    click.echo(f"wrote {out}: features of {values.shape[0]} images, {values.shape[1]} values each"
+               + (", and their labels" if "labels" in arrays else ""))
 
 
 @hookimpl

@@ -22,14 +22,27 @@ def load_digits(split: str, levels: int = 2) -> np.ndarray:
     from sklearn.datasets import load_digits as sklearn_digits
 
     images = sklearn_digits().images.astype(np.uint8)  # (1797, 8, 8), 0..16
-    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
-    n_valid, n_test = DIGITS_SIZES["valid"], DIGITS_SIZES["test"]
-    index = {"valid": order[:n_valid], "test": order[n_valid:n_valid + n_test],
-             "train": order[n_valid + n_test:]}[split]
-    chosen = images[np.sort(index)]
+    chosen = images[split_index(split, len(images))]
     if levels == 2:
         chosen = (chosen >= 8).astype(np.uint8)
     return chosen[:, None]
+
+
+def split_index(split: str, count: int) -> np.ndarray:
+    """Indices (sorted) of a split's images among scikit-learn's ``count`` digits."""
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(count)
+    n_valid, n_test = DIGITS_SIZES["valid"], DIGITS_SIZES["test"]
+    index = {"valid": order[:n_valid], "test": order[n_valid:n_valid + n_test],
+             "train": order[n_valid + n_test:]}[split]
+    return np.sort(index)
+
+
+def load_digit_labels(split: str, data: str | None = None) -> np.ndarray:
+    """The digit (0..9) of each image of ``split``, int64 (N,), in ``load_digits``' order."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    target = sklearn_digits().target.astype(np.int64)
+    return target[split_index(split, len(target))]
 
 
 def _load(levels: int, split: str, data: str | None = None, download: bool = False) -> np.ndarray:
@@ -39,8 +52,8 @@ def _load(levels: int, split: str, data: str | None = None, download: bool = Fal
 DIGITS = Dataset(
     name="digits",
     description="scikit-learn's bundled 8x8 digits, binarized (value >= 8); 1197/300/300, no files needed",
-    event_shape=(1, 8, 8), num_categories=2, load=partial(_load, 2))
+    event_shape=(1, 8, 8), num_categories=2, load=partial(_load, 2), labels=load_digit_labels)
 DIGITS_GREY = Dataset(
     name="digits-grey",
     description="scikit-learn's bundled 8x8 digits as 17 grey levels (0..16); 1197/300/300",
-    event_shape=(1, 8, 8), num_categories=17, load=partial(_load, 17))
+    event_shape=(1, 8, 8), num_categories=17, load=partial(_load, 17), labels=load_digit_labels)
