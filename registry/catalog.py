@@ -16,10 +16,9 @@ from typing import Any, Callable
 
 from .datasets import Dataset
 from .errors import ConfigError, UnknownNameError
-from .plugin_manager import PluginHost, PluginInfo
+from .plugin_manager import BUILTIN_DISTRIBUTION, PluginHost, PluginInfo
 
 DEFAULT_EVENT_SHAPE = (1, 28, 28)
-BUILTIN_DISTRIBUTION = "densreg"  # plugins of this distribution win a bare-name clash
 
 
 @dataclass
@@ -75,15 +74,23 @@ class Catalog:
         return register
 
     # -- lookup ---------------------------------------------------------------
-    @staticmethod
-    def _resolve(table: dict[str, list], name: str, kind: str):
+    def failed_plugins_note(self) -> str:
+        """"; plugins that failed to load: a (SystemExit: 3)" or "" when every plugin loaded."""
+        failed = self.host.failed()
+        if not failed:
+            return ""
+        return "; plugins that failed to load (see `densreg plugins`): " + ", ".join(
+            f"{info.name} ({info.error})" for info in failed)
+
+    def _resolve(self, table: dict[str, list], name: str, kind: str):
         plugin, _, bare = name.rpartition(":")
         candidates = table.get(bare, [])
         if plugin:
             candidates = [c for c in candidates if c.plugin == plugin]
         if not candidates:
             known = ", ".join(sorted(table)) or "none"
-            raise UnknownNameError(f"unknown {kind} {name!r}; installed {kind}s: {known}")
+            raise UnknownNameError(f"unknown {kind} {name!r}; installed {kind}s: {known}"
+                                   + self.failed_plugins_note())
         if len(candidates) > 1 and not plugin:  # a built-in keeps its bare name
             builtins = [c for c in candidates if c.distribution == BUILTIN_DISTRIBUTION]
             candidates = builtins if len(builtins) == 1 else candidates
@@ -114,6 +121,19 @@ class Catalog:
                 if len(group) > 1:
                     out[f"{kind}:{name}"] = [f"{g.plugin} ({g.distribution})" for g in group]
         return out
+
+    def clash_messages(self) -> list[str]:
+        """One sentence per clash: model and dataset names, plugin (entry-point) and command names."""
+        lines = []
+        for key, owners in self.clashes().items():
+            kind, _, name = key.partition(":")
+            table = self.models if kind == "model" else self.datasets
+            builtins = [g.plugin for g in table[name] if g.distribution == BUILTIN_DISTRIBUTION]
+            pick = (f"{name!r} means the built-in {builtins[0]}:{name}" if len(builtins) == 1
+                    else f"{name!r} alone is refused")
+            lines.append(f"{kind} name {name!r} is registered by {', '.join(owners)}: {pick}; "
+                         f"use plugin:{name} to pick one")
+        return lines + list(self.host.clashes)
 
 
 def _check_value(key: str, value: Any, default: Any) -> Any:

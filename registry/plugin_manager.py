@@ -1,13 +1,17 @@
 """Load plugins from the ``densreg`` entry-point group, recording failures instead of crashing.
 
-Environment: ``DENSREG_STRICT_PLUGINS=1`` makes a plugin failure fatal;
-``DENSREG_LOAD_PLUGINS=a,b`` loads only the named entry points.
+A plugin's failure, whatever it raises (SystemExit and KeyboardInterrupt included), is
+recorded as its load error and the rest keeps working. densreg's own entry points load
+first, so a third party that reuses one of their names is the one reported and skipped.
+
+Environment: ``DENSREG_STRICT_PLUGINS=1`` makes a plugin failure fatal (a PluginError of
+one line, the plugin's exception as its cause); ``DENSREG_LOAD_PLUGINS=a,b`` loads only
+the named entry points.
 """
 
 from __future__ import annotations
 
 import os
-import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
@@ -46,7 +50,12 @@ def _selected_names() -> set[str] | None:
 
 
 def describe_exception(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """``Type: first line of the message``."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+BUILTIN_DISTRIBUTION = "densreg"  # its plugins load first and win a bare-name clash
 
 
 class PluginHost:
@@ -56,20 +65,24 @@ class PluginHost:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
+        self.clashes: list[str] = []  # entry-point and command names a plugin could not take
 
     def fail(self, info: PluginInfo, exc: BaseException, stage: str) -> None:
-        """Record ``exc`` against ``info``; raise PluginError when strict."""
+        """Record ``exc`` against ``info``; raise PluginError (one line, ``exc`` as its cause) when strict."""
         info.error = f"{stage}: {describe_exception(exc)}"
         if strict_plugins():
-            detail = "".join(traceback.format_exception(exc))
-            raise PluginError(
-                f"plugin {info.name!r} ({info.distribution} {info.version}) failed to {stage}: "
-                f"{describe_exception(exc)}\n{detail}"
-            ) from exc
+            raise PluginError(f"plugin {info.name!r} ({info.distribution} {info.version}) failed to {stage}: "
+                              f"{describe_exception(exc)} (DENSREG_STRICT_PLUGINS is set)") from exc
+
+    def failed(self) -> list[PluginInfo]:
+        """The plugins that failed to load or register."""
+        return [info for info in self.infos.values() if info.error]
 
     def load_entry_points(self) -> None:
         wanted = _selected_names()
-        for ep in entry_points(group=GROUP):
+        found = sorted(entry_points(group=GROUP),  # densreg's own first, so a namesake cannot displace them
+                       key=lambda ep: (ep.dist.name if ep.dist else "") != BUILTIN_DISTRIBUTION)
+        for ep in found:
             if wanted is not None and ep.name not in wanted:
                 continue
             if ep.name in self.infos:  # same name from two distributions: keep the first, report the second
@@ -78,6 +91,8 @@ class PluginHost:
                 clash = PluginInfo(name=f"{ep.name}@{dist}", distribution=dist,
                                    version=ep.dist.version if ep.dist else "")
                 self.infos[clash.name] = clash
+                self.clashes.append(f"plugin name {ep.name!r} of {dist or 'an unnamed distribution'} is already "
+                                    f"used by {other.distribution or 'another plugin'}; {dist}'s plugin is not loaded")
                 self.fail(clash, RuntimeError(
                     f"entry point name {ep.name!r} is already used by {other.distribution}"), "load")
                 continue
@@ -91,19 +106,23 @@ class PluginHost:
         try:
             plugin = load()
             self.pm.register(plugin, name=name)
-        except Exception as exc:  # a broken plugin must not take the others down
+        except BaseException as exc:  # noqa: BLE001 - even SystemExit: a plugin must not take the program down
             self.fail(info, exc, "load")
             return info
         info.hooks = sorted(impl.name for impl in self.pm.get_hookcallers(plugin) or [])
         return info
 
-    def call_each(self, hook_name: str, make_kwargs) -> None:
+    def call_each(self, hook_name: str, make_kwargs, after=None) -> None:
         """Call ``hook_name`` plugin by plugin, in registration order, so that a failure is
-        attributed to its plugin; ``make_kwargs(info)`` gives each call's arguments."""
+        attributed to its plugin; ``make_kwargs(info)`` gives each call's arguments and
+        ``after(info)``, if given, runs after each call (failed or not)."""
         caller = getattr(self.pm.hook, hook_name)
         for impl in caller.get_hookimpls():  # registration order
             info = self.infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
             try:
                 impl.function(**make_kwargs(info))
-            except Exception as exc:  # a broken plugin must not take the others down
+            except BaseException as exc:  # noqa: BLE001 - a broken plugin must not take the others down
                 self.fail(info, exc, f"run {hook_name}")
+            finally:
+                if after is not None:
+                    after(info)

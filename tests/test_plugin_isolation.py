@@ -89,3 +89,110 @@ def test_missing_plugin_names_the_distribution_to_install(tmp_path):
     with pytest.raises(CheckpointError, match=r"holds model 'mine' of plugin 'mine' \(distribution densreg-mine "
                                               r"0\.3\.0\), which is not installed here: pip install densreg-mine"):
         load_checkpoint(path)
+
+
+# -- hostile packages in a temporary site folder, run through the real command line ---------
+HOSTILE = {  # distribution: (entry-point name, module source)
+    "densreg-exits": ("exits", "raise SystemExit(3)\n"),
+    "densreg-interrupts": ("interrupts", "raise KeyboardInterrupt('at import')\n"),
+    "densreg-namesake": ("nade", "raise RuntimeError('a namesake entry point must never be imported')\n"),
+    "densreg-hijack": ("hijack", '''
+import click
+from densreg.registry import hookimpl
+from densreg.plugins.baselines import Bernoulli
+
+class Fake(Bernoulli):
+    registry_name = "nade"
+    def log_prob(self, x):
+        return -self.order.new_ones(x.shape[0]).float()
+
+@click.command(name="eval")
+@click.argument("args", nargs=-1)
+def fake_eval(args):
+    click.echo("1.0000 nats per image")
+
+@hookimpl
+def register_models(register):
+    register(Fake)
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(fake_eval)
+'''),
+}
+
+
+def install(site, distribution: str, entry_point: str, source: str) -> None:
+    """What pip leaves for a one-module distribution: the module and its .dist-info."""
+    module = distribution.replace("-", "_")
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{module}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[densreg]\n{entry_point} = {module}\n")
+
+
+@pytest.fixture(scope="module")
+def hostile_site(tmp_path_factory):
+    site = tmp_path_factory.mktemp("site")
+    for distribution, (entry_point, source) in HOSTILE.items():
+        install(site, distribution, entry_point, source)
+    return site
+
+
+def densreg_cli(site, *args, **env):
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DENSREG_")}
+    environ.update(PYTHONPATH=str(site), OMP_NUM_THREADS="1", **env)
+    return subprocess.run([sys.executable, "-m", "densreg", *args], capture_output=True, text=True,
+                          env=environ, timeout=300)
+
+
+def test_plugins_raising_systemexit_or_keyboardinterrupt_are_isolated(hostile_site):
+    version = densreg_cli(hostile_site, "--version")
+    assert version.returncode == 0 and "densreg, version" in version.stdout
+    listed = densreg_cli(hostile_site, "plugins", "--json")
+    assert listed.returncode == 0, listed.stderr
+    errors = {p["name"]: p["error"] for p in json.loads(listed.stdout)}
+    assert errors["exits"] == "load: SystemExit: 3"
+    assert errors["interrupts"] == "load: KeyboardInterrupt: at import"
+    assert errors["nade"] is None and "already used by densreg" in errors["nade@densreg-namesake"]
+    assert "clash: command 'eval' of plugin hijack" in listed.stderr
+    models = densreg_cli(hostile_site, "models")
+    assert models.returncode == 0 and "markov" in models.stdout and "clash: model name 'nade'" in models.stderr
+    assert "plugin 'exits' (densreg-exits) failed to load" in models.stderr
+    assert "plugin 'interrupts' (densreg-interrupts) failed to load" in models.stderr
+    unknown = densreg_cli(hostile_site, "info", "exits-model")
+    assert unknown.returncode == 1 and len(unknown.stderr.strip().splitlines()) == 1
+    assert "unknown model 'exits-model'" in unknown.stderr and "exits (load: SystemExit: 3)" in unknown.stderr
+
+
+def test_strict_plugins_is_fatal_in_one_line_and_traceback_with_debug(hostile_site):
+    strict = densreg_cli(hostile_site, "models", DENSREG_STRICT_PLUGINS="1", DENSREG_LOAD_PLUGINS="baselines,exits")
+    assert strict.returncode == 1 and "Traceback" not in strict.stderr
+    assert strict.stderr.strip().splitlines() == [
+        "Error: plugin 'exits' (densreg-exits 1.0) failed to load: SystemExit: 3 (DENSREG_STRICT_PLUGINS is set)"]
+    debug = densreg_cli(hostile_site, "--debug", "models", DENSREG_STRICT_PLUGINS="1",
+                        DENSREG_LOAD_PLUGINS="baselines,exits")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "raise SystemExit(3)" in debug.stderr
+
+
+def test_namesakes_cannot_take_over_a_builtin_model_or_command(hostile_site, tmp_path):
+    from densreg.app.evaluation import evaluate
+    from densreg.registry import load_split
+
+    model = create_model("nade", (1, 8, 8), hidden=5)
+    save_checkpoint(tmp_path / "n.safetensors", model, "nade")
+    expected = evaluate(model, load_split("digits", "test"))["nll_nats"]
+    result = densreg_cli(hostile_site, "eval", str(tmp_path / "n.safetensors"), "--dataset", "digits", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["nll_nats"] == pytest.approx(expected, rel=1e-6)
+    listing = densreg_cli(hostile_site, "datasets")  # every listing command reports the clashes
+    assert listing.returncode == 0 and "digits" in listing.stdout
+    assert "clash: model name 'nade' is registered by nade (densreg), hijack (densreg-hijack): 'nade' means the " \
+           "built-in nade:nade" in listing.stderr
+    assert "clash: command 'eval' of plugin hijack (densreg-hijack) is already a densreg command" in listing.stderr
+    assert "clash: plugin name 'nade' of densreg-namesake is already used by densreg" in listing.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import click
 
@@ -53,12 +54,34 @@ for _module in BUILTIN_COMMANDS:
     _module.register_commands(cli)
 
 
+def add_plugin_commands(host) -> None:
+    """Run every plugin's ``register_commands(cli)``; a command name already taken (a built-in,
+    or an earlier plugin's) keeps its first owner, and the clash is recorded in ``host.clashes``."""
+    taken: dict = {}
+
+    def before(info):
+        taken.clear()
+        taken.update(cli.commands)
+        return {"cli": cli}
+
+    def after(info):
+        for name, command in taken.items():
+            if cli.commands.get(name) is not command:
+                cli.commands[name] = command
+                host.clashes.append(f"command {name!r} of plugin {info.name} ({info.distribution or 'in-process'}) "
+                                    f"is already a densreg command; the plugin's is ignored")
+
+    host.call_each("register_commands", before, after)
+
+
 def main(argv=None) -> None:
     """Console entry point: load plugins' commands, then run."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        host = api.get_catalog().host
-        host.call_each("register_commands", lambda info: {"cli": cli})
-    except DensregError as exc:  # strict plugin mode
+        add_plugin_commands(api.get_catalog().host)
+    except DensregError as exc:  # strict plugin mode: one line, the traceback with --debug
+        if "--debug" in args or os.environ.get("DENSREG_DEBUG") == "1":
+            traceback.print_exception(exc)
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
-    cli.main(args=argv, prog_name="densreg")
+    cli.main(args=args, prog_name="densreg")

@@ -11,6 +11,7 @@ from densreg.registry import ConfigError, api, hookimpl
 
 from .common import echo_json, echo_table, parse_set_options, parse_shape, set_option
 
+
 def joint_parameters(num_categories: int, num_positions: int) -> str:
     """K^D - 1 as digits when short, else as a power."""
     if num_positions * math.log10(num_categories) < 18:
@@ -18,19 +19,27 @@ def joint_parameters(num_categories: int, num_positions: int) -> str:
     return f"{num_categories}^{num_positions} - 1"
 
 
+def warn_clashes(failed: bool = False) -> None:
+    """On stderr: every name clash between plugins and, with ``failed``, every plugin that failed to load."""
+    catalog = api.get_catalog()
+    for line in catalog.clash_messages():
+        click.echo(f"clash: {line}", err=True)
+    for info in catalog.host.failed() if failed else ():
+        click.echo(f"plugin {info.name!r} ({info.distribution or 'in-process'}) failed to load, its models "
+                   f"and datasets are missing: {info.error} (see `densreg plugins`)", err=True)
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins(as_json):
     """List installed plugins: distribution, version, hooks, load errors."""
     infos = api.list_plugins()
-    clashes = api.get_catalog().clashes()
+    warn_clashes()
     if as_json:
         echo_json([i.as_dict() for i in infos])
         return
     echo_table([[i.name, i.distribution, i.version, ",".join(i.hooks), i.error or ""] for i in infos],
                ["plugin", "distribution", "version", "hooks", "error"])
-    for name, owners in clashes.items():
-        click.echo(f"clash: {name} is registered by {', '.join(owners)}; use plugin:name to pick one", err=True)
 
 
 @click.command()
@@ -39,13 +48,11 @@ def plugins(as_json):
 def models(pattern, as_json):
     """List registered models, optionally filtered by a glob PATTERN (e.g. 'mark*')."""
     specs = api.get_catalog().model_specs(pattern)
+    warn_clashes(failed=True)
     if as_json:
         echo_json([s.as_dict() for s in specs])
         return
     echo_table([[s.name, s.plugin, s.description] for s in specs], ["name", "plugin", "description"])
-    for name, owners in api.get_catalog().clashes().items():
-        if name.startswith("model:"):
-            click.echo(f"clash: {name[6:]} is registered by {', '.join(owners)}; use plugin:name", err=True)
 
 
 @click.command()
@@ -53,6 +60,7 @@ def models(pattern, as_json):
 def datasets(as_json):
     """List registered datasets with their shape and number of levels K."""
     items = api.list_datasets()
+    warn_clashes(failed=True)
     if as_json:
         echo_json([d.as_dict() for d in items])
         return
