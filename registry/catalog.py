@@ -158,8 +158,21 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+RESERVED_KEYS = ("event_shape", "num_categories")  # come from the data, never from a config override
+
+
+def reject_reserved(overrides: dict[str, Any]) -> None:
+    """ConfigError naming the reserved keys in ``overrides``."""
+    reserved = [key for key in RESERVED_KEYS if key in overrides]
+    if reserved:
+        raise ConfigError(f"{', '.join(map(repr, reserved))} cannot be set as config: the image shape and K come "
+                          "from the data (a dataset, or --shape and --categories where a command has them)")
+
+
 def check_config(factory: Callable[..., Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Reject keys the factory does not take and values of the wrong type; return the overrides."""
+    """Reject reserved keys, keys the factory does not take and values of the wrong type; return
+    the overrides."""
+    reject_reserved(overrides)
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):

@@ -16,26 +16,36 @@ The checks (``CHECKS``, in this order):
 
 - ``normalization``: sum of exp(log_prob) over every image of 1x2x3 (K=2) and 1x2x2
   (K=3) is 1 within 1e-5.
-- ``chain_rule``: log_prob(x) equals the sum of the log-softmax conditionals, 1e-4 nats.
+- ``chain_rule``: log_prob(x) equals the sum of the log-softmax conditionals.
 - ``causality``: the conditional at generation position d does not change when the
   values at positions >= d change (each position alone, then every suffix).
-- ``step``: under teacher forcing, ``step`` equals ``conditional_logits`` within
-  1e-5, with ``position`` an int and a 0-dim int64 tensor; the state keeps its shapes.
-- ``sampling``: 4000 samples on 1x2x2 (K=2) and 1x1x3 (K=3) follow exp(log_prob):
+- ``step``: under teacher forcing, ``step`` equals ``conditional_logits``, with
+  ``position`` an int and a 0-dim int64 tensor; the state keeps its shapes.
+- ``sampling``: 10000 samples on 1x2x2 (K=2) and 1x1x3 (K=3) follow exp(log_prob):
   chi-square goodness of fit, cells with expected count < 5 pooled, fails at
   p < 1e-3 (a correct model fails each test with probability 1e-3; the seed is fixed,
-  so a result is reproducible).
+  so a result is reproducible). A distribution too concentrated for the test (fewer than
+  4 cells) is retried with the parameters scaled down; where it stays degenerate the
+  space is "not run", and the check is skipped if no space ran.
 - ``round_trip``: save_checkpoint, load_checkpoint through the registry: same config,
   same log_prob and same samples for the same noise.
 - ``export``: ``densreg.export.export_model`` with parity, then the onnxruntime
   model's log_prob and samples against torch (skipped when the exporter is absent).
+
+chain_rule, causality and step compare on a float64 copy of the model, within 1e-8 times
+the logits' scale (max(1, |logits|)): float64 rounding sits about six orders below that and
+a real defect (>= 1e-3) five orders above. A model that does not run in float64 is compared
+in its own dtype within sqrt(eps) times that scale (3.5e-4 in float32), and the detail says so.
+Every check runs on each tiny space the model accepts (K=2 and K=3); round_trip and export
+on the first one it accepts.
 
 Options of every entry point: ``prepare(model, seed)`` replaces ``randomize``,
 ``orderings`` replaces DEFAULT_ORDERINGS, and ``spaces`` (a sequence of
 ``(event_shape, K)``) replaces the tiny spaces of every check (round_trip and export use
 the first), e.g. ``(((3, 1, 2), 2),)`` for colour images or a model that takes K=2 only.
 normalization, chain_rule, sampling and round_trip enumerate every image of a space, so
-keep K^(C*H*W) small (a few hundred); causality and step take larger spaces.
+keep K^(C*H*W) small (a few hundred); causality and step take larger spaces. ``threads``
+(default 1) is torch's thread count while the checks run.
 
 Helpers for tests: ``all_images`` (every image of a tiny space), ``randomize`` (random
 parameters, optionally random float buffers), ``random_images``, ``image_index``,
@@ -44,6 +54,7 @@ parameters, optionally random float buffers), ``random_images``, ``image_index``
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -69,15 +80,15 @@ PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 DEFAULT_ORDERINGS = ("raster", "snake", "random:3")
 NORMALIZATION_SPACES = (((1, 2, 3), 2), ((1, 2, 2), 3))
 CAUSALITY_SPACES = (((1, 2, 3), 2), ((1, 2, 2), 3))
-STEP_SPACES = (((1, 2, 3), 3),)
+STEP_SPACES = (((1, 2, 3), 2), ((1, 2, 3), 3))
 SAMPLING_SPACES = (((1, 2, 2), 2), ((1, 1, 3), 3))
-ROUND_TRIP_SPACES = (((1, 2, 3), 2),)  # round_trip and export
-SAMPLING_SIZE = 4000
+ROUND_TRIP_SPACES = (((1, 2, 3), 2), ((1, 2, 2), 3))  # round_trip and export: the first the model takes
+SAMPLING_SIZE = 10000  # chi-square noncentrality >= 4 N TV^2 = 100 for a sampler 5% off in total variation
 SAMPLING_ALPHA = 1e-3
+SAMPLING_MIN_DOF = 3  # fewer cells with expected count >= 5 than this: the distribution is degenerate
+SAMPLING_SCALES = (1.0, 0.5, 0.25, 0.125, 0.0625)  # parameter scales tried against a degenerate distribution
 NORMALIZATION_TOL = 1e-5
-CHAIN_RULE_TOL = 1e-4
-CAUSALITY_TOL = 1e-5
-STEP_TOL = 1e-5
+FLOAT64_TOL = 1e-8  # times max(1, |logits|): rounding in float64 is ~1e-14 of that scale, a defect >= 1e-3
 EXPORT_TOL = 1e-4
 NO_EXPORTER = "densreg.export has no exporter in this installation"
 
@@ -265,6 +276,25 @@ class Subject:
             raise CheckFailed("the model could not be built on any tiny space: " + self.notes_text())
         return out
 
+    def first_accepted(self, spaces):
+        """(shape, K, ordering, model) on the first of ``spaces`` the model accepts (orderings as in
+        ``first_variant``); CheckFailed naming every refusal if it accepts none."""
+        refusals: dict[str, list[str]] = {}
+        for space in spaces:
+            self.notes = {}
+            try:
+                found = self.first_variant([space])[0]
+            except CheckFailed:
+                if not self.notes:  # not a refusal: preparing the model failed
+                    raise
+                for message, places in self.notes.items():
+                    refusals.setdefault(message, []).extend(places)
+                continue
+            self.notes = refusals
+            return found
+        self.notes = refusals
+        raise CheckFailed("the model could not be built on any tiny space: " + self.notes_text())
+
     def notes_text(self) -> str:
         """What the model refused to be built on, grouped by message."""
         return "; ".join(f"{', '.join(places)}: {message}" for message, places in self.notes.items())
@@ -309,6 +339,39 @@ def _expect_logits(model, x) -> torch.Tensor:
     return logits
 
 
+def in_float64(model) -> tuple[DensityModel, str]:
+    """A float64 copy of ``model`` for the comparisons, and "" ; or ``model`` itself and why
+    it stays in its own dtype (the copy raises, or its logits do not come out in float64)."""
+    try:
+        wide = copy.deepcopy(model).double()
+        with torch.no_grad():
+            probe = wide.conditional_logits(torch.zeros(1, *model.event_shape, dtype=torch.int64))
+    except Exception as exc:  # noqa: BLE001 - any failure means: compare in the model's dtype
+        return model, f"the model does not run in float64 ({_describe(exc)})"
+    if probe.dtype != torch.float64:
+        return model, f"conditional_logits of model.double() come out in {probe.dtype}"
+    return wide, ""
+
+
+def tolerance(dtype: torch.dtype, scale: float) -> float:
+    """How far two computations of values of magnitude ``scale`` may differ by rounding alone:
+    FLOAT64_TOL in float64, sqrt(eps) in other float dtypes, times max(1, scale)."""
+    base = FLOAT64_TOL if dtype == torch.float64 else torch.finfo(dtype).eps ** 0.5
+    return base * max(1.0, scale)
+
+
+def _wide_variants(subject: Subject, spaces):
+    """``subject.variants`` with each model replaced by its float64 copy where it has one;
+    yields (shape, K, ordering, model, note), ``note`` saying why a model stayed in its dtype."""
+    for shape, k, ordering, model in subject.variants(spaces):
+        wide, why = in_float64(model)
+        yield shape, k, ordering, wide, why
+
+
+def _dtype_note(notes: list[str]) -> str:
+    return f" (in float32 where {notes[0]})" if notes else " (in float64)"
+
+
 # -- the checks ------------------------------------------------------------------
 def _normalization(subject: Subject) -> str:
     worst = 0.0
@@ -332,63 +395,72 @@ def _normalization(subject: Subject) -> str:
 
 
 def _chain_rule(subject: Subject) -> str:
-    worst = 0.0
-    for shape, k, ordering, model in subject.variants(subject.spaces_or(NORMALIZATION_SPACES)):
+    worst, notes = 0.0, []
+    for shape, k, ordering, model, why in _wide_variants(subject, subject.spaces_or(NORMALIZATION_SPACES)):
+        notes += [why] if why else []
         images = all_images(shape, k)
         with torch.no_grad():
             logits = _expect_logits(model, images)
             chain = torch.log_softmax(logits.double(), -1).gather(-1, model.to_sequence(images).unsqueeze(-1)).sum((1, 2))
             log_p = model.log_prob(images).double()
         diff = (chain - log_p).abs()
-        if float(diff.max()) > CHAIN_RULE_TOL:
-            i = int(diff.argmax())
+        tol = tolerance(logits.dtype, float(log_p.abs().max()))
+        if not float(diff.max()) <= tol:  # NaN fails
+            i = int(diff.nan_to_num(float("inf")).argmax())
             raise CheckFailed(f"log_prob differs from the chain rule of conditional_logits by {float(diff[i]):.3g} "
                               f"nats on image {images[i].reshape(-1).tolist()} of {_space(shape, k, ordering)} "
-                              f"(log_prob {float(log_p[i]):.5f}, sum of conditionals {float(chain[i]):.5f}): "
-                              "sampling and per-pixel scores use the conditionals, so they must agree with log_prob")
+                              f"(log_prob {float(log_p[i]):.5f}, sum of conditionals {float(chain[i]):.5f}; "
+                              f"tolerance {tol:.2g} in {logits.dtype}): sampling and per-pixel scores use the "
+                              "conditionals, so they must agree with log_prob")
         worst = max(worst, float(diff.max()))
-    return f"log_prob equals the sum of conditionals within {worst:.1e} nats" + _notes(subject)
+    return f"log_prob equals the sum of conditionals within {worst:.1e} nats{_dtype_note(notes)}" + _notes(subject)
 
 
 def _causality(subject: Subject) -> str:
-    checked = 0
-    for shape, k, ordering, model in subject.variants(subject.spaces_or(CAUSALITY_SPACES)):
+    checked, notes = 0, []
+    for shape, k, ordering, model, why in _wide_variants(subject, subject.spaces_or(CAUSALITY_SPACES)):
+        notes += [why] if why else []
         gen = torch.Generator().manual_seed(1)
         x = torch.randint(0, k, (4, *shape), generator=gen)
         seq = model.to_sequence(x)
         with torch.no_grad():
             base = _expect_logits(model, x)
+            tol = tolerance(base.dtype, float(base.abs().max()))
             for j in range(model.num_positions):  # one position at a time: names the culprit
                 changed = seq.clone()
                 changed[:, j] = (changed[:, j] + 1) % k
                 diff = (_expect_logits(model, model.from_sequence(changed))[:, : j + 1] - base[:, : j + 1]).abs()
                 diff = diff.amax(dim=(0, 2))
-                if float(diff.max()) > CAUSALITY_TOL:
-                    p = int((diff > CAUSALITY_TOL).nonzero()[0])
+                if not float(diff.max()) <= tol:
+                    p = int((~(diff <= tol)).nonzero()[0])
                     what = ("the model sees the value it predicts (x_d)" if p == j
                             else "the model peeks at the future")
                     raise CheckFailed(f"conditional at position {_where(model, p)} changed by {float(diff[p]):.3g} "
                                       f"when x at position {_where(model, j)} changed ({_space(shape, k, ordering)}; "
-                                      f"positions count in generation order): {what}")
+                                      f"positions count in generation order; tolerance {tol:.2g} in "
+                                      f"{base.dtype}): {what}")
             for d in range(model.num_positions):  # every value at and after d at once
                 changed = seq.clone()
                 changed[:, d:] = torch.randint(0, k, changed[:, d:].shape, generator=gen)
                 diff = (_expect_logits(model, model.from_sequence(changed))[:, : d + 1] - base[:, : d + 1]).abs()
-                if float(diff.max()) > CAUSALITY_TOL:
-                    raise CheckFailed(f"conditionals up to position {d} changed when the values at positions {d} "
-                                      f"and later changed together ({_space(shape, k, ordering)}): the model "
-                                      "peeks at the future")
+                if not float(diff.max()) <= tol:
+                    raise CheckFailed(f"conditionals up to position {d} changed by {float(diff.max()):.3g} when the "
+                                      f"values at positions {d} and later changed together "
+                                      f"({_space(shape, k, ordering)}; tolerance {tol:.2g} in {base.dtype}): the "
+                                      "model peeks at the future")
         checked += 1
-    return f"{checked} space/ordering pairs, every position perturbed" + _notes(subject)
+    return f"{checked} space/ordering pairs, every position perturbed{_dtype_note(notes)}" + _notes(subject)
 
 
 def _step(subject: Subject) -> str:
-    worst = 0.0
-    for shape, k, ordering, model in subject.variants(subject.spaces_or(STEP_SPACES)):
+    worst, notes = 0.0, []
+    for shape, k, ordering, model, why in _wide_variants(subject, subject.spaces_or(STEP_SPACES)):
+        notes += [why] if why else []
         x = torch.randint(0, k, (3, *shape), generator=torch.Generator().manual_seed(2))
         seq = model.to_sequence(x)
         with torch.no_grad():
             expected = _expect_logits(model, x)
+            tol = tolerance(expected.dtype, float(expected.abs().max()))
             for as_tensor in (False, True):
                 kind = "a 0-dim int64 tensor" if as_tensor else "an int"
                 state = model.initial_state(3)
@@ -411,15 +483,16 @@ def _step(subject: Subject) -> str:
                         raise CheckFailed(f"the state changed shape from {shapes} to {new_shapes} at position {d}: "
                                           "the state must be a tuple of fixed-shape tensors (for export)")
                     diff = float((logits.double() - expected[:, d].double()).abs().max())
-                    if not diff <= STEP_TOL:
+                    if not diff <= tol:
                         raise CheckFailed(f"step at position {_where(model, d)} (position given as {kind}, "
                                           f"{_space(shape, k, ordering)}) differs from conditional_logits by "
-                                          f"{diff:.3g} (tolerance {STEP_TOL:g}) under teacher forcing: value is x "
-                                          "at the previous position (zeros at 0) and the cached state must "
-                                          "reproduce the full pass")
+                                          f"{diff:.3g} (tolerance {tol:.2g} in {expected.dtype}) under teacher "
+                                          "forcing: value is x at the previous position (zeros at 0) and the "
+                                          "cached state must reproduce the full pass")
                     worst = max(worst, diff)
                     value = seq[:, d]
-    return f"teacher-forced steps match within {worst:.1e} (int and tensor positions)" + _notes(subject)
+    return (f"teacher-forced steps match within {worst:.1e} (int and tensor positions){_dtype_note(notes)}"
+            + _notes(subject))
 
 
 def chi_square(counts: torch.Tensor, expected: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int, float]:
@@ -443,13 +516,29 @@ def chi_square(counts: torch.Tensor, expected: torch.Tensor, min_expected: float
     return stat, dof, p
 
 
-def _sampling(subject: Subject) -> str:
-    shown = []
-    for shape, k, ordering, model in subject.first_variant(subject.spaces_or(SAMPLING_SPACES)):
-        images = all_images(shape, k)
+def _spread_out(model, images: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The exact probabilities (float64, (K^D,)) of every image of a tiny space, with the model's
+    float parameters scaled down (SAMPLING_SCALES, in place) until at least SAMPLING_MIN_DOF + 1
+    images have an expected count of 5 in SAMPLING_SIZE draws. Returns (probs, scale used);
+    the last scale tried when none spreads the distribution enough."""
+    originals = [p.detach().clone() for p in model.parameters()]
+    for scale in SAMPLING_SCALES:
         with torch.no_grad():
+            for param, original in zip(model.parameters(), originals):
+                if param.is_floating_point():
+                    param.copy_(original * scale)
             probs = model.log_prob(images).double().exp()
         probs = probs / probs.sum()
+        if int((probs * SAMPLING_SIZE >= 5).sum()) > SAMPLING_MIN_DOF:
+            break
+    return probs, scale
+
+
+def _sampling(subject: Subject) -> str:
+    shown, not_run = [], []
+    for shape, k, ordering, model in subject.first_variant(subject.spaces_or(SAMPLING_SPACES)):
+        images = all_images(shape, k)
+        probs, scale = _spread_out(model, images)
         samples = model.sample(SAMPLING_SIZE, generator=torch.Generator().manual_seed(0))
         if tuple(samples.shape) != (SAMPLING_SIZE, *shape) or samples.dtype != torch.int64:
             raise CheckFailed(f"sample({SAMPLING_SIZE}) returned {samples.dtype} of shape {tuple(samples.shape)}, "
@@ -463,15 +552,24 @@ def _sampling(subject: Subject) -> str:
             i = int(impossible.nonzero()[0])
             raise CheckFailed(f"sampled image {images[i].reshape(-1).tolist()}, whose log_prob is -inf")
         stat, dof, p = chi_square(counts, expected)
-        if p < SAMPLING_ALPHA:
+        space = _space(shape, k, ordering)
+        if dof < SAMPLING_MIN_DOF:
+            not_run.append(f"{space}: the distribution is degenerate (only {dof + 1} cells with expected count "
+                           f">= 5 in {SAMPLING_SIZE} draws, parameters scaled down to {scale:g})")
+            continue
+        if not p >= SAMPLING_ALPHA:
             i = int(((counts - expected) / expected.clamp(min=1e-12).sqrt()).abs().argmax())
-            raise CheckFailed(f"{SAMPLING_SIZE} samples on {_space(shape, k, ordering)} do not follow exp(log_prob): "
+            raise CheckFailed(f"{SAMPLING_SIZE} samples on {space} do not follow exp(log_prob): "
                               f"chi-square {stat:.1f} with {dof} degrees of freedom, p = {p:.2g} < {SAMPLING_ALPHA:g}; "
                               f"image {images[i].reshape(-1).tolist()} drawn {int(counts[i])} times, expected "
                               f"{float(expected[i]):.1f}: sample() (through step) must draw from the same "
                               "conditionals as log_prob")
-        shown.append(f"{'x'.join(map(str, shape))} K={k}: chi2 {stat:.1f}, {dof} dof, p={p:.2f}")
-    return "; ".join(shown) + _notes(subject)
+        scaled = f", parameters scaled by {scale:g}" if scale != 1.0 else ""
+        shown.append(f"{'x'.join(map(str, shape))} K={k}: chi2 {stat:.1f}, {dof} dof, p={p:.2g} >= "
+                     f"{SAMPLING_ALPHA:g}{scaled}")
+    if not shown:
+        raise CheckSkipped("not run: " + "; ".join(not_run))
+    return "; ".join(shown + [f"not run on {text}" for text in not_run]) + _notes(subject)
 
 
 @contextmanager
@@ -493,7 +591,7 @@ def _registered(subject: Subject):
 
 
 def _round_trip(subject: Subject) -> str:
-    (shape, k, ordering, model), = subject.first_variant(subject.spaces_or(ROUND_TRIP_SPACES)[:1])
+    shape, k, ordering, model = subject.first_accepted(subject.spaces_or(ROUND_TRIP_SPACES))
     config = model.config()
     try:
         json.dumps(config)
@@ -539,7 +637,7 @@ def _export(subject: Subject) -> str:
         from densreg.export import export_model
     except ImportError as exc:
         raise CheckSkipped(NO_EXPORTER) from exc
-    (shape, k, ordering, model), = subject.first_variant(subject.spaces_or(ROUND_TRIP_SPACES)[:1])
+    shape, k, ordering, model = subject.first_accepted(subject.spaces_or(ROUND_TRIP_SPACES))
     images = all_images(shape, k)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "export"
@@ -590,19 +688,20 @@ CHECKS: dict[str, Callable[[Subject], str]] = {
 
 
 @contextmanager
-def one_torch_thread():
-    """Run torch single-threaded for the duration: on tiny tensors and many small ops,
-    intra-op threads only add synchronisation, which costs 5-25x on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_torch_thread(threads: int = 1):
+    """Run torch with ``threads`` intra-op threads (default single-threaded) for the duration: on
+    tiny tensors and many small ops, more threads only add synchronisation, which costs 5-25x on a
+    busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def run_check(name: str, model: str | Callable, config: dict | None = None, *,
-              prepare: Callable | None = None, orderings=None, spaces=None) -> CheckResult:
+              prepare: Callable | None = None, orderings=None, spaces=None, threads: int = 1) -> CheckResult:
     """Run one check (a key of ``CHECKS``) on ``model`` (registered name or factory) with ``config``.
 
     A model that raises, or breaks the contract, gives a failed result; an unknown model
@@ -610,14 +709,15 @@ def run_check(name: str, model: str | Callable, config: dict | None = None, *,
 
     ``prepare(model, seed)`` replaces ``randomize`` (give a trained-looking model random
     parameters your way); ``orderings`` replaces DEFAULT_ORDERINGS; ``spaces`` (a sequence
-    of ``(event_shape, K)``) replaces every check's tiny spaces.
+    of ``(event_shape, K)``) replaces every check's tiny spaces; ``threads`` is torch's thread
+    count while the check runs.
     """
     if name not in CHECKS:
         raise ConfigError(f"unknown check {name!r}; checks: {', '.join(CHECKS)}")
     subject = model if isinstance(model, Subject) else Subject(model, config, prepare, orderings, spaces)
     start = time.perf_counter()
     try:
-        with one_torch_thread():
+        with one_torch_thread(threads):
             status, detail = PASSED, CHECKS[name](subject)
     except CheckFailed as exc:
         status, detail = FAILED, str(exc)
@@ -629,14 +729,14 @@ def run_check(name: str, model: str | Callable, config: dict | None = None, *,
 
 
 def run_checks(model: str | Callable, config: dict | None = None, *, checks=None, skip=(),
-               prepare: Callable | None = None, orderings=None, spaces=None) -> list[CheckResult]:
+               prepare: Callable | None = None, orderings=None, spaces=None, threads: int = 1) -> list[CheckResult]:
     """Run ``checks`` (default: all of ``CHECKS`` but those in ``skip``) and return their results."""
     names = list(checks or CHECKS)
     unknown = [n for n in [*names, *skip] if n not in CHECKS]
     if unknown:
         raise ConfigError(f"unknown check {unknown[0]!r}; checks: {', '.join(CHECKS)}")
     subject = Subject(model, config, prepare, orderings, spaces)
-    return [run_check(n, subject) for n in names if n not in skip]
+    return [run_check(n, subject, threads=threads) for n in names if n not in skip]
 
 
 def check_normalization(model, config=None, **options) -> CheckResult:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from densreg.registry import ConfigError, DataError, load_checkpoint
+from densreg.registry.catalog import reject_reserved
 
 
 def echo_json(data) -> None:
@@ -44,6 +45,7 @@ def parse_set_options(items) -> dict[str, Any]:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
             out[key] = raw
+    reject_reserved(out)
     return out
 
 

@@ -108,7 +108,7 @@ class SpatialPixelRNN(DensityModel):
     # -- teacher-forced pass ---------------------------------------------------
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """Values 0..K-1 -> float in [-1, 1]."""
-        return x.float() * (2.0 / (self.num_categories - 1)) - 1.0
+        return x.to(self.input_conv.weight.dtype) * (2.0 / (self.num_categories - 1)) - 1.0
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Output layers: (B, hidden, H, W) -> logits (B, C*K, H, W)."""
@@ -144,15 +144,17 @@ class SpatialPixelRNN(DensityModel):
     def initial_state(self, batch_size):
         channels, _, width = self.event_shape
         pad = INPUT_KERNEL // 2
-        image = torch.zeros(batch_size, channels, ROWS_KEPT, width + 2 * pad, device=self.order.device)
+        image = torch.zeros(batch_size, channels, ROWS_KEPT, width + 2 * pad, device=self.order.device,
+                            dtype=self.input_conv.weight.dtype)
         return (image, *self.initial_layer_state(batch_size))
 
     def initial_layer_state(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
     def layer_zeros(self, batch_size: int, width: int) -> torch.Tensor:
-        """A zero cache for every layer: (layers, B, hidden, width) on the model's device."""
-        return torch.zeros(self.num_layers, batch_size, self.hidden, width, device=self.order.device)
+        """A zero cache for every layer: (layers, B, hidden, width) on the model's device and dtype."""
+        return torch.zeros(self.num_layers, batch_size, self.hidden, width, device=self.order.device,
+                           dtype=self.input_conv.weight.dtype)
 
     def step(self, value, position, state):
         """Logits (B, K) at ``position`` (int or 0-dim int64 tensor); cost O(layers * hidden^2).

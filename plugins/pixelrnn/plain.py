@@ -62,7 +62,8 @@ class PlainPixelRNN(DensityModel):
 
     def initial_state(self, batch_size):
         """(h, c), each (layers, B, hidden), zero."""
-        zeros = torch.zeros(self.num_layers, batch_size, self.hidden, device=self.order.device)
+        zeros = torch.zeros(self.num_layers, batch_size, self.hidden, device=self.order.device,
+                            dtype=self.value_embedding.weight.dtype)
         return zeros, zeros.clone()
 
     def step(self, value, position, state):

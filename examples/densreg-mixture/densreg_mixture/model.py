@@ -82,7 +82,7 @@ class Mixture(DensityModel):
 
     def log_prob(self, x):
         """Exact log p(x) in nats by log-sum-exp over components, (B, C, H, W) -> (B,)."""
-        return torch.logsumexp(self.joint_log_likelihoods(x), -1).float()
+        return torch.logsumexp(self.joint_log_likelihoods(x), -1).to(self.logits.dtype)
 
     def features(self, x):
         """Posterior over components p(m | x), (B, C, H, W) -> (B, M)."""
@@ -95,7 +95,7 @@ class Mixture(DensityModel):
         per_value = tables.permute(1, 2, 0)[torch.arange(self.num_positions, device=seq.device), seq]  # (B, D, M)
         prefix = torch.cumsum(per_value, 1) - per_value  # sum over j < d, (B, D, M)
         posterior = torch.log_softmax(self.log_weights().double() + prefix, -1)
-        return torch.logsumexp(posterior.unsqueeze(-1) + tables.transpose(0, 1).unsqueeze(0), 2).float()
+        return torch.logsumexp(posterior.unsqueeze(-1) + tables.transpose(0, 1).unsqueeze(0), 2).to(self.logits.dtype)
 
     # -- cached step ------------------------------------------------------------------
     def initial_state(self, batch_size):
