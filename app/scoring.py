@@ -137,27 +137,40 @@ def score_images(model, images, method: str = "nll", *, background=None, referen
         raise DataError("no images to score")
     pixels = pixel_nll(model, images, batch_size, progress)
     nll = pixels.reshape(len(images), -1).sum(-1)
-    columns: dict[str, np.ndarray] = {}
+    background_nll = reference_nll = None
+    if method == "likelihood-ratio" and background is not None:
+        _check_same_space(model, background)
+        background_nll = image_nll(background, images, batch_size, progress)
+    if method == "typicality" and reference is not None and len(reference):
+        reference_nll = image_nll(model, np.asarray(reference), batch_size, progress)
+    scores, columns = scores_from_nll(method, nll, images, model.num_categories, background_nll, reference_nll)
+    return ScoreResult(method, scores, nll, nll / (nll_dims(images) * math.log(2)), pixels, columns)
+
+
+def image_nll(model, images: np.ndarray, batch_size: int = 500, progress: bool = False) -> np.ndarray:
+    """-log p(x) in nats, int64 (N, C, H, W) -> float64 (N,)."""
+    return pixel_nll(model, images, batch_size, progress).reshape(len(images), -1).sum(-1)
+
+
+def scores_from_nll(method: str, nll: np.ndarray, images: np.ndarray, num_categories: int,
+                    background_nll: np.ndarray | None = None,
+                    reference_nll: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A method's scores (N,) and extra columns from the NLLs (N,) of ``images`` (see ``METHODS``)."""
     if method == "nll":
-        scores = nll
-    elif method == "likelihood-ratio":
-        if background is None:
+        return nll, {}
+    if method == "likelihood-ratio":
+        if background_nll is None:
             raise ConfigError("the likelihood-ratio score needs a background model (--background; train one with "
                               "`densreg train ... --perturb 0.2`)")
-        _check_same_space(model, background)
-        columns["background_nll"] = pixel_nll(background, images, batch_size, progress).reshape(len(images), -1).sum(-1)
-        scores = nll - columns["background_nll"]
-    elif method == "complexity":
-        columns["png_bits"] = compressed_bits(images, model.num_categories)
-        scores = nll - columns["png_bits"] * math.log(2)
-    else:
-        if reference is None or len(reference) == 0:
-            raise ConfigError("the typicality score needs reference images from the training distribution "
-                              "(--reference-dataset)")
-        reference_nll = pixel_nll(model, np.asarray(reference), batch_size, progress)
-        reference_nll = reference_nll.reshape(len(reference_nll), -1).sum(-1)
-        scores, columns["p_value"] = typicality(nll, reference_nll)
-    return ScoreResult(method, scores, nll, nll / (nll_dims(images) * math.log(2)), pixels, columns)
+        return nll - background_nll, {"background_nll": background_nll}
+    if method == "complexity":
+        bits = compressed_bits(images, num_categories)
+        return nll - bits * math.log(2), {"png_bits": bits}
+    if reference_nll is None:
+        raise ConfigError("the typicality score needs reference images from the training distribution "
+                          "(--reference-dataset)")
+    scores, p_value = typicality(nll, reference_nll)
+    return scores, {"p_value": p_value}
 
 
 def typicality(nll: np.ndarray, reference_nll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
