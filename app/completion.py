@@ -126,4 +126,4 @@ def completion_grid(images: np.ndarray, completions: np.ndarray, keep: int, orde
     filled = grey((completions.reshape(count * samples, *completions.shape[2:]) * scale).round().astype(np.uint8))
     filled = filled.reshape(count, samples, *filled.shape[1:])
     cells = np.concatenate([original[:, None], kept[:, None], filled], axis=1)
-    return image_grid(cells.reshape(-1, *cells.shape[2:]), 256, nrow=samples + 2)
+    return image_grid(cells.reshape(-1, *cells.shape[2:]), 256, nrow=samples + 2, min_cell=56)
