@@ -1,0 +1,424 @@
+"""Mutation testing of the core and the models with cosmic-ray (issue 17): a benchmark, not CI.
+
+    python benchmarks/mutation.py                         # every file listed in pyproject.toml
+    python benchmarks/mutation.py registry/orderings.py   # one file (or several)
+    python benchmarks/mutation.py --report                # rewrite the results table only, run nothing
+    python benchmarks/mutation.py --reset FILE            # forget FILE's results and start over
+
+Configuration: ``[tool.densreg.mutation]`` in pyproject.toml (per file: the fast test subset
+that exercises it, optionally the functions to mutate; the per-mutant timeout; the operators
+left out). cosmic-ray (``pip install -e ".[mutation]"``) writes each mutant into the file in
+place, runs the file's tests, and puts the file back; this script refuses a file with
+uncommitted changes, restores it itself on any exit, and checks ``git diff`` afterwards.
+
+Incremental: each file's session (cosmic-ray's sqlite work database) lives in
+``benchmarks/mutation_sessions/`` (not committed). A rerun does only pending mutants; if the
+file's source changed since, its session starts over; if only its tests changed, the
+survivors are retested. Speed: torch is imported once, by a fork server; each mutant's test
+run is a fork of it that imports densreg afresh (1-3 s instead of 10 on a loaded 2-core box).
+The mutants run one at a time, niced (two shared cores); cosmic-ray's http distributor could
+spread them over worker clones, which this machine cannot afford.
+
+Writes ``benchmarks/results/mutation.md``: per file, mutants generated, killed, timed out,
+incompetent, survived, pending and the score; then every mutant that survived a run, with the
+test that kills it now or the reason it is equivalent (``benchmarks/mutation_equivalents.toml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SESSIONS = ROOT / "benchmarks" / "mutation_sessions"
+RESULTS = ROOT / "benchmarks" / "results" / "mutation.md"
+EQUIVALENTS = ROOT / "benchmarks" / "mutation_equivalents.toml"
+PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "--no-header"]
+# Imported once by the fork server: what every test run needs and nothing of densreg.
+PRELOAD = ("torch", "numpy", "pytest", "onnx", "onnxruntime", "safetensors", "click", "pluggy", "sklearn",
+           "PIL.Image", "tqdm")
+
+
+# -- configuration ------------------------------------------------------------------------
+def load_toml(path: Path) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import toml as tomllib  # cosmic-ray depends on it
+        return tomllib.loads(path.read_text())
+    return tomllib.loads(path.read_text())
+
+
+def load_config() -> dict:
+    """``[tool.densreg.mutation]``: files -> {tests, functions}, timeout, exclude-operators."""
+    config = load_toml(ROOT / "pyproject.toml")["tool"]["densreg"]["mutation"]
+    files = {}
+    for name, entry in config["files"].items():
+        entry = {"tests": entry} if isinstance(entry, list) else dict(entry)
+        entry.setdefault("functions", [])
+        files[name] = entry
+    return {**config, "files": files}
+
+
+def slug(path: str) -> str:
+    return path.replace("/", "__").removesuffix(".py")
+
+
+def digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes() if p.is_file() else b"-")
+    return h.hexdigest()[:16]
+
+
+def test_files(tests: list[str]) -> list[Path]:
+    return sorted({ROOT / t.split("::")[0] for t in tests if t.endswith(".py") or ".py::" in t})
+
+
+# -- the fork server ---------------------------------------------------------------------
+def serve(address: str) -> None:
+    """Import the heavy libraries once, then fork one pytest run per request (JSON over a socket)."""
+    sys.dont_write_bytecode = True  # a mutant must never leave a .pyc behind
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    import pytest
+
+    assert not any(m == "densreg" or m.startswith("densreg.") for m in sys.modules), "densreg preloaded"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(address)
+    server.listen(1)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            request = json.loads(conn.makefile().readline())
+            if request.get("stop"):
+                return
+            out = tempfile.TemporaryFile()
+            start = time.perf_counter()
+            pid = os.fork()
+            if pid == 0:  # the child: fresh densreg imports see the mutant
+                os.dup2(out.fileno(), 1)
+                os.dup2(out.fileno(), 2)
+                code = 3
+                try:
+                    code = int(pytest.main(request["args"]))
+                finally:
+                    sys.stdout.flush()
+                    os._exit(code)
+            timed_out = False
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.perf_counter() - start > request["timeout"]:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    timed_out, status = True, 0
+                    break
+                time.sleep(0.02)
+            out.seek(0)
+            output = out.read().decode(errors="replace")[-4000:]
+            rc = 124 if timed_out else os.waitstatus_to_exitcode(status)
+            conn.sendall(json.dumps({"rc": rc, "output": output, "timed_out": timed_out}).encode() + b"\n")
+
+
+def client(address: str, timeout: float, args: list[str]) -> int:
+    """The test command cosmic-ray runs: one pytest run in the fork server; its exit status."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(address)
+    conn.sendall(json.dumps({"args": args, "timeout": timeout}).encode() + b"\n")
+    reply = json.loads(conn.makefile().readline())
+    print("timeout" if reply["timed_out"] else reply["output"])
+    return reply["rc"]
+
+
+class ForkServer:
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="densreg-mutation-")
+        self.address = os.path.join(self.dir, "socket")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        self.process = subprocess.Popen([sys.executable, __file__, "--serve", self.address], cwd=ROOT, env=env)
+        while not os.path.exists(self.address):
+            if self.process.poll() is not None:
+                raise SystemExit("the fork server did not start")
+            time.sleep(0.1)
+
+    def command(self, tests: list[str], timeout: float) -> str:
+        return shlex.join([sys.executable, __file__, "--client", self.address, str(timeout), *PYTEST_ARGS, *tests])
+
+    def close(self) -> None:
+        try:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.connect(self.address)
+            conn.sendall(b'{"stop": true}\n')
+            conn.close()
+            self.process.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+        Path(self.address).unlink(missing_ok=True)
+        os.rmdir(self.dir)
+
+
+# -- safety ------------------------------------------------------------------------------
+def git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def check_clean(path: str) -> None:
+    if git("ls-files", "--error-unmatch", path).returncode != 0:
+        raise SystemExit(f"{path} is not a file tracked by git in {ROOT}")
+    if git("diff", "--quiet", "HEAD", "--", path).returncode != 0:
+        raise SystemExit(f"{path} has uncommitted changes; commit them first (mutants are written into it)")
+
+
+def check_editable_install() -> None:
+    """The tests must import this checkout's files, the ones being mutated."""
+    probe = subprocess.run([sys.executable, "-c", "import importlib.util as u; "
+                            "print(u.find_spec('densreg.registry').origin)"], capture_output=True, text=True, cwd="/")
+    origin = probe.stdout.strip()
+    if not origin.startswith(str(ROOT) + os.sep):
+        raise SystemExit(f"densreg.registry imports from {origin or '(nowhere)'}, not from {ROOT}: "
+                         f"run with the python of an editable install of this checkout (pip install -e .)")
+
+
+# -- sessions ----------------------------------------------------------------------------
+def mutant_key(spec, lines: list[str]) -> str:
+    """A name that survives edits elsewhere in the file: operator, function and the source line."""
+    operator = spec.operator_name.removeprefix("core/")
+    line = lines[spec.start_pos[0] - 1].strip() if spec.start_pos[0] <= len(lines) else "?"
+    return f"{operator} in {spec.definition_name or '<module>'}: {line}"
+
+
+def killing_test(output: str | None) -> str:
+    found = re.search(r"^(?:FAILED|ERROR) (\S+)", output or "", re.M)
+    return found[1] if found else "(collection or import error)"
+
+
+def open_session(path: str, entry: dict, config: dict):
+    """The file's work database, (re)initialised when the source changed; survivors requeued
+    when its tests changed. Returns (db, meta)."""
+    from cosmic_ray.commands.init import init
+    from cosmic_ray.work_db import WorkDB, WorkResultStorage
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult, TestOutcome
+
+    SESSIONS.mkdir(exist_ok=True)
+    db_path, meta_path = SESSIONS / f"{slug(path)}.sqlite", SESSIONS / f"{slug(path)}.json"
+    source, tests = digest(ROOT / path), digest(*test_files(entry["tests"]), ROOT / "pyproject.toml")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() and db_path.exists() else {}
+    db = WorkDB(str(db_path), WorkDB.Mode.create)
+    if meta.get("source") != source:
+        init([Path(path)], db, {})
+        exclude = re.compile("|".join(f"(?:{e})" for e in config.get("exclude-operators", [])) or "(?!)")
+        functions = set(entry["functions"])
+        for item in db.work_items:
+            spec = item.mutations[0]
+            why = ("operator left out" if exclude.search(spec.operator_name) else
+                   "outside the functions under test" if functions and not _inside(spec, functions) else None)
+            if why:
+                db.set_result(item.job_id, WorkResult(output=why, worker_outcome=WorkerOutcome.SKIPPED))
+        meta = {"source": source, "tests": tests, "ever_survived": []}
+    elif meta.get("tests") != tests:
+        survivors = [item.job_id for item, result in db.completed_work_items
+                     if result.test_outcome == TestOutcome.SURVIVED]
+        with db._session_maker.begin() as session:  # noqa: SLF001 - cosmic-ray has no "requeue"
+            session.query(WorkResultStorage).filter(WorkResultStorage.job_id.in_(survivors)).delete()
+        meta["tests"] = tests
+        print(f"{path}: tests changed, retesting {len(survivors)} survivors", flush=True)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return db, meta, meta_path
+
+
+def _inside(spec, functions: set[str]) -> bool:
+    """Whether the mutant lies in one of ``functions`` (by the enclosing definition's name)."""
+    return (spec.definition_name or "").split(".")[-1] in functions or spec.definition_name in functions
+
+
+def run_file(path: str, entry: dict, config: dict, server: ForkServer, limit_minutes: float | None) -> None:
+    from cosmic_ray.mutating import mutate_and_test
+    from cosmic_ray.work_item import TestOutcome
+
+    check_clean(path)
+    original = (ROOT / path).read_bytes()
+    db, meta, meta_path = open_session(path, entry, config)
+    lines = original.decode().splitlines()
+    command = server.command(entry["tests"], config["timeout"])
+    pending = sorted(db.pending_work_items, key=lambda item: item.mutations[0].start_pos)
+    print(f"{path}: {len(pending)} mutants pending; tests: {' '.join(entry['tests'])}", flush=True)
+    deadline = time.time() + 60 * limit_minutes if limit_minutes else None
+    try:
+        for n, item in enumerate(pending, 1):
+            if deadline and time.time() > deadline:
+                print(f"{path}: time limit reached, {len(pending) - n + 1} left pending", flush=True)
+                break
+            start = time.perf_counter()
+            result = mutate_and_test(item.mutations, command, config["timeout"] + 30)
+            db.set_result(item.job_id, result)
+            key = mutant_key(item.mutations[0], lines)
+            outcome = result.test_outcome or result.worker_outcome
+            if result.test_outcome == TestOutcome.SURVIVED and key not in meta["ever_survived"]:
+                meta["ever_survived"].append(key)
+                meta_path.write_text(json.dumps(meta, indent=1))
+            print(f"  [{n}/{len(pending)}] {outcome} {time.perf_counter() - start:.1f}s  {key}", flush=True)
+    finally:
+        if (ROOT / path).read_bytes() != original:
+            (ROOT / path).write_bytes(original)
+            print(f"{path}: restored the original source", flush=True)
+        db.close()
+        if git("diff", "--quiet", "HEAD", "--", path).returncode != 0:
+            raise SystemExit(f"{path} differs from git HEAD after the run: inspect `git diff {path}`")
+
+
+# -- the report --------------------------------------------------------------------------
+def summarise(path: str) -> dict | None:
+    from cosmic_ray.work_db import WorkDB
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    db_path, meta_path = SESSIONS / f"{slug(path)}.sqlite", SESSIONS / f"{slug(path)}.json"
+    if not db_path.exists() or not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    db = WorkDB(str(db_path), WorkDB.Mode.open)
+    lines = (ROOT / path).read_text().splitlines()
+    results = {item.job_id: result for item, result in db.completed_work_items}
+    counts = dict.fromkeys(["generated", "left out", "killed", "timed out", "incompetent", "survived", "pending"], 0)
+    survivors, killed_by = [], {}
+    for item in db.work_items:
+        result = results.get(item.job_id)
+        key = mutant_key(item.mutations[0], lines)
+        if result is not None and result.worker_outcome == WorkerOutcome.SKIPPED:
+            counts["left out"] += 1
+            continue
+        counts["generated"] += 1
+        if result is None:
+            counts["pending"] += 1
+        elif result.test_outcome == TestOutcome.SURVIVED:
+            counts["survived"] += 1
+            survivors.append((key, item.mutations[0].start_pos[0], result.diff))
+        elif result.test_outcome == TestOutcome.KILLED and (result.output or "").strip() == "timeout":
+            counts["timed out"] += 1
+        elif result.test_outcome == TestOutcome.KILLED:
+            counts["killed"] += 1
+            killed_by[key] = killing_test(result.output)
+        else:
+            counts["incompetent"] += 1
+    db.close()
+    return {"counts": counts, "survivors": survivors, "killed_by": killed_by, "ever": meta["ever_survived"],
+            "source_current": meta["source"] == digest(ROOT / path)}
+
+
+def write_report(config: dict) -> str:
+    equivalents = load_toml(EQUIVALENTS) if EQUIVALENTS.exists() else {}
+    table = ["| file | generated | killed | timed out | incompetent | survived | equivalent | pending | score |"
+             " score without equivalents |", "|---|---|---|---|---|---|---|---|---|---|"]
+    details = []
+    for path, entry in config["files"].items():
+        summary = summarise(path)
+        if summary is None:
+            table.append(f"| `{path}` | not run | | | | | | | | |")
+            continue
+        c, known = summary["counts"], equivalents.get(path, {})
+        equivalent = sum(1 for key, _, _ in summary["survivors"] if key in known)
+        dead = c["killed"] + c["timed out"]
+        tested = dead + c["survived"]
+        score = f"{100 * dead / tested:.1f}%" if tested else "-"
+        adjusted = f"{100 * dead / (tested - equivalent):.1f}%" if tested - equivalent else "-"
+        stale = "" if summary["source_current"] else " (source changed since: rerun)"
+        table.append(f"| `{path}`{stale} | {c['generated']} | {c['killed']} | {c['timed out']} | {c['incompetent']} | "
+                     f"{c['survived']} | {equivalent} | {c['pending']} | {score} | {adjusted} |")
+        lines = [f"### `{path}`", "",
+                 f"Tests: `{' '.join(entry['tests'])}`" + (f"; functions: {', '.join(entry['functions'])}"
+                                                           if entry["functions"] else ""),
+                 f"; {c['left out']} mutants left out by operator or function.", ""]
+        rows = []
+        for key in summary["ever"]:
+            if key in summary["killed_by"]:
+                rows.append(f"- killed by `{summary['killed_by'][key]}`: `{key}`")
+        for key, line, _ in summary["survivors"]:
+            verdict = f"equivalent: {known[key]}" if key in known else "**survives: not yet addressed**"
+            rows.append(f"- line {line}, {verdict}: `{key}`")
+        lines += rows or ["No mutant survived."]
+        details += [*lines, ""]
+    text = "\n".join([
+        "# Mutation testing",
+        "",
+        "`python benchmarks/mutation.py [FILE ...]` (cosmic-ray 8.7, configuration in pyproject.toml "
+        "`[tool.densreg.mutation]`). Killed: a test of the file's subset failed; timed out: the subset ran past "
+        f"{config['timeout']} s (counted as killed in the score); incompetent: cosmic-ray could not run the mutant; "
+        "score = (killed + timed out) / (killed + timed out + survived); equivalent mutants are listed in "
+        "`benchmarks/mutation_equivalents.toml` with their reason. Operators left out (every file): "
+        f"{', '.join(f'`{e}`' for e in config.get('exclude-operators', []))}.",
+        "",
+        *table,
+        "",
+        "## Survivors",
+        "",
+        "Every mutant that survived a run: the test that kills it now, or why it is equivalent.",
+        "",
+        *details,
+    ])
+    RESULTS.write_text(text.rstrip() + "\n")
+    return text
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt  # so that every file is restored on `kill`
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--client"]:  # kept light: this runs once per mutant
+        return client(argv[1], float(argv[2]), argv[3:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="*", help="files to mutate (default: every file in the configuration)")
+    parser.add_argument("--report", action="store_true", help="only rewrite benchmarks/results/mutation.md")
+    parser.add_argument("--reset", action="store_true", help="forget the results of FILES and start over")
+    parser.add_argument("--max-minutes", type=float, help="stop each file after this long (the rest stays pending)")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    config = load_config()
+    unknown = [f for f in args.files if f not in config["files"]]
+    if unknown:
+        parser.error(f"not configured in [tool.densreg.mutation.files]: {', '.join(unknown)}")
+    files = args.files or list(config["files"])
+    if args.reset:
+        for f in files:
+            for suffix in (".sqlite", ".json"):
+                (SESSIONS / f"{slug(f)}{suffix}").unlink(missing_ok=True)
+    if not args.report:
+        check_editable_install()
+        for f in files:
+            check_clean(f)
+        os.nice(19)
+        server = ForkServer()
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            for f in files:
+                run_file(f, config["files"][f], config, server, args.max_minutes)
+                write_report(config)
+        finally:
+            server.close()
+    write_report(config)
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
