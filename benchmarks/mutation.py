@@ -196,11 +196,12 @@ def check_editable_install() -> None:
 
 
 # -- sessions ----------------------------------------------------------------------------
-def mutant_key(spec, lines: list[str]) -> str:
-    """A name that survives edits elsewhere in the file: operator, function and the source line."""
-    operator = spec.operator_name.removeprefix("core/")
-    line = lines[spec.start_pos[0] - 1].strip() if spec.start_pos[0] <= len(lines) else "?"
-    return f"{operator} in {spec.definition_name or '<module>'}: {line}"
+def mutant_key(spec, diff: str | None) -> str:
+    """A name that survives edits elsewhere in the file: the function and the line, before and after."""
+    lines = (diff or "").splitlines()
+    removed = " ".join(d[1:].strip() for d in lines if d.startswith("-") and not d.startswith("---"))
+    added = " ".join(d[1:].strip() for d in lines if d.startswith("+") and not d.startswith("+++"))
+    return f"{spec.definition_name or '<module>'}: `{removed}` → `{added}`"
 
 
 def killing_test(output: str | None) -> str:
@@ -254,7 +255,6 @@ def run_file(path: str, entry: dict, config: dict, server: ForkServer, limit_min
     check_clean(path)
     original = (ROOT / path).read_bytes()
     db, meta, meta_path = open_session(path, entry, config)
-    lines = original.decode().splitlines()
     command = server.command(entry["tests"], config["timeout"])
     pending = sorted(db.pending_work_items, key=lambda item: item.mutations[0].start_pos)
     print(f"{path}: {len(pending)} mutants pending; tests: {' '.join(entry['tests'])}", flush=True)
@@ -267,10 +267,10 @@ def run_file(path: str, entry: dict, config: dict, server: ForkServer, limit_min
             start = time.perf_counter()
             result = mutate_and_test(item.mutations, command, config["timeout"] + 30)
             db.set_result(item.job_id, result)
-            key = mutant_key(item.mutations[0], lines)
-            outcome = result.test_outcome or result.worker_outcome
-            if result.test_outcome == TestOutcome.SURVIVED and key not in meta["ever_survived"]:
-                meta["ever_survived"].append(key)
+            key = f"line {item.mutations[0].start_pos[0]}, {mutant_key(item.mutations[0], result.diff)}"
+            outcome = (result.test_outcome or result.worker_outcome).value
+            if result.test_outcome == TestOutcome.SURVIVED and item.job_id not in meta["ever_survived"]:
+                meta["ever_survived"].append(item.job_id)
                 meta_path.write_text(json.dumps(meta, indent=1))
             print(f"  [{n}/{len(pending)}] {outcome} {time.perf_counter() - start:.1f}s  {key}", flush=True)
     finally:
@@ -292,13 +292,12 @@ def summarise(path: str) -> dict | None:
         return None
     meta = json.loads(meta_path.read_text())
     db = WorkDB(str(db_path), WorkDB.Mode.open)
-    lines = (ROOT / path).read_text().splitlines()
     results = {item.job_id: result for item, result in db.completed_work_items}
     counts = dict.fromkeys(["generated", "left out", "killed", "timed out", "incompetent", "survived", "pending"], 0)
-    survivors, killed_by = [], {}
+    survivors, killed_by, keys, lines = [], {}, {}, {}
     for item in db.work_items:
         result = results.get(item.job_id)
-        key = mutant_key(item.mutations[0], lines)
+        key = keys[item.job_id] = mutant_key(item.mutations[0], result and result.diff)
         if result is not None and result.worker_outcome == WorkerOutcome.SKIPPED:
             counts["left out"] += 1
             continue
@@ -307,16 +306,19 @@ def summarise(path: str) -> dict | None:
             counts["pending"] += 1
         elif result.test_outcome == TestOutcome.SURVIVED:
             counts["survived"] += 1
-            survivors.append((key, item.mutations[0].start_pos[0], result.diff))
+            survivors.append(key)
         elif result.test_outcome == TestOutcome.KILLED and (result.output or "").strip() == "timeout":
             counts["timed out"] += 1
         elif result.test_outcome == TestOutcome.KILLED:
             counts["killed"] += 1
             killed_by[key] = killing_test(result.output)
+        if result is not None:
+            lines[key] = item.mutations[0].start_pos[0]
         else:
             counts["incompetent"] += 1
     db.close()
-    return {"counts": counts, "survivors": survivors, "killed_by": killed_by, "ever": meta["ever_survived"],
+    return {"counts": counts, "survivors": survivors, "killed_by": killed_by, "lines": lines,
+            "ever": [keys.get(job, job) for job in meta["ever_survived"]],
             "source_current": meta["source"] == digest(ROOT / path)}
 
 
@@ -331,7 +333,7 @@ def write_report(config: dict) -> str:
             table.append(f"| `{path}` | not run | | | | | | | | |")
             continue
         c, known = summary["counts"], equivalents.get(path, {})
-        equivalent = sum(1 for key, _, _ in summary["survivors"] if key in known)
+        equivalent = sum(1 for key in summary["survivors"] if key in known)
         dead = c["killed"] + c["timed out"]
         tested = dead + c["survived"]
         score = f"{100 * dead / tested:.1f}%" if tested else "-"
@@ -339,17 +341,16 @@ def write_report(config: dict) -> str:
         stale = "" if summary["source_current"] else " (source changed since: rerun)"
         table.append(f"| `{path}`{stale} | {c['generated']} | {c['killed']} | {c['timed out']} | {c['incompetent']} | "
                      f"{c['survived']} | {equivalent} | {c['pending']} | {score} | {adjusted} |")
-        lines = [f"### `{path}`", "",
-                 f"Tests: `{' '.join(entry['tests'])}`" + (f"; functions: {', '.join(entry['functions'])}"
-                                                           if entry["functions"] else ""),
-                 f"; {c['left out']} mutants left out by operator or function.", ""]
+        functions = f" (functions {', '.join(entry['functions'])})" if entry["functions"] else ""
+        lines = [f"### `{path}`", "", f"Tests: `{' '.join(entry['tests'])}`; {c['left out']} mutants left out "
+                 f"by operator{' or function' if functions else ''}{functions}.", ""]
         rows = []
         for key in summary["ever"]:
             if key in summary["killed_by"]:
-                rows.append(f"- killed by `{summary['killed_by'][key]}`: `{key}`")
-        for key, line, _ in summary["survivors"]:
+                rows.append(f"- line {summary['lines'][key]}, {key}: killed by `{summary['killed_by'][key]}`")
+        for key in summary["survivors"]:
             verdict = f"equivalent: {known[key]}" if key in known else "**survives: not yet addressed**"
-            rows.append(f"- line {line}, {verdict}: `{key}`")
+            rows.append(f"- line {summary['lines'][key]}, {key}: {verdict}")
         lines += rows or ["No mutant survived."]
         details += [*lines, ""]
     text = "\n".join([

@@ -20,6 +20,7 @@ def test_ordering_layouts():
     # flat index = c*H*W + h*W + w
     assert make_ordering("raster", (1, 2, 3)).tolist() == [0, 1, 2, 3, 4, 5]
     assert make_ordering("snake", (1, 2, 3)).tolist() == [0, 1, 2, 5, 4, 3]
+    assert make_ordering("snake", (1, 4, 2)).tolist() == [0, 1, 3, 2, 4, 5, 7, 6]  # every odd row reversed
     assert make_ordering("column", (1, 2, 3)).tolist() == [0, 3, 1, 4, 2, 5]
     # channels R, G, B within a pixel
     assert make_ordering("raster", (3, 1, 2)).tolist() == [0, 2, 4, 1, 3, 5]
@@ -27,7 +28,8 @@ def test_ordering_layouts():
     assert make_ordering("random:3", (1, 4, 4)).tolist() != make_ordering("random:4", (1, 4, 4)).tolist()
 
 
-@pytest.mark.parametrize("name", ["diagonal", "random:", "random:x"])
+# names before "column" and after "snake" in sort order, and a seed with a second colon
+@pytest.mark.parametrize("name", ["diagonal", "", "alpha", "zigzag", "random:", "random:x", "random:3:4"])
 def test_bad_ordering(name):
     with pytest.raises(ConfigError, match="ordering"):
         make_ordering(name, (1, 2, 2))
