@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = ROOT / "benchmarks" / "mutation_sessions"
 RESULTS = ROOT / "benchmarks" / "results" / "mutation.md"
 EQUIVALENTS = ROOT / "benchmarks" / "mutation_equivalents.toml"
+SERVER_FAILED = "mutation fork server failed"
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "--no-header"]
 # Imported once by the fork server: what every test run needs and nothing of densreg.
 PRELOAD = ("torch", "numpy", "pytest", "onnx", "onnxruntime", "safetensors", "click", "pluggy", "sklearn",
@@ -138,10 +139,14 @@ def serve(address: str) -> None:
 
 def client(address: str, timeout: float, args: list[str]) -> int:
     """The test command cosmic-ray runs: one pytest run in the fork server; its exit status."""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.connect(address)
-    conn.sendall(json.dumps({"args": args, "timeout": timeout}).encode() + b"\n")
-    reply = json.loads(conn.makefile().readline())
+    try:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(address)
+        conn.sendall(json.dumps({"args": args, "timeout": timeout}).encode() + b"\n")
+        reply = json.loads(conn.makefile().readline())
+    except (OSError, ValueError) as exc:  # not a verdict on the mutant: run_file stops
+        print(f"{SERVER_FAILED}: {exc}")
+        return 2
     print("timeout" if reply["timed_out"] else reply["output"])
     return reply["rc"]
 
@@ -151,7 +156,8 @@ class ForkServer:
         self.dir = tempfile.mkdtemp(prefix="densreg-mutation-")
         self.address = os.path.join(self.dir, "socket")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-        self.process = subprocess.Popen([sys.executable, __file__, "--serve", self.address], cwd=ROOT, env=env)
+        self.process = subprocess.Popen([sys.executable, __file__, "--serve", self.address], cwd=ROOT, env=env,
+                                        start_new_session=True)  # its own group: close() ends its test runs too
         while not os.path.exists(self.address):
             if self.process.poll() is not None:
                 raise SystemExit("the fork server did not start")
@@ -161,14 +167,12 @@ class ForkServer:
         return shlex.join([sys.executable, __file__, "--client", self.address, str(timeout), *PYTEST_ARGS, *tests])
 
     def close(self) -> None:
+        """End the server and any test run it has forked (they share its process group)."""
         try:
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            conn.connect(self.address)
-            conn.sendall(b'{"stop": true}\n')
-            conn.close()
-            self.process.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
         Path(self.address).unlink(missing_ok=True)
         os.rmdir(self.dir)
 
@@ -266,6 +270,8 @@ def run_file(path: str, entry: dict, config: dict, server: ForkServer, limit_min
                 break
             start = time.perf_counter()
             result = mutate_and_test(item.mutations, command, config["timeout"] + 30)
+            if SERVER_FAILED in (result.output or "") or server.process.poll() is not None:
+                raise SystemExit(f"{path}: the fork server failed; mutant left pending: {result.output}")
             db.set_result(item.job_id, result)
             key = f"line {item.mutations[0].start_pos[0]}, {mutant_key(item.mutations[0], result.diff)}"
             outcome = (result.test_outcome or result.worker_outcome).value
