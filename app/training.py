@@ -6,13 +6,22 @@ mean NLL in nats per image with Adam. With ``out`` (the checkpoint path, e.g.
 
 - ``out`` itself whenever the validation NLL improves (the best weights so far);
 - ``run.log.jsonl``: one JSON line per epoch (epoch, train_nll, valid_nll, seconds,
-  images (training images in the epoch), images_per_s, lr);
+  images (training images in the epoch), images_per_s, lr, processes);
 - ``run.last.safetensors`` after every epoch: the resume state (model weights, Adam's
   state tensors, best weights, RNG states as tensors; epoch, best-so-far, options and
   the log as JSON metadata). It is also a loadable checkpoint. ``resume=True`` continues
   from it, so an interrupted run (even by SIGKILL) loses at most the epoch in progress;
   options not given again (epochs, batch_size, lr, ...) are those of the interrupted run,
   while ``max_minutes`` always counts from the start of the current call.
+
+Under torchrun (a process group joined, see distributed.py) the same call trains with
+DistributedDataParallel: every rank draws the same seeded permutation of the training set
+and takes its own part of each global batch of ``batch_size`` images (``split_batch``), so
+the ranks see disjoint shards of every epoch and the global batch stays ``batch_size``;
+each rank's loss is scaled so that DDP's gradient average is the gradient of the mean over
+the global batch. Train and valid NLL are exact sums over all ranks. Only rank 0 writes
+files or prints; a resume state is read by rank 0 and sent to the others, so a run may
+resume on a different number of processes.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from tqdm import tqdm
 from densreg.registry import CheckpointError, ConfigError, atomic_write_bytes, save_checkpoint
 from densreg.registry.checkpoint import read_tensors
 
+from . import distributed
 from .evaluation import evaluate
 
 
@@ -132,7 +142,7 @@ def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, *, out=No
         if valid is not None and len(valid):
             result["valid_nll_nats"] = evaluate(model, valid)["nll_nats"]
         result["seconds"] = time.perf_counter() - start
-        if out is not None:
+        if out is not None and distributed.world().leader:  # under torchrun every rank counts, rank 0 writes
             save_checkpoint(out, model, name, metrics={**result, **(metrics or {})})
         return result
     if resume and out is None:
@@ -169,8 +179,9 @@ class GradientRun:
                  progress: bool = False, name: str = "", extra_metrics: dict | None = None) -> None:
         self.opts = opts
         self.given = given
-        self.progress = progress
-        self.device = torch.device(opts.device or default_device())
+        self.world = distributed.world()
+        self.progress = progress and self.world.leader
+        self.device = distributed.rank_device(opts.device or default_device(), self.world.local_rank)
         self.model = model.to(self.device)
         self.name = name
         self.extra_metrics = dict(extra_metrics or {})
@@ -203,9 +214,10 @@ class GradientRun:
 
     def load_state(self) -> None:
         path = self.paths.state
-        if not path.is_file():
-            raise CheckpointError(f"cannot resume: no resume state {path} (was the run started with this --out?)")
-        tensors, metadata = read_tensors(path)
+        with distributed.leader_file(path) as readable:  # every rank continues from rank 0's file
+            if not readable.is_file():
+                raise CheckpointError(f"cannot resume: no resume state {path} (was the run started with this --out?)")
+            tensors, metadata = read_tensors(readable)
         try:
             resume = json.loads(metadata["extra"])["resume"]
             saved_config = json.loads(metadata["config"])
@@ -248,24 +260,28 @@ class GradientRun:
         model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = opts.lr * opts.lr_decay ** self.epoch
-        order = torch.randperm(len(self.train), generator=self.shuffle).to(self.device)
+        order = torch.randperm(len(self.train), generator=self.shuffle).to(self.device)  # the same on every rank
         batches = order.split(opts.batch_size)
         total, seen, start = 0.0, 0, time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", unit="batch", leave=False,
                    disable=None if self.progress else True)  # None: no bar unless stderr is a terminal
-        for index in bar:
+        for batch in bar:
+            index = distributed.split_batch(batch, self.world)
             x = self.train[index].long()
-            loss = -model.log_prob(x).mean()
+            nll_sum = -self.log_prob(x).sum()
+            # DDP averages gradients over ranks: scaled so the result is d(mean NLL over the global batch)
+            loss = nll_sum * (self.world.size / len(batch))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if opts.clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
             self.optimizer.step()
-            total += float(loss.detach()) * len(index)
+            total += float(nll_sum.detach())
             seen += len(index)
-            rate = seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(nll=f"{total / seen:.3f}", img_s=f"{rate:.0f}")
+            rate = seen * self.world.size / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(nll=f"{total / max(seen, 1):.3f}", img_s=f"{rate:.0f}")
         bar.close()
+        total, seen = distributed.all_sum(total, seen)
         if not math.isfinite(total):
             raise ConfigError(f"training diverged (NLL {total / seen}) in epoch {self.epoch + 1}; lower --lr "
                               "or set --clip-grad")
@@ -274,6 +290,7 @@ class GradientRun:
     def run(self, start: float, resume: bool = False) -> dict:
         if resume:
             self.load_state()
+        self.log_prob = distributed.log_prob_function(self.model, self.device)
         opts = self.opts
         stopped = "epochs"
         while self.epoch < opts.epochs:
@@ -283,26 +300,27 @@ class GradientRun:
             epoch_start = time.perf_counter()
             train_nll, rate = self.train_epoch()
             self.model.eval()
-            valid_nll = evaluate(self.model, self.valid, opts.batch_size * 5)["nll_nats"] \
+            valid_nll = evaluate(self.model, self.valid, opts.batch_size * 5, across_ranks=True)["nll_nats"] \
                 if self.valid is not None else train_nll
             self.epoch += 1
             entry = {"epoch": self.epoch, "train_nll": train_nll, "valid_nll": valid_nll,
                      "seconds": time.perf_counter() - epoch_start, "images": len(self.train), "images_per_s": rate,
-                     "lr": self.optimizer.param_groups[0]["lr"]}
+                     "lr": self.optimizer.param_groups[0]["lr"], "processes": self.world.size}
             self.log.append(entry)
             if valid_nll < self.best["valid_nll_nats"]:
                 self.best = {"valid_nll_nats": valid_nll, "epoch": self.epoch, "bad_epochs": 0}
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                if self.paths:
+                if self.paths and self.world.leader:
                     save_checkpoint(self.paths.checkpoint, self.model, self.name, metrics=self.metrics())
             else:
                 self.best["bad_epochs"] += 1
-            if self.paths:
+            if self.paths and self.world.leader:
                 self.save_state()
             if self.progress:
                 tqdm.write(f"epoch {self.epoch}: train {train_nll:.4f} valid {valid_nll:.4f} nats "
                            f"({entry['seconds']:.1f} s, {rate:.0f} images/s)", file=sys.stderr)
-            if opts.max_minutes is not None and time.perf_counter() - start > 60 * opts.max_minutes:
+            over_budget = opts.max_minutes is not None and time.perf_counter() - start > 60 * opts.max_minutes
+            if distributed.leader_decides(over_budget):  # clocks differ: rank 0's decides for all
                 stopped = "max_minutes"
                 break
         else:

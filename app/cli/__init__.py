@@ -19,10 +19,15 @@ import click
 from densreg.registry import DensregError, __version__, api
 
 from . import check, complete, evaluate, export, features, listing, plot, sample, score, train
+from .common import ARGV_KEY
 
 
 class DensregGroup(click.Group):
     """A click group that turns user errors into one line and a non-zero exit."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta[ARGV_KEY] = list(args)  # the arguments as given, which `train --nproc` passes to torchrun
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:

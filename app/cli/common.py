@@ -8,8 +8,11 @@ from typing import Any
 
 import click
 
+from densreg.app.distributed import BACKENDS
 from densreg.registry import ConfigError, DataError, load_checkpoint
 from densreg.registry.catalog import reject_reserved
+
+ARGV_KEY = "densreg.argv"  # ctx.meta key: the arguments after `densreg`, as given
 
 
 def echo_json(data) -> None:
@@ -59,6 +62,13 @@ def data_options(func):
     func = click.option("--download", is_flag=True, help="Fetch the dataset's published files if needed.")(func)
     func = click.option("--data", "data_path", default=None, help="Path to the dataset's files.")(func)
     return click.option("--dataset", required=True, help="Registered dataset name (see `densreg datasets`).")(func)
+
+
+def backend_option(func):
+    """``--backend NAME``: the torch.distributed backend under torchrun (default: by device)."""
+    return click.option("--backend", default=None, envvar="DENSREG_BACKEND", show_envvar=True,
+                        type=click.Choice(BACKENDS),
+                        help="Process-group backend when launched by torchrun [default: nccl for cuda, else gloo].")(func)
 
 
 def check_matches(info, dataset) -> None:

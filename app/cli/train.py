@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
+
 import click
 import torch
 from click.core import ParameterSource
 
+from densreg.app import distributed
 from densreg.app.ood import perturb_images
-from densreg.app.training import TrainingOptions, fit
-from densreg.registry import api, hookimpl
+from densreg.app.training import TrainingOptions, default_device, fit
+from densreg.registry import ConfigError, api, hookimpl
 
-from .common import data_options, parse_set_options, set_option
+from .common import ARGV_KEY, backend_option, data_options, parse_set_options, set_option
 
 DEFAULTS = TrainingOptions()
 
@@ -43,16 +48,42 @@ DEFAULTS = TrainingOptions()
               help="Train a background model for `densreg score --method likelihood-ratio` (Ren et al. 2019): "
                    "each train and valid value is replaced, with this probability, by a uniform draw from 0..K-1 "
                    "(one fixed draw per split, seeded by --seed).")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Train with N processes on this machine: runs this command under torchrun "
+                   "(DistributedDataParallel; --batch-size stays the global batch).")
+@backend_option
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run of --out from its last epoch (OUT stem + .last.safetensors); "
                    "options not given again are the interrupted run's.")
 @click.pass_context
-def train(ctx, model_name, dataset, data_path, download, settings, out, perturb, resume, **options):
+def train(ctx, model_name, dataset, data_path, download, settings, out, perturb, resume, nproc, backend, **options):
     """Fit MODEL on a dataset's train split and write a checkpoint.
 
     Gradient-trained models also write OUT stem + .log.jsonl (one JSON line per epoch)
     and OUT stem + .last.safetensors (the state --resume continues from).
+    Under torchrun (or with --nproc) every process trains its share of each batch with
+    DistributedDataParallel and rank 0 alone writes.
     """
+    if nproc is not None:
+        launch_torchrun(ctx, nproc)
+    with distributed.session(options["device"] or default_device(), backend) as world:
+        _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, options)
+
+
+def launch_torchrun(ctx, nproc: int) -> None:
+    """Replace this process by torchrun running the same command (less --nproc) in ``nproc`` processes."""
+    if distributed.launched():
+        raise ConfigError("--nproc starts torchrun itself; under torchrun, leave it out")
+    if ARGV_KEY not in ctx.meta:
+        raise ConfigError("--nproc needs the densreg command line (run `densreg train ... --nproc N`)")
+    command = distributed.torchrun_command(nproc, distributed.without_option(ctx.meta[ARGV_KEY], "--nproc"))
+    click.echo(f"launching: {shlex.join(command)}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
+
+
+def _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, options):
     torch.manual_seed(options["seed"])
     ds = api.get_dataset(dataset)
     model = api.create_model(model_name, ds.event_shape, ds.num_categories, **parse_set_options(settings))
@@ -60,19 +91,23 @@ def train(ctx, model_name, dataset, data_path, download, settings, out, perturb,
              if k != "seed" and ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     if not model.closed_form:
         given["seed"] = options["seed"]  # --seed also fixes the shuffling order of gradient training
-    train_images = api.load_split(dataset, "train", data_path, download)
+    with distributed.leader_first():  # one download into the shared cache
+        train_images = api.load_split(dataset, "train", data_path, download)
     valid_images = api.load_split(dataset, "valid", data_path) if "valid" in ds.splits else None
     recorded = {"dataset": dataset}
     if perturb is not None:
         train_images, valid_images = perturbed(train_images, valid_images, perturb, ds.num_categories, options["seed"])
         recorded["perturb"] = perturb
-    click.echo(f"training {model_name} on {dataset} ({len(train_images)} images"
-               + (f", perturbed at rate {perturb}" if perturb is not None else "") + ")", err=True)
+    if world.leader:
+        processes = f" in {world.size} processes" if world.size > 1 else ""
+        click.echo(f"training {model_name} on {dataset} ({len(train_images)} images"
+                   + (f", perturbed at rate {perturb}" if perturb is not None else "") + f"){processes}", err=True)
     name = api.model_spec(model_name).qualified_name  # what the checkpoint records
     metrics = fit(model, train_images, valid_images, out=out, resume=resume, progress=True, name=name,
                   metrics=recorded, **given)
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-    click.echo(f"wrote {out} ({shown})")
+    if world.leader:
+        click.echo(f"wrote {out} ({shown})")
 
 
 def perturbed(train_images, valid_images, rate, num_categories, seed):
