@@ -16,6 +16,7 @@ in the last batch) changes an Adam step by ~lr x 1% = 5e-5 or more, which the te
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -243,6 +244,23 @@ def test_eval_shards_images_across_ranks(two_process_run, jobs):
     expected, got = json.loads(alone.stdout), json.loads(shared.stdout)  # rank 0 alone prints
     assert got["images"] == expected["images"] == 1197
     assert got["nll_nats"] == pytest.approx(expected["nll_nats"], rel=1e-9)
+
+
+def test_score_shards_images_and_writes_every_result_in_input_order(two_process_run, jobs, tmp_path):
+    def args(out):
+        return ["score", two_process_run[0], "--dataset", "digits", "--split", "train", "--method", "typicality",
+                "--batch-size", 128, "--top", 3, "--out", out, "--json"]
+
+    alone = CliRunner().invoke(cli, [str(a) for a in args(tmp_path / "alone.csv")])
+    assert alone.exit_code == 0, alone.output
+    shared = run_job(jobs, torchrun(2, *args(tmp_path / "shared.csv")))
+    rows = [list(csv.DictReader((tmp_path / f"{n}.csv").open())) for n in ("alone", "shared")]
+    assert len(rows[1]) == 1197 and [r["name"] for r in rows[1]] == [r["name"] for r in rows[0]]
+    for column in ("score", "nll_nats", "p_value"):
+        assert [float(r[column]) for r in rows[1]] == pytest.approx([float(r[column]) for r in rows[0]], rel=1e-6)
+    top = [[row["index"] for row in json.loads(out)["most_anomalous"]] for out in (alone.stdout, shared.stdout)]
+    assert top[1] == top[0] and len(top[0]) == 3
+    assert shared.stderr.count("wrote ") == 1  # rank 0 alone
 
 
 def _gather_worker(rank: int, size: int, folder: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -11,13 +12,15 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
+from densreg.app import distributed
 from densreg.app.anomaly_plots import heatmaps_png
 from densreg.app.inputs import read_images
-from densreg.app.scoring import METHODS, most_anomalous, score_images, summary
+from densreg.app.scoring import METHODS, ScoreResult, most_anomalous, score_images, summary
 from densreg.registry import ConfigError, atomic_write_bytes, hookimpl
 
-from .common import echo_json, load_model_or_export
+from .common import backend_option, echo_json, load_model_or_export
 
 
 def images_option(func):
@@ -101,12 +104,14 @@ def write_table(path: str, names: list[str], result) -> None:
               help="PNG of the --top most anomalous images beside their per-pixel -log p maps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Images per pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and the top list as JSON.")
+@backend_option
 def score(model_path, dataset, data_path, split, images_path, resize, method, background, reference_dataset,
-          reference_data, reference_split, reference_size, out, top, heatmaps, batch_size, as_json):
+          reference_data, reference_split, reference_size, out, top, heatmaps, batch_size, as_json, backend):
     """Score images by how anomalous they are under a checkpoint or an export folder.
 
     Prints a summary (mean and quantiles of the score and of the NLL) and the --top most
-    anomalous images; --out writes every image's score, NLL in nats and bits/dim.
+    anomalous images; --out writes every image's score, NLL in nats and bits/dim. Under
+    torchrun each process scores its shard of the images; rank 0 writes and prints.
     """
     model, info = load_model_or_export(model_path)
     extra = {}
@@ -118,7 +123,11 @@ def score(model_path, dataset, data_path, split, images_path, resize, method, ba
     images, names = load_inputs(info, dataset, data_path, split, images_path, resize)
     if method == "typicality":
         extra["reference"] = reference_images(info, reference_dataset, reference_data, reference_split, reference_size)
-    result = score_images(model, images, method, batch_size=batch_size, progress=sys.stderr.isatty(), **extra)
+    with distributed.session("cpu", backend) as world:
+        result = score_across_ranks(model, images, method, batch_size=batch_size,
+                                    progress=world.leader and sys.stderr.isatty(), **extra)
+    if not world.leader:
+        return
     ranked = most_anomalous(result.scores, top)
     if out:
         write_table(out, names, result)
@@ -137,6 +146,23 @@ def score(model_path, dataset, data_path, split, images_path, resize, method, ba
     for path in (out, heatmaps):
         if path:
             click.echo(f"wrote {path}", err=True)
+
+
+def score_across_ranks(model, images: np.ndarray, method: str, **options) -> ScoreResult:
+    """``score_images`` with each torchrun rank scoring its shard; every rank gets all images' results in input order."""
+    here = distributed.world()
+    if here.size == 1:
+        return score_images(model, images, method, **options)
+    if len(images) < here.size:
+        raise ConfigError(f"{len(images)} images cannot be shared by {here.size} processes; run fewer")
+    part = score_images(model, images[distributed.shard(len(images))], method, **options)
+
+    def gather(values: np.ndarray) -> np.ndarray:
+        return distributed.gather_in_order(torch.from_numpy(np.ascontiguousarray(values)), len(images)).numpy()
+
+    return dataclasses.replace(part, scores=gather(part.scores), nll=gather(part.nll),
+                               bits_per_dim=gather(part.bits_per_dim), pixel_nll=gather(part.pixel_nll),
+                               columns={name: gather(values) for name, values in part.columns.items()})
 
 
 def _print_report(report: dict) -> None:
