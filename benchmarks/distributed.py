@@ -7,8 +7,8 @@
                                      --out benchmarks/results/distributed_gpu.md     # on a GPU machine
 
 Each configuration trains MODEL with ``densreg.fit`` on the first --images binarized-MNIST
-training images (the 8x8 digits when the file is absent) for --epochs epochs with global batch
---batch-size: once in this process without torchrun ("plain"), then under
+training images (the 8x8 digits' train split, repeated, when the file is absent) for --epochs
+epochs with global batch --batch-size: once in this process without torchrun ("plain"), then under
 ``torchrun --standalone --nproc-per-node N`` for each N, this script being the worker.
 Reported: training images/s of the last epoch (the first warms up), from the run's log
 (``images_per_s``: all processes together, validation excluded). On the CPU the cores are
@@ -63,7 +63,9 @@ def training_images(args) -> tuple[torch.Tensor, str]:
         with np.load(path) as data:
             train = torch.from_numpy(data["train"][:args.images].astype(np.int64)).unsqueeze(1)
         return train, f"binarized MNIST ({path.name})"
-    return load_split("digits", "train")[:args.images], "digits (8x8)"
+    digits = load_split("digits", "train")
+    copies = -(-args.images // len(digits))  # repeated to --images: the file is not always at hand (a GPU box)
+    return digits.repeat(copies, 1, 1, 1)[:args.images], f"the 8x8 digits (train split repeated {copies}x)"
 
 
 def settings(args) -> dict:

@@ -68,7 +68,7 @@ def backend_option(func):
     """``--backend NAME``: the torch.distributed backend under torchrun (default: by device)."""
     return click.option("--backend", default=None, envvar="DENSREG_BACKEND", show_envvar=True,
                         type=click.Choice(BACKENDS),
-                        help="Process-group backend when launched by torchrun [default: nccl for cuda, else gloo].")(func)
+                        help="Process-group backend under torchrun [default: nccl for cuda, else gloo].")(func)
 
 
 def check_matches(info, dataset) -> None:

@@ -149,7 +149,7 @@ def score(model_path, dataset, data_path, split, images_path, resize, method, ba
 
 
 def score_across_ranks(model, images: np.ndarray, method: str, **options) -> ScoreResult:
-    """``score_images`` with each torchrun rank scoring its shard; every rank gets all images' results in input order."""
+    """``score_images`` with each torchrun rank scoring its shard; all ranks get every result, in input order."""
     here = distributed.world()
     if here.size == 1:
         return score_images(model, images, method, **options)
