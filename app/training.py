@@ -267,16 +267,16 @@ class GradientRun:
                    disable=None if self.progress else True)  # None: no bar unless stderr is a terminal
         for batch in bar:
             index = distributed.split_batch(batch, self.world)
-            x = self.train[index].long()
-            nll_sum = -self.log_prob(x).sum()
+            part = index if len(index) else batch[:1]  # an empty part still joins DDP's all-reduce, weighted 0
+            nll_sum = -self.log_prob(self.train[part].long()).sum()
             # DDP averages gradients over ranks: scaled so the result is d(mean NLL over the global batch)
-            loss = nll_sum * (self.world.size / len(batch))
+            loss = nll_sum * (self.world.size / len(batch) if len(index) else 0.0)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if opts.clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
             self.optimizer.step()
-            total += float(nll_sum.detach())
+            total += float(nll_sum.detach()) if len(index) else 0.0
             seen += len(index)
             rate = seen * self.world.size / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(nll=f"{total / max(seen, 1):.3f}", img_s=f"{rate:.0f}")
