@@ -110,6 +110,12 @@ def _summary(exc: BaseException) -> str:
     return cause
 
 
+# torch's structured-trace logger sends DEBUG records with empty messages while tracing (pytest and
+# other log capturers showed them as dozens of blank "DEBUG torch.__trace" lines on a failed export);
+# they only matter to someone collecting a trace with TORCH_TRACE.
+QUIET_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir", *(() if os.environ.get("TORCH_TRACE") else ("torch.__trace",)))
+
+
 @contextlib.contextmanager
 def _quiet(*logger_names: str):
     """Silence loggers (the exporter warns per missing optional package, its optimizer per
@@ -167,7 +173,7 @@ def _name_batch_axis(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _to_onnx(module, args, input_names, output_names, dynamic_shapes, what: str, name: str,
              opset: int) -> onnx.ModelProto:
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx", "onnxscript", "onnx_ir"):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet(*QUIET_LOGGERS):
             warnings.simplefilter("ignore")
             # torch.export first, by hand: torch.onnx.export would otherwise fall back to
             # draft_export, which bakes a data-dependent value (say int(position)) in silently.

@@ -80,10 +80,10 @@ def create_model(name: str, event_shape=DEFAULT_EVENT_SHAPE, num_categories: int
         config.pop(key, None)
     try:
         model = spec.factory(event_shape=tuple(event_shape), num_categories=int(num_categories), **config)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"cannot build model {name!r} with {config}: {exc}") from exc
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a factory's failure on a config is a config error
+        raise ConfigError(f"cannot build model {name!r} with {config}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, DensityModel):
         raise ConfigError(f"the factory of {spec.qualified_name} returned {type(model).__name__}, "
                           "not a DensityModel")

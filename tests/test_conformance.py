@@ -2,6 +2,7 @@
 every registered model passes, and `densreg check` reports it with the right exit code."""
 
 import json
+import logging
 import re
 import types
 
@@ -450,6 +451,13 @@ def test_export_check_catches_a_step_that_is_not_traceable():
     result = run_checks(IntPosition, checks=["export"])[0]
     assert result.failed and "export_model failed on 1x2x3 K=2" in result.detail
     assert "no int(position), .item()" in result.detail and "batch-first" in result.detail
+
+
+def test_a_failed_export_logs_no_blank_trace_records(caplog):
+    pytest.importorskip("densreg.export.exporter", reason=NO_EXPORTER)
+    caplog.set_level(logging.DEBUG)
+    assert run_checks(IntPosition, checks=["export"])[0].failed
+    assert not [r for r in caplog.records if r.name == "torch.__trace"]  # pytest printed them as blank lines
 
 
 def test_model_conformance_uses_the_class_prepare():

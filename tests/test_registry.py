@@ -4,6 +4,7 @@ import types
 from importlib.metadata import EntryPoint
 
 import pytest
+import torch
 
 import densreg.registry.plugin_manager as plugin_manager
 from densreg.registry import (ConfigError, PluginError, UnknownNameError, create_model, get_catalog, hookimpl,
@@ -136,3 +137,16 @@ def test_load_only_named_plugins(monkeypatch):
     finally:
         monkeypatch.delenv("DENSREG_LOAD_PLUGINS")
         get_catalog(reload=True)
+
+
+def test_a_factory_failing_on_a_config_is_a_config_error():
+    def factory(event_shape, num_categories=2, size: int = 1):
+        return torch.nn.Linear(size, size) and Constant(event_shape, num_categories)
+
+    try:
+        register_plugin(plugin_with_model("sized", factory), "sized")
+        assert isinstance(create_model("sized", (1, 2, 2), size=2), Constant)
+        with pytest.raises(ConfigError, match=r"cannot build model 'sized' with \{'size': -3\}: RuntimeError: "):
+            create_model("sized", (1, 2, 2), size=-3)
+    finally:
+        unregister_plugin("sized")

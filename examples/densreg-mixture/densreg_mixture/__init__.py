@@ -1,4 +1,4 @@
-"""densreg-mixture: a third-party densreg plugin adding the ``mixture`` model."""
+"""densreg-mixture: a third-party densreg plugin adding the ``mixture`` model and the ``bars`` dataset."""
 
 from .model import Mixture
 
