@@ -1,10 +1,11 @@
 """Export a DensityModel to an ONNX folder (torch side).
 
-``export_model(model, out_dir)`` writes ``conditionals.onnx``, ``step.onnx`` and
-``draw.onnx`` (see ``format``) with the dynamo exporter, checks each file with
-``onnx.checker.check_model(full_check=True)``, runs a parity check (onnxruntime vs
-torch on random valid inputs) and only then moves the folder into place: a model
-that cannot be exported leaves nothing behind.
+``export_model(model, out_dir)`` traces ``conditionals.onnx`` and ``step.onnx`` with the
+dynamo exporter, strips them (``lean``), builds ``draw.onnx`` and ``sample.onnx``
+(``loop``), runs a parity check (onnxruntime vs torch on random valid inputs), computes
+golden vectors, checks each file with ``onnx.checker.check_model(full_check=True)``, and
+only then writes the folder (format.py lists its files) in one move: a model that cannot
+be exported leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import io
 import logging
 import os
 import re
+import json
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -27,24 +30,29 @@ import torch
 from onnx import TensorProto, helper
 
 from densreg.registry.atomic import atomic_write_folder, check_target
-from densreg.registry.errors import ExportError
+from densreg.registry.errors import DensregError, ExportError
 from densreg.registry.protocol import DensityModel
 from densreg.registry.saved import SavedModelInfo
 
 from . import format as fmt
+from . import lean, loop, manifest, readme
 
 EXAMPLE_BATCH = 3  # traced with this batch; the batch dimension is exported dynamic
 LOGITS_ATOL = 1e-4  # parity tolerance on logits (absolute)
-LOG_PROB_ATOL = 1e-3
-IR_VERSION = 10  # what the torch exporter writes; onnxruntime 1.18 and newer load it  # parity tolerance on log_prob, nats per image
+LOG_PROB_ATOL = 1e-3  # parity tolerance on log_prob, nats per image
+FLOAT16_ATOL, FLOAT16_LOG_PROB_ATOL = 0.05, 0.5  # the same for --dtype float16 (logits, nats per image)
+FLOAT16_KEEP = ("LSTM", "GRU", "RNN")  # graphs with these stay float32 under --dtype float16 (see _to_float16)
+IR_VERSION = 10  # what the torch exporter writes
+ORT_MINIMUM = "1.25"  # the oldest onnxruntime that refuses external data outside the model's folder
 
 
 class ConditionalsGraph(torch.nn.Module):
-    """images int64 (B, C, H, W) -> logits (B, D, K), log_prob (B,) in nats."""
+    """images int64 (B, C, H, W) -> logits (B, D, K), log_prob (B,) in nats, pixel_log_prob (B, C, H, W) in nats."""
 
     def __init__(self, model: DensityModel) -> None:
         super().__init__()
         self.model = model
+        self.register_buffer("inverse_order", torch.argsort(model.order), persistent=False)
 
     def forward(self, images):
         logits = self.model.conditional_logits(images).to(torch.float32)  # the format's dtype (no-op for most)
@@ -54,7 +62,8 @@ class ConditionalsGraph(torch.nn.Module):
             log_p = -torch.nn.functional.softplus((1 - 2 * values).to(diff.dtype) * diff)
         else:
             log_p = torch.log_softmax(logits, dim=-1).gather(-1, values.unsqueeze(-1)).squeeze(-1)
-        return logits, log_p.sum(-1)
+        pixel = log_p.index_select(1, self.inverse_order).reshape(images.shape)  # generation -> image layout
+        return logits, log_p.sum(-1), pixel
 
 
 class StepGraph(torch.nn.Module):
@@ -217,8 +226,8 @@ def _state_specs(model: DensityModel, name: str) -> tuple[list[dict], tuple[torc
                               "between batch rows")
         initial = a.detach().cpu().numpy()
         shape = ["batch" if j == axis else n for j, n in enumerate(a.shape)]
-        specs.append({"name": f"state_{i}", "dtype": initial.dtype.name, "shape": shape, "batch_axis": axis,
-                      "initial": fmt.encode_array(initial)})
+        specs.append({"name": f"state_{i}", "output": f"new_state_{i}", "dtype": initial.dtype.name, "shape": shape,
+                      "batch_axis": axis, "initial": fmt.encode_array(initial)})
     return specs, many
 
 
@@ -235,17 +244,20 @@ def parity_check(model: DensityModel, conditionals: onnx.ModelProto, step: onnx.
                  batch: int = 2, seed: int = 0, positions: int | None = None) -> dict:
     """Max abs differences, onnxruntime (CPU) vs torch, on random images of ``batch`` rows.
 
-    ``conditionals_logits`` and ``log_prob`` (nats) from conditionals.onnx;
+    ``conditionals_logits``, ``log_prob`` (nats; also how far pixel_log_prob's sum is from it)
+    and ``pixel_log_prob`` (nats) from conditionals.onnx;
     ``step_logits`` from step.onnx teacher-forced along the same images for the
     first ``positions`` positions (default all D), each side carrying its own state.
     """
     device = model.order.device
     gen = torch.Generator().manual_seed(seed)
     images = torch.randint(0, model.num_categories, (batch, *model.event_shape), generator=gen).to(device)
-    logits, log_prob = ConditionalsGraph(model)(images)
-    ort_logits, ort_log_prob = _session(conditionals).run(None, {"images": images.cpu().numpy()})
+    logits, log_prob, pixel = ConditionalsGraph(model)(images)
+    ort_logits, ort_log_prob, ort_pixel = _session(conditionals).run(None, {"images": images.cpu().numpy()})
     result = {"conditionals_logits": float(np.abs(ort_logits - logits.cpu().numpy()).max()),
-              "log_prob": float(np.abs(ort_log_prob - log_prob.cpu().numpy()).max())}
+              "log_prob": max(float(np.abs(ort_log_prob - log_prob.cpu().numpy()).max()),
+                              float(np.abs(ort_pixel.sum((1, 2, 3)) - ort_log_prob).max())),
+              "pixel_log_prob": float(np.abs(ort_pixel - pixel.cpu().numpy()).max())}
     session = _session(step)
     inputs = {i.name for i in session.get_inputs()}
     seq = model.to_sequence(images)
@@ -275,14 +287,76 @@ def _check_target(out_dir: Path) -> None:
                           "choose an empty or new folder")
 
 
+def _dataset(source: SavedModelInfo | None) -> dict | None:
+    """The training data as the checkpoint recorded it: name, preprocessing, NLL figures (nats)."""
+    metrics = source.metrics if source is not None else {}
+    if not metrics.get("dataset"):
+        return None
+    from densreg.registry import api
+
+    try:
+        preprocessing = api.get_dataset(metrics["dataset"]).description
+    except DensregError:
+        preprocessing = ""
+    return {"name": metrics["dataset"], "preprocessing": preprocessing,
+            **{key: metrics.get(key) for key in ("test_nll_nats", "valid_nll_nats", "train_nll_nats")}}
+
+
+def _to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Weights and arithmetic in float16, inputs and outputs as before (onnxruntime's converter).
+
+    A graph with a recurrent op (FLOAT16_KEEP) is returned unchanged: the converter turns the
+    op's weights to float16 but not its inputs, and onnxruntime 1.31's CPU provider crashes on
+    a float16 LSTM.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    if any(node.op_type in FLOAT16_KEEP for node in proto.graph.node):
+        return proto
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
+    nodes = loop.topological(list(half.graph.node))  # the converter appends its input casts last
+    del half.graph.node[:]
+    half.graph.node.extend(nodes)
+    return half
+
+
+def _golden(model: DensityModel, conditionals, step, sample, specs, initial, seed: int = 0, n: int = 2) -> dict:
+    """Golden vectors from the export itself: noise of ``seed`` and its samples (sample.onnx and the
+    step loop must agree), then those samples and ``n`` random images with their log_prob (nats)."""
+    from .runtime import step_loop
+
+    d = model.num_positions
+    noise = np.random.default_rng(seed).random((n, d))
+    samples = _session(sample).run(["images"], {"noise": noise})[0]
+    values = step_loop(_session(step), specs, initial, noise)
+    by_steps = np.empty_like(values)
+    by_steps[:, model.order.cpu().numpy()] = values
+    if not np.array_equal(by_steps.reshape(samples.shape), samples):
+        raise ExportError("sample.onnx and the step loop draw different images from the same noise")
+    rng = np.random.default_rng(seed + 1)
+    images = np.concatenate([samples, rng.integers(0, model.num_categories, (n, *model.event_shape))])
+    log_prob = _session(conditionals).run(["log_prob"], {"images": images})[0]
+    return {"seed": seed, "noise": noise.tolist(), "samples": samples.tolist(), "images": images.tolist(),
+            "log_prob": log_prob.astype(np.float64).tolist(), "log_prob_atol": 1e-3}
+
+
 def export_model(model: DensityModel, out_dir, name: str | None = None, parity: bool = True,
                  opset: int = fmt.OPSET, atol: float = LOGITS_ATOL, log_prob_atol: float = LOG_PROB_ATOL,
-                 parity_positions: int | None = None) -> dict:
+                 parity_positions: int | None = None, dtype: str = "float32",
+                 source: SavedModelInfo | None = None) -> dict:
     """Export ``model`` to the folder ``out_dir``; returns a report.
 
-    Keys: ``dir``, ``files`` (paths), ``model``, ``opset``, ``seconds``, and with
-    ``parity``: ``max_abs_diff`` (logits, both graphs), ``log_prob_max_abs_diff``
-    (nats), ``conditionals_max_abs_diff``, ``step_max_abs_diff`` (else None).
+    ``dtype`` "float16" stores weights and arithmetic in half precision (inputs and outputs
+    keep their types); its parity tolerances are FLOAT16_ATOL and FLOAT16_LOG_PROB_ATOL unless
+    given. ``source``: the checkpoint's SavedModelInfo (training dataset and NLL for the manifest).
+
+    Keys: ``dir``, ``files`` (paths), ``sizes`` (bytes per file), ``traced_sizes`` (bytes of the
+    conditionals and step graphs as traced, before ``lean``), ``model``, ``opset``, ``dtype``,
+    ``export_id``, ``seconds``, and with ``parity``: ``max_abs_diff`` (logits, both graphs),
+    ``log_prob_max_abs_diff`` (nats: the largest change of log p(x) per image against torch),
+    ``conditionals_max_abs_diff``, ``step_max_abs_diff`` (else None).
     Raises ExportError (naming the model and the cause) when a graph does not
     export or parity exceeds ``atol`` / ``log_prob_atol``; nothing is written then.
     """
@@ -291,6 +365,10 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
     name = name or getattr(model, "registry_name", None) or type(model).__name__
     if opset < 18:
         raise ExportError(f"opset {opset} is too old; the exporter needs 18 or newer")
+    if dtype not in fmt.DTYPES:
+        raise ExportError(f"unknown export dtype {dtype!r}; expected one of {', '.join(fmt.DTYPES)}")
+    if dtype == "float16" and (atol, log_prob_atol) == (LOGITS_ATOL, LOG_PROB_ATOL):
+        atol, log_prob_atol = FLOAT16_ATOL, FLOAT16_LOG_PROB_ATOL
     start = time.perf_counter()
     out_dir = Path(out_dir)
     _check_target(out_dir)  # before minutes of tracing, and again just before writing
@@ -300,8 +378,9 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
         device = model.order.device
         batch = torch.export.Dim("batch", min=1)
         images = torch.zeros(EXAMPLE_BATCH, *model.event_shape, dtype=torch.int64, device=device)
-        conditionals = _to_onnx(ConditionalsGraph(model), (images,), ["images"], ["logits", "log_prob"],
-                                ({0: batch},), "conditional_logits", name, opset)
+        conditionals = _to_onnx(ConditionalsGraph(model), (images,), ["images"],
+                                ["logits", "log_prob", "pixel_log_prob"], ({0: batch},), "conditional_logits",
+                                name, opset)
         specs, state = _state_specs(model, name)
         value = torch.zeros(EXAMPLE_BATCH, dtype=torch.int64, device=device)
         position = torch.tensor(1, dtype=torch.int64, device=device)
@@ -310,6 +389,10 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
                         ["logits", *[f"new_{n}" for n in state_names]],
                         ({0: batch}, {}, *([tuple(_dynamic(s, batch) for s in specs)] if state else [])),
                         "step", name, opset)
+        traced = {fmt.CONDITIONALS: conditionals.ByteSize(), fmt.STEP: step.ByteSize()}
+        conditionals, step = lean.strip(conditionals), lean.strip(step)
+        if dtype == "float16":
+            conditionals, step = _to_float16(conditionals), _to_float16(step)
         report = None
         if parity:
             try:
@@ -322,24 +405,70 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
                                   f"torch by {report['conditionals_logits']:.3g} (conditional logits), "
                                   f"{report['step_logits']:.3g} (step logits), {report['log_prob']:.3g} nats "
                                   f"(log_prob); tolerances {atol:g} and {log_prob_atol:g}")
-        meta = fmt.metadata(SavedModelInfo.describe(model, name), order=model.order.cpu().tolist(), state=specs,
-                            opset=opset, torch_version=torch.__version__, parity=report)
-        files = {}
-        for filename, proto in ((fmt.CONDITIONALS, conditionals), (fmt.STEP, step), (fmt.DRAW, draw_graph(opset))):
-            onnx.helper.set_model_props(proto, {**meta, "graph": filename.removesuffix(".onnx")})
+        initial = [fmt.decode_array(s["initial"]) for s in specs]
+        draw = draw_graph(opset)
+        try:
+            sample = loop.sample_graph(step, draw, model.order.cpu().numpy(), tuple(model.event_shape), specs,
+                                       initial)
+            golden = _golden(model, conditionals, step, sample, specs, initial)
+        except ExportError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ExportError(f"model {name!r} exported, but its sampling graph fails: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0]}") from exc
+        export_id = uuid.uuid4().hex
+        graphs = {fmt.CONDITIONALS: conditionals, fmt.STEP: step, fmt.DRAW: draw, fmt.SAMPLE: sample}
+        for filename, proto in graphs.items():
+            onnx.helper.set_model_props(proto, {"format": fmt.FORMAT, "export_id": export_id,
+                                                "graph": filename.removesuffix(".onnx")})
             onnx.checker.check_model(proto, full_check=True)
-            files[filename] = proto.SerializeToString()
+        files = {fmt.WEIGHTS: lean.share_weights([conditionals, step, sample], fmt.WEIGHTS)}
+        files.update({filename: proto.SerializeToString() for filename, proto in graphs.items()})
+        files[fmt.GOLDEN] = (json.dumps(golden) + "\n").encode()
+        weights_dtype = {f: "float16" if any(t.data_type == onnx.TensorProto.FLOAT16 for t in p.graph.initializer)
+                         else "float32" for f, p in graphs.items()}
+        description = _describe(model, name, specs, opset, dtype, export_id, report, source, weights_dtype)
+        files[fmt.README] = readme.render(description).encode()
+        files[fmt.MANIFEST] = manifest.build(description, files)
         _check_target(out_dir)
         atomic_write_folder(out_dir, files)
     finally:
         model.train(was_training)
     return {
         "dir": str(out_dir), "files": [str(out_dir / f) for f in fmt.FILES], "model": name, "opset": opset,
+        "dtype": dtype, "export_id": export_id, "sizes": {f: len(data) for f, data in files.items()},
+        "traced_sizes": traced,
         "max_abs_diff": report and report["max_abs_diff"],
         "log_prob_max_abs_diff": report and report["log_prob"],
         "conditionals_max_abs_diff": report and report["conditionals_logits"],
         "step_max_abs_diff": report and report["step_logits"],
         "seconds": time.perf_counter() - start,
+    }
+
+
+def _describe(model: DensityModel, name: str, specs: list[dict], opset: int, dtype: str, export_id: str,
+              parity: dict | None, source: SavedModelInfo | None, weights_dtype: dict[str, str]) -> dict:
+    """The manifest's content, but for its list of files."""
+    info = SavedModelInfo.describe(model, name)
+    return {
+        "export_id": export_id,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": {"name": info.model, "qualified_name": info.qualified_name, "plugin": info.plugin,
+                  "distribution": info.distribution, "version": info.distribution_version, "config": info.config,
+                  "densreg_version": info.densreg_version},
+        "event_shape": list(info.event_shape), "num_categories": info.num_categories,
+        "num_positions": model.num_positions, "value_range": [0, info.num_categories - 1], "dtype": dtype,
+        "ordering": info.ordering, "order": model.order.cpu().tolist(),
+        "order_meaning": "order[d] is the flat pixel index (c*H*W + h*W + w) of the value generated at step d",
+        "graphs": fmt.graph_descriptions(info.event_shape, info.num_categories, specs),
+        "weights_dtype": weights_dtype,
+        "state": specs,
+        "noise_rule": fmt.NOISE_RULE, "draw_rule": fmt.DRAW_RULE,
+        "dataset": _dataset(source),
+        "versions": {"onnx": onnx.__version__, "opset": opset, "ir_version": IR_VERSION,
+                     "onnxruntime": ort.__version__, "onnxruntime_minimum": ORT_MINIMUM,
+                     "torch": torch.__version__, "densreg": info.densreg_version},
+        "parity": parity,
     }
 
 

@@ -1,26 +1,37 @@
 """The export folder format, shared by the exporter (torch) and the runtime (no torch).
 
-A folder holds ``conditionals.onnx`` (images int64 (B, C, H, W) -> ``logits``
-float32 (B, D, K) and ``log_prob`` float32 (B,) in nats), ``step.onnx`` (``value``
-int64 (B,), ``position`` int64 scalar, ``state_i`` -> ``logits`` (B, K),
-``new_state_i``) and ``draw.onnx`` (``logits`` (B, K), ``noise`` float64 (B,) ->
-``value`` int64 (B,), the inverse-CDF draw, used where state stays on a device).
-Every file carries the same string metadata_props (see ``metadata``).
+A folder (format ``densreg-onnx/2``) holds:
+
+- ``conditionals.onnx``: images int64 (B, C, H, W) -> ``logits`` float32 (B, D, K) in
+  generation order, ``log_prob`` float32 (B,) in nats, ``pixel_log_prob`` float32
+  (B, C, H, W) in image layout;
+- ``step.onnx``: ``value`` int64 (B,), ``position`` int64 scalar, ``state_i`` -> ``logits``
+  (B, K), ``new_state_i`` (one cached step);
+- ``draw.onnx``: ``logits`` (B, K), ``noise`` float64 (B,) -> ``value`` int64 (B,) (the
+  inverse-CDF draw, used where state stays on a device);
+- ``sample.onnx``: ``noise`` float64 (B, D) -> ``images`` int64 (B, C, H, W) (an ONNX Loop
+  over the D positions: the step and the draw in one call);
+- ``weights.bin``: the graphs' weights, each stored once and shared (ONNX external data);
+- ``manifest.json``: what every input and output means, the model, the export id and a
+  sha256 of every other file (``manifest.py``); ``README.md``: a numpy + onnxruntime
+  client; ``golden.json``: images with their log_prob, and noise with its samples.
+
+Each graph's metadata_props carry only ``format``, ``export_id`` and ``graph``.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 
 import numpy as np
 
-from densreg.registry.saved import SavedModelInfo
-
-FORMAT = "densreg-onnx/1"
-CONDITIONALS, STEP, DRAW = "conditionals.onnx", "step.onnx", "draw.onnx"
-FILES = (CONDITIONALS, STEP, DRAW)
+FORMAT = "densreg-onnx/2"
+CONDITIONALS, STEP, DRAW, SAMPLE = "conditionals.onnx", "step.onnx", "draw.onnx", "sample.onnx"
+GRAPHS = (CONDITIONALS, STEP, DRAW, SAMPLE)
+WEIGHTS, MANIFEST, README, GOLDEN = "weights.bin", "manifest.json", "README.md", "golden.json"
+FILES = (*GRAPHS, WEIGHTS, GOLDEN, README, MANIFEST)  # everything an export folder holds
 OPSET = 18
+DTYPES = ("float32", "float16")
 
 
 def major(version_string: str) -> str:
@@ -40,31 +51,6 @@ def decode_array(item: dict) -> np.ndarray:
     return flat.astype(dtype.newbyteorder("="), copy=False).reshape(item["shape"])
 
 
-def metadata(info: SavedModelInfo, *, order, state: list[dict], opset: int, torch_version: str,
-             parity: dict | None) -> dict[str, str]:
-    """The metadata_props of every file of an export (all values strings): the model's keys from
-    ``info``, then the export's own.
-
-    ``state``: per state tensor {name, dtype, shape (dim 0 is the batch, written
-    "batch"), initial: encode_array of the initial value for one batch row}.
-    """
-    return {
-        "format": FORMAT,
-        **info.model_metadata(),
-        "order": json.dumps([int(i) for i in order]),
-        "state": json.dumps(state),
-        "opset": str(opset),
-        "torch_version": torch_version,
-        "parity": json.dumps(parity),
-    }
-
-
-def parse_info(metadata: dict[str, str]) -> SavedModelInfo:
-    """An export's metadata -> its description (KeyError / ValueError when malformed)."""
-    return SavedModelInfo.from_metadata(metadata, opset=int(metadata["opset"]),
-                                        parity=json.loads(metadata.get("parity", "null")))
-
-
 def draw_numpy(logits: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Inverse-CDF draw in float64, as ``categorical_from_uniform``: (B, K), (B,) -> int64 (B,).
 
@@ -82,3 +68,50 @@ def draw_numpy(logits: np.ndarray, noise: np.ndarray) -> np.ndarray:
     cdf = np.cumsum(probs / probs.sum(-1, keepdims=True), -1)
     value = (cdf < noise[:, None]).sum(-1)
     return np.minimum(value, logits.shape[-1] - 1).astype(np.int64)
+
+
+DRAW_RULE = ("value = number of entries of cumsum(softmax(float64(logits))) that are < noise, capped at K-1 "
+             "(inverse CDF; for K = 2: value = 1 iff softmax(logits)[0] < noise)")
+NOISE_RULE = ("noise = numpy.random.default_rng(seed).random((n, D)), float64 uniform in [0, 1); column d is "
+              "used at step d (densreg sample --seed uses exactly this)")
+
+
+def io(name: str, dtype: str, shape: list, meaning: str) -> dict:
+    return {"name": name, "dtype": dtype, "shape": shape, "meaning": meaning}
+
+
+def graph_descriptions(event_shape, num_categories: int, state: list[dict]) -> dict:
+    """Every graph's inputs and outputs: name, dtype, shape (with "B" the batch), meaning and units."""
+    c, h, w = event_shape
+    d, k = c * h * w, num_categories
+    image = ["B", c, h, w]
+    states_in = [io(s["name"], s["dtype"], s["shape"], f"state before this step (batch on axis {s['batch_axis']}); "
+                    f"at step 0 the manifest's 'initial' tiled along the batch axis") for s in state]
+    states_out = [io(s["output"], s["dtype"], s["shape"], f"state after this step; feed it back as {s['name']}")
+                  for s in state]
+    return {
+        CONDITIONALS: {
+            "purpose": "exact density of whole images in one call",
+            "inputs": [io("images", "int64", image, f"values 0..{k - 1}, axes (batch, channel, row, column)")],
+            "outputs": [
+                io("logits", "float32", ["B", d, k], "unnormalized logits of p(x_order[d] | x_order[<d]); axis 1 is "
+                   "the generation step d, NOT the pixel index (pixel = order[d]); log_softmax over the last axis"),
+                io("log_prob", "float32", ["B"], "log p(x) in nats (natural log), the sum over all D values"),
+                io("pixel_log_prob", "float32", image, "log p(x_i | values before it) in nats, in image layout "
+                   "(heatmaps need no ordering); sums to log_prob")]},
+        STEP: {
+            "purpose": "one cached generation step: the conditional of the value generated at step `position`",
+            "inputs": [io("value", "int64", ["B"], f"x at pixel order[position-1], 0..{k - 1}; zeros at position 0"),
+                       io("position", "int64", [], f"the step d, 0..{d - 1} (not a pixel index)"), *states_in],
+            "outputs": [io("logits", "float32", ["B", k], "unnormalized logits of the value at pixel order[position]"),
+                        *states_out]},
+        DRAW: {
+            "purpose": "the inverse-CDF draw (use it to keep sampling on a device)",
+            "inputs": [io("logits", "float32", ["B", k], "a step's logits"),
+                       io("noise", "float64", ["B"], "uniform in [0, 1)")],
+            "outputs": [io("value", "int64", ["B"], "the drawn value, 0..K-1 (see draw_rule)")]},
+        SAMPLE: {
+            "purpose": "whole ancestral sampling in one call (an ONNX Loop over the D steps)",
+            "inputs": [io("noise", "float64", ["B", d], "uniform in [0, 1); column d drives step d (see noise_rule)")],
+            "outputs": [io("images", "int64", image, "the samples, in image layout")]},
+    }

@@ -5,9 +5,14 @@
     nll = -model.log_prob(images)               # nats, (N,)
     samples = model.sample(64, seed=0)          # int64 (64, C, H, W)
 
+Opening a folder first checks its manifest (format, sha256 of every file) and the external
+data every graph names (only files of the folder), so a mixed, modified or hostile folder
+is refused with one RuntimeLoadError line before onnxruntime reads it.
+
 Sampling is a Python loop around ``step.onnx``: D calls, each costing what the
 model's own cached ``step`` costs. Given the same uniform noise (n, D) it draws the
-same values as torch's ``DensityModel.sample(noise=...)`` (inverse CDF in float64).
+same values as torch's ``DensityModel.sample(noise=...)`` (inverse CDF in float64);
+``sample(..., engine="graph")`` runs the whole loop inside ``sample.onnx`` instead.
 On CUDA (or with ``io_binding=True``) the state tensors stay on the device between
 steps as OrtValues bound through IOBinding, the draw runs in ``draw.onnx`` on the
 device, and only the drawn values (n int64 per step) are copied to the host.
@@ -15,7 +20,6 @@ device, and only the drawn values (n int64 per step) are copied to the host.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -23,27 +27,49 @@ import numpy as np
 import onnxruntime as ort
 
 from densreg.registry.errors import DataError, RuntimeLoadError
+from densreg.registry.saved import SavedModelInfo
 from densreg.registry.version import __version__
 
 from . import format as fmt
+from . import manifest as manifest_file
+from .protoscan import check_external_data
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 PROVIDER_CHOICES = ("auto", "cuda", "cpu")
+ENGINES = ("steps", "graph")
+# Intra-op threads when neither ``threads`` nor OMP_NUM_THREADS says: measured on 2 shared cores,
+# sampling (D small calls) is fastest on one thread; whole-image scoring gains from a second one.
+DEFAULT_SAMPLING_THREADS, DEFAULT_SCORING_THREADS = 1, 2
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Full graph optimisation, ``threads`` intra-op threads (default: all cores), quiet logs."""
+def resolve_threads(threads: int | None, default: int) -> int:
+    """``threads`` if given, else $OMP_NUM_THREADS if a positive integer, else ``default`` (capped at the cores)."""
+    if threads is not None:
+        if int(threads) < 1:
+            raise RuntimeLoadError(f"threads must be at least 1, got {threads}")
+        return int(threads)
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, min(default, os.cpu_count() or 1))
+
+
+def session_options(threads: int | None = None, default: int = DEFAULT_SAMPLING_THREADS) -> ort.SessionOptions:
+    """Full graph optimisation, intra-op threads from ``resolve_threads``, quiet logs."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = resolve_threads(threads, default)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: a CUDA provider that fails to load is handled here
     return options
 
 
-def _open_session(path: Path, providers: list[str], options: ort.SessionOptions) -> ort.InferenceSession:
+def _open_session(path: Path, providers: list[str], options: ort.SessionOptions,
+                  external: set[str]) -> ort.InferenceSession:
+    """A session on ``path`` once its external data is known to be among the folder's ``external`` files."""
     if not path.is_file():
         raise RuntimeLoadError(f"{path.parent} is not a complete densreg export: {path.name} is missing")
+    check_external_data(path, external)
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for bad files
@@ -123,13 +149,51 @@ def resolve_providers(provider: str) -> list[str]:
     return [CUDA, CPU]
 
 
+def step_loop(session: ort.InferenceSession, state_specs: list[dict], initial: list[np.ndarray],
+              noise: np.ndarray) -> np.ndarray:
+    """Ancestral sampling by D calls of a step.onnx session, numpy state on the host, the draw in
+    numpy float64: noise (n, D) -> values int64 (n, D) in generation order."""
+    n, d_total = noise.shape
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    names = [s["name"] for s in state_specs]
+    feed = {name: a for name, a in zip(names, tile_initial(state_specs, initial, n)) if name in inputs}
+    has_value, has_position = "value" in inputs, "position" in inputs
+    value = np.zeros(n, dtype=np.int64)
+    values = np.empty((n, d_total), dtype=np.int64)
+    for d in range(d_total):
+        if has_value:
+            feed["value"] = value
+        if has_position:
+            feed["position"] = np.array(d, dtype=np.int64)
+        logits, *state = session.run(outputs, feed)
+        for name, array in zip(names, state):
+            if name in feed:
+                feed[name] = array
+        value = fmt.draw_numpy(logits, noise[:, d])
+        values[:, d] = value
+    return values
+
+
+def tile_initial(state_specs: list[dict], initial: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """Each state's stored one-row initial value repeated to ``n`` rows along its batch axis."""
+    out = []
+    for spec, a in zip(state_specs, initial):
+        axis = spec.get("batch_axis", 0)
+        shape = a.shape if axis is None else (*a.shape[:axis], n, *a.shape[axis + 1:])
+        out.append(np.ascontiguousarray(np.broadcast_to(a, shape)))
+    return out
+
+
 class ExportedModel:
     """An export folder opened in onnxruntime: density and sampling, numpy in and out.
 
     ``provider``: the execution provider in use (e.g. "CPUExecutionProvider");
-    ``info``: a SavedModelInfo; ``event_shape``, ``num_categories``, ``num_positions``,
-    ``order`` (D,) int64 as the torch model's. ``io_binding`` (default: on for
-    CUDA) keeps the sampling state on the device; it works on CPU too.
+    ``info``: a SavedModelInfo; ``manifest``: the folder's manifest.json (dict);
+    ``event_shape``, ``num_categories``, ``num_positions``, ``order`` (D,) int64 as the
+    torch model's. ``threads``: intra-op threads (default $OMP_NUM_THREADS, else one for the
+    sampling graphs and two for whole-image scoring). ``io_binding`` (default: on for CUDA)
+    keeps the sampling state on the device; it works on CPU too.
     """
 
     def __init__(self, path, provider: str = "auto", threads: int | None = None,
@@ -137,55 +201,70 @@ class ExportedModel:
         self.path = Path(path)
         if not self.path.is_dir():
             raise RuntimeLoadError(f"no such export folder: {self.path}")
+        self.manifest = manifest = manifest_file.read_verified(self.path)
+        try:
+            self.info = self._parse_info(manifest)
+            self.order = np.asarray(manifest["order"], dtype=np.int64)
+            self.state_specs = list(manifest["state"])
+            self._initial = [fmt.decode_array(s["initial"]) for s in self.state_specs]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise RuntimeLoadError(f"{self.path / fmt.MANIFEST}: incomplete or invalid: {type(exc).__name__}: "
+                                   f"{exc}") from exc
+        self._check_version()
         providers = resolve_providers(provider)
-        options = session_options(threads)
-        self.conditionals = _open_session(self.path / fmt.CONDITIONALS, providers, options)
-        self.step_session = _open_session(self.path / fmt.STEP, providers, options)
-        self.draw_session = _open_session(self.path / fmt.DRAW, providers, options)
+        external = {fmt.WEIGHTS} & set(manifest["files"])
+        scoring, sampling = session_options(threads, DEFAULT_SCORING_THREADS), session_options(threads)
+        self.conditionals = _open_session(self.path / fmt.CONDITIONALS, providers, scoring, external)
+        self.step_session = _open_session(self.path / fmt.STEP, providers, sampling, external)
+        self.draw_session = _open_session(self.path / fmt.DRAW, providers, sampling, external)
+        self._sample_session = None  # sample.onnx opens on first use (engine="graph")
+        self._providers, self._sampling_options, self._external = providers, sampling, external
+        self._check_export_ids(self.conditionals, self.step_session, self.draw_session)
         self.provider = self.step_session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
-        meta = self._read_metadata()
-        try:
-            self.info = fmt.parse_info(meta)
-        except (KeyError, ValueError) as exc:
-            raise RuntimeLoadError(f"{self.path}: export metadata is incomplete or invalid: {exc}") from exc
         self.name = self.info.model
         self.event_shape = self.info.event_shape
         self.num_categories = self.info.num_categories
-        self.order = np.asarray(json.loads(meta["order"]), dtype=np.int64)
         self.num_positions = int(np.prod(self.event_shape))
-        self.state_specs = json.loads(meta["state"])
-        self._initial = [fmt.decode_array(s["initial"]) for s in self.state_specs]
         self._step_inputs = {i.name for i in self.step_session.get_inputs()}
         self._step_outputs = [o.name for o in self.step_session.get_outputs()]
         self._positions = [np.array(d, dtype=np.int64) for d in range(self.num_positions)]
         if len(self.order) != self.num_positions or sorted(self.order.tolist()) != list(range(self.num_positions)):
-            raise RuntimeLoadError(f"{self.path}: metadata 'order' is not a permutation of the {self.num_positions} "
+            raise RuntimeLoadError(f"{self.path}: manifest 'order' is not a permutation of the {self.num_positions} "
                                    "positions")
 
-    def _read_metadata(self) -> dict[str, str]:
-        metas = {}
-        for name, session in ((fmt.CONDITIONALS, self.conditionals), (fmt.STEP, self.step_session),
-                              (fmt.DRAW, self.draw_session)):
+    @staticmethod
+    def _parse_info(manifest: dict) -> SavedModelInfo:
+        model = manifest["model"]
+        return SavedModelInfo(model=model["name"], config=dict(model["config"]),
+                              event_shape=tuple(int(n) for n in manifest["event_shape"]),
+                              num_categories=int(manifest["num_categories"]), ordering=str(manifest["ordering"]),
+                              densreg_version=str(model.get("densreg_version", "")), plugin=str(model["plugin"]),
+                              distribution=str(model["distribution"]), distribution_version=str(model["version"]),
+                              opset=int(manifest["versions"]["opset"]), parity=manifest.get("parity"))
+
+    def _check_version(self) -> None:
+        theirs, ours = self.info.densreg_version or "?", __version__
+        if fmt.major(theirs) != fmt.major(ours):
+            raise RuntimeLoadError(f"{self.path} was exported by densreg {theirs}, another major version than this "
+                                   f"densreg {ours}; re-export it with this version")
+
+    def _check_export_ids(self, *sessions) -> None:
+        for session in sessions:
             meta = dict(session.get_modelmeta().custom_metadata_map)
-            if meta.get("format") != fmt.FORMAT:
-                raise RuntimeLoadError(f"{self.path / name} is not a densreg export (metadata format "
-                                       f"{meta.get('format')!r}, expected {fmt.FORMAT!r})")
-            theirs, ours = meta.get("densreg_version", "?"), __version__
-            if fmt.major(theirs) != fmt.major(ours):
-                raise RuntimeLoadError(f"{self.path / name} was exported by densreg {theirs}, another major version "
-                                       f"than this densreg {ours}; re-export it with this version")
-            metas[name] = meta
-        keys = ("model", "config", "event_shape", "num_categories", "order", "state")
-        first = metas[fmt.CONDITIONALS]
-        missing = [k for k in keys if k not in first]
-        if missing:
-            raise RuntimeLoadError(f"{self.path / fmt.CONDITIONALS}: metadata lacks {', '.join(missing)}")
-        for name, meta in metas.items():
-            if any(meta.get(k) != first.get(k) for k in keys):
-                raise RuntimeLoadError(f"{self.path}: {name} and {fmt.CONDITIONALS} come from different exports")
-        return first
+            if meta.get("format") != fmt.FORMAT or meta.get("export_id") != self.manifest.get("export_id"):
+                raise RuntimeLoadError(f"{self.path}: a graph's export id {meta.get('export_id')!r} is not the "
+                                       f"manifest's {self.manifest.get('export_id')!r}: the folder mixes exports")
+
+    @property
+    def sample_session(self) -> ort.InferenceSession:
+        """sample.onnx (opened on first use)."""
+        if self._sample_session is None:
+            session = _open_session(self.path / fmt.SAMPLE, self._providers, self._sampling_options, self._external)
+            self._check_export_ids(session)
+            self._sample_session = session
+        return self._sample_session
 
     def __repr__(self) -> str:
         return f"ExportedModel({str(self.path)!r}, model={self.name!r}, provider={self.provider!r})"
@@ -217,6 +296,10 @@ class ExportedModel:
         """Exact log-likelihood in nats, float32 (B,)."""
         return self._run_conditionals(x, ["log_prob"])[0]
 
+    def pixel_log_probs(self, x) -> np.ndarray:
+        """log p(x_i | values before it) in nats, float32 (B, C, H, W) in image layout."""
+        return self._run_conditionals(x, ["pixel_log_prob"])[0]
+
     def nll(self, x, batch_size: int = 500) -> np.ndarray:
         """-log p(x) in nats per image, float64 (N,), in batches of ``batch_size``."""
         x = np.asarray(x)
@@ -226,16 +309,32 @@ class ExportedModel:
     # -- sampling -----------------------------------------------------------------
     def initial_state(self, n: int) -> list[np.ndarray]:
         """The state before position 0 for ``n`` rows (numpy, one array per state tensor)."""
-        out = []
-        for spec, a in zip(self.state_specs, self._initial):
-            axis = spec.get("batch_axis", 0)
-            shape = a.shape if axis is None else (*a.shape[:axis], n, *a.shape[axis + 1:])
-            out.append(np.ascontiguousarray(np.broadcast_to(a, shape)))
-        return out
+        return tile_initial(self.state_specs, self._initial, n)
+
+    def _check_step(self, value, position, state) -> np.ndarray:
+        value = np.asarray(value)
+        if value.ndim != 1 or value.dtype.kind not in "iu":
+            raise DataError(f"step value must be a 1-D integer array (B,), got {value.dtype} of shape {value.shape}")
+        if value.size and (value.min() < 0 or value.max() >= self.num_categories):
+            raise DataError(f"step values must lie in 0..{self.num_categories - 1}; got {value.min()} to "
+                            f"{value.max()}")
+        if not isinstance(position, (int, np.integer)) or not 0 <= position < self.num_positions:
+            raise DataError(f"step position must be an integer 0..{self.num_positions - 1}, got {position!r}")
+        if len(state) != len(self.state_specs):
+            raise DataError(f"step takes {len(self.state_specs)} state arrays, got {len(state)}")
+        for spec, a in zip(self.state_specs, state):
+            a = np.asarray(a)
+            expected = [len(value) if n == "batch" else n for n in spec["shape"]]
+            if list(a.shape) != expected or a.dtype != np.dtype(spec["dtype"]):
+                raise DataError(f"step state {spec['name']} must be {spec['dtype']} of shape {tuple(expected)}, "
+                                f"got {a.dtype} of shape {a.shape}")
+        return value.astype(np.int64, copy=False)
 
     def step(self, value: np.ndarray, position: int, state: list[np.ndarray]):
-        """One ``step.onnx`` call: value (B,) int64, position int -> logits (B, K), new state."""
-        feed = {"value": np.asarray(value, dtype=np.int64), "position": self._positions[position],
+        """One ``step.onnx`` call: value (B,) int64 (x at order[position-1], zeros at 0), position
+        0..D-1 -> logits (B, K) of the value at order[position], new state. DataError on bad input."""
+        value = self._check_step(value, position, state)
+        feed = {"value": value, "position": self._positions[position],
                 **{s["name"]: a for s, a in zip(self.state_specs, state)}}
         logits, *state = self.step_session.run(None, {k: v for k, v in feed.items() if k in self._step_inputs})
         return logits, state
@@ -248,17 +347,23 @@ class ExportedModel:
             raise DataError(f"noise must have shape ({n}, {self.num_positions}), got {noise.shape}")
         return noise
 
-    def sample(self, n: int, seed: int | None = None, noise=None) -> np.ndarray:
+    def sample(self, n: int, seed: int | None = None, noise=None, engine: str = "steps") -> np.ndarray:
         """Exact ancestral samples, int64 (n, C, H, W).
 
         ``noise`` (n, D) uniform in [0, 1) fixes the draw; otherwise it is
         ``numpy.random.default_rng(seed).random((n, D))`` (pass the same array to
         torch's ``model.sample(noise=torch.from_numpy(noise))`` for the same images).
+        ``engine``: "steps" (a Python loop over step.onnx; IOBinding on CUDA) or "graph"
+        (one call of sample.onnx); both draw the same images.
         """
         n = int(n)
         if n < 1:
             raise DataError(f"number of samples must be at least 1, got {n}")
+        if engine not in ENGINES:
+            raise DataError(f"unknown sampling engine {engine!r}; expected one of {', '.join(ENGINES)}")
         noise = self._noise(n, seed, noise)
+        if engine == "graph":
+            return self.sample_session.run(["images"], {"noise": noise})[0]
         values = self._sample_bound(noise) if self.io_binding else self._sample_host(noise)
         flat = np.empty_like(values)
         flat[:, self.order] = values
@@ -266,27 +371,7 @@ class ExportedModel:
 
     def _sample_host(self, noise: np.ndarray) -> np.ndarray:
         """Step loop with numpy state on the host (fastest on CPU); the draw in numpy float64."""
-        n = len(noise)
-        run, outputs = self.step_session.run, self._step_outputs
-        names = [s["name"] for s in self.state_specs]
-        feed = {name: a for name, a in zip(names, self.initial_state(n))}
-        keep = [name for name in names if name in self._step_inputs]
-        feed = {k: feed[k] for k in keep}
-        has_value, has_position = "value" in self._step_inputs, "position" in self._step_inputs
-        value = np.zeros(n, dtype=np.int64)
-        values = np.empty((n, self.num_positions), dtype=np.int64)
-        for d in range(self.num_positions):
-            if has_value:
-                feed["value"] = value
-            if has_position:
-                feed["position"] = self._positions[d]
-            logits, *state = run(outputs, feed)
-            for name, array in zip(names, state):
-                if name in feed:
-                    feed[name] = array
-            value = fmt.draw_numpy(logits, noise[:, d])
-            values[:, d] = value
-        return values
+        return step_loop(self.step_session, self.state_specs, self._initial, noise)
 
     def _sample_bound(self, noise: np.ndarray) -> np.ndarray:
         """Step loop through IOBinding: state, logits and the drawn value stay on ``self.device``.

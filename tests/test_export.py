@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
 
 from densreg.export import ExportError, export_model
 from densreg.export import format as fmt
+from densreg.export import readme
 from densreg.export.runtime import ExportedModel
 from densreg.registry.testing import single_torch_thread  # noqa: F401 (autouse: one torch thread)
 from densreg.registry import DataError, DensityModel, DensregError, create_model, list_models, load_checkpoint
@@ -88,32 +92,106 @@ def random_images(model, batch, seed=1):
 
 
 @pytest.mark.parametrize("name,case", params(CASES))
-def test_export_parity_and_metadata(exported, name, case):
+def test_export_parity_and_manifest(exported, name, case):
     model, report, ort_model = exported(name, case)
     assert report["max_abs_diff"] <= LOGITS_ATOL and report["log_prob_max_abs_diff"] <= LOG_PROB_ATOL
-    assert sorted(os.path.basename(f) for f in report["files"]) == sorted(fmt.FILES)
-    for path in report["files"]:
-        proto = onnx.load(path)
+    assert sorted(os.listdir(report["dir"])) == sorted(fmt.FILES)
+    manifest = json.loads((ort_model.path / fmt.MANIFEST).read_text())
+    assert manifest["model"]["name"] == name and manifest["model"]["config"] == model.config()
+    assert manifest["model"]["qualified_name"].endswith(":" + name) and manifest["model"]["distribution"]
+    assert manifest["event_shape"] == list(model.event_shape) and manifest["num_categories"] == model.num_categories
+    assert manifest["ordering"] == model.ordering and manifest["order"] == model.order.tolist()
+    assert manifest["value_range"] == [0, model.num_categories - 1] and manifest["versions"]["opset"] >= 18
+    assert sorted(manifest["files"]) == sorted(set(fmt.FILES) - {fmt.MANIFEST})
+    for spec, tensor in zip(manifest["state"], model.initial_state(2), strict=True):  # batch axis: any one axis
+        axis = spec["batch_axis"]
+        assert spec["shape"] == ["batch" if i == axis else n for i, n in enumerate(tensor.shape)]
+        assert (axis is None or tensor.shape[axis] == 2) and spec["dtype"] == str(tensor.dtype)[6:]
+        assert spec["output"] == "new_" + spec["name"]
+    for graph in fmt.GRAPHS:
+        proto = onnx.load(ort_model.path / graph)  # loads weights.bin too
         onnx.checker.check_model(proto, full_check=True)
         assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 18
-        meta = {p.key: p.value for p in proto.metadata_props}
-        assert meta["model"] == name and json.loads(meta["config"]) == model.config()
-        assert json.loads(meta["event_shape"]) == list(model.event_shape)
-        assert int(meta["num_categories"]) == model.num_categories and meta["ordering"] == model.ordering
-        assert json.loads(meta["order"]) == model.order.tolist() and int(meta["opset"]) >= 18
-        state = json.loads(meta["state"])
-        for spec, tensor in zip(state, model.initial_state(2), strict=True):  # batch axis: any one axis
-            axis = spec["batch_axis"]
-            assert spec["shape"] == ["batch" if i == axis else n for i, n in enumerate(tensor.shape)]
-            assert (axis is None or tensor.shape[axis] == 2) and spec["dtype"] == str(tensor.dtype)[6:]
-    step = onnx.load(report["files"][1])
-    assert [o.name for o in step.graph.output] == ["logits", *[f"new_{s['name']}" for s in state]]
+        assert {p.key: p.value for p in proto.metadata_props} == {
+            "format": fmt.FORMAT, "export_id": manifest["export_id"], "graph": graph.removesuffix(".onnx")}
+        described = manifest["graphs"][graph]
+        assert [i.name for i in proto.graph.input] == [i["name"] for i in described["inputs"]
+                                                       if i["name"] in {j.name for j in proto.graph.input}]
+        assert [o.name for o in proto.graph.output] == [o["name"] for o in described["outputs"]]
     for batch in (1, 7, 64):  # other batch sizes than the one traced with (3)
         x = random_images(model, batch, seed=batch)
         with torch.no_grad():
             logits, log_prob = model.conditional_logits(x).numpy(), model.log_prob(x).numpy()
+            pixel = model.pixel_log_probs(x).numpy()
         assert np.abs(ort_model.conditional_logits(x.numpy()) - logits).max() <= LOGITS_ATOL
         assert np.abs(ort_model.log_prob(x.numpy()) - log_prob).max() <= LOG_PROB_ATOL
+        ort_pixel = ort_model.pixel_log_probs(x.numpy())
+        assert ort_pixel.shape == (batch, *model.event_shape) and np.abs(ort_pixel - pixel).max() <= LOG_PROB_ATOL
+
+
+NO_TORCH_NO_DENSREG = """
+import importlib.abc, sys
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "densreg", "onnx", "onnxscript"}:
+            raise ImportError(f"{name} is blocked: a serving box has onnxruntime and numpy only")
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+@pytest.mark.parametrize("name,case", params(["small"]))
+def test_readme_snippet_reproduces_the_golden_vectors(exported, name, case, tmp_path):
+    """The generated README's client, run from the folder with torch and densreg unimportable."""
+    model, report, _ = exported(name, case)
+    folder = report["dir"]
+    snippet = readme.snippet_of(open(os.path.join(folder, fmt.README)).read())
+    (tmp_path / "sitecustomize.py").write_text(NO_TORCH_NO_DENSREG)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", snippet], cwd=folder, capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("ok "))
+    golden = json.load(open(os.path.join(folder, fmt.GOLDEN)))
+    images = torch.tensor(golden["images"])
+    with torch.no_grad():  # the golden vectors are the torch model's own values
+        assert np.abs(np.array(printed) - model.log_prob(images).numpy()).max() <= LOG_PROB_ATOL
+        noise = torch.tensor(golden["noise"], dtype=torch.float64)
+        assert golden["noise"] == np.random.default_rng(golden["seed"]).random(noise.shape).tolist()
+        assert np.array_equal(model.sample(len(noise), noise=noise).numpy(), np.array(golden["samples"]))
+
+
+@pytest.mark.parametrize("name,case", params(["small"]))
+def test_graphs_are_lean_and_convertible(exported, name, case, tmp_path):
+    """No debug metadata or build paths, weights stored once, and quantize_dynamic and onnxruntime's
+    float16 converter run on every graph (the float16 graph loads)."""
+    from onnxruntime.quantization import quantize_dynamic
+    from densreg.export.exporter import _to_float16
+
+    _, report, _ = exported(name, case)
+    folder = report["dir"]
+    blobs = []
+    for graph in fmt.GRAPHS:
+        path = os.path.join(folder, graph)
+        raw = open(path, "rb").read()
+        assert b"/work/" not in raw and b"site-packages" not in raw and b"stack_trace" not in raw
+        proto = onnx.load(path, load_external_data=False)
+        assert not proto.graph.value_info and all(not n.metadata_props and not n.doc_string for n in proto.graph.node)
+        blobs += [t.raw_data for t in proto.graph.initializer if len(t.raw_data) >= 1024]
+        quantize_dynamic(path, tmp_path / f"q-{graph}")  # (pixelrnn's int8 LSTM crashes onnxruntime 1.31 on load)
+        half = _to_float16(onnx.load(path))  # onnxruntime's converter, recurrent ops kept in float32
+        ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert blobs == []  # every large tensor is in weights.bin, once
+    weights = open(os.path.join(folder, fmt.WEIGHTS), "rb").read()
+    stored = set()
+    for graph in fmt.GRAPHS:
+        for t in onnx.load(os.path.join(folder, graph), load_external_data=False).graph.initializer:
+            entry = {e.key: e.value for e in t.external_data}
+            if entry:
+                assert entry["location"] == fmt.WEIGHTS
+                stored.add((int(entry["offset"]), int(entry["length"])))
+    assert sum(length for _, length in stored) <= len(weights) < sum(length for _, length in stored) + 64 * len(stored) + 1
+    chunks = [weights[o:o + n] for o, n in stored]
+    assert len(set(chunks)) == len(chunks)  # no tensor written twice
 
 
 def assert_same_samples(model, ort_model, n, seed=0):
@@ -141,6 +219,8 @@ def test_same_noise_same_samples(exported, name, case):
     model, _, ort_model = exported(name, case)
     for n in ((1, 7, 64) if case == "small" else (7,)):
         assert_same_samples(model, ort_model, n, seed=n)
+        noise = np.random.default_rng(n).random((n, model.num_positions))  # sample.onnx: the same images
+        assert np.array_equal(ort_model.sample(n, noise=noise, engine="graph"), ort_model.sample(n, noise=noise))
 
 
 def test_sampling_through_iobinding_matches(exported):
@@ -320,5 +400,5 @@ def test_cli_errors_are_one_line(tmp_path):
         f"Error: no such checkpoint file: {tmp_path / 'missing.safetensors'}"]
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(cli, ["eval", str(tmp_path / "empty"), "--dataset", "digits"])
-    assert result.exit_code == 1 and "conditionals.onnx is missing" in result.output
+    assert result.exit_code == 1 and "manifest.json is missing" in result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from densreg.export import RuntimeLoadError, export_model
 from densreg.export import format as fmt
 from densreg.export.exporter import draw_graph
+from densreg.export.manifest import file_digest
 from densreg.export.runtime import CPU, CUDA, ExportedModel, runtime_info, usable_providers
 from densreg.registry import DataError, DensregError, __version__, categorical_from_uniform, create_model
 from densreg.app.cli import cli
@@ -80,7 +81,7 @@ def test_runtime_without_torch(export_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["heavy"] == [] and result["provider"] in (CPU, CUDA)
-    assert result["error"][:2] == ["RuntimeLoadError", True] and "conditionals.onnx is missing" in result["error"][2]
+    assert result["error"][:2] == ["RuntimeLoadError", True] and "manifest.json is missing" in result["error"][2]
     with torch.no_grad():
         assert np.abs(np.array(result["log_prob"]) - model.log_prob(torch.from_numpy(x)).numpy()).max() < 1e-3
         expected = model.sample(6, noise=torch.from_numpy(noise)).numpy()
@@ -187,46 +188,147 @@ def copy_export(src, dst):
     return dst
 
 
-def set_metadata(path, **changes):
-    proto = onnx.load(path)
-    props = {p.key: p.value for p in proto.metadata_props}
-    props.update(changes)
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, props)
-    onnx.save(proto, path)
+def edit_manifest(folder, **changes):
+    manifest = json.loads((folder / fmt.MANIFEST).read_text())
+    for key, value in changes.items():
+        target, *path = key.split("__")
+        node = manifest
+        for part in [target, *path][:-1]:
+            node = node[part]
+        node[[target, *path][-1]] = value
+    (folder / fmt.MANIFEST).write_text(json.dumps(manifest))
 
 
-def test_broken_folders_give_clear_errors(export_dir, tmp_path):
+def rehash(folder):
+    """Make the manifest's digests match the files again (a hand-edited or hostile folder)."""
+    manifest = json.loads((folder / fmt.MANIFEST).read_text())
+    manifest["files"] = {name: file_digest((folder / name).read_bytes()) for name in manifest["files"]}
+    (folder / fmt.MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def other_export(tmp_path_factory):
+    """The same config as export_dir with other weights."""
+    model = create_model("markov", (2, 3, 4), 3, order=2, ordering="snake")
+    with torch.no_grad():
+        model.log_probs.copy_(torch.randn(model.log_probs.shape, generator=torch.Generator().manual_seed(1)))
+    out = tmp_path_factory.mktemp("rt") / "markov-other"
+    export_model(model, out)
+    return out
+
+
+def test_broken_folders_give_clear_errors(export_dir, other_export, tmp_path):
     _, out = export_dir
     cases = {}
     d = copy_export(out, tmp_path / "corrupt")
     (d / fmt.STEP).write_bytes(os.urandom(2000))
+    cases[d] = "step.onnx does not match the manifest (size or sha256 differs)"
+    d = copy_export(out, tmp_path / "corrupt-rehashed")
+    (d / fmt.STEP).write_bytes(os.urandom(2000))
+    rehash(d)
     cases[d] = "step.onnx is not a loadable ONNX model"
     d = copy_export(out, tmp_path / "truncated")
     data = (d / fmt.CONDITIONALS).read_bytes()
     (d / fmt.CONDITIONALS).write_bytes(data[: len(data) // 2])
-    cases[d] = "conditionals.onnx is not a loadable ONNX model (truncated or corrupt?)"
+    cases[d] = "conditionals.onnx does not match the manifest"
     d = copy_export(out, tmp_path / "missing")
     (d / fmt.DRAW).unlink()
     cases[d] = "not a complete densreg export: draw.onnx is missing"
+    d = copy_export(out, tmp_path / "no-manifest")
+    (d / fmt.MANIFEST).unlink()
+    cases[d] = "not a complete densreg export: manifest.json is missing"
     d = copy_export(out, tmp_path / "major")
     future = f"{int(fmt.major(__version__)) + 1}.0.0"
-    set_metadata(d / fmt.STEP, densreg_version=future)
+    edit_manifest(d, model__densreg_version=future)
     cases[d] = f"was exported by densreg {future}, another major version"
     d = copy_export(out, tmp_path / "foreign")
-    set_metadata(d / fmt.CONDITIONALS, format="something-else")
-    cases[d] = "is not a densreg export (metadata format 'something-else'"
-    d = copy_export(out, tmp_path / "mixed")
-    set_metadata(d / fmt.STEP, config=json.dumps({"other": 1}))
-    cases[d] = "come from different exports"
+    edit_manifest(d, format="something-else")
+    cases[d] = "is not a densreg export of this version (manifest format 'something-else'"
+    d = copy_export(out, tmp_path / "mixed")  # same config, other weights: two exports' files in one folder
+    shutil.copy(other_export / fmt.STEP, d / fmt.STEP)
+    cases[d] = "step.onnx does not match the manifest (size or sha256 differs): the folder mixes files"
+    d = copy_export(out, tmp_path / "mixed-rehashed")
+    shutil.copy(other_export / fmt.STEP, d / fmt.STEP)
+    rehash(d)
+    cases[d] = "the folder mixes exports"
+    d = copy_export(out, tmp_path / "symlink")
+    (d / fmt.STEP).unlink()
+    (d / fmt.STEP).symlink_to(other_export / fmt.STEP)
+    cases[d] = "step.onnx is not a regular file (a symlink"
+    d = copy_export(out, tmp_path / "fifo")
+    (d / fmt.GOLDEN).unlink()
+    os.mkfifo(d / fmt.GOLDEN)
+    cases[d] = "golden.json is not a regular file"
+    d = copy_export(out, tmp_path / "escape")
+    edit_manifest(d, files__x={"sha256": "0", "bytes": 1})
+    manifest = json.loads((d / fmt.MANIFEST).read_text())
+    manifest["files"]["../x"] = manifest["files"].pop("x")
+    (d / fmt.MANIFEST).write_text(json.dumps(manifest))
+    cases[d] = "lists '../x', which is not a file of the folder itself"
+    d = copy_export(out, tmp_path / "not-json")
+    (d / fmt.MANIFEST).write_text("{")
+    cases[d] = "manifest.json is not a valid densreg manifest"
     cases[tmp_path / "nowhere"] = "no such export folder"
     for folder, message in cases.items():
         with pytest.raises(RuntimeLoadError) as err:
             ExportedModel(folder, provider="cpu")
-        assert message in str(err.value) and isinstance(err.value, DensregError), (folder.name, str(err.value))
+        text = str(err.value)
+        assert message in text and isinstance(err.value, DensregError) and "\n" not in text, (folder.name, text)
     minor = copy_export(out, tmp_path / "minor")  # same major version: loads
-    set_metadata(minor / fmt.STEP, densreg_version=f"{fmt.major(__version__)}.99.0")
+    edit_manifest(minor, model__densreg_version=f"{fmt.major(__version__)}.99.0")
     ExportedModel(minor, provider="cpu")
     result = CliRunner().invoke(cli, ["sample", str(tmp_path / "truncated"), "--out", str(tmp_path / "s.png")])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
-    assert result.output.startswith("Error: ") and "truncated or corrupt" in result.output
+    assert result.output.startswith("Error: ") and "does not match the manifest" in result.output
+
+
+def point_at_external(path, location):
+    """Rewrite the largest initializer of the ONNX file ``path`` to read its bytes from ``location``."""
+    proto = onnx.load(path, load_external_data=False)
+    tensor = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    length = len(tensor.raw_data)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
+    onnx.save(proto, path)
+
+
+@pytest.mark.parametrize("location", ["../../../../../../etc/passwd", "/etc/passwd", "outside.bin", "sub/x.bin"])
+def test_external_data_outside_the_folder_is_refused(export_dir, tmp_path, location):
+    import onnxruntime as ort
+
+    _, out = export_dir
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\x01" * 4096)
+    d = copy_export(out, tmp_path / "hostile")
+    if location == "outside.bin":  # a symlink in the folder to a file outside it
+        (d / location).symlink_to(secret)
+    if location == "sub/x.bin":
+        (d / "sub").mkdir()
+        (d / "sub" / "x.bin").write_bytes(b"\x01" * 4096)
+    point_at_external(d / fmt.CONDITIONALS, location)
+    rehash(d)
+    with pytest.raises(RuntimeLoadError, match=f"refers to external data '{location}'.*refusing to load it"):
+        ExportedModel(d, provider="cpu")
+    if location != "sub/x.bin":  # onnxruntime itself (>= the floor in pyproject) refuses them too
+        with pytest.raises(Exception, match="(?i)external data|escapes|absolute"):
+            ort.InferenceSession(str(d / fmt.CONDITIONALS), providers=[CPU])
+
+
+def test_external_locations_are_found_at_any_depth(export_dir, tmp_path):
+    from densreg.export.protoscan import external_locations
+
+    _, out = export_dir
+    d = copy_export(out, tmp_path / "deep")
+    point_at_external(d / fmt.CONDITIONALS, "a.bin")
+    assert set(external_locations((d / fmt.CONDITIONALS).read_bytes())) - {fmt.WEIGHTS} == {"a.bin"}
+    proto = onnx.load(d / fmt.SAMPLE, load_external_data=False)  # a Loop body holds the step's nodes
+    loop = next(n for n in proto.graph.node if n.op_type == "Loop")
+    body = loop.attribute[0].g
+    body.node.append(onnx.helper.make_node("Constant", [], ["c"], value=onnx.TensorProto(
+        name="c", data_type=onnx.TensorProto.FLOAT, dims=[1], data_location=onnx.TensorProto.EXTERNAL,
+        external_data=[onnx.StringStringEntryProto(key="location", value="../deep.bin")])))
+    assert set(external_locations(proto.SerializeToString())) - {fmt.WEIGHTS} == {"../deep.bin"}
+    with pytest.raises(ValueError):
+        external_locations(b"\x3a\xff\xff")  # a length past the end

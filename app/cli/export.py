@@ -12,19 +12,24 @@ from .common import echo_json
 @click.command(name="export")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder to write (conditionals.onnx, step.onnx, draw.onnx).")
+              help="Folder to write (ONNX graphs, weights.bin, manifest.json, README.md, golden.json).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Precision of the graphs' weights and arithmetic (inputs and outputs keep their types).")
 @click.option("--no-parity", is_flag=True, help="Skip the onnxruntime-vs-torch parity check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export_command(checkpoint, out, no_parity, as_json):
-    """Export a checkpoint to ONNX, check it, and compare onnxruntime with torch."""
+def export_command(checkpoint, out, dtype, no_parity, as_json):
+    """Export a checkpoint to an ONNX folder a serving team can run with onnxruntime and numpy
+    alone, check it, and compare onnxruntime with torch."""
     from densreg.export import export_model
 
     model, info = load_checkpoint(checkpoint)
-    report = export_model(model, out, name=info.qualified_name, parity=not no_parity)
+    report = export_model(model, out, name=info.qualified_name, parity=not no_parity, dtype=dtype, source=info)
     if as_json:
         echo_json(report)
         return
-    click.echo(f"exported {info.model} to {out} in {report['seconds']:.1f} s (opset {report['opset']})")
+    size = sum(report["sizes"].values())
+    click.echo(f"exported {info.model} to {out} in {report['seconds']:.1f} s (opset {report['opset']}, {dtype}, "
+               f"{size / 1e6:.2f} MB, export id {report['export_id']})")
     if report["max_abs_diff"] is not None:
         click.echo(f"parity (onnxruntime vs torch): max abs diff {report['max_abs_diff']:.3g} in logits, "
                    f"{report['log_prob_max_abs_diff']:.3g} nats in log_prob")

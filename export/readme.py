@@ -1,0 +1,112 @@
+"""The README.md of an export folder: what it is, and a client in numpy + onnxruntime alone.
+
+``SNIPPET`` is the client: run from the folder, it scores golden.json's images, samples
+golden.json's noise through sample.onnx and through the step loop, and checks both against
+golden.json (tests run it with torch and densreg unimportable).
+"""
+
+from __future__ import annotations
+
+from . import format as fmt
+
+SNIPPET = '''\
+import base64, json
+import numpy as np
+import onnxruntime as ort
+
+manifest, golden = json.load(open("manifest.json")), json.load(open("golden.json"))
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1  # per-step work is small: one thread is fastest for sampling
+def open_graph(name):
+    return ort.InferenceSession(name, options, providers=["CPUExecutionProvider"])
+
+# density: log p(x) in nats per image, and per value in image layout (B, C, H, W)
+images = np.array(golden["images"], dtype=np.int64)  # values 0..K-1 (the runtime checks; here you do)
+log_prob, pixel_log_prob = open_graph("conditionals.onnx").run(["log_prob", "pixel_log_prob"], {"images": images})
+assert np.allclose(log_prob, golden["log_prob"], atol=golden["log_prob_atol"])
+
+# sampling in one call: noise (n, D) uniform float64 -> images (n, C, H, W)
+noise = np.array(golden["noise"], dtype=np.float64)
+samples = open_graph("sample.onnx").run(["images"], {"noise": noise})[0]
+assert (samples == np.array(golden["samples"])).all()
+
+# the same by the step loop: step d gives the logits of pixel order[d], given the value drawn at d-1
+step, order, K = open_graph("step.onnx"), np.array(manifest["order"]), manifest["num_categories"]
+n, D = noise.shape
+state = {}
+for s in manifest["state"]:  # the stored one-row initial value, tiled along the state's batch axis
+    one = np.frombuffer(base64.b64decode(s["initial"]["data"]), dtype=s["initial"]["dtype"])
+    one = one.reshape(s["initial"]["shape"])
+    state[s["name"]] = one if s["batch_axis"] is None else np.repeat(one, n, axis=s["batch_axis"])
+inputs = {i.name for i in step.get_inputs()}
+value, values = np.zeros(n, dtype=np.int64), np.empty((n, D), dtype=np.int64)
+for d in range(D):
+    feed = {"value": value, "position": np.array(d, dtype=np.int64), **state}
+    logits, *new_state = step.run(None, {k: v for k, v in feed.items() if k in inputs})
+    state = {s["name"]: a for s, a in zip(manifest["state"], new_state)}  # new_state_i -> state_i
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    cdf = np.cumsum(p / p.sum(-1, keepdims=True), -1)
+    value = np.minimum((cdf < noise[:, d, None]).sum(-1), K - 1)  # the inverse-CDF draw
+    values[:, d] = value
+pixels = np.empty_like(values)
+pixels[:, order] = values  # generation order -> pixel order
+assert (pixels.reshape(samples.shape) == samples).all()
+print("ok", log_prob.tolist())
+'''
+
+
+def render(manifest: dict) -> str:
+    """README.md text for an export described by ``manifest`` (without its files section)."""
+    model, data = manifest["model"], manifest.get("dataset") or {}
+    c, h, w = manifest["event_shape"]
+    lines = [
+        f"# {model['name']} (densreg export {manifest['export_id']})",
+        "",
+        f"An exact-likelihood density model of {c}x{h}x{w} images with values 0..{manifest['num_categories'] - 1}, "
+        f"exported by densreg {model['densreg_version']} from `{model['qualified_name']}` "
+        f"({model['distribution'] or 'no distribution'} {model['version']}). It runs with numpy and "
+        "onnxruntime alone.",
+        "",
+        f"- ordering `{manifest['ordering']}`: `order[d]` (manifest.json) is the flat pixel index (c*H*W + h*W + w) "
+        "generated at step d. `logits` of conditionals.onnx and everything in step.onnx are in generation order; "
+        "`pixel_log_prob` and images are in image layout.",
+        f"- units: log-probabilities in nats (natural log); logits are unnormalized (apply log_softmax); "
+        f"graph weights are {manifest['dtype']}, inputs and outputs as listed in manifest.json.",
+        f"- dataset: {data.get('name') or 'not recorded'}"
+        + (f" ({data['preprocessing']})" if data.get("preprocessing") else "")
+        + (f"; test NLL {data['test_nll_nats']:.4f} nats per image" if data.get("test_nll_nats") is not None else ""),
+        "- noise: " + fmt.NOISE_RULE,
+        "- draw: " + fmt.DRAW_RULE,
+        f"- versions: onnx {manifest['versions']['onnx']}, opset {manifest['versions']['opset']}, exported with "
+        f"onnxruntime {manifest['versions']['onnxruntime']} (needs {manifest['versions']['onnxruntime_minimum']} "
+        "or newer)",
+        "",
+        "| file | what |",
+        "|---|---|",
+    ]
+    for name, graph in manifest["graphs"].items():
+        ins = ", ".join(i["name"] for i in graph["inputs"])
+        outs = ", ".join(o["name"] for o in graph["outputs"])
+        lines.append(f"| {name} | {graph['purpose']}: {ins} -> {outs} |")
+    lines += [
+        f"| {fmt.WEIGHTS} | the graphs' weights, each stored once (ONNX external data) |",
+        f"| {fmt.GOLDEN} | golden vectors: images with their log_prob, and noise with the samples it gives |",
+        f"| {fmt.MANIFEST} | the meaning of every input and output (shapes, axes, units), the state pairing and "
+        "batch axes, the export id and a sha256 of every other file |",
+        "",
+        "Before use, check that every file's sha256 equals the manifest's (densreg's runtime refuses a folder "
+        "where one differs, and external data naming anything but weights.bin). A client with numpy and "
+        "onnxruntime only, run from this folder (it checks itself against golden.json):",
+        "",
+        "```python",
+        SNIPPET.rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def snippet_of(readme_text: str) -> str:
+    """The python block of a rendered README."""
+    return readme_text.split("```python\n", 1)[1].split("```", 1)[0]
