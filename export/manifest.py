@@ -17,6 +17,7 @@ from pathlib import Path
 from densreg.registry.errors import RuntimeLoadError
 
 from . import format as fmt
+from . import legacy
 
 MAX_MANIFEST_BYTES = 64 << 20
 CHUNK = 1 << 20
@@ -53,8 +54,13 @@ def _sha256(path: Path) -> str:
 
 
 def read_verified(folder: Path) -> dict:
-    """The parsed manifest of ``folder`` after checking every listed file's size and sha256."""
+    """The parsed manifest of ``folder`` after checking every listed file's size and sha256 (for a
+    folder of format 1, which has no manifest, the one ``legacy`` builds from its metadata)."""
     path = folder / fmt.MANIFEST
+    if not os.path.lexists(path):
+        older = legacy.manifest_of(folder)  # a format-1 folder: loads, unverified (it has no digests)
+        if older is not None:
+            return older
     if _regular_file(path, folder).st_size > MAX_MANIFEST_BYTES:
         raise RuntimeLoadError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB; not a densreg manifest")
     try:

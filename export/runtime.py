@@ -31,6 +31,7 @@ from densreg.registry.saved import SavedModelInfo
 from densreg.registry.version import __version__
 
 from . import format as fmt
+from . import legacy
 from . import manifest as manifest_file
 from .protoscan import check_external_data
 
@@ -202,6 +203,7 @@ class ExportedModel:
         if not self.path.is_dir():
             raise RuntimeLoadError(f"no such export folder: {self.path}")
         self.manifest = manifest = manifest_file.read_verified(self.path)
+        self.legacy = manifest["format"] == legacy.FORMAT  # format 1: no digests, sample.onnx, pixel_log_prob
         try:
             self.info = self._parse_info(manifest)
             self.order = np.asarray(manifest["order"], dtype=np.int64)
@@ -251,6 +253,8 @@ class ExportedModel:
                                    f"densreg {ours}; re-export it with this version")
 
     def _check_export_ids(self, *sessions) -> None:
+        if self.legacy:
+            return
         for session in sessions:
             meta = dict(session.get_modelmeta().custom_metadata_map)
             if meta.get("format") != fmt.FORMAT or meta.get("export_id") != self.manifest.get("export_id"):
@@ -261,6 +265,9 @@ class ExportedModel:
     def sample_session(self) -> ort.InferenceSession:
         """sample.onnx (opened on first use)."""
         if self._sample_session is None:
+            if self.legacy:
+                raise RuntimeLoadError(f"{self.path} is a format-1 export without {fmt.SAMPLE}; re-export it for "
+                                       "engine='graph'")
             session = _open_session(self.path / fmt.SAMPLE, self._providers, self._sampling_options, self._external)
             self._check_export_ids(session)
             self._sample_session = session
@@ -298,7 +305,17 @@ class ExportedModel:
 
     def pixel_log_probs(self, x) -> np.ndarray:
         """log p(x_i | values before it) in nats, float32 (B, C, H, W) in image layout."""
-        return self._run_conditionals(x, ["pixel_log_prob"])[0]
+        if not self.legacy:
+            return self._run_conditionals(x, ["pixel_log_prob"])[0]
+        x = self.validate(x)  # format 1 has no pixel_log_prob output: from the logits
+        logits = self.conditional_logits(x).astype(np.float64)
+        top = logits.max(-1, keepdims=True)
+        log_norm = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
+        seq = x.reshape(len(x), -1)[:, self.order]
+        chosen = np.take_along_axis(logits, seq[..., None], -1)[..., 0] - log_norm
+        flat = np.empty_like(chosen)
+        flat[:, self.order] = chosen
+        return flat.reshape(x.shape).astype(np.float32)
 
     def nll(self, x, batch_size: int = 500) -> np.ndarray:
         """-log p(x) in nats per image, float64 (N,), in batches of ``batch_size``."""

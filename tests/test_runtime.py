@@ -332,3 +332,37 @@ def test_external_locations_are_found_at_any_depth(export_dir, tmp_path):
     assert set(external_locations(proto.SerializeToString())) - {fmt.WEIGHTS} == {"../deep.bin"}
     with pytest.raises(ValueError):
         external_locations(b"\x3a\xff\xff")  # a length past the end
+
+
+def test_format_1_folders_load_unverified_with_what_they_have(tmp_path):
+    """tests/data/format-0.1/nade-onnx (no manifest, no sample.onnx, no pixel_log_prob output) still
+    scores; per-value log-probs come from its logits; engine='graph' says to re-export."""
+    from densreg.registry import load_checkpoint
+    from densreg.registry.conformance import all_images
+
+    folder = os.path.join(os.path.dirname(__file__), "data", "format-0.1")
+    model, _ = load_checkpoint(os.path.join(folder, "nade.safetensors"))
+    exported = ExportedModel(os.path.join(folder, "nade-onnx"), provider="cpu")
+    assert exported.legacy and exported.manifest["format"] == "densreg-onnx/1"
+    x = all_images((1, 3, 3), 2)
+    with torch.no_grad():
+        expected = model.pixel_log_probs(x).numpy()
+    np.testing.assert_allclose(exported.pixel_log_probs(x.numpy()), expected, atol=1e-5)
+    noise = np.random.default_rng(0).random((4, 9))
+    with torch.no_grad():
+        assert np.array_equal(exported.sample(4, noise=noise), model.sample(4, noise=torch.from_numpy(noise)).numpy())
+    with pytest.raises(RuntimeLoadError, match="format-1 export without sample.onnx; re-export it"):
+        exported.sample(4, noise=noise, engine="graph")
+    mixed = copy_export(os.path.join(folder, "nade-onnx"), tmp_path / "mixed")
+    set_metadata(mixed / fmt.STEP, config=json.dumps({"other": 1}))
+    with pytest.raises(RuntimeLoadError, match="come from different exports"):
+        ExportedModel(mixed, provider="cpu")
+
+
+def set_metadata(path, **changes):
+    proto = onnx.load(path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update(changes)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, path)
