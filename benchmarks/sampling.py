@@ -4,7 +4,8 @@
                                   [--checkpoint nade=nade.safetensors] [--out benchmarks/results/sampling.md]
 
 For each model at 1x28x28 (random weights, or trained ones with --checkpoint):
-  * ORT sampling: the step.onnx loop of densreg.export.runtime (batch --batch);
+  * ORT sampling: the step.onnx loop of densreg.export.runtime (batch --batch), and the
+    whole loop in one call of sample.onnx (an ONNX Loop; ``sample(..., engine="graph")``);
   * torch sampling: DensityModel.sample with the model's cached ``step``;
   * naive torch sampling: the full conditional network re-run for every pixel
     (``recompute_step``); when that would take long, a prefix of pixels is timed and
@@ -108,7 +109,8 @@ def build(name: str, checkpoints: dict[str, str]) -> tuple[DensityModel, str]:
     return create_model(name, SHAPE, 2).eval(), "random init, default config"
 
 
-def bench_model(name, checkpoints, batch, images, threads_options, logprob_threads, workdir) -> dict:
+def bench_model(name, checkpoints, batch, images, threads_options, logprob_threads, workdir,
+                sampling_only=False) -> dict:
     model, weights = build(name, checkpoints)
     if tuple(model.event_shape) != SHAPE:
         raise SystemExit(f"{name}: the benchmark is for {SHAPE} models, got {model.event_shape}")
@@ -130,7 +132,14 @@ def bench_model(name, checkpoints, batch, images, threads_options, logprob_threa
         row["torch_sample_s"], row["torch_sample_threads"] = best_over_threads(
             lambda: model.sample(batch, noise=noise), threads_options, torch.set_num_threads)
         same = np.array_equal(model.sample(batch, noise=noise).numpy(), sessions[1].sample(batch, noise=noise_np))
+    row["graph_sample_s"], row["graph_sample_threads"] = best_over_threads(
+        lambda: sessions[current["t"]].sample(batch, noise=noise_np, engine="graph"), threads_options,
+        lambda t: current.update(t=t))
+    same = same and np.array_equal(sessions[1].sample(batch, noise=noise_np, engine="graph"),
+                                   sessions[1].sample(batch, noise=noise_np))
     row["same_samples"] = same
+    if sampling_only:
+        return row
     torch.set_num_threads(row["torch_sample_threads"])  # naive sampling: torch's best setting for sampling
     row["naive_s"], row["naive_extrapolated"] = naive_sampling_seconds(model, noise)
     row["naive_threads"] = row["torch_sample_threads"]
@@ -166,17 +175,24 @@ def table(rows, batch, images_label, n_images) -> list[str]:
     lines = [
         f"Sampling {batch} images of 1x28x28 (784 steps); times are the best of 2 runs, threads in brackets.",
         "",
-        "| model | params | ORT step loop | torch step | naive torch | ORT vs torch | ORT vs naive | "
-        "same samples | export | parity (max abs diff) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | params | ORT step loop | ORT sample.onnx | sample.onnx / loop (time) | torch step | naive torch | "
+        "ORT vs torch | ORT vs naive | same samples | export | parity (max abs diff) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        naive = "naive_s" in r
         lines.append(
             f"| {r['model']} | {r['parameters']:,} | {fmt_s(r['ort_sample_s'])} [{r['ort_sample_threads']}] | "
+            f"{fmt_s(r['graph_sample_s'])} [{r['graph_sample_threads']}] | "
+            f"{r['graph_sample_s'] / r['ort_sample_s']:.2f}x | "
             f"{fmt_s(r['torch_sample_s'])} [{r['torch_sample_threads']}] | "
-            f"{fmt_s(r['naive_s'], r['naive_extrapolated'])} [{r['naive_threads']}] | "
-            f"{r['torch_sample_s'] / r['ort_sample_s']:.2f}x | {r['naive_s'] / r['ort_sample_s']:.0f}x | "
-            f"{'yes' if r['same_samples'] else 'no'} | {r['export_s']:.1f} s | {r['parity']:.2g} |")
+            + (f"{fmt_s(r['naive_s'], r['naive_extrapolated'])} [{r['naive_threads']}] | " if naive else "- | ")
+            + f"{r['torch_sample_s'] / r['ort_sample_s']:.2f}x | "
+            + (f"{r['naive_s'] / r['ort_sample_s']:.0f}x | " if naive else "- | ")
+            + f"{'yes' if r['same_samples'] else 'no'} | {r['export_s']:.1f} s | {r['parity']:.2g} |")
+    rows = [r for r in rows if "ort_logprob_s" in r]
+    if not rows:
+        return lines
     lines += [
         "",
         f"log_prob on the first of {n_images} {images_label}, batches of 500, about "
@@ -204,6 +220,8 @@ def main(argv=None) -> None:
     parser.add_argument("--logprob-threads", type=int, default=1,
                         help="Threads for both engines in the log_prob pass (default 1: a shared 2-core machine).")
     parser.add_argument("--data", default=None, help="binarized_mnist.npz (default: ../shared/data/ if present).")
+    parser.add_argument("--sampling-only", action="store_true",
+                        help="Time only the step loop, sample.onnx and torch's step (no naive sampling, no log_prob).")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampling.md"))
     args = parser.parse_args(argv)
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
@@ -217,7 +235,7 @@ def main(argv=None) -> None:
         for name in names:
             print(f"[{name}] ...", file=sys.stderr, flush=True)
             rows.append(bench_model(name, checkpoints, args.batch, images, threads_options, args.logprob_threads,
-                                    Path(tmp)))
+                                    Path(tmp), sampling_only=args.sampling_only))
             write_report(args, argv, rows, images_label, len(images), cores, load)  # after every model
     print(write_report(args, argv, rows, images_label, len(images), cores, load))
     print(f"wrote {args.out}", file=sys.stderr)
