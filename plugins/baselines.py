@@ -6,6 +6,8 @@ sample by table look-ups.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from densreg.registry import ConfigError, DensityModel, hookimpl
@@ -77,10 +79,11 @@ class Markov(DensityModel):
             raise ConfigError(f"order must be >= 1 (order 0 is the bernoulli model), got {order}")
         if alpha < 0:
             raise ConfigError(f"alpha must be >= 0, got {alpha}")
-        contexts = self.num_categories ** order
-        if self.num_positions * contexts * self.num_categories > MAX_TABLE_ENTRIES:
-            raise ConfigError(f"order {order} needs a table of {self.num_positions}x{contexts}x"
+        if order * math.log(self.num_categories) > math.log(MAX_TABLE_ENTRIES / (self.num_positions * self.num_categories)):
+            # compared in logs: K ** order itself is astronomically large for a hostile order
+            raise ConfigError(f"order {order} needs a table of {self.num_positions}x{self.num_categories}^{order}x"
                               f"{self.num_categories} entries, over the limit of {MAX_TABLE_ENTRIES}")
+        contexts = self.num_categories ** order
         self.markov_order = int(order)
         self.alpha = float(alpha)
         self.num_contexts = contexts

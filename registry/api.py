@@ -83,7 +83,8 @@ def create_model(name: str, event_shape=DEFAULT_EVENT_SHAPE, num_categories: int
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - a factory's failure on a config is a config error
-        raise ConfigError(f"cannot build model {name!r} with {config}: {type(exc).__name__}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch appends C++ frames on later lines
+        raise ConfigError(f"cannot build model {name!r} with {config}: {type(exc).__name__}: {first}") from exc
     if not isinstance(model, DensityModel):
         raise ConfigError(f"the factory of {spec.qualified_name} returned {type(model).__name__}, "
                           "not a DensityModel")

@@ -72,6 +72,19 @@ def put(t: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> torch.Tens
     return torch.where(one_hot_at(index, t.shape[-1], t.device), value.unsqueeze(-1), t)
 
 
+MAX_UNITS = 1 << 16  # feature maps or LSTM units per layer
+MAX_LAYERS = 1 << 10
+
+
+def check_sizes(**sizes) -> None:
+    """ConfigError for a size beyond MAX_UNITS (MAX_LAYERS for ``layers``), checked before anything
+    is built: a hostile ``hidden=2**31`` would otherwise allocate its channel groups (16 GiB) first."""
+    for key, value in sizes.items():
+        limit = MAX_LAYERS if key == "layers" else MAX_UNITS
+        if int(value) > limit:
+            raise ConfigError(f"{key} must be at most {limit}, got {value}")
+
+
 class SpatialPixelRNN(DensityModel):
     """Base of ``row-lstm`` and ``diagonal-bilstm``; subclasses give the LSTM layer and its cached step."""
 
@@ -86,6 +99,7 @@ class SpatialPixelRNN(DensityModel):
             if int(value) < channels:
                 raise ConfigError(f"{key} must be at least the number of channels ({channels}) so that every "
                                   f"channel group has feature maps, got {value}")
+        check_sizes(hidden=hidden, output_hidden=output_hidden, layers=layers)
         if int(layers) < 1:
             raise ConfigError(f"layers must be at least 1, got {layers}")
         self.hidden, self.num_layers, self.output_hidden = int(hidden), int(layers), int(output_hidden)

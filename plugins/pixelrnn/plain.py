@@ -15,6 +15,8 @@ from torch.nn import functional as F
 
 from densreg.registry import ConfigError, DensityModel
 
+from .base import check_sizes
+
 
 class PlainPixelRNN(DensityModel):
     """LSTM over the pixel sequence in the chosen ordering (stacked layers, K-way softmax)."""
@@ -27,6 +29,7 @@ class PlainPixelRNN(DensityModel):
         super().__init__(event_shape, num_categories, ordering)
         if int(hidden) < 1 or int(layers) < 1:
             raise ConfigError(f"hidden and layers must be at least 1, got hidden={hidden}, layers={layers}")
+        check_sizes(hidden=hidden, layers=layers)
         self.hidden, self.num_layers = int(hidden), int(layers)
         self.use_position = bool(position_embedding)
         self.value_embedding = nn.Embedding(self.num_categories + 1, self.hidden)  # index K: start token

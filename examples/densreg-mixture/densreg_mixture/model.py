@@ -21,6 +21,8 @@ from torch import nn
 from densreg.registry import ConfigError, DensityModel
 
 EM_CHUNK = 4096  # images per E-step batch
+MAX_COMPONENTS = 1 << 16
+MAX_TABLE_ENTRIES = 1 << 28  # components x D x K: 1 GiB of float32 logits
 
 
 class Mixture(DensityModel):
@@ -43,8 +45,11 @@ class Mixture(DensityModel):
             raise ConfigError(f"fit must be 'em' (closed-form EM) or 'gradient' (densreg's Adam loop), got {fit!r}")
         self.fit = fit
         self.closed_form = fit == "em"  # densreg's fit() runs EM, or gradient training on log_prob
-        if components < 1:
-            raise ConfigError(f"components must be >= 1, got {components}")
+        if not 1 <= components <= MAX_COMPONENTS:
+            raise ConfigError(f"components must be from 1 to {MAX_COMPONENTS}, got {components}")
+        if components * self.num_positions * self.num_categories > MAX_TABLE_ENTRIES:
+            raise ConfigError(f"{components} components need {components}x{self.num_positions}x"
+                              f"{self.num_categories} table entries, over the limit of {MAX_TABLE_ENTRIES}")
         if iterations < 0:
             raise ConfigError(f"iterations must be >= 0, got {iterations}")
         if not alpha > 0:
