@@ -1,6 +1,6 @@
 """Training speed with 1 and 2 processes (torchrun, DistributedDataParallel) on this machine.
 
-    python benchmarks/distributed.py [--nproc 1 2] [--model nade] [--set hidden=500] [--images 1000]
+    python benchmarks/distributed.py [--nproc 1 2] [--model nade] [--set hidden=500] [--images 600]
                                      [--epochs 2] [--batch-size 100] [--backend gloo] [--device cpu]
                                      [--data binarized_mnist.npz] [--out benchmarks/results/distributed.md]
     python benchmarks/distributed.py --backend nccl --device cuda --images 20000 \\
@@ -12,7 +12,8 @@ epochs with global batch --batch-size: once in this process without torchrun ("p
 ``torchrun --standalone --nproc-per-node N`` for each N, this script being the worker.
 Reported: training images/s of the last epoch (the first warms up), from the run's log
 (``images_per_s``: all processes together, validation excluded). On the CPU the cores are
-shared out: N processes get cores/N threads each. With NCCL every process needs its own GPU,
+shared out: N processes get cores/N threads each; the plain run is timed with every thread
+and with one (the per-core baseline). With NCCL every process needs its own GPU,
 so N above the GPU count is skipped. Writes a markdown table to --out.
 """
 
@@ -40,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2], help="process counts to time")
     parser.add_argument("--model", default="nade")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--images", type=int, default=1000, help="training images (first of the split)")
+    parser.add_argument("--images", type=int, default=600, help="training images (first of the split)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=100, help="global batch")
     parser.add_argument("--backend", default=None, help="default: nccl for cuda, else gloo")
@@ -76,8 +77,9 @@ def settings(args) -> dict:
 
 def train_once(args) -> dict:
     """Train under whatever process group this process is in; the last epoch's log entry and facts."""
-    from densreg.registry import create_model
+    from densreg.app import distributed
     from densreg.app.training import fit
+    from densreg.registry import create_model
 
     train, source = training_images(args)
     torch.manual_seed(0)
@@ -86,6 +88,8 @@ def train_once(args) -> dict:
         out = Path(folder) / "run.safetensors"
         fit(model, train, None, epochs=args.epochs, batch_size=args.batch_size, device=args.device, out=out,
             name=args.model)
+        if not distributed.world().leader:  # rank 0 alone writes the log
+            return {}
         log = [json.loads(line) for line in out.with_name("run.log.jsonl").read_text().splitlines()]
     return {**log[-1], "source": source, "threads": torch.get_num_threads(),
             "parameters": sum(p.numel() for p in model.parameters())}
@@ -127,16 +131,22 @@ def forwarded_options(args) -> list[str]:
     return forwarded
 
 
+def cpu_name() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor() or platform.machine())
+
+
 def table(args, rows: list[tuple[str, dict | str]], backend: str) -> str:
     first = next(r for _, r in rows if isinstance(r, dict))
     lines = [
         "# Training speed with several processes (torchrun, DistributedDataParallel)",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores"
         f"{', ' + torch.cuda.get_device_name() if args.device.startswith('cuda') else ''}; "
         f"load average {os.getloadavg()[0]:.1f} at the end; torch {torch.__version__}; backend {backend}.",
         "",
-        f"Command: `python benchmarks/distributed.py {' '.join(sys.argv[1:])}`",
+        f"Command: `{' '.join(['python benchmarks/distributed.py', *sys.argv[1:]])}`",
         "",
         f"{args.model} ({first['parameters']:,} parameters, {' '.join(args.settings) or 'hidden=500'}) on the first "
         f"{args.images} images of {first['source']}, device {args.device}, global batch {args.batch_size}, "
@@ -146,7 +156,7 @@ def table(args, rows: list[tuple[str, dict | str]], backend: str) -> str:
         "| processes | threads each | images/s | vs plain | train NLL (last epoch, nats) | job wall time |",
         "|---|---|---|---|---|---|",
     ]
-    plain = rows[0][1]["images_per_s"]
+    plain = rows[0][1]["images_per_s"]  # one process with every thread
     for label, row in rows:
         if isinstance(row, str):
             lines.append(f"| {label} | | skipped: {row} | | | |")
@@ -163,9 +173,13 @@ def main(argv=None) -> None:
     from densreg.app import distributed
 
     backend = distributed.choose_backend(torch.device(args.device), args.backend)
-    start = time.perf_counter()
-    rows: list[tuple[str, dict | str]] = [("1, plain (no torchrun)", train_once(args))]
-    rows[0][1]["wall_s"] = time.perf_counter() - start
+    all_threads = torch.get_num_threads()
+    rows: list[tuple[str, dict | str]] = []
+    for threads in [all_threads, 1] if args.device == "cpu" and all_threads > 1 else [all_threads]:
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        rows.append(("1, plain (no torchrun)", {**train_once(args), "wall_s": time.perf_counter() - start}))
+    torch.set_num_threads(all_threads)
     for nproc in args.nproc:
         if backend == "nccl" and nproc > torch.cuda.device_count():
             rows.append((f"{nproc}, torchrun", f"NCCL needs a GPU per process; {torch.cuda.device_count()} here"))
