@@ -43,6 +43,7 @@ from densreg.registry.checkpoint import read_tensors
 
 from . import distributed
 from .evaluation import evaluate
+from .performance import PRECISIONS, CompileTimer, autocast, compiled_log_prob, eval_batch_size, using_threads
 
 
 @dataclass
@@ -54,7 +55,10 @@ class TrainingOptions:
     clip_grad: maximum gradient norm (None: no clipping); patience: epochs without a better
     validation NLL before stopping; max_minutes: stop after the epoch that crosses this budget
     (counted per call, None: no budget); seed: shuffling order; device: torch device (None:
-    cuda if available, else cpu).
+    cuda if available, else cpu); precision: "float32", or "bf16" (the forward pass under
+    bf16 autocast, weights and Adam in float32); threads: torch threads (None: the measured
+    default of the model kind, see densreg.app.performance); compile: torch.compile the
+    log-likelihood (its compile time is reported as compile_seconds).
     """
 
     epochs: int = 20
@@ -67,6 +71,9 @@ class TrainingOptions:
     max_minutes: float | None = None
     seed: int = 0
     device: str | None = None
+    precision: str = "float32"
+    threads: int | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.check()
@@ -88,6 +95,8 @@ class TrainingOptions:
         need(self.weight_decay >= 0, "weight_decay", ">= 0")
         need(self.clip_grad is None or self.clip_grad > 0, "clip_grad", "> 0")
         need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "> 0")
+        need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
+        need(self.threads is None or positive_int(self.threads), "threads", ">= 1")
 
     def replace(self, **changes) -> "TrainingOptions":
         """A checked copy with ``changes``; unknown names raise ConfigError listing the accepted ones."""
@@ -99,7 +108,7 @@ class TrainingOptions:
 
 
 # what a resumed run takes from the interrupted one unless given again (max_minutes is per call)
-INHERITED = ("epochs", "batch_size", "lr", "weight_decay", "clip_grad", "patience", "lr_decay")
+INHERITED = ("epochs", "batch_size", "lr", "weight_decay", "clip_grad", "patience", "lr_decay", "precision")
 
 
 class RunPaths(NamedTuple):
@@ -133,7 +142,13 @@ def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, *, out=No
     """
     start = time.perf_counter()
     name = name or getattr(model, "registry_name", None) or type(model).__name__.lower()
+    with using_threads(model, options.get("threads")):
+        return _fit(model, train, valid, start, out, resume, progress, name, metrics, options)
+
+
+def _fit(model, train, valid, start, out, resume, progress, name, metrics, options) -> dict:
     if model.closed_form:
+        options = {k: v for k, v in options.items() if k != "threads"}
         if options or resume:
             given = ", ".join(f"{k} (--{k.replace('_', '-')})" for k in sorted(options) or ["resume"])
             raise ConfigError(f"{name} fits in closed form by counting; the training options {given} only apply "
@@ -250,9 +265,11 @@ class GradientRun:
     def metrics(self) -> dict:
         last = self.log[-1] if self.log else {}
         best_entry = next((e for e in self.log if e["epoch"] == self.best["epoch"]), last)
+        timer = getattr(self, "log_prob", None)
+        compiled = {"compile_seconds": timer.seconds} if isinstance(timer, CompileTimer) else {}
         return {"train_nll_nats": best_entry.get("train_nll", math.nan),
                 "valid_nll_nats": best_entry.get("valid_nll", math.nan),
-                "epochs": self.epoch, "best_epoch": self.best["epoch"], **self.extra_metrics}
+                "epochs": self.epoch, "best_epoch": self.best["epoch"], **compiled, **self.extra_metrics}
 
     def train_epoch(self) -> tuple[float, float]:
         """One pass over the shuffled training set; returns (mean train NLL, images/s)."""
@@ -268,7 +285,8 @@ class GradientRun:
         for batch in bar:
             index = distributed.split_batch(batch, self.world)
             part = index if len(index) else batch[:1]  # an empty part still joins DDP's all-reduce, weighted 0
-            nll_sum = -self.log_prob(self.train[part].long()).sum()
+            with autocast(opts.precision, self.device):
+                nll_sum = -self.log_prob(self.train[part].long()).float().sum()
             # DDP averages gradients over ranks: scaled so the result is d(mean NLL over the global batch)
             loss = nll_sum * (self.world.size / len(batch) if len(index) else 0.0)
             self.optimizer.zero_grad(set_to_none=True)
@@ -291,6 +309,8 @@ class GradientRun:
         if resume:
             self.load_state()
         self.log_prob = distributed.log_prob_function(self.model, self.device)
+        if self.opts.compile:
+            self.log_prob = CompileTimer(compiled_log_prob(self.model, self.device, self.log_prob))
         opts = self.opts
         stopped = "epochs"
         while self.epoch < opts.epochs:
@@ -300,7 +320,7 @@ class GradientRun:
             epoch_start = time.perf_counter()
             train_nll, rate = self.train_epoch()
             self.model.eval()
-            valid_nll = evaluate(self.model, self.valid, opts.batch_size * 5, across_ranks=True)["nll_nats"] \
+            valid_nll = evaluate(self.model, self.valid, eval_batch_size(self.device), across_ranks=True)["nll_nats"] \
                 if self.valid is not None else train_nll
             self.epoch += 1
             entry = {"epoch": self.epoch, "train_nll": train_nll, "valid_nll": valid_nll,

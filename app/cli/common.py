@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from densreg.app.distributed import BACKENDS
+from densreg.app.performance import set_threads
 from densreg.registry import ConfigError, DataError, load_checkpoint
 from densreg.registry.catalog import reject_reserved
 
@@ -56,6 +57,17 @@ def parse_set_options(items) -> dict[str, Any]:
 def set_option(func):
     """``--set KEY=VALUE`` (repeatable): a model config override, parsed by ``parse_set_options``."""
     return click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a config value.")(func)
+
+
+def threads_option(func):
+    """``--threads N``: torch threads for the command's computation (default: measured per model kind)."""
+    def remember(ctx, param, value):
+        set_threads(value)  # None (not given) restores the per-model default
+        return value
+
+    return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False,
+                        callback=remember, show_default="measured per model kind",
+                        help="torch threads (1 is fastest here for the recurrent models).")(func)
 
 
 def data_options(func):

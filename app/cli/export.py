@@ -6,7 +6,9 @@ import click
 
 from densreg.registry import hookimpl, load_checkpoint
 
-from .common import echo_json
+from densreg.app.performance import using_threads
+
+from .common import echo_json, threads_option
 
 
 @click.command(name="export")
@@ -17,13 +19,15 @@ from .common import echo_json
               help="Precision of the graphs' weights and arithmetic (inputs and outputs keep their types).")
 @click.option("--no-parity", is_flag=True, help="Skip the onnxruntime-vs-torch parity check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+@threads_option
 def export_command(checkpoint, out, dtype, no_parity, as_json):
     """Export a checkpoint to an ONNX folder a serving team can run with onnxruntime and numpy
     alone, check it, and compare onnxruntime with torch."""
     from densreg.export import export_model
 
     model, info = load_checkpoint(checkpoint)
-    report = export_model(model, out, name=info.qualified_name, parity=not no_parity, dtype=dtype, source=info)
+    with using_threads(model):
+        report = export_model(model, out, name=info.qualified_name, parity=not no_parity, dtype=dtype, source=info)
     if as_json:
         echo_json(report)
         return

@@ -11,7 +11,9 @@ import numpy as np
 from densreg.app.features import extract_features
 from densreg.registry import api, atomic_write_bytes, hookimpl, load_checkpoint
 
-from .common import check_matches, data_options
+from densreg.app.performance import using_threads
+
+from .common import check_matches, data_options, threads_option
 
 
 @click.command()
@@ -20,6 +22,7 @@ from .common import check_matches, data_options
 @click.option("--split", default="test", show_default=True, help="Which split to encode.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Archive to write (.npz).")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1), help="Images per pass.")
+@threads_option
 def features(checkpoint, dataset, data_path, download, split, out, batch_size):
     """Write a checkpoint's features of a dataset split to an .npz archive.
 
@@ -31,7 +34,8 @@ def features(checkpoint, dataset, data_path, download, split, out, batch_size):
     ds = api.get_dataset(dataset)
     check_matches(info, ds)
     images = api.load_split(dataset, split, data_path, download)
-    values = extract_features(model, images, batch_size, progress=sys.stderr.isatty())
+    with using_threads(model):
+        values = extract_features(model, images, batch_size, progress=sys.stderr.isatty())
     arrays = {"features": values, "model": np.array(info.model)}
     if ds.labels is not None:
         arrays["labels"] = np.asarray(ds.labels(split, data_path), dtype=np.int64)

@@ -12,7 +12,9 @@ import torch
 from densreg.app.images import image_grid
 from densreg.registry import atomic_write_bytes, hookimpl
 
-from .common import load_model_or_export
+from densreg.app.performance import using_threads
+
+from .common import load_model_or_export, threads_option
 
 
 @click.command()
@@ -23,6 +25,7 @@ from .common import load_model_or_export
 @click.option("--npz", "npz_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the raw samples (array 'samples', uint8 N,C,H,W).")
 @click.option("--nrow", type=click.IntRange(min=1), default=None, help="Images per grid row (default: square).")
+@threads_option
 def sample(checkpoint, num, out, seed, npz_path, nrow):
     """Draw exact samples from a checkpoint (or an export folder) and write an image grid.
 
@@ -32,7 +35,8 @@ def sample(checkpoint, num, out, seed, npz_path, nrow):
     model, info = load_model_or_export(checkpoint)
     noise = np.random.default_rng(seed).random((num, math.prod(info.event_shape)))
     if isinstance(model, torch.nn.Module):
-        samples = model.sample(num, noise=torch.from_numpy(noise)).cpu().numpy()
+        with using_threads(model):
+            samples = model.sample(num, noise=torch.from_numpy(noise)).cpu().numpy()
     else:  # an export in onnxruntime
         samples = model.sample(num, noise=noise)
     samples = samples.astype(np.uint8)

@@ -15,7 +15,7 @@ from densreg.app.ood import perturb_images
 from densreg.app.training import TrainingOptions, default_device, fit
 from densreg.registry import ConfigError, api, hookimpl
 
-from .common import ARGV_KEY, backend_option, data_options, parse_set_options, set_option
+from .common import ARGV_KEY, backend_option, data_options, parse_set_options, set_option, threads_option
 
 DEFAULTS = TrainingOptions()
 
@@ -52,6 +52,10 @@ DEFAULTS = TrainingOptions()
               help="Train with N processes on this machine: runs this command under torchrun "
                    "(DistributedDataParallel; --batch-size stays the global batch).")
 @backend_option
+@click.option("--precision", type=click.Choice(["float32", "bf16"]), default=DEFAULTS.precision, show_default=True,
+              help="bf16: the forward pass under bf16 autocast (weights and Adam stay float32).")
+@click.option("--compile", is_flag=True, help="torch.compile the log-likelihood (compile time is reported).")
+@threads_option
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run of --out from its last epoch (OUT stem + .last.safetensors); "
                    "options not given again are the interrupted run's.")

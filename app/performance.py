@@ -1,0 +1,109 @@
+"""Speed settings chosen per device and model kind: threads, batch sizes, precision, compilation.
+
+The defaults were measured on the project's 2-core CPU with ``benchmarks/speed.py``
+(its "threads" table in ``benchmarks/results/speed.md``): a recurrent model's many small
+operations lose more to thread synchronisation than they gain, so it runs on 1 thread;
+NADE's large matrix products use every core. On CUDA the thread count hardly matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import torch
+
+from densreg.registry import ConfigError
+
+# torch threads per model kind (registry name), measured with `benchmarks/speed.py --threads-probe`;
+# kinds not listed use every core. ``None`` means every core.
+DEFAULT_THREADS = {"row-lstm": 1, "diagonal-bilstm": 1, "pixelrnn": 1, "nade": None}
+# Evaluation batch per device type: on CPU the cache decides (the gate tensors of a batch of
+# 100 binarized-MNIST images stay in cache, 500 do not), on a GPU larger batches fill the device.
+EVAL_BATCH = {"cpu": 100, "cuda": 1024}
+PRECISIONS = ("float32", "bf16")
+
+_requested_threads: int | None = None  # set by --threads (CLI) or set_threads (Python)
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> None:
+    """Ask for ``threads`` torch threads in every later fit/evaluate/sample (None: the measured default)."""
+    global _requested_threads
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    _requested_threads = threads
+
+
+def threads_for(model, threads: int | None = None) -> int:
+    """Threads to use for ``model``: ``threads``, else the one asked for by set_threads,
+    else the measured default of the model's kind (capped at the cores available)."""
+    chosen = threads if threads is not None else _requested_threads
+    if chosen is not None:
+        return int(chosen)
+    kind = getattr(model, "registry_name", None)
+    return min(DEFAULT_THREADS.get(kind) or cpu_cores(), cpu_cores())
+
+
+@contextlib.contextmanager
+def using_threads(model, threads: int | None = None):
+    """Run the block with ``threads_for(model, threads)`` torch threads, then restore the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads_for(model, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def eval_batch_size(device) -> int:
+    """Images per evaluation pass on ``device`` (a torch.device or a name)."""
+    return EVAL_BATCH.get(torch.device(device).type, EVAL_BATCH["cuda"])
+
+
+def check_precision(precision: str, device) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def autocast(precision: str, device):
+    """A context in which the forward pass runs in ``precision`` (bf16: torch.autocast; float32: nothing)."""
+    check_precision(precision, device)
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def recurrent(model) -> bool:
+    """True for the recurrent PixelRNN models, whose many small kernels a CUDA graph replays cheaply."""
+    return getattr(model, "registry_name", "") in ("row-lstm", "diagonal-bilstm", "pixelrnn")
+
+
+def compiled_log_prob(model, device, log_prob=None):
+    """``torch.compile`` of ``log_prob`` (default ``model.log_prob``): mode "reduce-overhead" (CUDA
+    graphs) for the recurrent models on CUDA, the default mode otherwise. Compiles on the first call."""
+    mode = "reduce-overhead" if torch.device(device).type == "cuda" and recurrent(model) else None
+    return torch.compile(log_prob or model.log_prob, mode=mode, dynamic=False)
+
+
+class CompileTimer:
+    """Measures how long the first call of a compiled function takes (compilation plus one run)."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.seconds = fn, None
+
+    def __call__(self, *args, **kwargs):
+        if self.seconds is not None:
+            return self.fn(*args, **kwargs)
+        start = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        self.seconds = time.perf_counter() - start
+        return out

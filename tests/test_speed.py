@@ -1,0 +1,143 @@
+"""Speed machinery: --threads, device batch sizes, bf16 autocast, compile, and the benchmark scripts' smoke runs.
+
+Timings are never asserted: the machine is shared. The scripts run in subprocesses (they
+set the process's thread count).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import densreg
+from densreg.app import performance
+from densreg.app.cli import cli
+from densreg.app.evaluation import evaluate
+from densreg.registry import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_requested_threads():
+    yield
+    performance.set_threads(None)
+
+
+def test_threads_default_per_kind_and_override():
+    row = densreg.create_model("row-lstm", (1, 4, 4), layers=1, hidden=4, output_hidden=4)
+    assert performance.threads_for(row) == 1  # measured: the recurrent models are fastest on one thread
+    assert performance.threads_for(row, 2) == 2
+    performance.set_threads(3)
+    assert performance.threads_for(row) == 3
+    before = torch.get_num_threads()
+    with performance.using_threads(row, 1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="threads must be a positive integer"):
+        performance.set_threads(0)
+
+
+def test_threads_option_on_every_computing_command(tmp_path):
+    runner = CliRunner()
+    for command in ("train", "eval", "sample", "features", "export", "check"):
+        result = runner.invoke(cli, [command, "--help"])
+        assert "--threads" in result.output, command
+    result = runner.invoke(cli, ["train", "bernoulli", "--dataset", "digits", "--threads", "0", "--out",
+                                 str(tmp_path / "b.safetensors")])
+    assert result.exit_code == 2 and "--threads" in result.output
+    out = tmp_path / "n.safetensors"
+    result = runner.invoke(cli, ["train", "nade", "--dataset", "digits", "--set", "hidden=8", "--epochs", "1",
+                                 "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["sample", str(out), "-n", "2", "--threads", "1", "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+
+
+def test_eval_batch_per_device_gives_the_same_nll():
+    assert performance.eval_batch_size("cpu") < performance.eval_batch_size("cuda")
+    torch.manual_seed(0)
+    model = densreg.create_model("nade", (1, 4, 4), hidden=6)
+    x = torch.randint(0, 2, (250, 1, 4, 4))
+    default = evaluate(model, x)  # batches of eval_batch_size("cpu")
+    assert default["images"] == 250
+    assert abs(default["nll_nats"] - evaluate(model, x, batch_size=250)["nll_nats"]) < 1e-5
+
+
+def test_bf16_training_is_close_to_float32_and_learns():
+    torch.manual_seed(0)
+    model = densreg.create_model("nade", (1, 6, 6), hidden=16)
+    x = torch.randint(0, 2, (64, 1, 6, 6))
+    losses, grads = {}, {}
+    for precision in performance.PRECISIONS:
+        model.zero_grad()
+        with performance.autocast(precision, "cpu"):
+            loss = -model.log_prob(x).float().mean()
+        loss.backward()
+        losses[precision] = float(loss.detach())
+        grads[precision] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert abs(losses["bf16"] - losses["float32"]) < 1e-2 * losses["float32"]
+    cosine = torch.nn.functional.cosine_similarity(grads["bf16"], grads["float32"], dim=0)
+    assert cosine > 0.99
+    train = densreg.load_split("digits", "train")[:300]
+    fresh = densreg.create_model("nade", (1, 8, 8), hidden=16)
+    before = evaluate(fresh, train)["nll_nats"]
+    metrics = densreg.fit(fresh, train, epochs=2, precision="bf16", lr=0.01)
+    assert metrics["train_nll_nats"] < before
+    with pytest.raises(ConfigError, match="precision must be one of float32, bf16"):
+        densreg.fit(fresh, train, epochs=1, precision="fp8")
+
+
+def test_compiled_evaluation_matches_and_reports_its_compile_time():
+    model = densreg.create_model("bernoulli", (1, 4, 4))
+    model.fit_closed_form(torch.randint(0, 2, (50, 1, 4, 4)))
+    x = torch.randint(0, 2, (30, 1, 4, 4))
+    plain = evaluate(model, x)
+    compiled = evaluate(model, x, batch_size=10, compile=True)
+    assert compiled["compile_seconds"] > 0
+    assert abs(compiled["nll_nats"] - plain["nll_nats"]) < 1e-4
+
+
+def test_speed_benchmark_smoke(tmp_path):
+    out = tmp_path / "speed.md"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--quick", "--size", "4",
+                           "--reps", "1", "--models", "nade,row-lstm,markov", "--no-threads-probe", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "Load average" in text and "GB/s" in text and "GFLOP/s" in text
+    for row in ("| nade | train |", "| nade | log_prob |", "| nade | sample |", "| row-lstm | train |",
+                "| markov | train |"):
+        assert row in text
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--models", "nope"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown models" in bad.stderr
+
+
+def run_gpu_sh(tmp_path, **env):
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=400, env={**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), **env})
+
+
+@pytest.mark.slow  # about a minute: the speed benchmark, a training and an evaluation in subprocesses
+def test_gpu_script_dry_run_on_cpu(tmp_path):
+    done = run_gpu_sh(tmp_path, DENSREG_GPU_SH_DRYRUN="1")
+    assert done.returncode == 0, done.stdout[-3000:]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "device cpu (dry run: 1)" in summary
+    assert "row-lstm epoch 1:" in summary and '"nll_nats"' in summary
+    assert (tmp_path / "speed-cpu.md").is_file() and (tmp_path / "row-lstm-gpu.safetensors").is_file()
+    assert "+ timeout" in (tmp_path / "gpu.log").read_text()  # set -x logging
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA exit")
+def test_gpu_script_stops_without_cuda(tmp_path):
+    done = run_gpu_sh(tmp_path, DENSREG_GPU_SH_NO_INSTALL="1")
+    assert done.returncode == 2
+    assert "CUDA is not available" in (tmp_path / "summary.md").read_text()
