@@ -1,9 +1,10 @@
 """Speed settings chosen per device and model kind: threads, batch sizes, precision, compilation.
 
-The defaults were measured on the project's 2-core CPU with ``benchmarks/speed.py``
-(its "threads" table in ``benchmarks/results/speed.md``): a recurrent model's many small
-operations lose more to thread synchronisation than they gain, so it runs on 1 thread;
-NADE's large matrix products use every core. On CUDA the thread count hardly matters.
+The thread defaults were measured on the project's 2-core CPU, shared with other jobs, with
+``benchmarks/speed.py`` (its "threads" table in ``benchmarks/results/speed.md``): every built-in
+model trained, evaluated and sampled faster on 1 thread than on 2 (the recurrent models' many
+small operations lose most to synchronisation: row-lstm sampling 20x). Models of other kinds use
+every core. On CUDA the thread count hardly matters.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import torch
 
 from densreg.registry import ConfigError
 
-# torch threads per model kind (registry name), measured with `benchmarks/speed.py --threads-probe`;
-# kinds not listed use every core. ``None`` means every core.
-DEFAULT_THREADS = {"row-lstm": 1, "diagonal-bilstm": 1, "pixelrnn": 1, "nade": None}
+# torch threads per model kind (registry name), measured with `benchmarks/speed.py` (threads table);
+# kinds not listed use every core.
+DEFAULT_THREADS = {"bernoulli": 1, "markov": 1, "nade": 1, "pixelrnn": 1, "row-lstm": 1, "diagonal-bilstm": 1}
 # Evaluation batch per device type: on CPU the cache decides (the gate tensors of a batch of
 # 100 binarized-MNIST images stay in cache, 500 do not), on a GPU larger batches fill the device.
 EVAL_BATCH = {"cpu": 100, "cuda": 1024}

@@ -46,7 +46,7 @@ def test_threads_default_per_kind_and_override():
 
 def test_threads_option_on_every_computing_command(tmp_path):
     runner = CliRunner()
-    for command in ("train", "eval", "sample", "features", "export", "check"):
+    for command in ("train", "eval", "sample", "features", "export", "check", "score", "complete"):
         result = runner.invoke(cli, [command, "--help"])
         assert "--threads" in result.output, command
     result = runner.invoke(cli, ["train", "bernoulli", "--dataset", "digits", "--threads", "0", "--out",

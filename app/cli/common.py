@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
 
 import click
+import torch
 
 from densreg.app.distributed import BACKENDS
 from densreg.app.performance import set_threads
@@ -60,14 +62,22 @@ def set_option(func):
 
 
 def threads_option(func):
-    """``--threads N``: torch threads for the command's computation (default: measured per model kind)."""
-    def remember(ctx, param, value):
-        set_threads(value)  # None (not given) restores the per-model default
-        return value
+    """``--threads N``: torch threads for the whole command; not given, fit, evaluate, sample,
+    features and export use the default measured for the model's kind (densreg.app.performance)."""
+    @functools.wraps(func)
+    def run(*args, threads=None, **kwargs):
+        before = torch.get_num_threads()
+        set_threads(threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            set_threads(None)
+            torch.set_num_threads(before)
 
-    return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False,
-                        callback=remember, show_default="measured per model kind",
-                        help="torch threads (1 is fastest here for the recurrent models).")(func)
+    return click.option("--threads", type=click.IntRange(min=1), default=None, show_default="measured per model kind",
+                        help="torch threads (1 is fastest on the 2-core machine for every built-in model).")(run)
 
 
 def data_options(func):

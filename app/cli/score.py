@@ -20,7 +20,7 @@ from densreg.app.inputs import read_images
 from densreg.app.scoring import METHODS, ScoreResult, most_anomalous, score_images, summary
 from densreg.registry import ConfigError, atomic_write_bytes, hookimpl
 
-from .common import backend_option, echo_json, load_model_or_export
+from .common import backend_option, echo_json, load_model_or_export, threads_option
 
 
 def images_option(func):
@@ -105,6 +105,7 @@ def write_table(path: str, names: list[str], result) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Images per pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and the top list as JSON.")
 @backend_option
+@threads_option
 def score(model_path, dataset, data_path, split, images_path, resize, method, background, reference_dataset,
           reference_data, reference_split, reference_size, out, top, heatmaps, batch_size, as_json, backend):
     """Score images by how anomalous they are under a checkpoint or an export folder.
