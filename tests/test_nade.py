@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from densreg.registry import ConfigError, create_model
+from densreg.registry import ConfigError, DensityModel, create_model
 from densreg.app.cli import cli
 from densreg.registry.conformance import randomize
 
@@ -166,3 +166,66 @@ def test_step_exports_with_dynamo_onnx(tmp_path, k):
         logits, state = session.run(None, {"value": value, "position": np.array(d, np.int64), "state": state})
         np.testing.assert_allclose(logits, expected[:, d], atol=1e-5, rtol=0)
         value = seq[:, d]
+
+
+def traced_log_prob(model, x):
+    """log p(x) through the vectorised pass that torch.compile and ONNX export trace."""
+    logits = model.traced_conditional_logits(x)
+    return torch.log_softmax(logits, -1).gather(-1, model.to_sequence(x).unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
+@pytest.mark.parametrize("k, activation", [(2, "sigmoid"), (2, "relu"), (3, "sigmoid"), (4, "relu")])
+@pytest.mark.parametrize("block", [1, 3, 8])
+def test_blocked_pass_and_its_recomputing_backward_equal_the_vectorised_pass(monkeypatch, k, activation, block):
+    """The eager pass (blocks of T positions, hand-written backward that recomputes the activations)
+    gives the vectorised pass's log_prob and gradients, in float64 to rounding, for any block size."""
+    import densreg.plugins.nade as nade_module
+
+    monkeypatch.setattr(nade_module, "eager_block", lambda batch, hidden, positions: block)
+    model = nade((1, 4, 5), k, "snake", hidden=9, activation=activation).double()
+    x = torch.randint(0, k, (7, 1, 4, 5), generator=torch.Generator().manual_seed(7))
+    gradients = []
+    for log_prob in (model.log_prob, lambda images: traced_log_prob(model, images)):
+        model.zero_grad()
+        value = log_prob(x)
+        (value * torch.linspace(0.5, 1.5, len(x), dtype=torch.float64)).sum().backward()
+        gradients.append((value.detach(), [p.grad.clone() for p in model.parameters()]))
+    (eager, eager_grads), (traced, traced_grads) = gradients
+    torch.testing.assert_close(eager, traced, atol=1e-11, rtol=0)
+    for mine, theirs in zip(eager_grads, traced_grads):
+        torch.testing.assert_close(mine, theirs, atol=1e-11, rtol=1e-10)
+
+
+def test_backward_keeps_no_tensor_of_every_position():
+    """What the blocked pass saves for backward is O(B H D / T): no (D, B, H) activations."""
+    model = nade((1, 8, 8), 2, hidden=16)
+    x = torch.randint(0, 2, (10, 1, 8, 8), generator=torch.Generator().manual_seed(8))
+    logits = model.conditional_logits(x)
+    nodes, blocked = [logits.grad_fn], None
+    while blocked is None:
+        node = nodes.pop()
+        if type(node).__name__ == "BlockedNADEBackward":
+            blocked = node
+        nodes += [n for n, _ in node.next_functions if n is not None]
+    largest = max(t.numel() for t in blocked.saved_tensors)
+    assert largest < model.num_positions * 10 * 16 / 4
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_binary_fast_sampling_draws_what_the_generic_sampler_draws(activation):
+    model = nade((1, 6, 6), 2, "snake", hidden=12, activation=activation)
+    noise = torch.rand(50, 36, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    fast = model.sample(50, noise=noise)
+    assert torch.equal(fast, DensityModel.sample(model, 50, noise=noise))
+    assert 0 < fast.float().mean() < 1
+
+
+def test_fast_sampling_close_calls_follow_the_generic_draw():
+    """A uniform exactly at the generic sampler's p(x = 0): the fast path defers to the generic draw."""
+    model = nade((1, 2, 3), 2, hidden=5)
+    with torch.no_grad():
+        model.W.zero_()  # every conditional independent of the past: p(x_d = 0) known in advance
+        logits = model.conditional_logits(torch.zeros(1, 1, 2, 3, dtype=torch.int64))[0]  # (D, 2)
+    p0 = torch.softmax(logits.double(), -1)[:, 0]
+    noise = torch.stack([p0, torch.nextafter(p0, torch.ones_like(p0)), torch.nextafter(p0, torch.zeros_like(p0))])
+    assert torch.equal(model.sample(3, noise=noise), DensityModel.sample(model, 3, noise=noise))
