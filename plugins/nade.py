@@ -244,32 +244,32 @@ class NADE(DensityModel):
 
         The fast path runs the cached step's arithmetic (s += x W_{d-1}, h = act(s + c),
         logit = h . V_d + b_d) without its generic bookkeeping, and draws x_d = 1 when the
-        uniform exceeds p(x_d = 0) = sigmoid(-logit) in float64, as ``categorical_from_uniform``
-        does through a softmax and a cumsum. Where the two ways of computing p(x_d = 0) could
-        disagree (the uniform within 1e-12 of it; they differ by at most a few ulps), the
-        generic draw decides, so the values are the same for the same noise.
+        logit exceeds log((1 - u) / u), i.e. when the uniform u exceeds p(x_d = 0). Afterwards
+        every draw is checked against ``categorical_from_uniform`` (the generic draw: float64
+        softmax and cumsum) on the recorded logits, in one vectorised pass; should rounding make
+        any differ, the generic sampler draws the batch instead. So the values are those of the
+        generic sampler for the same noise.
         """
         if naive or self.num_categories != 2:
             return super().sample(n, generator=generator, noise=noise, naive=naive)
-        device = self.W.device
+        device, D = self.W.device, self.num_positions
         if noise is None:
-            noise = torch.rand(n, self.num_positions, generator=generator, dtype=torch.float64)
+            noise = torch.rand(n, D, generator=generator, dtype=torch.float64)
         noise = noise.to(device, torch.float64)
+        threshold = torch.log1p(-noise).sub_(torch.log(noise)).t().contiguous()  # (D, n): logit > it <=> x = 1
         W, V, b = self.W[:, 0], self.V, self.b
         s = torch.zeros(n, self.hidden, dtype=W.dtype, device=device)
-        values = torch.zeros(n, self.num_positions, dtype=torch.int64, device=device)
-        x = None
-        for d in range(self.num_positions):
+        logits = torch.empty(D, n, dtype=W.dtype, device=device)
+        drawn = torch.zeros(D, n, dtype=W.dtype, device=device)
+        for d in range(D):
             if d:
-                s = s + x.to(s.dtype)[:, None] * W[d - 1]
-            logit = self.act(s + self.c) @ V[d] + b[d]
-            p0, u = torch.sigmoid(-logit.double()), noise[:, d]
-            x = (u > p0).to(torch.int64)
-            close = (u - p0).abs() < 1e-12
-            if bool(close.any()):
-                logits = torch.stack([torch.zeros_like(logit), logit], dim=-1)
-                x = torch.where(close, categorical_from_uniform(logits, u), x)
-            values[:, d] = x
+                s = torch.addcmul(s, drawn[d - 1, :, None], W[d - 1])
+            torch.add(self.act(s + self.c) @ V[d], b[d], out=logits[d])
+            torch.gt(logits[d], threshold[d], out=drawn[d])
+        values = drawn.t().to(torch.int64)
+        generic = torch.stack([torch.zeros_like(logits), logits], dim=-1).transpose(0, 1).reshape(-1, 2)  # (n*D, 2)
+        if not torch.equal(categorical_from_uniform(generic, noise.reshape(-1)).reshape(n, D), values):
+            return super().sample(n, noise=noise)
         return self.from_sequence(values)
 
     # -- cached O(H) step ---------------------------------------------------
