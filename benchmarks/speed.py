@@ -302,7 +302,12 @@ def main(argv=None) -> list[dict]:
     shape = (1, args.size, args.size)
     rows = []
     for name in names:
-        rows += bench_model(name, args, shape, args.device, *bounds)
+        try:
+            rows += bench_model(name, args, shape, args.device, *bounds)
+        except Exception as exc:  # noqa: BLE001 - one model's failure (e.g. on a new device) must not lose the rest
+            print(f"{name}: failed: {type(exc).__name__}: {exc}", flush=True)
+            rows.append({"model": name, "metric": f"failed: {type(exc).__name__}: {str(exc)[:120]}", "batch": "-",
+                         "densreg": math.nan, "reference": math.nan})
     threads_rows = []
     if not args.no_threads_probe and args.device == "cpu" and cpu_cores() > 1:
         threads_rows = threads_probe(names, args, shape, args.device)

@@ -96,8 +96,11 @@ class BlockedNADE(torch.autograd.Function):
                 starts[k] = a
             a = BlockedNADE.running_sums(a, codes, W, s, e, J, work)
             h = ACTIVATIONS_[activation](work[:e - s])
-            for i, d in enumerate(range(s, e)):
-                torch.mm(h[i], V[d].t(), out=out[d])
+            if O == 1:  # per-image dot products: an image's logits do not depend on the rest of its batch
+                out[s:e, :, 0] = torch.linalg.vecdot(h, V[s:e, 0, None])
+            else:
+                for i, d in enumerate(range(s, e)):
+                    torch.mm(h[i], V[d].t(), out=out[d])
         ctx.save_for_backward(codes, W, V, starts)
         ctx.activation, ctx.block = activation, block
         return out
@@ -214,7 +217,8 @@ class NADE(DensityModel):
         codes = self.input_codes(seq).reshape(seq.shape[0], -1)
         V = self.V.reshape(D, 1 if K == 2 else K, H)
         block = eager_block(seq.shape[0], H, D)
-        logits = BlockedNADE.apply(codes, self.W.reshape(-1, H), self.c, V, self.activation, block)  # (D, B, O)
+        with torch.autocast(codes.device.type, enabled=False):  # its products stay in the weights' dtype
+            logits = BlockedNADE.apply(codes, self.W.reshape(-1, H), self.c, V, self.activation, block)  # (D, B, O)
         if K == 2:
             logit = logits[..., 0] + self.b[:, None]  # (D, B)
             return torch.stack([torch.zeros_like(logit), logit], dim=-1).transpose(0, 1)

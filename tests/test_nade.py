@@ -229,3 +229,13 @@ def test_fast_sampling_close_calls_follow_the_generic_draw():
     p0 = torch.softmax(logits.double(), -1)[:, 0]
     noise = torch.stack([p0, torch.nextafter(p0, torch.ones_like(p0)), torch.nextafter(p0, torch.zeros_like(p0))])
     assert torch.equal(model.sample(3, noise=noise), DensityModel.sample(model, 3, noise=noise))
+
+
+def test_an_images_log_prob_does_not_depend_on_its_batch():
+    """Per-image dot products: the same image scores the same in any batch (sharded evaluation relies on it)."""
+    model = nade((1, 5, 5), 2, hidden=20)
+    x = torch.randint(0, 2, (60, 1, 5, 5), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        full = model.log_prob(x)
+        for start, stop in ((0, 1), (3, 17), (20, 60)):
+            assert torch.equal(model.log_prob(x[start:stop]), full[start:stop])

@@ -70,9 +70,14 @@ def test_eval_batch_per_device_gives_the_same_nll():
     assert abs(default["nll_nats"] - evaluate(model, x, batch_size=250)["nll_nats"]) < 1e-5
 
 
-def test_bf16_training_is_close_to_float32_and_learns():
+@pytest.mark.parametrize("name, config", [("nade", {"hidden": 16}), ("row-lstm", {"layers": 2, "hidden": 8}),
+                                          ("diagonal-bilstm", {"layers": 2, "hidden": 8})])
+def test_bf16_loss_and_gradients_are_close_to_float32(name, config):
+    """bf16 autocast (matrix products and convolutions in bf16): the loss within 1% and the gradient
+    within 0.99 cosine of float32 (measured: 0.1% and 0.998-0.99995 for the PixelRNNs; NADE's
+    hand-written pass keeps its float32 products)."""
     torch.manual_seed(0)
-    model = densreg.create_model("nade", (1, 6, 6), hidden=16)
+    model = densreg.create_model(name, (1, 6, 6), **config)
     x = torch.randint(0, 2, (64, 1, 6, 6))
     losses, grads = {}, {}
     for precision in performance.PRECISIONS:
@@ -85,6 +90,9 @@ def test_bf16_training_is_close_to_float32_and_learns():
     assert abs(losses["bf16"] - losses["float32"]) < 1e-2 * losses["float32"]
     cosine = torch.nn.functional.cosine_similarity(grads["bf16"], grads["float32"], dim=0)
     assert cosine > 0.99
+
+
+def test_bf16_training_learns_and_bad_precision_is_refused():
     train = densreg.load_split("digits", "train")[:300]
     fresh = densreg.create_model("nade", (1, 8, 8), hidden=16)
     before = evaluate(fresh, train)["nll_nats"]
