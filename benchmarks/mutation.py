@@ -47,8 +47,11 @@ EQUIVALENTS = ROOT / "benchmarks" / "mutation_equivalents.toml"
 SERVER_FAILED = "mutation fork server failed"
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "--no-header"]
 # Imported once by the fork server: what every test run needs and nothing of densreg.
+# (torch.testing.assert_close imports sympy: 3 s per run otherwise; torch._dynamo and onnxscript
+# likewise for the export tests.)
 PRELOAD = ("torch", "numpy", "pytest", "onnx", "onnxruntime", "safetensors", "click", "pluggy", "sklearn",
-           "PIL.Image", "tqdm")
+           "sklearn.datasets", "PIL.Image", "tqdm", "sympy", "torch.testing", "torch._dynamo", "torch.export",
+           "torch.onnx", "onnxscript", "scipy.stats")
 
 
 # -- configuration ------------------------------------------------------------------------

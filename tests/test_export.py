@@ -323,6 +323,26 @@ def test_parity_fails_when_only_log_prob_differs(tmp_path):
     model = perturb(FlippedValuesBernoulli((1, 2, 2)))
     with pytest.raises(ExportError, match=r"parity.* 0 \(conditional logits\), 0 \(step logits\), [0-9.]+ nats"):
         export_model(model, tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("gap, fails", [(1.5e-3, True), (5e-4, False)])
+def test_parity_tolerance_on_log_prob_is_tight(tmp_path, gap, fails):
+    """One binary value with log p(1) - log p(0) = gap, exported scoring the flipped value: the
+    logits agree exactly and every image's log_prob is off by exactly gap nats."""
+    from densreg.export.exporter import LOG_PROB_ATOL
+
+    assert gap > LOG_PROB_ATOL if fails else gap < LOG_PROB_ATOL
+    model = FlippedValuesBernoulli((1, 1, 1))
+    with torch.no_grad():
+        model.log_probs.copy_(torch.log_softmax(torch.tensor([[0.0, gap]]), -1))
+    if fails:
+        with pytest.raises(ExportError):
+            export_model(model, tmp_path / "e")
+        assert not (tmp_path / "e").exists()
+    else:
+        report = export_model(model, tmp_path / "e")
+        assert report["max_abs_diff"] <= 1e-7 and report["log_prob_max_abs_diff"] == pytest.approx(gap, rel=1e-2)
 
 
 def assert_nothing_written(parent, out):

@@ -49,13 +49,16 @@ def test_unknown_mask_type_is_refused():
         channel_mask(RGB, RGB, "C")
 
 
-def test_masked_convolution_applies_the_mask_and_keeps_the_size():
+@pytest.mark.parametrize("kernel, padding", [((3, 3), (1, 1)), ((5, 3), (2, 1)), ((1, 7), (0, 3))])
+def test_masked_convolution_applies_the_mask_and_keeps_the_size(kernel, padding):
     torch.manual_seed(0)
-    conv = MaskedConv2d(RGB, channel_groups(6, 3), (3, 3), "A")
+    conv = MaskedConv2d(RGB, channel_groups(6, 3), kernel, "A")
+    assert conv.bias is not None and conv.bias.shape == (6,)  # a bias unless bias=False
+    assert MaskedConv2d(RGB, RGB, kernel, "B", bias=False).bias is None
     x = torch.randn(2, 3, 4, 5)
     out = conv(x)
     assert out.shape == (2, 6, 4, 5)
-    torch.testing.assert_close(out, F.conv2d(x, conv.weight * conv.mask, conv.bias, padding=1), rtol=0, atol=0)
+    torch.testing.assert_close(out, F.conv2d(x, conv.weight * conv.mask, conv.bias, padding=padding), rtol=0, atol=0)
     assert torch.equal(conv.masked_weight(), conv.weight * conv.mask)
     assert "mask" not in conv.state_dict()  # derived from the config, never saved
     # an output at (h, w) does not move when the input at or after (h, w) in raster order changes,
