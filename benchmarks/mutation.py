@@ -265,6 +265,12 @@ def run_file(path: str, entry: dict, config: dict, server: ForkServer, limit_min
     command = server.command(entry["tests"], config["timeout"])
     pending = sorted(db.pending_work_items, key=lambda item: item.mutations[0].start_pos)
     print(f"{path}: {len(pending)} mutants pending; tests: {' '.join(entry['tests'])}", flush=True)
+    if pending:  # the subset must pass on the real file, or every mutant would count as killed
+        from cosmic_ray.testing import run_tests
+
+        outcome, output = run_tests(command, config["timeout"] + 30)
+        if outcome != TestOutcome.SURVIVED:
+            raise SystemExit(f"{path}: its tests fail without any mutant; fix them first:\n{output[-2000:]}")
     deadline = time.time() + 60 * limit_minutes if limit_minutes else None
     try:
         for n, item in enumerate(pending, 1):

@@ -3,6 +3,8 @@ parameter counts, the table limit). Normalization, chain rule, causality, step, 
 checkpoint round trip, for bernoulli and markov orders 1-3 with random tables, are the conformance
 kit's checks in test_conformance.py::test_registered_models_pass."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -79,3 +81,54 @@ def test_markov_rejects_huge_tables():
 
     with pytest.raises(ConfigError, match="over the limit"):
         create_model("markov", (1, 28, 28), 2, order=20)
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "markov"])
+def test_constructor_defaults_are_binary_28x28_raster_add_one(name):
+    from densreg.plugins.baselines import Bernoulli, Markov
+
+    model = {"bernoulli": Bernoulli, "markov": Markov}[name]()
+    assert (model.event_shape, model.num_categories, model.ordering, model.alpha) == ((1, 28, 28), 2, "raster", 1.0)
+    assert name == "bernoulli" or model.markov_order == 1
+
+
+@pytest.mark.parametrize("name, config", [("bernoulli", {}), ("markov", {"order": 2})])
+@pytest.mark.parametrize("k", [2, 3])
+def test_an_unfitted_model_is_uniform(name, config, k):
+    model = create_model(name, (1, 2, 3), k, **config)
+    x = torch.randint(0, k, (5, 1, 2, 3), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.log_prob(x), torch.full((5,), -6 * math.log(k)), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "markov"])
+def test_alpha_zero_is_the_raw_frequency_and_negative_alpha_is_refused(name):
+    from densreg.registry import ConfigError
+
+    x = torch.tensor([[[[1, 0]]], [[[1, 1]]], [[[0, 0]]], [[[1, 0]]]])
+    model = create_model(name, (1, 1, 2), 2, alpha=0.0)
+    model.fit_closed_form(x)
+    assert model.log_prob(torch.tensor([[[[1, 0]]]])).exp().item() == pytest.approx(
+        0.75 * (2 / 3 if name == "markov" else 0.75), rel=1e-6)
+    for alpha in (-0.5, -1e-9, -2.0):
+        with pytest.raises(ConfigError):
+            create_model(name, (1, 1, 2), 2, alpha=alpha)
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "markov"])
+def test_fit_reports_the_mean_train_nll_in_nats(name):
+    x = torch.randint(0, 3, (50, 1, 2, 2), generator=torch.Generator().manual_seed(1))
+    model = create_model(name, (1, 2, 2), 3)
+    metrics = model.fit_closed_form(x)
+    assert metrics["train_nll_nats"] > 0
+    assert metrics["train_nll_nats"] == pytest.approx(float(-model.log_prob(x).mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "markov"])
+def test_fit_counts_without_gradient_steps(name):
+    from densreg.app.training import fit
+
+    x = torch.randint(0, 2, (40, 1, 2, 2), generator=torch.Generator().manual_seed(2))
+    by_fit, by_counting = create_model(name, (1, 2, 2)), create_model(name, (1, 2, 2))
+    fit(by_fit, x, x[:10])
+    by_counting.fit_closed_form(x)
+    assert torch.equal(by_fit.log_probs, by_counting.log_probs)

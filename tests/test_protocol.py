@@ -1,11 +1,14 @@
 """Input validation at the boundary and the orderings."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from densreg.registry import DataError, create_model, make_ordering, validate_images
 from densreg.registry.errors import ConfigError
+from densreg.registry.conformance import randomize
 from densreg.registry.protocol import categorical_from_uniform
 
 
@@ -71,3 +74,55 @@ def test_categorical_from_uniform_inverts_the_cdf():
     logits = torch.log(torch.tensor([[0.2, 0.3, 0.5]])).expand(5, 3)
     noise = torch.tensor([0.0, 0.19, 0.21, 0.49, 0.99])
     assert categorical_from_uniform(logits, noise).tolist() == [0, 0, 1, 1, 2]
+
+
+@pytest.mark.parametrize("shape, k", [((1, 0, 2), 2), ((0, 2, 2), 2), ((1, 2), 2), ((1, 2, 2, 1), 2), ((1, 2, 2), 1),
+                                      ((1, 2, 2), 0)])
+def test_model_refuses_empty_shapes_and_fewer_than_two_levels(shape, k):
+    with pytest.raises(ConfigError):
+        create_model("bernoulli", shape, k)
+
+
+def test_smallest_model_is_one_binary_value():
+    model = create_model("bernoulli", (1, 1, 1), 2)
+    assert model.num_positions == 1 and model.log_prob(torch.tensor([[[[1]]]])).item() == pytest.approx(-math.log(2))
+
+
+def test_free_parameters_count_trainable_elements_only():
+    from densreg.registry import DensityModel
+
+    class Two(DensityModel):
+        def __init__(self):
+            super().__init__((1, 2, 3), 2)
+            self.trained = torch.nn.Parameter(torch.zeros(2, 3))
+            self.frozen = torch.nn.Parameter(torch.zeros(5), requires_grad=False)
+
+    assert Two().free_parameters() == 6
+
+
+def test_categorical_from_uniform_never_returns_k():
+    logits = torch.log(torch.tensor([[0.2, 0.3, 0.5]])).expand(2, 3)
+    assert categorical_from_uniform(logits, torch.tensor([1.0, 1.0 - 1e-12])).tolist() == [2, 2]
+
+
+def test_pixel_log_probs_are_laid_out_as_the_image():
+    model = create_model("markov", (2, 2, 3), 3, order=2, ordering="random:5")
+    randomize(model, buffers=True)
+    x = torch.randint(0, 3, (4, 2, 2, 3), generator=torch.Generator().manual_seed(1))
+    pixels = model.pixel_log_probs(x)
+    seq = model.conditional_log_probs(x)  # generation order
+    assert pixels.shape == x.shape
+    for d, flat in enumerate(model.order.tolist()):
+        c, rest = divmod(flat, 6)
+        h, w = divmod(rest, 3)
+        torch.testing.assert_close(pixels[:, c, h, w], seq[:, d], rtol=0, atol=0)
+    torch.testing.assert_close(pixels.sum((1, 2, 3)), model.log_prob(x), rtol=1e-6, atol=1e-5)
+
+
+def test_sample_from_a_generator_uses_its_uniform_draws():
+    model = create_model("markov", (1, 2, 3), 3, order=1, ordering="snake")
+    randomize(model, buffers=True)
+    drawn = model.sample(5, generator=torch.Generator().manual_seed(7))
+    noise = torch.rand(5, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.equal(drawn, model.sample(5, noise=noise))
+    assert drawn.shape == (5, 1, 2, 3) and drawn.dtype == torch.int64
