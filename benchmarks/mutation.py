@@ -348,7 +348,7 @@ def write_report(config: dict) -> str:
             table.append(f"| `{path}` | not run | | | | | | | | |")
             continue
         c, known = summary["counts"], equivalents.get(path, {})
-        equivalent = sum(1 for key in summary["survivors"] if key in known)
+        equivalent = sum(1 for key in summary["survivors"] if key in known and not known[key].startswith("accepted"))
         dead = c["killed"] + c["timed out"]
         tested = dead + c["survived"]
         score = f"{100 * dead / tested:.1f}%" if tested else "-"
@@ -364,7 +364,8 @@ def write_report(config: dict) -> str:
             if key in summary["killed_by"]:
                 rows.append(f"- line {summary['lines'][key]}, {key}: killed by `{summary['killed_by'][key]}`")
         for key in summary["survivors"]:
-            verdict = f"equivalent: {known[key]}" if key in known else "**survives: not yet addressed**"
+            verdict = ("**survives: not yet addressed**" if key not in known else
+                       f"**survives**, {known[key]}" if known[key].startswith("accepted") else f"equivalent: {known[key]}")
             rows.append(f"- line {summary['lines'][key]}, {key}: {verdict}")
         lines += rows or ["No mutant survived."]
         details += [*lines, ""]
@@ -375,7 +376,8 @@ def write_report(config: dict) -> str:
         "`[tool.densreg.mutation]`). Killed: a test of the file's subset failed; timed out: the subset ran past "
         f"{config['timeout']} s (counted as killed in the score); incompetent: cosmic-ray could not run the mutant; "
         "score = (killed + timed out) / (killed + timed out + survived); equivalent mutants are listed in "
-        "`benchmarks/mutation_equivalents.toml` with their reason. Operators left out (every file): "
+        "`benchmarks/mutation_equivalents.toml` with their reason (a reason starting \"accepted\" marks a mutant that is "
+        "not equivalent but left alive, and counts as a survivor). Operators left out (every file): "
         f"{', '.join(f'`{e}`' for e in config.get('exclude-operators', []))}.",
         "",
         *table,

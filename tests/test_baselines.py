@@ -132,3 +132,34 @@ def test_fit_counts_without_gradient_steps(name):
     fit(by_fit, x, x[:10])
     by_counting.fit_closed_form(x)
     assert torch.equal(by_fit.log_probs, by_counting.log_probs)
+
+
+def test_markov_refuses_order_zero():
+    from densreg.registry import ConfigError
+
+    with pytest.raises(ConfigError):
+        create_model("markov", (1, 2, 2), 2, order=0)
+    assert create_model("markov", (1, 2, 2), 2, order=1).markov_order == 1
+
+
+@pytest.mark.parametrize("k, order, refused", [(2, 1, False), (2, 2, True), (3, 1, True), (2, 3, True)])
+def test_markov_table_limit_counts_positions_contexts_and_levels(monkeypatch, k, order, refused):
+    """The limit is on D * K^order * K entries (here 6 * K^order * K against a limit of 24)."""
+    from densreg.plugins import baselines
+    from densreg.registry import ConfigError
+
+    monkeypatch.setattr(baselines, "MAX_TABLE_ENTRIES", 24)
+    if refused:
+        with pytest.raises(ConfigError):
+            create_model("markov", (1, 2, 3), k, order=order)
+    else:
+        assert create_model("markov", (1, 2, 3), k, order=order).log_probs.numel() == 24
+
+
+def test_markov_context_does_not_depend_on_the_batch_size():
+    model = create_model("markov", (1, 1, 6), 2, order=3)
+    randomize(model, buffers=True)
+    x = torch.randint(0, 2, (5, 1, 1, 6), generator=torch.Generator().manual_seed(3))
+    together = model.conditional_logits(x)
+    for i in range(5):
+        assert torch.equal(model.conditional_logits(x[i:i + 1])[0], together[i])

@@ -81,11 +81,13 @@ def test_step_state_is_the_running_sum_of_input_weights(k):
     seq = model.to_sequence(x)
     with torch.no_grad():
         expected = model.preactivations(seq) - model.c  # (D, B, H)
+        full = model.conditional_logits(x)  # (B, D, K)
         state, value = model.initial_state(5), torch.zeros(5, dtype=torch.int64)
         for d in range(model.num_positions):
-            logits, state = model.step(value, d, state)
+            logits, state = model.step(value, torch.tensor(d) if d % 2 else d, state)
             assert tuple(s.shape for s in state) == ((5, 11),) and logits.shape == (5, k)
             torch.testing.assert_close(state[0], expected[d], atol=1e-5, rtol=0)
+            torch.testing.assert_close(logits, full[:, d], atol=1e-5, rtol=0)
             value = seq[:, d]
 
 
@@ -118,6 +120,21 @@ def test_features_are_the_hidden_units_after_the_whole_image():
     seq = model.to_sequence(x).double()
     expected = torch.sigmoid(model.c.double() + seq @ model.W[:, 0].double())
     torch.testing.assert_close(features.double(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_features_of_grey_levels_add_the_weight_of_each_level(activation):
+    """K > 2: value k > 0 at position d adds W[d, k-1]; value 0 adds nothing."""
+    model = nade((1, 2, 3), 4, "column", hidden=5, activation=activation)
+    x = torch.randint(0, 4, (6, 1, 2, 3), generator=torch.Generator().manual_seed(8))
+    seq = model.to_sequence(x)
+    pre = model.c.double().expand(6, 5).clone()
+    for i in range(6):
+        for d in range(model.num_positions):
+            if seq[i, d] > 0:
+                pre[i] += model.W[d, seq[i, d] - 1].double()
+    expected = torch.sigmoid(pre) if activation == "sigmoid" else torch.relu(pre)
+    torch.testing.assert_close(model.features(x).double(), expected, atol=1e-5, rtol=0)
 
 
 def test_config_errors():
