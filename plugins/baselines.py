@@ -106,7 +106,7 @@ class Markov(DensityModel):
 
     def fit_closed_form(self, x):
         seq = self.to_sequence(self.validate(x))
-        flat = (torch.arange(self.num_positions) * self.num_contexts + self.contexts(seq)) * self.num_categories + seq
+        flat = (torch.arange(self.num_positions, device=seq.device) * self.num_contexts + self.contexts(seq)) * self.num_categories + seq
         counts = torch.bincount(flat.reshape(-1), minlength=self.log_probs.numel()).reshape(self.log_probs.shape)
         self.log_probs.copy_(_log_normalized(counts, self.alpha))
         return {"train_nll_nats": float(-self.log_prob(x).mean())}

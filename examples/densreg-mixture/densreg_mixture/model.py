@@ -133,13 +133,13 @@ class Mixture(DensityModel):
         flat = x.reshape(n, d)
         gen = torch.Generator().manual_seed(self.seed)
         mean = torch.stack([(flat == value).double().mean(0) for value in range(k)], -1)  # (D, K)
-        picks = flat[torch.randint(0, n, (m,), generator=gen)]
+        picks = flat[torch.randint(0, n, (m,), generator=gen).to(x.device)]
         start = 0.5 * mean + 0.5 * torch.nn.functional.one_hot(picks, k).double()
-        self._set(torch.full((m,), 1.0 / m, dtype=torch.float64), (start + 1e-3) / (1 + k * 1e-3))
+        self._set(torch.full((m,), 1.0 / m, dtype=torch.float64, device=x.device), (start + 1e-3) / (1 + k * 1e-3))
         history = []
         for _ in range(self.iterations):
-            resp_sum = torch.zeros(m, dtype=torch.float64)
-            counts = torch.zeros(m, d, k, dtype=torch.float64)
+            resp_sum = torch.zeros(m, dtype=torch.float64, device=x.device)
+            counts = torch.zeros(m, d, k, dtype=torch.float64, device=x.device)
             total = 0.0
             for begin in range(0, n, EM_CHUNK):
                 chunk = x[begin:begin + EM_CHUNK]
