@@ -4,6 +4,8 @@ short training run. Normalization, chain rule, causality by perturbation, step =
 conditional_logits (several rows, colour, K=256), sampling and the checkpoint round trip (layers 1
 and 2) are the conformance kit's checks in test_conformance.py::test_registered_models_pass."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -214,3 +216,60 @@ def test_step_exports_to_onnx_and_matches(name, tmp_path):
         logits, *arrays = session.run(None, dict(zip(names, [value, np.array(d, dtype=np.int64), *arrays])))
         np.testing.assert_allclose(logits, expected[:, d], atol=1e-5, rtol=0)
         value = seq[:, d]
+
+
+def per_row_conv_row_lstm(layer, x):
+    """The Row LSTM layer straight from its definition, (B, h, H, W) -> (B, h, H, W): the masked
+    1x3 input-to-state convolution of the image, then per row a width-3 Conv1d of the row above's state."""
+    gates_in = layer.input_to_state(x)
+    h = c = x.new_zeros(x.shape[0], x.shape[1], x.shape[3])
+    rows = []
+    for i in range(x.shape[2]):
+        gates = gates_in[:, :, i] + torch.nn.functional.conv1d(h, layer.state_to_state.weight, padding=1)
+        gi, gf, go, gg = gates.chunk(4, 1)
+        c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
+        h = torch.sigmoid(go) * torch.tanh(c)
+        rows.append(h)
+    return torch.stack(rows, 2)
+
+
+@pytest.mark.parametrize("channels, k", [(1, 2), (3, 4)])
+def test_row_lstm_gemm_layout_equals_the_convolutions(channels, k):
+    """Rows first, channels last, the masked 1x3 kernel as one GEMM over its unmasked taps and each
+    row's state step as one GEMM: the same function as the convolutions, in float64 to rounding."""
+    model = create_model("row-lstm", (channels, 5, 6), k, layers=1, hidden=6).double()
+    randomize(model, 0)
+    layer = model.rnn[0]
+    x = torch.randn(3, 6, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(layer(x), per_row_conv_row_lstm(layer, x), atol=1e-12, rtol=0)
+
+
+def test_committed_row_lstm_checkpoint_scores_as_before(mnist_npz, monkeypatch):
+    """The parameters keep their names and shapes: the committed 5-layer checkpoint loads and gives the
+    convolutions' NLL (float32 rounding only)."""
+    import numpy as np
+
+    from densreg.plugins.pixelrnn.row_lstm import RowLSTMLayer
+    from densreg.registry import load_checkpoint
+
+    model, _ = load_checkpoint(Path(__file__).resolve().parents[1] / "models" / "row-lstm-mnist.safetensors")
+    x = torch.from_numpy(np.load(mnist_npz)["test"][:20].astype(np.int64))[:, None]
+    with torch.no_grad():
+        now = model.log_prob(x)
+        monkeypatch.setattr(RowLSTMLayer, "forward_rows", lambda self, rows: per_row_conv_row_lstm(
+            self, rows.permute(1, 3, 0, 2)).permute(2, 0, 3, 1))
+        before = model.log_prob(x)
+    torch.testing.assert_close(now, before, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("channels, k, height, width", [(1, 2, 5, 6), (3, 4, 4, 7), (1, 2, 7, 3)])
+def test_diagonal_bilstm_skewed_views_equal_the_gathered_skew(channels, k, height, width):
+    """skew_rows / unskew_rows (strided views of the rows-first layout) against skew / unskew (gathers
+    in the image layout): the same maps, and back."""
+    from densreg.plugins.pixelrnn.diagonal_bilstm import skew, skew_rows, unskew_rows
+
+    x = torch.randn(height, 2, width, 3, dtype=torch.float64)  # (H, B, W, h)
+    skewed = skew_rows(x)  # (H+W-1, B, H, h)
+    expected = skew(x.permute(1, 3, 0, 2))  # (B, h, H, H+W-1)
+    torch.testing.assert_close(skewed, expected.permute(3, 0, 2, 1), atol=0, rtol=0)
+    torch.testing.assert_close(unskew_rows(skewed, width), x, atol=0, rtol=0)

@@ -40,9 +40,10 @@ def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor, dim: int = 1) -> tuple[
 
     Returns (h, c), each ``gates`` with h along ``dim``.
     """
-    i, f, o, g = gates.chunk(4, dim)
-    c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    hidden = gates.shape[dim] // 4
+    i, f, o = torch.sigmoid(gates.narrow(dim, 0, 3 * hidden)).chunk(3, dim)  # one pass over the three gates
+    c = f * c_prev + i * torch.tanh(gates.narrow(dim, 3 * hidden, hidden))
+    return o * torch.tanh(c), c
 
 
 def branch(pred: torch.Tensor, true_fn, false_fn, operands: tuple[torch.Tensor, ...]):
@@ -129,11 +130,15 @@ class SpatialPixelRNN(DensityModel):
         return self.output_conv(F.relu(self.output_hidden_conv(F.relu(h))))
 
     def hidden_maps(self, scaled: torch.Tensor) -> torch.Tensor:
-        """Scaled images (B, C, H, W) float -> the last layer's residual stream (B, hidden, H, W)."""
-        h = self.input_conv(scaled)
+        """Scaled images (B, C, H, W) float -> the last layer's residual stream (B, hidden, H, W).
+
+        The layers run rows first, channels last, (H, B, W, hidden): one layout change on the
+        way in and one on the way out instead of one per layer.
+        """
+        h = self.input_conv(scaled).permute(2, 0, 3, 1).contiguous()
         for layer in self.rnn:
-            h = h + layer(h)
-        return h
+            h = h + layer.forward_rows(h)
+        return h.permute(1, 3, 0, 2)
 
     def logits_from_scaled(self, scaled: torch.Tensor) -> torch.Tensor:
         """``conditional_logits`` of scaled float images (B, C, H, W) -> (B, D, K); differentiable

@@ -40,6 +40,24 @@ def unskew(y: torch.Tensor, width: int) -> torch.Tensor:
     return torch.gather(y, -1, index.expand(*y.shape[:-1], -1))
 
 
+def skew_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows-first maps (H, B, W, h) -> skewed columns (H+W-1, B, H, h): column s holds x[i, :, s - i]
+    for every row i (zeros outside the image). A strided view of the zero-padded input."""
+    height, batch, width, hidden = x.shape
+    padded = F.pad(x, (0, 0, height - 1, height - 1))  # (H, B, W + 2H - 2, h)
+    row, image = padded.stride(0), padded.stride(1)
+    return padded.as_strided((height + width - 1, batch, height, hidden), (hidden, image, row - hidden, 1),
+                             padded.storage_offset() + (height - 1) * hidden)
+
+
+def unskew_rows(y: torch.Tensor, width: int) -> torch.Tensor:
+    """Inverse of ``skew_rows``: (H+W-1, B, H, h) -> (H, B, W, h), out[i, :, j] = y[i + j, :, i]."""
+    y = y.contiguous()
+    columns, batch, height, hidden = y.shape
+    column, image = y.stride(0), y.stride(1)
+    return y.as_strided((height, batch, width, hidden), (column + hidden, image, column, 1), y.storage_offset())
+
+
 class DiagonalBiLSTMLayer(nn.Module):
     """(B, hidden, H, W) -> out (B, hidden, H, W), both directions; channels grouped by ``groups``."""
 
@@ -58,23 +76,34 @@ class DiagonalBiLSTMLayer(nn.Module):
         return (self.input_to_state.masked_weight().reshape(2, 4 * hidden, hidden),
                 self.input_to_state.bias.reshape(2, 4 * hidden))
 
+    def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(H, B, W, h) rows first, channels last -> out (H, B, W, h), both directions.
+
+        The input is skewed (a strided view, ``skew_rows``) before the 1x1 input-to-state product,
+        so the gates of both directions come out column-major in one GEMM, (S, 2, B*H, 4h); each
+        skewed column's state step is then one batched GEMM (2, B*H, 2h) x (2, 2h, 4h).
+        """
+        height, batch, width, hidden = x.shape
+        w_in, b_in = self.input_gates()  # (2, 4h, h), (2, 4h)
+        columns = torch.stack([skew_rows(x), skew_rows(x.flip(2))], dim=1)  # (S, 2, B, H, h)
+        gates_in = torch.matmul(columns.view(-1, 2, batch * height, hidden), w_in.transpose(1, 2)) + b_in[:, None]
+        inside = skew(x.new_ones(height, width)).t()[:, :, None]  # (S, H, 1): 1 inside the image
+        w_ss = self.state_to_state.transpose(1, 2)  # (2, 2h, 4h) over [h above, h beside]
+        h = c = x.new_zeros(2, batch, height, hidden)
+        states = []
+        for gates, valid in zip(gates_in.unbind(0), inside.unbind(0)):  # skewed columns s
+            above = F.pad(h, (0, 0, 1, 0))[:, :, :height]  # row i gets h(i-1) of the previous column
+            taps = torch.cat([above, h], dim=-1).view(2, batch * height, 2 * hidden)
+            h, c = lstm_cell(torch.baddbmm(gates, taps, w_ss).view(2, batch, height, 4 * hidden), c, dim=-1)
+            h, c = h * valid, c * valid
+            states.append(h)
+        states = torch.stack(states)  # (S, 2, B, H, h)
+        left, right = unskew_rows(states[:, 0], width), unskew_rows(states[:, 1], width).flip(2)
+        return left + F.pad(right, (0, 0, 0, 0, 0, 0, 1, 0))[:height]  # right-to-left shifted down a row
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, hidden, height, width = x.shape
-        left, right = self.input_to_state(x).chunk(2, dim=1)
-        gates_in = skew(torch.stack([left, right.flip(-1)]))  # (2, B, 4h, H, H+W-1)
-        gates_in = gates_in.permute(4, 0, 1, 2, 3).contiguous()  # skewed columns first, contiguous
-        valid = skew(x.new_ones(height, width)).t()  # (H+W-1, H): 1 inside the image
-        h = c = x.new_zeros(2, batch, hidden, height)
-        columns = []
-        for gates, inside in zip(gates_in.unbind(0), valid.unbind(0)):  # skewed columns s
-            above = F.pad(h, (1, 0))[..., :-1]  # row i gets h(i-1) of the previous column
-            recurrent = torch.einsum("dok,dbki->dboi", self.state_to_state, torch.cat([above, h], dim=2))
-            h, c = lstm_cell(gates + recurrent, c, dim=2)
-            h, c = h * inside, c * inside
-            columns.append(h)
-        states = unskew(torch.stack(columns, dim=-1), width)  # (2, B, h, H, W)
-        right_shifted = F.pad(states[1].flip(-1), (0, 0, 1, 0))[:, :, :-1]
-        return states[0] + right_shifted
+        """(B, hidden, H, W) -> out (B, hidden, H, W) (``forward_rows`` in the image layout)."""
+        return self.forward_rows(x.permute(2, 0, 3, 1).contiguous()).permute(1, 3, 0, 2)
 
 
 class DiagonalBiLSTM(SpatialPixelRNN):

@@ -32,20 +32,38 @@ class RowLSTMLayer(nn.Module):
         self.input_to_state = MaskedConv2d(groups, groups.repeat(4), (1, KERNEL), "B")
         self.state_to_state = nn.Conv1d(hidden, 4 * hidden, KERNEL, padding=KERNEL // 2, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, hidden, height, width = x.shape
-        h = c = x.new_zeros(batch, hidden, width)
-        # state_to_state as one matmul over 3 shifted copies of the row (much faster than conv1d
-        # on rows this small, forward and backward): weight (4h, 3h), tap-major.
-        weight = self.state_to_state.weight.permute(0, 2, 1).flatten(1)
+    def gate_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layer's products as plain matrices: input-to-state (2h, 4h) over [left neighbour, the
+        pixel] (the 1x3 mask-B kernel's unmasked taps), its bias (4h,), and state-to-state (3h, 4h)
+        over [above-left, above, above-right] (the width-3 kernel, tap-major)."""
+        weight = self.input_to_state.masked_weight()[:, :, 0]  # (4h, h, 3); the right tap is all zeros
+        w_in = torch.cat([weight[..., 0], weight[..., 1]], dim=1).t()
+        w_ss = self.state_to_state.weight.permute(2, 1, 0).flatten(0, 1)
+        return w_in, self.input_to_state.bias, w_ss
+
+    def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(H, B, W, h) rows first, channels last -> hidden states (H, B, W, h).
+
+        In this layout the input-to-state convolution of the whole image is one GEMM over the
+        unmasked taps, and each row's state-to-state step one GEMM (B*W, 3h) x (3h, 4h) added to
+        that row's input gates; no transposes between the steps.
+        """
+        height, batch, width, hidden = x.shape
+        w_in, b_in, w_ss = self.gate_weights()
+        left = F.pad(x, (0, 0, 1, 0))[:, :, :width]  # each pixel's left neighbour (zeros in column 0)
+        gates_in = torch.addmm(b_in, torch.cat([left, x], dim=-1).view(-1, 2 * hidden), w_in)
+        h = c = x.new_zeros(batch, width, hidden)
         rows = []
-        # Rows first and contiguous; unbind gives one gradient buffer, not one per row.
-        for gates_in in self.input_to_state(x).permute(2, 0, 1, 3).contiguous().unbind(0):
-            padded = F.pad(h, (KERNEL // 2, KERNEL // 2))
-            taps = torch.cat([padded[..., t:t + width] for t in range(KERNEL)], dim=1)  # (B, 3h, W)
-            h, c = lstm_cell(gates_in + torch.matmul(weight, taps), c)
+        for gates in gates_in.view(height, batch * width, 4 * hidden).unbind(0):
+            padded = F.pad(h, (0, 0, 1, 1))
+            taps = torch.cat([padded[:, :width], h, padded[:, 2:]], dim=-1).view(batch * width, 3 * hidden)
+            h, c = lstm_cell(torch.addmm(gates, taps, w_ss).view(batch, width, 4 * hidden), c, dim=-1)
             rows.append(h)
-        return torch.stack(rows, dim=2)
+        return torch.stack(rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, hidden, H, W) -> hidden states (B, hidden, H, W) (``forward_rows`` in the image layout)."""
+        return self.forward_rows(x.permute(2, 0, 3, 1).contiguous()).permute(1, 3, 0, 2)
 
 
 class RowLSTM(SpatialPixelRNN):
