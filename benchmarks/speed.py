@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed_references import PerRowConvRowLSTM, RunningSumNADE, SkewDiagonalBiLSTM  # noqa: E402
 
-from densreg.app.performance import cpu_cores  # noqa: E402
+from densreg.app.performance import cpu_cores, eval_batch_size  # noqa: E402
 from densreg.registry import create_model  # noqa: E402
 from densreg.registry.atomic import atomic_write_bytes  # noqa: E402
 
@@ -276,8 +276,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.md"))
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     parser.add_argument("--size", type=int, default=28, help="images are 1 x SIZE x SIZE")
-    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5, quick 2)")
-    parser.add_argument("--eval-batch", type=int, default=None, help="log_prob batch (default 500, quick 50)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 2)")
+    parser.add_argument("--eval-batch", type=int, default=None,
+                        help="log_prob batch (default: densreg's evaluation batch on the device, 100 on CPU; quick 50)")
     parser.add_argument("--train-batch", type=int, default=None, help="training batch of every model (default: 100 for nade, 32 for the PixelRNNs, 1000 for the counting fits)")
     parser.add_argument("--sample-n", type=int, default=64)
     parser.add_argument("--reference-steps", type=int, default=None,
@@ -285,8 +286,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--no-threads-probe", action="store_true", help="skip the 1-thread vs all-cores table")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
-    args.reps = args.reps or (2 if args.quick else 5)
-    args.eval_batch = args.eval_batch or (50 if args.quick else 500)
+    args.reps = args.reps or (2 if args.quick else 3)
+    args.eval_batch = args.eval_batch or (50 if args.quick else eval_batch_size(args.device))
     args.reference_steps = args.reference_steps or (2 if args.quick else 8)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available here")
