@@ -7,28 +7,49 @@ import math
 import numpy as np
 from PIL import Image
 
+from densreg.registry.errors import DataError
+
+
+def grid_layout(n: int, event_shape, nrow: int | None = None, pad: int = 1, min_cell: int = 28) -> dict:
+    """Where ``n`` images of ``event_shape`` (C, H, W) go in a grid: images per row ``nrow`` (at most
+    n; default square), ``rows``, the enlargement ``factor`` and the final ``size`` (width, height)
+    in pixels."""
+    channels, height, width = event_shape
+    nrow = min(nrow or max(1, math.ceil(math.sqrt(n))), max(n, 1))
+    rows = math.ceil(n / nrow)
+    factor = max(1, math.ceil(min_cell / max(height, width)))
+    size = ((nrow * (width + pad) + pad) * factor, (rows * (height + pad) + pad) * factor)
+    return {"nrow": nrow, "rows": rows, "factor": factor, "size": size}
+
+
+def grid_bytes(n: int, event_shape, nrow: int | None = None) -> int:
+    """Bytes ``image_grid`` needs at its peak for ``n`` images: the tiled picture, its enlarged copy
+    and the PNG buffer, 8-bit per channel."""
+    width, height = grid_layout(n, event_shape, nrow)["size"]
+    return 2 * width * height * (3 if event_shape[0] == 3 else 1)
+
 
 def image_grid(images: np.ndarray, num_categories: int, nrow: int | None = None, pad: int = 1,
                min_cell: int = 28) -> Image.Image:
     """Tile integer images (N, C, H, W) with values 0..K-1 into one 8-bit image.
 
     C=1 gives a grey grid, C=3 an RGB grid; small images are enlarged (nearest
-    neighbour) to at least ``min_cell`` pixels a side.
+    neighbour) to at least ``min_cell`` pixels a side. ``nrow`` above N is taken as N.
     """
     images = np.asarray(images)
     n, channels, height, width = images.shape
     if channels not in (1, 3):
-        raise ValueError(f"can only draw 1- or 3-channel images, got {channels} channels")
-    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
-    ncol_rows = math.ceil(n / nrow)
+        raise DataError(f"an image grid shows 1- or 3-channel images, but these have {channels} channels; "
+                        "write the raw samples with --npz instead")
+    layout = grid_layout(n, (channels, height, width), nrow, pad, min_cell)
+    nrow = layout["nrow"]
     scaled = (images.astype(np.float64) * (255.0 / (num_categories - 1))).round().astype(np.uint8)
-    grid = np.full((channels, ncol_rows * (height + pad) + pad, nrow * (width + pad) + pad), 128, np.uint8)
+    grid = np.full((channels, layout["rows"] * (height + pad) + pad, nrow * (width + pad) + pad), 128, np.uint8)
     for i, img in enumerate(scaled):
         r, c = divmod(i, nrow)
         top, left = pad + r * (height + pad), pad + c * (width + pad)
         grid[:, top:top + height, left:left + width] = img
     picture = Image.fromarray(grid[0] if channels == 1 else grid.transpose(1, 2, 0))
-    factor = max(1, math.ceil(min_cell / max(height, width)))
-    if factor > 1:
-        picture = picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
+    if layout["factor"] > 1:
+        picture = picture.resize(layout["size"], Image.NEAREST)
     return picture

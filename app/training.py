@@ -22,6 +22,10 @@ each rank's loss is scaled so that DDP's gradient average is the gradient of the
 the global batch. Train and valid NLL are exact sums over all ranks. Only rank 0 writes
 files or prints; a resume state is read by rank 0 and sent to the others, so a run may
 resume on a different number of processes.
+
+While it writes, fit holds the output lock of each of these files (registry/locking.py):
+a second run on the same ``out`` fails at once with a DataError instead of overwriting
+the first one's files, and ``.NAME.*.tmp`` files left by a killed run are removed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import json
 import math
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -40,6 +45,8 @@ from tqdm import tqdm
 
 from densreg.registry import CheckpointError, ConfigError, atomic_write_bytes, save_checkpoint
 from densreg.registry.checkpoint import read_tensors
+from densreg.registry.locking import output_lock, remove_orphans
+from densreg.registry.saved import parse_json
 
 from . import distributed
 from .evaluation import evaluate
@@ -124,6 +131,23 @@ def run_paths(out) -> RunPaths:
     return RunPaths(out, out.with_name(out.stem + ".log.jsonl"), out.with_name(out.stem + ".last.safetensors"))
 
 
+@contextmanager
+def locked_run(out):
+    """Hold the output lock of every file of the run of ``out`` (nothing when ``out`` is None, or
+    on a rank other than 0 under torchrun: rank 0 alone writes).
+
+    A second run on the same files raises DataError at once; temporary files that a killed
+    run left behind are removed once the lock is held.
+    """
+    with ExitStack() as stack:
+        if out is not None and distributed.world().leader:
+            for path in run_paths(out):
+                stack.enter_context(output_lock(path))
+            for path in run_paths(out):
+                remove_orphans(path)
+        yield
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -153,19 +177,21 @@ def _fit(model, train, valid, start, out, resume, progress, name, metrics, optio
             given = ", ".join(f"{k} (--{k.replace('_', '-')})" for k in sorted(options) or ["resume"])
             raise ConfigError(f"{name} fits in closed form by counting; the training options {given} only apply "
                               "to gradient-trained models")
-        result = dict(model.fit_closed_form(train))
-        if valid is not None and len(valid):
-            result["valid_nll_nats"] = evaluate(model, valid)["nll_nats"]
-        result["seconds"] = time.perf_counter() - start
-        if out is not None and distributed.world().leader:  # under torchrun every rank counts, rank 0 writes
-            save_checkpoint(out, model, name, metrics={**result, **(metrics or {})})
+        with locked_run(out):
+            result = dict(model.fit_closed_form(train))
+            if valid is not None and len(valid):
+                result["valid_nll_nats"] = evaluate(model, valid)["nll_nats"]
+            result["seconds"] = time.perf_counter() - start
+            if out is not None and distributed.world().leader:  # under torchrun every rank counts, rank 0 writes
+                save_checkpoint(out, model, name, metrics={**result, **(metrics or {})})
         return result
     if resume and out is None:
         raise ConfigError("resume needs out, the checkpoint path of the run")
     given = {k: v for k, v in options.items() if v is not None}
     run = GradientRun(model, train, valid, TrainingOptions().replace(**given), given=set(given), out=out,
                       progress=progress, name=name, extra_metrics=metrics)
-    return run.run(start, resume)
+    with locked_run(out):
+        return run.run(start, resume)
 
 
 def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -176,6 +202,20 @@ def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
         for key, value in entries.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
     return tensors, state["param_groups"]
+
+
+def _check_optimizer_tensors(model, tensors: dict[str, torch.Tensor]) -> None:
+    """ValueError unless each saved Adam moment ``optim.I.exp_avg[_sq]`` has the shape of parameter I."""
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    for name, value in tensors.items():
+        if not name.startswith("optim."):
+            continue
+        parts = name.split(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(shapes):
+            raise ValueError(f"optimizer tensor {name!r} names no parameter of the model")
+        if parts[2] in ("exp_avg", "exp_avg_sq") and tuple(value.shape) != shapes[int(parts[1])]:
+            raise ValueError(f"optimizer tensor {name!r} has shape {list(value.shape)}, expected "
+                             f"{list(shapes[int(parts[1])])}")
 
 
 def _load_optimizer(optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
@@ -234,10 +274,15 @@ class GradientRun:
                 raise CheckpointError(f"cannot resume: no resume state {path} (was the run started with this --out?)")
             tensors, metadata = read_tensors(readable)
         try:
-            resume = json.loads(metadata["extra"])["resume"]
-            saved_config = json.loads(metadata["config"])
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{path} is not a densreg resume state: {exc}") from exc
+            saved_config = parse_json(metadata["config"], "config")
+            resume = parse_json(metadata["extra"], "extra")["resume"]
+            epoch, best, log = int(resume["epoch"]), dict(resume["best"]), list(resume["log"])
+            groups, saved_options = resume["param_groups"], dict(resume["options"])
+            float(best["valid_nll_nats"]), int(best["epoch"]), int(best["bad_epochs"])
+        except (KeyError, ValueError, TypeError) as exc:
+            what = f"lacks {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            raise CheckpointError(f"{path} is not a usable densreg resume state ({what}); expected the "
+                                  ".last.safetensors file densreg train writes beside --out") from exc
         if saved_config != self.model.config():
             raise ConfigError(f"cannot resume: {path} was written for config {saved_config}, "
                               f"but this run's model has config {self.model.config()}")
@@ -247,16 +292,24 @@ class GradientRun:
             self.model.load_state_dict(model_state, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"{path}: weights do not match the model: {exc}") from exc
-        _load_optimizer(self.optimizer, {k: v.to(self.device) if not k.endswith(".step") else v
-                                         for k, v in tensors.items()}, resume["param_groups"])
-        self.best_state = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")}
-        self.shuffle.set_state(tensors["rng.shuffle"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.epoch, self.best, self.log = int(resume["epoch"]), resume["best"], list(resume["log"])
-        inherited = {key: resume["options"][key] for key in INHERITED  # not given again: as interrupted
-                     if key not in self.given and key in resume["options"]}
+        try:
+            _check_optimizer_tensors(self.model, tensors)
+            _load_optimizer(self.optimizer, {k: v.to(self.device) if not k.endswith(".step") else v
+                                             for k, v in tensors.items()}, groups)
+            self.best_state = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")}
+            self.model.load_state_dict(self.best_state, strict=True)  # checks the best weights' names and shapes
+            self.model.load_state_dict(model_state, strict=True)
+            self.shuffle.set_state(tensors["rng.shuffle"])
+            torch.set_rng_state(tensors["rng.torch"])
+            if "rng.cuda" in tensors and self.device.type == "cuda":
+                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+            what = f"lacks the tensor {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            raise CheckpointError(f"{path} holds a damaged resume state ({what}); start again without --resume "
+                                  "or restore the file") from exc
+        self.epoch, self.best, self.log = epoch, best, log
+        inherited = {key: saved_options[key] for key in INHERITED  # not given again: as interrupted
+                     if key not in self.given and key in saved_options}
         self.opts = self.opts.replace(**inherited)
         for group in self.optimizer.param_groups:
             group["weight_decay"] = self.opts.weight_decay

@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from densreg.registry.atomic import is_utf8_path
 from densreg.registry.errors import DataError, RuntimeLoadError
+from densreg.registry.limits import check_event_shape
 from densreg.registry.saved import SavedModelInfo
 from densreg.registry.version import __version__
 
@@ -202,6 +204,9 @@ class ExportedModel:
         self.path = Path(path)
         if not self.path.is_dir():
             raise RuntimeLoadError(f"no such export folder: {self.path}")
+        if not is_utf8_path(self.path.absolute()):
+            raise RuntimeLoadError(f"cannot open export {os.fsencode(self.path)!r}: the path is not valid UTF-8, "
+                                   "and onnxruntime opens files by UTF-8 path; rename the folder")
         self.manifest = manifest = manifest_file.read_verified(self.path)
         self.legacy = manifest["format"] == legacy.FORMAT  # format 1: no digests, sample.onnx, pixel_log_prob
         try:
@@ -209,9 +214,12 @@ class ExportedModel:
             self.order = np.asarray(manifest["order"], dtype=np.int64)
             self.state_specs = list(manifest["state"])
             self._initial = [fmt.decode_array(s["initial"]) for s in self.state_specs]
-        except (KeyError, ValueError, TypeError) as exc:
-            raise RuntimeLoadError(f"{self.path / fmt.MANIFEST}: incomplete or invalid: {type(exc).__name__}: "
-                                   f"{exc}") from exc
+        except KeyError as exc:
+            raise RuntimeLoadError(f"{self.path / fmt.MANIFEST} lacks the key {exc.args[0]!r}; expected the "
+                                   "manifest densreg export writes (its keys are described in the folder's "
+                                   "README.md)") from exc
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise RuntimeLoadError(f"{self.path / fmt.MANIFEST}: invalid: {exc}") from exc
         self._check_version()
         providers = resolve_providers(provider)
         external = {fmt.WEIGHTS} & set(manifest["files"])
@@ -231,17 +239,18 @@ class ExportedModel:
         self.num_positions = int(np.prod(self.event_shape))
         self._step_inputs = {i.name for i in self.step_session.get_inputs()}
         self._step_outputs = [o.name for o in self.step_session.get_outputs()]
-        self._positions = [np.array(d, dtype=np.int64) for d in range(self.num_positions)]
-        if len(self.order) != self.num_positions or sorted(self.order.tolist()) != list(range(self.num_positions)):
+        if self.order.shape != (self.num_positions,) or not np.array_equal(np.sort(self.order),
+                                                                           np.arange(self.num_positions)):
             raise RuntimeLoadError(f"{self.path}: manifest 'order' is not a permutation of the {self.num_positions} "
                                    "positions")
+        self._positions = [np.array(d, dtype=np.int64) for d in range(self.num_positions)]
 
     @staticmethod
     def _parse_info(manifest: dict) -> SavedModelInfo:
         model = manifest["model"]
+        event_shape, num_categories = check_event_shape(manifest["event_shape"], manifest["num_categories"])
         return SavedModelInfo(model=model["name"], config=dict(model["config"]),
-                              event_shape=tuple(int(n) for n in manifest["event_shape"]),
-                              num_categories=int(manifest["num_categories"]), ordering=str(manifest["ordering"]),
+                              event_shape=event_shape, num_categories=num_categories, ordering=str(manifest["ordering"]),
                               densreg_version=str(model.get("densreg_version", "")), plugin=str(model["plugin"]),
                               distribution=str(model["distribution"]), distribution_version=str(model["version"]),
                               opset=int(manifest["versions"]["opset"]), parity=manifest.get("parity"))

@@ -22,6 +22,7 @@ _EXPORTS = {
     ".errors": ("CheckpointError", "ConfigError", "DataError", "DensregError", "ExportError", "PluginError",
                 "RuntimeLoadError", "UnknownNameError"),
     ".hookspecs": ("hookimpl",),
+    ".locking": ("output_lock",),
     ".orderings": ("make_ordering",),
     ".protocol": ("DensityModel", "State", "at_position", "categorical_from_uniform", "validate_images"),
     ".saved": ("SavedModelInfo",),

@@ -9,6 +9,7 @@ import torch
 
 from .catalog import DEFAULT_EVENT_SHAPE, Catalog, Dataset, ModelSpec, check_config
 from .errors import ConfigError, DataError, UnknownNameError
+from .limits import check_event_shape, check_memory
 from .plugin_manager import PluginHost, PluginInfo
 from .protocol import DensityModel, validate_images
 
@@ -78,6 +79,7 @@ def create_model(name: str, event_shape=DEFAULT_EVENT_SHAPE, num_categories: int
     config = check_config(spec.factory, config)
     for key in ("event_shape", "num_categories"):
         config.pop(key, None)
+    check_model_memory(spec, event_shape, num_categories, config)
     try:
         model = spec.factory(event_shape=tuple(event_shape), num_categories=int(num_categories), **config)
     except ConfigError:
@@ -89,6 +91,28 @@ def create_model(name: str, event_shape=DEFAULT_EVENT_SHAPE, num_categories: int
         raise ConfigError(f"the factory of {spec.qualified_name} returned {type(model).__name__}, "
                           "not a DensityModel")
     return model
+
+
+def model_bytes(spec: ModelSpec, event_shape, num_categories: int, config: dict) -> int | None:
+    """Bytes of the parameters and buffers model ``spec`` would allocate, measured by building it on
+    torch's meta device (no memory used); None when the factory cannot build on the meta device."""
+    try:
+        with torch.device("meta"):
+            model = spec.factory(event_shape=tuple(event_shape), num_categories=int(num_categories), **config)
+        tensors = [*model.parameters(), *model.buffers()]
+    except Exception:  # noqa: BLE001 - the real build reports the factory's errors
+        return None
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def check_model_memory(spec: ModelSpec, event_shape, num_categories, config: dict) -> None:
+    """ConfigError when building the model would need more memory than is available (see limits)."""
+    check_event_shape(tuple(event_shape), num_categories)
+    need = model_bytes(spec, event_shape, num_categories, config)
+    if need is not None:
+        shape = "x".join(str(int(s)) for s in event_shape)
+        check_memory(need, f"model {spec.name!r} on {shape} images with K={int(num_categories)} and {config}",
+                     "choose a smaller config")
 
 
 def list_datasets() -> list[Dataset]:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, DataError
+from .limits import check_event_shape
 from .orderings import make_ordering
 
 State = tuple[torch.Tensor, ...]
@@ -30,8 +31,10 @@ def validate_images(x: Any, event_shape: tuple[int, int, int], num_categories: i
     rank or shape, values outside 0..K-1, non-integer or NaN values. Float input is
     accepted only when every value is already a whole number; nothing is cast silently.
     """
+    if isinstance(x, torch.Tensor) and x.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        x = x.cpu().numpy()  # torch has no comparisons for these: check them in numpy
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
+        x = _from_numpy(x, num_categories)
     if not isinstance(x, torch.Tensor):
         raise DataError(f"expected a tensor or numpy array of images, got {type(x).__name__}")
     expected = tuple(event_shape)
@@ -55,6 +58,19 @@ def validate_images(x: Any, event_shape: tuple[int, int, int], num_categories: i
         lo, hi = x.min().item(), x.max().item()
         raise DataError(f"image values must lie in 0..{num_categories - 1}; got values from {lo} to {hi}")
     return x.to(torch.int64)
+
+
+def _from_numpy(x: np.ndarray, num_categories: int) -> torch.Tensor:
+    """A numpy batch as a tensor torch can compare: native byte order, contiguous, and wide unsigned
+    integers (which torch cannot compare) range-checked here and widened to int64."""
+    if x.dtype.kind not in "biufc":
+        raise DataError(f"expected integer values 0..{num_categories - 1}, got an array of dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
+    if x.dtype.kind == "u" and x.dtype.itemsize > 1:
+        if x.size and x.max() >= num_categories:
+            raise DataError(f"image values must lie in 0..{num_categories - 1}; got values up to {x.max()}")
+        x = x.astype(np.int64)
+    return torch.from_numpy(x)
 
 
 def categorical_from_uniform(logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -92,13 +108,9 @@ class DensityModel(nn.Module):
 
     def __init__(self, event_shape, num_categories: int = 2, ordering: str = "raster") -> None:
         super().__init__()
-        shape = tuple(int(s) for s in event_shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ConfigError(f"event_shape must be three positive integers (C, H, W), got {event_shape!r}")
-        if int(num_categories) < 2:
-            raise ConfigError(f"num_categories must be at least 2, got {num_categories!r}")
+        shape, num_categories = check_event_shape(event_shape, num_categories)
         self.event_shape = shape
-        self.num_categories = int(num_categories)
+        self.num_categories = num_categories
         self.ordering = str(ordering)
         self.register_buffer("order", make_ordering(self.ordering, shape), persistent=False)
 

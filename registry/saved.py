@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .limits import check_event_shape
 from .version import __version__
 
 
@@ -54,6 +55,8 @@ class SavedModelInfo:
         dist = " ".join(part for part in (self.distribution, self.distribution_version) if part)
         return f"plugin {self.plugin!r}" + (f" (distribution {dist})" if dist else "")
 
+    KEYS = ("model", "config", "event_shape", "num_categories", "ordering")  # required in every saved model
+
     @classmethod
     def describe(cls, model, name: str, **more) -> "SavedModelInfo":
         """The description of a live ``DensityModel`` registered as ``name`` (bare or
@@ -83,9 +86,23 @@ class SavedModelInfo:
         caller names the file in the error it raises.
         """
         plugin, _, bare = metadata["model"].rpartition(":")  # a qualified name written by hand
-        return cls(model=bare, config=json.loads(metadata["config"]),
-                   event_shape=tuple(json.loads(metadata["event_shape"])),
-                   num_categories=int(metadata["num_categories"]), ordering=metadata["ordering"],
-                   densreg_version=metadata.get("densreg_version", ""), plugin=metadata.get("plugin") or plugin,
-                   distribution=metadata.get("distribution", ""),
+        config = parse_json(metadata["config"], "config")
+        if not isinstance(config, dict):
+            raise ValueError(f"config is {type(config).__name__}, expected a JSON object")
+        try:
+            categories = int(metadata["num_categories"])
+        except ValueError:
+            raise ValueError(f"num_categories {metadata['num_categories'][:40]!r} is not an integer") from None
+        shape, categories = check_event_shape(parse_json(metadata["event_shape"], "event_shape"), categories)
+        return cls(model=bare, config=config, event_shape=shape, num_categories=categories,
+                   ordering=metadata["ordering"], densreg_version=metadata.get("densreg_version", ""),
+                   plugin=metadata.get("plugin") or plugin, distribution=metadata.get("distribution", ""),
                    distribution_version=metadata.get("distribution_version", ""), **more)
+
+
+def parse_json(text: str, key: str) -> Any:
+    """``json.loads`` whose every failure (nesting too deep included) is a ValueError naming ``key``."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{key} is not valid JSON ({type(exc).__name__}: {str(exc)[:80]})") from None

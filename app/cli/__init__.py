@@ -16,7 +16,7 @@ import traceback
 
 import click
 
-from densreg.registry import DensregError, __version__, api
+from densreg.registry import DensregError, __version__, api, limits
 
 from . import check, complete, evaluate, export, features, listing, plot, sample, score, train
 from .common import ARGV_KEY
@@ -48,10 +48,14 @@ class DensregGroup(click.Group):
 @click.group(cls=DensregGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="densreg")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--ignore-memory-limit", is_flag=True,
+              help=f"Run work whose estimated memory exceeds what is available (also {limits.IGNORE_ENV}=1).")
 @click.pass_context
-def cli(ctx, debug):
+def cli(ctx, debug, ignore_memory_limit):
     """densreg: exact-likelihood density models for discrete images, from plugins."""
     ctx.ensure_object(dict)["debug"] = debug
+    if ignore_memory_limit:
+        os.environ[limits.IGNORE_ENV] = "1"
 
 
 BUILTIN_COMMANDS = (listing, train, evaluate, score, sample, complete, features, plot, check, export)

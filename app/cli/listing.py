@@ -8,6 +8,7 @@ import math
 import click
 
 from densreg.registry import ConfigError, api, hookimpl
+from densreg.registry.limits import MAX_CATEGORIES
 
 from .common import echo_json, echo_table, parse_set_options, parse_shape, set_option
 
@@ -83,8 +84,8 @@ def info(model_name, shape, categories, dataset, settings, as_json):
         event_shape, num_categories = ds.event_shape, ds.num_categories
     event_shape = parse_shape(shape) if shape else event_shape
     num_categories = categories if categories is not None else num_categories
-    if num_categories < 2:
-        raise ConfigError(f"--categories must be at least 2, got {num_categories}")
+    if not 2 <= num_categories <= MAX_CATEGORIES:
+        raise ConfigError(f"--categories (-k) must be from 2 to {MAX_CATEGORIES}, got {num_categories}")
     spec = api.model_spec(model_name)
     model = api.create_model(model_name, event_shape, num_categories, **parse_set_options(settings))
     dims = model.num_positions

@@ -9,8 +9,9 @@ import click
 import numpy as np
 import torch
 
-from densreg.app.images import image_grid
+from densreg.app.images import grid_bytes, image_grid
 from densreg.registry import atomic_write_bytes, hookimpl
+from densreg.registry.limits import check_memory
 
 from densreg.app.performance import using_threads
 
@@ -33,6 +34,10 @@ def sample(checkpoint, num, out, seed, npz_path, nrow):
     export draw the same images for the same seed.
     """
     model, info = load_model_or_export(checkpoint)
+    shape = "x".join(map(str, info.event_shape))
+    # noise, samples and the sampler's per-step work (about 33 bytes per value measured), then the grid
+    need = num * math.prod(info.event_shape) * 48 + grid_bytes(num, info.event_shape, nrow)
+    check_memory(need, f"sampling {num} images of {shape}", "lower -n")
     noise = np.random.default_rng(seed).random((num, math.prod(info.event_shape)))
     if isinstance(model, torch.nn.Module):
         with using_threads(model):

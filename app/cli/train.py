@@ -12,7 +12,7 @@ from click.core import ParameterSource
 
 from densreg.app import distributed
 from densreg.app.ood import perturb_images
-from densreg.app.training import TrainingOptions, default_device, fit
+from densreg.app.training import TrainingOptions, default_device, fit, locked_run
 from densreg.registry import ConfigError, api, hookimpl
 
 from .common import ARGV_KEY, backend_option, data_options, parse_set_options, set_option, threads_option
@@ -71,7 +71,8 @@ def train(ctx, model_name, dataset, data_path, download, settings, out, perturb,
     if nproc is not None:
         launch_torchrun(ctx, nproc)
     with distributed.session(options["device"] or default_device(), backend) as world:
-        _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, options)
+        with locked_run(out):  # rank 0's lock: a second run on the same --out stops here, before any work
+            _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, options)
 
 
 def launch_torchrun(ctx, nproc: int) -> None:

@@ -1,0 +1,333 @@
+"""Hostile files (issue 11, part C): one writer per output, bounded loading of tampered or huge
+files, content hashes, file names that are not UTF-8, and one-sentence errors for damaged files.
+Every crafted file lives in pytest's temporary folder."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from densreg.app.cli import cli
+from densreg.app.training import run_paths
+from densreg.registry import CheckpointError, ConfigError, DataError, create_model, load_checkpoint, save_checkpoint
+from densreg.registry import checkpoint, limits
+from densreg.registry.atomic import atomic_write_bytes
+from densreg.registry.locking import lock_path, output_lock
+
+
+def one_line_error(result, *fragments):
+    """The CLI failed with exit 1 and one line on stderr that contains every fragment."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "unexpected" not in lines[0] and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def write_checkpoint(path, name="markov", **config):
+    model = create_model(name, (1, 3, 3), **config)
+    save_checkpoint(path, model, name, metrics={"valid_nll_nats": 1.0})
+    return model
+
+
+def tamper_metadata(path, **changes):
+    tensors, metadata = checkpoint.read_tensors(path)
+    metadata.update(changes)
+    checkpoint.save_tensors(path, tensors, {k: v for k, v in metadata.items() if v is not None})
+
+
+# -- C.10: one writer per output ------------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from densreg.registry.locking import output_lock
+    with output_lock(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(60)
+""")
+
+
+@pytest.fixture
+def held_lock(tmp_path):
+    """Start a process holding the output lock of tmp_path/m.safetensors; yields (path, process)."""
+    out = tmp_path / "m.safetensors"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield out, proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_second_train_on_the_same_out_refuses_and_leaves_the_first_runs_file(held_lock):
+    out, proc = held_lock
+    out.write_bytes(b"the first run's checkpoint")
+    result = CliRunner().invoke(cli, ["train", "bernoulli", "--dataset", "digits", "--out", str(out)])
+    line = one_line_error(result, "another densreg process", f"pid {proc.pid}", str(out))
+    assert "wait for it to finish" in line
+    assert out.read_bytes() == b"the first run's checkpoint"
+    with pytest.raises(DataError, match="another densreg process"):
+        with output_lock(out):
+            pass
+
+
+def test_lock_of_a_killed_run_is_released(held_lock):
+    out, proc = held_lock
+    proc.kill()  # SIGKILL: no clean-up ran, the lock file stays, the kernel drops the lock
+    proc.wait()
+    assert lock_path(out).exists()
+    result = CliRunner().invoke(cli, ["train", "bernoulli", "--dataset", "digits", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not lock_path(out).exists()
+    load_checkpoint(out)
+
+
+def test_any_file_of_the_run_is_locked(tmp_path):
+    """The resume state and the log are the run's too: a run on another --out with the same stem refuses."""
+    out = tmp_path / "m.safetensors"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_paths(out).state)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(cli, ["train", "nade", "--dataset", "digits", "--out", str(out)])
+        one_line_error(result, "another densreg process", "m.last.safetensors")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_lock_is_reentrant_and_refuses_a_planted_symlink(tmp_path):
+    out = tmp_path / "m.safetensors"
+    with output_lock(out):
+        with output_lock(out):  # the CLI and fit both take it
+            pass
+        assert lock_path(out).exists()
+    assert not lock_path(out).exists()
+    (tmp_path / "elsewhere").write_text("x")
+    lock_path(out).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match="symbolic link"):
+        with output_lock(out):
+            pass
+    assert (tmp_path / "elsewhere").read_text() == "x"
+
+
+def test_orphan_temporary_files_of_a_killed_run_are_removed(tmp_path):
+    out = tmp_path / "m.safetensors"
+    orphans = [tmp_path / ".m.safetensors.k1ll3d.tmp", tmp_path / ".m.last.safetensors.abc123.tmp",
+               tmp_path / ".m.log.jsonl.zz.tmp"]
+    for orphan in orphans:
+        orphan.write_bytes(b"half a file")
+    other = tmp_path / ".other.safetensors.abc.tmp"  # not this run's: left alone
+    other.write_bytes(b"x")
+    result = CliRunner().invoke(cli, ["train", "bernoulli", "--dataset", "digits", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [p for p in orphans if p.exists()] == [] and other.exists()
+
+
+def test_readers_never_see_a_torn_file(tmp_path):
+    """While a writer replaces a 4 MB file over and over, every read is one whole version."""
+    path = tmp_path / "big.bin"
+    versions = [bytes([i]) * (4 << 20) for i in range(4)]
+    atomic_write_bytes(path, versions[0])
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            atomic_write_bytes(path, versions[i % 4])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        seen = set()
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            data = path.read_bytes()
+            assert data in versions
+            seen.add(data[0])
+    finally:
+        stop.set()
+        thread.join()
+    assert len(seen) > 1  # the reads really overlapped the writes
+
+
+# -- C.12: bounded work for tampered and huge files --------------------------------------------------
+
+def test_huge_event_shape_in_a_checkpoint_is_refused_fast(tmp_path):
+    path = tmp_path / "m.safetensors"
+    write_checkpoint(path)
+    for shape in ([1, 100000, 100000], [1, 2**40, 1], [0, 3, 3], [1, 3], "x", [1.5, 3, 3]):
+        tamper_metadata(path, event_shape=json.dumps(shape))
+        start = time.perf_counter()
+        with pytest.raises(CheckpointError, match="event_shape"):
+            load_checkpoint(path)
+        assert time.perf_counter() - start < 2
+    result = CliRunner().invoke(cli, ["sample", str(path), "--out", str(tmp_path / "s.png")])
+    one_line_error(result, "event_shape")
+
+
+def test_huge_event_shape_in_an_export_is_refused_fast(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from densreg.export import export_model
+    from densreg.export import format as fmt
+    from densreg.export.runtime import ExportedModel
+    from densreg.registry import RuntimeLoadError
+
+    out = tmp_path / "e"
+    export_model(create_model("bernoulli", (1, 2, 2)), out)
+    for name in fmt.FILES:
+        proto = onnx.load(out / name)
+        props = {p.key: p.value for p in proto.metadata_props}
+        props["event_shape"] = json.dumps([1, 100000, 100000])
+        del proto.metadata_props[:]
+        onnx.helper.set_model_props(proto, props)
+        onnx.save(proto, out / name)
+    start = time.perf_counter()
+    with pytest.raises(RuntimeLoadError, match="event_shape .* more than"):
+        ExportedModel(out, provider="cpu")
+    assert time.perf_counter() - start < 5
+
+
+def test_export_metadata_missing_a_key_says_which(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from densreg.export import export_model
+    from densreg.export import format as fmt
+
+    out = tmp_path / "e"
+    export_model(create_model("bernoulli", (1, 2, 2)), out)
+    for name in fmt.FILES:
+        proto = onnx.load(out / name)
+        props = {p.key: p.value for p in proto.metadata_props if p.key != "opset"}
+        del proto.metadata_props[:]
+        onnx.helper.set_model_props(proto, props)
+        onnx.save(proto, out / name)
+    result = CliRunner().invoke(cli, ["sample", str(out), "--out", str(tmp_path / "s.png")])
+    one_line_error(result, "export metadata lacks the key 'opset'")
+
+
+def test_sparse_file_is_not_read_whole(tmp_path):
+    import resource
+
+    sparse = tmp_path / "sparse.safetensors"
+    with open(sparse, "wb") as handle:
+        handle.truncate(12 * 2**30)  # 12 GB of holes, no disk used
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(sparse)
+    assert time.perf_counter() - start < 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: under 100 MB more
+
+
+def crafted_safetensors(path, tensors: dict, metadata: dict, pad_to: int = 0):
+    """A safetensors file whose header declares ``tensors`` {name: (dtype, shape, [begin, end])};
+    the data region is a hole of ``pad_to`` bytes (sparse)."""
+    header = {"__metadata__": metadata,
+              **{k: {"dtype": d, "shape": s, "data_offsets": o} for k, (d, s, o) in tensors.items()}}
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as handle:
+        handle.write(len(raw).to_bytes(8, "little") + raw)
+        handle.truncate(8 + len(raw) + pad_to)
+
+
+def test_a_valid_header_declaring_a_huge_tensor_is_refused_before_reading(tmp_path, monkeypatch):
+    real = tmp_path / "real.safetensors"
+    write_checkpoint(real, "bernoulli")
+    _, metadata = checkpoint.read_header(real)
+    huge = 3 * 2**30  # 12 GB of F32
+    path = tmp_path / "huge.safetensors"
+    crafted_safetensors(path, {"model.log_probs": ("F32", [huge], [0, 4 * huge])}, metadata, pad_to=4 * huge)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"model.log_probs has shape \[3221225472\], expected \[9, 2\]"):
+        load_checkpoint(path)
+    monkeypatch.setattr(limits, "available_memory", lambda: 2**30)
+    with pytest.raises(ConfigError, match="needs about 24.0 GiB of memory, more than the 1.0 GiB available"):
+        checkpoint.read_tensors(path)
+    assert time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize("entry, message", [
+    (("F32", [4], [0, 8]), "needs 16 bytes, its data_offsets give 8"),
+    (("F32", [2], [0, 8000]), "within the 8 data bytes"),
+    (("Q7", [2], [0, 8]), "has dtype 'Q7'"),
+    (("F32", [-2], [0, 8]), "expected a list of non-negative integers"),
+    (("F32", "2", [0, 8]), "expected a list of non-negative integers"),
+    (("F32", [2], [8, 0]), "within the 8 data bytes"),
+])
+def test_malformed_header_entries_are_named(tmp_path, entry, message):
+    path = tmp_path / "bad.safetensors"
+    crafted_safetensors(path, {"model.log_probs": entry}, {"format": checkpoint.FORMAT}, pad_to=8)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x01\x02", (2**63).to_bytes(8, "little") + b"{}",
+                                 (5).to_bytes(8, "little") + b"\xff\xfe{}}", (2).to_bytes(8, "little") + b"[]",
+                                 (200000).to_bytes(8, "little") + b"[" * 200000])
+def test_garbage_headers_are_one_sentence(tmp_path, raw):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(raw)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_checkpoint(path)
+
+
+def test_special_files_as_checkpoints(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    for target, message in ((tmp_path / "fifo", "not a regular file"), (tmp_path, "is a folder")):
+        start = time.perf_counter()
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(target)  # a FIFO is never opened (it would block)
+        assert time.perf_counter() - start < 2
+
+
+def test_sample_refuses_more_memory_than_available_unless_overridden(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, create_model("bernoulli", (1, 28, 28)), "bernoulli")
+    result = CliRunner().invoke(cli, ["sample", str(path), "-n", str(10**7), "--out", str(tmp_path / "s.png")])
+    one_line_error(result, "sampling 10000000 images of 1x28x28 needs about", "lower -n", "--ignore-memory-limit")
+    result = CliRunner().invoke(cli, ["sample", str(path), "-n", "2", "--nrow", str(10**9),
+                                      "--out", str(tmp_path / "s.png")])  # nrow above n: n per row
+    assert result.exit_code == 0, result.output
+    write_checkpoint(path, "bernoulli")
+    monkeypatch.setattr(limits, "available_memory", lambda: 1000)
+    result = CliRunner().invoke(cli, ["sample", str(path), "-n", "20", "--out", str(tmp_path / "s.png")])
+    one_line_error(result, "more than the 1000 B available")
+    monkeypatch.setenv(limits.IGNORE_ENV, "0")  # the flag sets it to 1; monkeypatch removes it afterwards
+    result = CliRunner().invoke(cli, ["--ignore-memory-limit", "sample", str(path), "-n", "20",
+                                      "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["info", "bernoulli", "-k", str(10**9)], "--categories (-k) must be from 2 to 65536, got 1000000000"),
+    (["info", "bernoulli", "-k", "1"], "--categories (-k) must be from 2 to 65536, got 1"),
+    (["info", "bernoulli", "--shape", "1,100000,100000"], "more than the 4194304 densreg supports"),
+    (["info", "nade", "--set", "hidden=1000000000"], "needs about"),
+    (["info", "nade", "-k", "65536", "--set", "hidden=100000"], "needs about"),
+    (["info", "pixelrnn", "--set", "hidden=10000000"], "needs about"),
+])
+def test_oversized_models_are_refused_before_allocating(args, message):
+    start = time.perf_counter()
+    result = CliRunner().invoke(cli, args)
+    one_line_error(result, message)
+    assert time.perf_counter() - start < 10
+
+
+def test_memory_estimate_counts_real_bytes():
+    from densreg.registry import api
+
+    spec = api.model_spec("nade")
+    model = create_model("nade", (1, 4, 4), hidden=7)
+    real = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    assert api.model_bytes(spec, (1, 4, 4), 2, {"hidden": 7}) == real
