@@ -29,7 +29,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-from densreg.registry.atomic import atomic_write_folder, check_target
+from densreg.registry.atomic import atomic_write_folder, check_target, is_utf8_path
 from densreg.registry.errors import DensregError, ExportError
 from densreg.registry.protocol import DensityModel
 from densreg.registry.saved import SavedModelInfo
@@ -279,6 +279,9 @@ def parity_check(model: DensityModel, conditionals: onnx.ModelProto, step: onnx.
 
 def _check_target(out_dir: Path) -> None:
     """``out_dir`` must be new, empty, or a previous export (which is then replaced)."""
+    if not is_utf8_path(out_dir.absolute()):
+        raise ExportError(f"cannot export to {os.fsencode(out_dir)!r}: the path is not valid UTF-8, and onnxruntime "
+                          "opens exports by UTF-8 path; choose a UTF-8 name")
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"cannot export to {out_dir}: it is a file, not a folder")
     check_target(out_dir, "folder")  # no symlink or special file

@@ -36,7 +36,7 @@ class Bernoulli(DensityModel):
         self.alpha = float(alpha)
         # log p(x_{o(d)} = k), in generation order: (D, K)
         self.register_buffer("log_probs", torch.full((self.num_positions, self.num_categories),
-                                                     -torch.log(torch.tensor(float(self.num_categories))).item()))
+                                                     -math.log(self.num_categories)))
 
     def config(self):
         return {**super().config(), "alpha": self.alpha}
@@ -88,7 +88,7 @@ class Markov(DensityModel):
         self.alpha = float(alpha)
         self.num_contexts = contexts
         self.register_buffer("log_probs", torch.full((self.num_positions, contexts, self.num_categories),
-                                                     -torch.log(torch.tensor(float(self.num_categories))).item()))
+                                                     -math.log(self.num_categories)))
 
     def config(self):
         return {**super().config(), "order": self.markov_order, "alpha": self.alpha}

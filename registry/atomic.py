@@ -35,6 +35,16 @@ def _write_synced(path: Path, data: bytes, fd: int | None = None) -> None:
         os.fsync(handle.fileno())
 
 
+def is_utf8_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is valid UTF-8 (a name the OS took as bytes that are not UTF-8 decodes to
+    surrogates in Python; libraries that take UTF-8 paths, like onnxruntime, cannot open it)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_target(path: str | os.PathLike, kind: str = "file") -> None:
     """Raise DataError unless ``path`` is absent or a writable regular file (``kind="folder"``: a folder)."""
     try:

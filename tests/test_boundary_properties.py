@@ -20,7 +20,7 @@ from densreg.registry import DataError, DensregError, create_model, load_checkpo
 from densreg.registry import checkpoint  # noqa: E402
 from densreg.registry.protocol import validate_images  # noqa: E402
 
-FAST = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture,
+FAST = settings(max_examples=30, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])
 DTYPES = st.sampled_from([np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
                           np.uint64, np.float16, np.float32, np.float64, np.complex64, np.complex128])

@@ -316,6 +316,7 @@ def test_sample_refuses_more_memory_than_available_unless_overridden(tmp_path, m
     (["info", "nade", "--set", "hidden=1000000000"], "needs about"),
     (["info", "nade", "-k", "65536", "--set", "hidden=100000"], "needs about"),
     (["info", "pixelrnn", "--set", "hidden=10000000"], "needs about"),
+    (["info", "bernoulli", "-k", "65536", "--shape", "1,2048,2048"], "needs about"),
 ])
 def test_oversized_models_are_refused_before_allocating(args, message):
     start = time.perf_counter()
@@ -331,3 +332,43 @@ def test_memory_estimate_counts_real_bytes():
     model = create_model("nade", (1, 4, 4), hidden=7)
     real = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     assert api.model_bytes(spec, (1, 4, 4), 2, {"hidden": 7}) == real
+
+
+# -- C.15: file names that are not UTF-8 ----------------------------------------------------------------
+
+def densreg(*args):
+    """``python -m densreg ARGS`` with a strict UTF-8 stdout (PYTHONIOENCODING), as many terminals have."""
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "densreg", *map(os.fsencode, args)], capture_output=True, env=env)
+
+
+def test_non_utf8_file_names_are_written_read_and_resumed(tmp_path):
+    out = tmp_path / os.fsdecode(b"run\xff\xfe.safetensors")
+    args = ["train", "nade", "--dataset", "digits", "--set", "hidden=4", "--epochs", "1", "--out", str(out)]
+    result = densreg(*args)
+    assert result.returncode == 0 and os.fsencode(out) in result.stdout, result.stderr  # printed as its bytes
+    result = densreg(*args[:-4], "--epochs", "2", "--out", str(out), "--resume")
+    assert result.returncode == 0, result.stderr
+    model, info = load_checkpoint(out)
+    assert info.metrics["epochs"] == 2 and os.fsencode(out).endswith(b"\xff\xfe.safetensors")
+    png, npz = tmp_path / os.fsdecode(b"s\xff.png"), tmp_path / os.fsdecode(b"s\xfe.npz")
+    result = densreg("sample", str(out), "-n", "3", "--out", str(png), "--npz", str(npz))
+    assert result.returncode == 0 and png.is_file() and npz.is_file(), result.stderr
+    result = densreg("eval", str(out), "--dataset", "digits")
+    assert result.returncode == 0 and b"nats per image" in result.stdout, result.stderr
+
+
+def test_non_utf8_export_folders_are_refused_up_front(tmp_path):
+    from densreg.export import ExportError, export_model
+    from densreg.export.runtime import ExportedModel
+    from densreg.registry import RuntimeLoadError
+
+    odd = tmp_path / os.fsdecode(b"e\xff")
+    start = time.perf_counter()
+    with pytest.raises(ExportError, match="not valid UTF-8"):
+        export_model(create_model("bernoulli", (1, 2, 2)), odd)
+    assert time.perf_counter() - start < 1 and not odd.exists()  # before any tracing
+    export_model(create_model("bernoulli", (1, 2, 2)), tmp_path / "e")
+    os.rename(tmp_path / "e", odd)
+    with pytest.raises(RuntimeLoadError, match="not valid UTF-8"):
+        ExportedModel(odd, provider="cpu")

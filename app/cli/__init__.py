@@ -85,6 +85,9 @@ def add_plugin_commands(host) -> None:
 
 def main(argv=None) -> None:
     """Console entry point: load plugins' commands, then run."""
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as the bytes they are
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         add_plugin_commands(api.get_catalog().host)
