@@ -67,7 +67,9 @@ def read_verified(folder: Path) -> dict:
         manifest = json.loads(path.read_bytes())
         files = manifest["files"]
         kind = manifest["format"]
-    except (ValueError, KeyError, TypeError) as exc:
+        if not isinstance(files, dict) or not all(isinstance(d, dict) for d in files.values()):
+            raise ValueError("'files' is not an object of {name: {sha256, bytes}}")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise RuntimeLoadError(f"{path} is not a valid densreg manifest: {type(exc).__name__}: {exc}") from exc
     if kind != fmt.FORMAT:
         raise RuntimeLoadError(f"{folder} is not a densreg export of this version (manifest format {kind!r}, "
