@@ -249,13 +249,27 @@ def build_catalogue(d: Path) -> list[Case]:
         cases.append(Case(f"sample export {name}", "export", ["sample", str(folder), "-n", "2", "--out", png]))
         cases.append(Case(f"eval export {name}", "export", ["eval", str(folder), "--dataset", "digits"]))
 
-    for key in ("opset", "order", "state", "model", "event_shape", "num_categories"):
-        export_case(f"no-{key}", lambda f, key=key: set_export_metadata(f, drop=(key,)))
-    export_case("order-not-permutation", lambda f: set_export_metadata(f, order=json.dumps([0] * 64)))
-    export_case("order-garbage", lambda f: set_export_metadata(f, order='[[1], "x"]'))
-    export_case("state-garbage", lambda f: set_export_metadata(f, state='[{"name": 3}]'))
-    export_case("shape-huge", lambda f: set_export_metadata(f, event_shape="[1, 100000, 100000]"))
-    export_case("k-huge", lambda f: set_export_metadata(f, num_categories="1000000000"))
+    def manifest(change):
+        def edit(folder):
+            data = json.loads((folder / "manifest.json").read_text())
+            change(data)
+            (folder / "manifest.json").write_text(json.dumps(data))
+        return edit
+
+    for key in ("order", "state", "model", "event_shape", "num_categories", "files", "format", "versions"):
+        export_case(f"manifest-no-{key}", manifest(lambda m, key=key: m.pop(key)))
+    export_case("manifest-no-opset", manifest(lambda m: m["versions"].pop("opset")))
+    export_case("order-not-permutation", manifest(lambda m: m.update(order=[0] * 64)))
+    export_case("order-garbage", manifest(lambda m: m.update(order=[[1], "x"])))
+    export_case("state-garbage", manifest(lambda m: m.update(state=[{"name": 3}])))
+    export_case("shape-huge", manifest(lambda m: m.update(event_shape=[1, 100000, 100000])))
+    export_case("k-huge", manifest(lambda m: m.update(num_categories=10**9)))
+    export_case("files-list", manifest(lambda m: m.update(files=[1, 2])))
+    export_case("files-escape", manifest(lambda m: m["files"].update({"../../etc/passwd": {"sha256": "0", "bytes": 1}})))
+    export_case("manifest-deep", lambda f: (f / "manifest.json").write_text("[" * 100000))
+    export_case("manifest-not-json", lambda f: (f / "manifest.json").write_text("{oops"))
+    export_case("manifest-fifo", lambda f: ((f / "manifest.json").unlink(), os.mkfifo(f / "manifest.json")))
+    export_case("onnx-metadata-edited", lambda f: set_export_metadata(f, drop=("opset",)))
     export_case("step-missing", lambda f: (f / "step.onnx").unlink())
     export_case("step-truncated", lambda f: (f / "step.onnx").write_bytes((f / "step.onnx").read_bytes()[:100]))
     export_case("step-random", lambda f: (f / "step.onnx").write_bytes(os.urandom(3000)))
