@@ -13,8 +13,9 @@ uncommitted changes, restores it itself on any exit, and checks ``git diff`` aft
 
 Incremental: each file's session (cosmic-ray's sqlite work database) lives in
 ``benchmarks/mutation_sessions/`` (not committed). A rerun does only pending mutants; if the
-file's source changed since, its session starts over; if only its tests changed, the
-survivors are retested. Speed: torch is imported once, by a fork server; each mutant's test
+file's tests changed, the survivors are retested; if the file itself changed, the mutants killed
+before on lines that did not change keep their verdict and the rest runs again (``--reset``
+starts over). Speed: torch is imported once, by a fork server; each mutant's test
 run is a fork of it that imports densreg afresh (1-3 s instead of 10 on a loaded 2-core box).
 The mutants run one at a time, niced (two shared cores); cosmic-ray's http distributor could
 spread them over worker clones, which this machine cannot afford.
@@ -229,6 +230,8 @@ def open_session(path: str, entry: dict, config: dict):
     meta = json.loads(meta_path.read_text()) if meta_path.exists() and db_path.exists() else {}
     db = WorkDB(str(db_path), WorkDB.Mode.create)
     if meta.get("source") != source:
+        before = {item.job_id: (mutant_key(item.mutations[0], result.diff), result)
+                  for item, result in db.completed_work_items if result.diff} if meta else {}
         init([Path(path)], db, {})
         exclude = re.compile("|".join(f"(?:{e})" for e in config.get("exclude-operators", [])) or "(?!)")
         functions = set(entry["functions"])
@@ -238,7 +241,8 @@ def open_session(path: str, entry: dict, config: dict):
                    "outside the functions under test" if functions and not _inside(spec, functions) else None)
             if why:
                 db.set_result(item.job_id, WorkResult(output=why, worker_outcome=WorkerOutcome.SKIPPED))
-        meta = {"source": source, "tests": tests, "ever_survived": []}
+        meta = {"source": source, "tests": tests,
+                "ever_survived": carry_over(db, path, before, meta.get("ever_survived", []))}
     elif meta.get("tests") != tests:
         survivors = [item.job_id for item, result in db.completed_work_items
                      if result.test_outcome == TestOutcome.SURVIVED]
@@ -248,6 +252,35 @@ def open_session(path: str, entry: dict, config: dict):
         print(f"{path}: tests changed, retesting {len(survivors)} survivors", flush=True)
     meta_path.write_text(json.dumps(meta, indent=1))
     return db, meta, meta_path
+
+
+def carry_over(db, path: str, before: dict, ever_survived: list[str]) -> list[str]:
+    """After the file changed: keep the verdict of every mutant killed before whose line is unchanged
+    (same function, same line before and after the mutation); the rest is pending again. Returns
+    the new job ids of the mutants that ever survived."""
+    import cosmic_ray.plugins
+    from cosmic_ray.mutating import MutationVisitor, _make_diff
+    from cosmic_ray.work_item import TestOutcome
+
+    killed = {key: result for key, result in before.values() if result.test_outcome == TestOutcome.KILLED}
+    survived_keys = {before[job][0] for job in ever_survived if job in before}
+    code, kept, ever = (ROOT / path).read_text(), 0, []
+    for item in db.pending_work_items:
+        spec = item.mutations[0]
+        operator = cosmic_ray.plugins.get_operator(spec.operator_name)(**(spec.operator_args or {}))
+        mutated = MutationVisitor.mutate_code(code, operator, spec.occurrence)
+        if mutated is None:
+            continue
+        key = mutant_key(spec, "\n".join(_make_diff(code, mutated, spec.module_path)))
+        if key in survived_keys:
+            ever.append(item.job_id)
+        if key in killed:
+            db.set_result(item.job_id, killed[key])
+            kept += 1
+    if before:
+        print(f"{path}: the file changed; {kept} killed mutants on unchanged lines keep their verdict, "
+              f"{len(db.pending_work_items)} to run", flush=True)
+    return ever
 
 
 def _inside(spec, functions: set[str]) -> bool:

@@ -41,9 +41,12 @@ def test_bad_ordering(name):
 @pytest.mark.parametrize("bad, message", [
     (torch.zeros(2, 2, 2, dtype=torch.int64), r"expected images of shape \(B, 1, 2, 2\), got shape \(2, 2, 2\)"),
     (torch.zeros(2, 1, 3, 2, dtype=torch.int64), r"got shape \(2, 1, 3, 2\)"),
+    (torch.zeros(2, 1, 2, 1, dtype=torch.int64), r"got shape \(2, 1, 2, 1\)"),
+    (torch.zeros(1, 1, 2, 2, dtype=torch.complex64), r"expected integer values 0\.\.1, got complex"),
     (torch.full((1, 1, 2, 2), 2), r"values must lie in 0..1; got values from 2 to 2"),
     (torch.full((1, 1, 2, 2), -1), r"values must lie in 0..1"),
-    (torch.full((1, 1, 2, 2), 0.5), "non-integer"),
+    (torch.full((1, 1, 2, 2), 0.5), r"non-integer values; expected integers 0\.\.1"),
+    (torch.full((1, 1, 2, 2), 0.7), "non-integer"),  # rounds up: 0.7 < round(0.7)
     (torch.full((1, 1, 2, 2), float("nan")), "NaN"),
     ([[0, 1]], "expected a tensor or numpy array"),
 ])
@@ -126,3 +129,12 @@ def test_sample_from_a_generator_uses_its_uniform_draws():
     noise = torch.rand(5, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     assert torch.equal(drawn, model.sample(5, noise=noise))
     assert drawn.shape == (5, 1, 2, 3) and drawn.dtype == torch.int64
+
+
+def test_categorical_from_uniform_at_a_cdf_value_takes_the_lower_level():
+    """u exactly F(k) draws k (strictly-below count), as draw.onnx's Less does: torch and
+    onnxruntime must break such ties alike."""
+    logits = torch.log(torch.tensor([[0.25, 0.25, 0.5]]))
+    cdf = torch.cumsum(torch.softmax(logits.double(), -1), -1)[0]
+    noise = torch.stack([cdf[0], cdf[1], torch.nextafter(cdf[0], torch.tensor(1.0, dtype=torch.float64))])
+    assert categorical_from_uniform(logits.expand(3, 3), noise).tolist() == [0, 1, 1]
