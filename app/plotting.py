@@ -20,7 +20,12 @@ def read_log(path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"no such training log: {path}")
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not a training log: it is not UTF-8 text (byte {exc.start}); expected the "
+                        "OUT.log.jsonl densreg train writes") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -104,6 +104,7 @@ class TrainingOptions:
         need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "> 0")
         need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
         need(self.threads is None or positive_int(self.threads), "threads", ">= 1")
+        need(self.device is None or is_device(self.device), "device", "a torch device such as cpu, cuda or cuda:1")
 
     def replace(self, **changes) -> "TrainingOptions":
         """A checked copy with ``changes``; unknown names raise ConfigError listing the accepted ones."""
@@ -146,6 +147,15 @@ def locked_run(out):
             for path in run_paths(out):
                 remove_orphans(path)
         yield
+
+
+def is_device(name) -> bool:
+    """Whether torch can parse ``name`` as a device (whether it exists here is checked when used)."""
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def default_device() -> str:

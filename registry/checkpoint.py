@@ -296,6 +296,10 @@ def load_checkpoint(path, device: str | torch.device = "cpu"):
     names = check_weights(path, table, model, info.model)
     tensors, _ = read_tensors(path, names)
     verify_hash(path, metadata, tensors)
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
+    if broken:
+        raise CheckpointError(f"{path} holds NaN weights ({', '.join(broken[:3])}); expected finite values "
+                              "(a diverged or damaged model)")
     state = {k[len("model."):]: v for k, v in tensors.items()}
     try:
         model.load_state_dict(state, strict=True)

@@ -359,3 +359,23 @@ def test_non_utf8_export_folders_are_refused_up_front(tmp_path):
     os.rename(tmp_path / "e", odd)
     with pytest.raises(RuntimeLoadError, match="not valid UTF-8"):
         ExportedModel(odd, provider="cpu")
+
+
+# -- C.17: more hostile cases found by benchmarks/hostile.py -----------------------------------------------
+
+def test_nan_weights_are_refused_on_load(tmp_path):
+    model = create_model("bernoulli", (1, 2, 2))
+    with torch.no_grad():
+        model.log_probs.fill_(float("nan"))
+    save_checkpoint(tmp_path / "m.safetensors", model, "bernoulli")
+    with pytest.raises(CheckpointError, match=r"holds NaN weights \(model.log_probs\)"):
+        load_checkpoint(tmp_path / "m.safetensors")
+
+
+def test_unparsable_device_and_binary_log_are_sentences(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "nade", "--dataset", "digits", "--device", "nonsense",
+                                      "--out", str(tmp_path / "m.safetensors")])
+    one_line_error(result, "device must be a torch device such as cpu, cuda or cuda:1, got 'nonsense'")
+    (tmp_path / "bin.log.jsonl").write_bytes(b"\xdb\xff\x00garbage")
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path / "bin.log.jsonl"), "--out", str(tmp_path / "p.png")])
+    one_line_error(result, "is not a training log: it is not UTF-8 text")

@@ -70,6 +70,7 @@ def train(ctx, model_name, dataset, data_path, download, settings, out, perturb,
     """
     if nproc is not None:
         launch_torchrun(ctx, nproc)
+    TrainingOptions(device=options["device"])  # a ConfigError for a device name torch cannot parse
     with distributed.session(options["device"] or default_device(), backend) as world:
         with locked_run(out):  # rank 0's lock: a second run on the same --out stops here, before any work
             _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, options)
