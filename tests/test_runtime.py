@@ -366,3 +366,45 @@ def set_metadata(path, **changes):
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
     onnx.save(proto, path)
+
+
+TORCH_BLOCKER = """
+import importlib.abc, sys
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError(f"{name} is blocked")
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def test_cli_sample_and_runtime_on_an_export_never_import_torch(tmp_path):
+    model = create_model("markov", (1, 3, 4), 3, order=1, ordering="snake")
+    with torch.no_grad():
+        model.log_probs.copy_(torch.randn(model.log_probs.shape, generator=torch.Generator().manual_seed(2)))
+    out = tmp_path / "export"
+    export_model(model, out)
+    (tmp_path / "sitecustomize.py").write_text(TORCH_BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "densreg", *map(str, args)],  # noqa: E731
+                                       capture_output=True, text=True, env=env, timeout=120)
+    proc = run("sample", out, "-n", "5", "--seed", "3", "--out", tmp_path / "s.png", "--npz", tmp_path / "s.npz")
+    assert proc.returncode == 0, proc.stderr
+    noise = np.random.default_rng(3).random((5, model.num_positions))
+    with torch.no_grad():
+        assert np.array_equal(np.load(tmp_path / "s.npz")["samples"], model.sample(5, noise=torch.from_numpy(noise)))
+    proc = run("runtime", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["usable_providers"] == usable_providers()
+    proc = run("sample", tmp_path / "s.npz", "-n", "2", "--out", tmp_path / "t.png")  # a checkpoint needs torch
+    assert proc.returncode == 1 and "blocked" in proc.stderr
+
+
+def test_builtin_command_table_matches_the_modules():
+    from densreg.app import cli as cli_package
+
+    cli_package.load_builtins()
+    builtins = {name for name, command in cli_package.cli.commands.items()
+                if command.callback.__module__.startswith("densreg.app.cli.")}
+    assert builtins == set(cli_package.COMMAND_MODULES)
+    for name, module in cli_package.COMMAND_MODULES.items():
+        assert cli_package.cli.commands[name].callback.__module__ == f"densreg.app.cli.{module}"

@@ -10,20 +10,39 @@ through the ``densreg`` entry points when ``main`` starts.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
 
 import click
 
-from densreg.registry import DensregError, __version__, api, limits
+from densreg.registry import DensregError, __version__, limits
 
-from . import check, complete, evaluate, export, features, listing, plot, sample, score, train
 from .common import ARGV_KEY
+
+# Built-in commands by the module that registers them (its ``register_commands``), imported only
+# when one of its commands runs, so `densreg sample EXPORT_DIR` never imports torch.
+COMMAND_MODULES = {"plugins": "listing", "models": "listing", "datasets": "listing", "info": "listing",
+                   "train": "train", "eval": "evaluate", "score": "score", "sample": "sample",
+                   "complete": "complete", "features": "features", "plot": "plot", "check": "check",
+                   "export": "export", "runtime": "export"}
+# Built-in commands that use no plugin's command: main() loads no plugin for them, so on an
+# export folder they run without torch.
+WITHOUT_PLUGINS = ("sample", "runtime")
 
 
 class DensregGroup(click.Group):
-    """A click group that turns user errors into one line and a non-zero exit."""
+    """A click group that turns user errors into one line and a non-zero exit, and imports a
+    built-in command's module when the command is first looked up."""
+
+    def list_commands(self, ctx):
+        return sorted({*COMMAND_MODULES, *self.commands})
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in COMMAND_MODULES:
+            load_builtin(COMMAND_MODULES[name])
+        return self.commands.get(name)
 
     def parse_args(self, ctx, args):
         ctx.meta[ARGV_KEY] = list(args)  # the arguments as given, which `train --nproc` passes to torchrun
@@ -58,15 +77,27 @@ def cli(ctx, debug, ignore_memory_limit):
         os.environ[limits.IGNORE_ENV] = "1"
 
 
-BUILTIN_COMMANDS = (listing, train, evaluate, score, sample, complete, features, plot, check, export)
-for _module in BUILTIN_COMMANDS:
-    _module.register_commands(cli)
+_LOADED: set[str] = set()
+
+
+def load_builtin(module: str) -> None:
+    """Import the built-in command module ``module`` (once) and register its commands."""
+    if module not in _LOADED:
+        _LOADED.add(module)
+        importlib.import_module(f"{__name__}.{module}").register_commands(cli)
+
+
+def load_builtins() -> None:
+    """Register every built-in command."""
+    for module in dict.fromkeys(COMMAND_MODULES.values()):
+        load_builtin(module)
 
 
 def add_plugin_commands(host) -> None:
     """Run every plugin's ``register_commands(cli)``; a command name already taken (a built-in,
     or an earlier plugin's) keeps its first owner, and the clash is recorded in ``host.clashes``."""
     taken: dict = {}
+    load_builtins()  # the built-ins own their names before any plugin registers
 
     def before(info):
         taken.clear()
@@ -89,6 +120,11 @@ def main(argv=None) -> None:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
     args = sys.argv[1:] if argv is None else list(argv)
+    if next((a for a in args if not a.startswith("-")), None) in WITHOUT_PLUGINS:
+        cli.main(args=args, prog_name="densreg")
+        return
+    from densreg.registry import api  # imports torch
+
     try:
         add_plugin_commands(api.get_catalog().host)
     except DensregError as exc:  # strict plugin mode: one line, the traceback with --debug

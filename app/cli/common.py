@@ -8,14 +8,12 @@ import os
 from typing import Any
 
 import click
-import torch
 
-from densreg.app.distributed import BACKENDS
-from densreg.app.performance import set_threads
-from densreg.registry import ConfigError, DataError, load_checkpoint
+from densreg.registry import ConfigError, DataError
 from densreg.registry.catalog import reject_reserved
 
 ARGV_KEY = "densreg.argv"  # ctx.meta key: the arguments after `densreg`, as given
+REQUESTED_THREADS: int | None = None  # --threads of the command running (threads_option)
 
 
 def echo_json(data) -> None:
@@ -66,6 +64,17 @@ def threads_option(func):
     features and export use the default measured for the model's kind (densreg.app.performance)."""
     @functools.wraps(func)
     def run(*args, threads=None, **kwargs):
+        global REQUESTED_THREADS
+        REQUESTED_THREADS = threads  # load_model_or_export passes it to onnxruntime
+        if os.path.isdir(str(kwargs.get("checkpoint", ""))):  # an export folder: no torch to set up
+            try:
+                return func(*args, **kwargs)
+            finally:
+                REQUESTED_THREADS = None
+        import torch
+
+        from densreg.app.performance import set_threads
+
         before = torch.get_num_threads()
         set_threads(threads)
         if threads is not None:
@@ -73,6 +82,7 @@ def threads_option(func):
         try:
             return func(*args, **kwargs)
         finally:
+            REQUESTED_THREADS = None
             set_threads(None)
             torch.set_num_threads(before)
 
@@ -88,6 +98,8 @@ def data_options(func):
 
 def backend_option(func):
     """``--backend NAME``: the torch.distributed backend under torchrun (default: by device)."""
+    from densreg.app.distributed import BACKENDS  # torch: only for the commands that take --backend
+
     return click.option("--backend", default=None, envvar="DENSREG_BACKEND", show_envvar=True,
                         type=click.Choice(BACKENDS),
                         help="Process-group backend under torchrun [default: nccl for cuda, else gloo].")(func)
@@ -99,18 +111,21 @@ def check_matches(info, dataset) -> None:
                         f"but dataset {dataset.name!r} has shape {dataset.event_shape} with K={dataset.num_categories}")
 
 
-def load_model_or_export(path):
+def load_model_or_export(path, threads: int | None = None):
     """A checkpoint file or an export folder -> (model, info).
 
     An export folder opens in onnxruntime (densreg.export.runtime.ExportedModel, numpy
-    in and out); the provider that runs it is logged to stderr.
+    in and out; ``threads`` intra-op threads, default $OMP_NUM_THREADS, else the runtime's
+    measured default) without importing torch; the provider that runs it is logged to stderr.
     """
     if os.path.isdir(path):
         from densreg.export.runtime import ExportedModel
 
-        model = ExportedModel(path)
+        model = ExportedModel(path, threads=threads if threads is not None else REQUESTED_THREADS)
         click.echo(f"onnxruntime: {model.info.model} from {path} runs on {model.provider}", err=True)
         return model, model.info
+    from densreg.registry import load_checkpoint  # torch: not needed for an export folder
+
     return load_checkpoint(path)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from densreg.registry import hookimpl, load_checkpoint
+from densreg.registry import hookimpl
 
 from densreg.app.performance import using_threads
 
@@ -24,6 +24,7 @@ def export_command(checkpoint, out, dtype, no_parity, as_json):
     """Export a checkpoint to an ONNX folder a serving team can run with onnxruntime and numpy
     alone, check it, and compare onnxruntime with torch."""
     from densreg.export import export_model
+    from densreg.registry import load_checkpoint
 
     model, info = load_checkpoint(checkpoint)
     with using_threads(model):

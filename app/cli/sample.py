@@ -7,13 +7,11 @@ import math
 
 import click
 import numpy as np
-import torch
 
 from densreg.app.images import grid_bytes, image_grid
+from densreg.export.runtime import ExportedModel
 from densreg.registry import atomic_write_bytes, hookimpl
 from densreg.registry.limits import check_memory
-
-from densreg.app.performance import using_threads
 
 from .common import load_model_or_export, threads_option
 
@@ -39,11 +37,15 @@ def sample(checkpoint, num, out, seed, npz_path, nrow):
     need = num * math.prod(info.event_shape) * 48 + grid_bytes(num, info.event_shape, nrow)
     check_memory(need, f"sampling {num} images of {shape}", "lower -n")
     noise = np.random.default_rng(seed).random((num, math.prod(info.event_shape)))
-    if isinstance(model, torch.nn.Module):
+    if isinstance(model, ExportedModel):  # an export in onnxruntime: torch is never imported
+        samples = model.sample(num, noise=noise)
+    else:
+        import torch
+
+        from densreg.app.performance import using_threads
+
         with using_threads(model):
             samples = model.sample(num, noise=torch.from_numpy(noise)).cpu().numpy()
-    else:  # an export in onnxruntime
-        samples = model.sample(num, noise=noise)
     samples = samples.astype(np.uint8)
     picture = image_grid(samples, info.num_categories, nrow=nrow)
     buffer = io.BytesIO()
