@@ -6,8 +6,6 @@ import click
 
 from densreg.registry import hookimpl
 
-from densreg.app.performance import using_threads
-
 from .common import echo_json, threads_option
 
 
@@ -23,6 +21,7 @@ from .common import echo_json, threads_option
 def export_command(checkpoint, out, dtype, no_parity, as_json):
     """Export a checkpoint to an ONNX folder a serving team can run with onnxruntime and numpy
     alone, check it, and compare onnxruntime with torch."""
+    from densreg.app.performance import using_threads
     from densreg.export import export_model
     from densreg.registry import load_checkpoint
 
