@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -408,3 +409,22 @@ def test_builtin_command_table_matches_the_modules():
     assert builtins == set(cli_package.COMMAND_MODULES)
     for name, module in cli_package.COMMAND_MODULES.items():
         assert cli_package.cli.commands[name].callback.__module__ == f"densreg.app.cli.{module}"
+
+
+def test_step_refuses_out_of_range_values_positions_and_bad_state(export_dir):
+    model, out = export_dir  # K = 3, D = 24
+    m = ExportedModel(out, provider="cpu")
+    state, value = m.initial_state(2), np.zeros(2, dtype=np.int64)
+    cases = [((np.array([0, 3]), 0, state), "step values must lie in 0..2; got 0 to 3"),
+             ((np.array([-1, 0]), 0, state), "step values must lie in 0..2"),
+             ((value, 24, state), "step position must be an integer 0..23, got 24"),
+             ((value, -1, state), "step position must be an integer 0..23"),
+             ((value, 10000, state), "got 10000"),
+             ((value.astype(np.float32), 0, state), "1-D integer array"),
+             ((value, 0, state[:-1] if state else [np.zeros(1)]), "state"),
+             ((value, 0, [a[:1] for a in state] if state else [np.zeros(1)]), "state")]
+    for args, message in cases:
+        with pytest.raises(DataError, match=re.escape(message)):
+            m.step(*args)
+    logits, _ = m.step(value, 0, state)  # valid input still runs
+    assert logits.shape == (2, 3)
