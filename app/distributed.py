@@ -123,8 +123,8 @@ def _broadcast_bytes(data: bytes | None, missing: int) -> bytes | int:
     """Rank 0's bytes on every rank, or its status code ``missing`` (< 0) when it has none."""
     size = torch.tensor([len(data) if data is not None else missing], dtype=torch.int64, device=_comm_device())
     dist.broadcast(size, 0)
-    if size.item() < 0:
-        return int(size.item())
+    if size.item() <= 0:
+        return int(size.item()) if size.item() < 0 else b""
     buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data is not None \
         else torch.empty(int(size.item()), dtype=torch.uint8)
     buffer = buffer.to(_comm_device())

@@ -280,6 +280,8 @@ def _gather_worker(rank: int, size: int, folder: str) -> None:
         assert distributed.leader_decides(rank == 0) is True
         with distributed.leader_file(Path(folder) / ("data" if rank == 0 else "absent")) as path:
             assert path.read_bytes() == b"rank 0's bytes\x00\xff"
+        with distributed.leader_file(Path(folder) / ("empty" if rank == 0 else "absent")) as path:
+            assert path.read_bytes() == b""
         missing = Path(folder) / "missing"
         with distributed.leader_file(missing) as path:
             assert not path.exists()
@@ -291,6 +293,7 @@ def _gather_worker(rank: int, size: int, folder: str) -> None:
 
 def test_shards_gather_in_input_order_and_rank_0_shares_its_files(tmp_path):
     (tmp_path / "data").write_bytes(b"rank 0's bytes\x00\xff")
+    (tmp_path / "empty").write_bytes(b"")
     context = torch.multiprocessing.start_processes(_gather_worker, args=(3, str(tmp_path)), nprocs=3, join=False,
                                                     start_method="fork")
     deadline = time.time() + 120
