@@ -360,10 +360,10 @@ def summarise(path: str) -> dict | None:
         elif result.test_outcome == TestOutcome.KILLED:
             counts["killed"] += 1
             killed_by[key] = killing_test(result.output)
-        if result is not None:
-            lines[key] = item.mutations[0].start_pos[0]
         else:
             counts["incompetent"] += 1
+        if result is not None:
+            lines[key] = item.mutations[0].start_pos[0]
     db.close()
     return {"counts": counts, "survivors": survivors, "killed_by": killed_by, "lines": lines,
             "ever": [keys.get(job, job) for job in meta["ever_survived"]],

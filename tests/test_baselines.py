@@ -142,18 +142,19 @@ def test_markov_refuses_order_zero():
     assert create_model("markov", (1, 2, 2), 2, order=1).markov_order == 1
 
 
-@pytest.mark.parametrize("k, order, refused", [(2, 1, False), (2, 2, True), (3, 1, True), (2, 3, True)])
-def test_markov_table_limit_counts_positions_contexts_and_levels(monkeypatch, k, order, refused):
-    """The limit is on D * K^order * K entries (here 6 * K^order * K against a limit of 24)."""
+@pytest.mark.parametrize("k, order, limit, refused", [(2, 1, 24, False), (2, 2, 24, True), (3, 1, 24, True),
+                                                     (2, 3, 24, True), (2, 2, 40, True), (2, 2, 48, False)])
+def test_markov_table_limit_counts_positions_contexts_and_levels(monkeypatch, k, order, limit, refused):
+    """The limit is on D * K^order * K entries (here 6 * K^order * K against a lowered limit)."""
     from densreg.plugins import baselines
     from densreg.registry import ConfigError
 
-    monkeypatch.setattr(baselines, "MAX_TABLE_ENTRIES", 24)
+    monkeypatch.setattr(baselines, "MAX_TABLE_ENTRIES", limit)
     if refused:
         with pytest.raises(ConfigError):
             create_model("markov", (1, 2, 3), k, order=order)
     else:
-        assert create_model("markov", (1, 2, 3), k, order=order).log_probs.numel() == 24
+        assert create_model("markov", (1, 2, 3), k, order=order).log_probs.numel() == 6 * k ** order * k
 
 
 def test_markov_context_does_not_depend_on_the_batch_size():
