@@ -379,3 +379,34 @@ def test_unparsable_device_and_binary_log_are_sentences(tmp_path):
     (tmp_path / "bin.log.jsonl").write_bytes(b"\xdb\xff\x00garbage")
     result = CliRunner().invoke(cli, ["plot", str(tmp_path / "bin.log.jsonl"), "--out", str(tmp_path / "p.png")])
     one_line_error(result, "is not a training log: it is not UTF-8 text")
+
+
+# -- C.14: a content hash of config and weights ---------------------------------------------------
+
+def test_tampered_config_or_weights_are_refused_on_load(tmp_path):
+    path = tmp_path / "m.safetensors"
+    model = write_checkpoint(path, "markov", ordering="raster")
+    loaded, _ = load_checkpoint(path)
+    torch.testing.assert_close(loaded.log_probs, model.log_probs)
+
+    tensors, metadata = checkpoint.read_tensors(path)
+    config = json.loads(metadata["config"])
+    assert config["ordering"] == "raster"
+    snake = tmp_path / "snake.safetensors"
+    checkpoint.save_tensors(snake, tensors, {**metadata, "ordering": "snake",
+                                             "config": json.dumps({**config, "ordering": "snake"})})
+    with pytest.raises(CheckpointError, match="changed after densreg wrote it"):
+        load_checkpoint(snake)
+
+    weights = tmp_path / "weights.safetensors"
+    changed = {k: v.clone() for k, v in tensors.items()}
+    name = next(k for k in changed if k.startswith("model."))
+    changed[name].view(-1)[0] += 0.5
+    checkpoint.save_tensors(weights, changed, metadata)
+    with pytest.raises(CheckpointError, match="changed after densreg wrote it"):
+        load_checkpoint(weights)
+
+    unhashed = tmp_path / "unhashed.safetensors"  # files from before hashes existed still load
+    checkpoint.save_tensors(unhashed, changed, {k: v for k, v in metadata.items() if k != checkpoint.HASH_KEY})
+    reloaded, _ = load_checkpoint(unhashed)
+    assert float(reloaded.state_dict()[name[len("model."):]].view(-1)[0]) == float(changed[name].view(-1)[0])
