@@ -3,7 +3,8 @@
 # network, print the GPU and versions, run benchmarks/speed.py on CUDA, train row-lstm for ~1.5 minutes
 # on CUDA (bf16 autocast, batch 512) and evaluate it, then time `densreg eval --compile` on CUDA.
 # Results land in $OUT (default ./gpu-out): gpu.log (everything, `set -x`), speed-cuda.md, the run's
-# checkpoint, log and eval JSON, summary.md. Run from the repository root:
+# checkpoint, log and eval JSON, summary.md; last, if time is left, NADE trained under torchrun with NCCL
+# (distributed-cuda.md). Run from the repository root:
 #
 #     OUT=/some/dir bash benchmarks/gpu.sh
 #
@@ -119,5 +120,14 @@ if [ "$DRYRUN" != "1" ] && [ "$(elapsed)" -lt 330 ] && [ -f "$RUN" ]; then
     || summary "- compiled eval failed or timed out"
 else
   summary "- compiled eval skipped ($(elapsed) s elapsed)"
+fi
+# 6. distributed training with NCCL (issue 16): NADE under torchrun, one process per GPU
+if [ "$DRYRUN" != "1" ] && [ "$(elapsed)" -lt 380 ]; then
+  if [ -n "$DATA" ]; then DIST_DATA=(--data "$DATA"); else DIST_DATA=(); fi
+  timeout 90 "$PYTHON" benchmarks/distributed.py --backend nccl --device cuda --images 5000 --epochs 2 \
+      --batch-size 500 "${DIST_DATA[@]}" --out "$OUT/distributed-cuda.md" \
+    && summary "- distributed (NCCL): $OUT/distributed-cuda.md" || summary "- distributed (NCCL) failed or timed out"
+else
+  summary "- distributed (NCCL) skipped ($(elapsed) s elapsed)"
 fi
 summary "done in $(elapsed) s"
