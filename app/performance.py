@@ -55,14 +55,20 @@ def threads_for(model, threads: int | None = None) -> int:
 
 
 @contextlib.contextmanager
-def using_threads(model, threads: int | None = None):
-    """Run the block with ``threads_for(model, threads)`` torch threads, then restore the count."""
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` torch threads (None: the current count), then restore the count."""
     before = torch.get_num_threads()
-    torch.set_num_threads(threads_for(model, threads))
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def using_threads(model, threads: int | None = None):
+    """Run the block with ``threads_for(model, threads)`` torch threads, then restore the count."""
+    return torch_threads(threads_for(model, threads))
 
 
 def eval_batch_size(device) -> int:

@@ -66,25 +66,19 @@ def threads_option(func):
     def run(*args, threads=None, **kwargs):
         global REQUESTED_THREADS
         REQUESTED_THREADS = threads  # load_model_or_export passes it to onnxruntime
-        if os.path.isdir(str(kwargs.get("checkpoint", ""))):  # an export folder: no torch to set up
-            try:
-                return func(*args, **kwargs)
-            finally:
-                REQUESTED_THREADS = None
-        import torch
-
-        from densreg.app.performance import set_threads
-
-        before = torch.get_num_threads()
-        set_threads(threads)
-        if threads is not None:
-            torch.set_num_threads(threads)
         try:
-            return func(*args, **kwargs)
+            if os.path.isdir(str(kwargs.get("checkpoint", ""))):  # an export folder: no torch to set up
+                return func(*args, **kwargs)
+            from densreg.app.performance import set_threads, torch_threads
+
+            set_threads(threads)
+            try:
+                with torch_threads(threads):
+                    return func(*args, **kwargs)
+            finally:
+                set_threads(None)
         finally:
             REQUESTED_THREADS = None
-            set_threads(None)
-            torch.set_num_threads(before)
 
     return click.option("--threads", type=click.IntRange(min=1), default=None, show_default="measured per model kind",
                         help="torch threads (1 is fastest on the 2-core machine for every built-in model).")(run)
