@@ -16,14 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from densreg.registry.datasets import quantize
 from densreg.registry.errors import DataError
 
 PNG_SUFFIXES = (".png",)
-
-
-def quantize(grey: np.ndarray, num_categories: int) -> np.ndarray:
-    """8-bit values (any shape, 0..255) -> bins 0..K-1 of equal width, int64."""
-    return (grey.astype(np.int64) * num_categories) // 256
 
 
 def read_png(path: Path, event_shape: tuple[int, int, int], num_categories: int, resize: bool = False) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .catalog import DEFAULT_EVENT_SHAPE, Catalog, Dataset, ModelSpec, check_config
+from .datasets import validate_real_images
 from .errors import ConfigError, DataError, UnknownNameError
 from .limits import check_event_shape, check_memory
 from .plugin_manager import PluginHost, PluginInfo
@@ -124,12 +125,15 @@ def get_dataset(name: str) -> Dataset:
 
 
 def load_split(name: str, split: str = "train", data: str | None = None, download: bool = False) -> torch.Tensor:
-    """Images of one split as int64 (N, C, H, W), validated against the dataset's shape and K."""
+    """Images of one split as int64 (N, C, H, W), validated against the dataset's shape and K;
+    for a continuous dataset, finite float32 values (N, C, H, W)."""
     dataset = get_dataset(name)
     if split not in dataset.splits:
         raise DataError(f"dataset {dataset.name!r} has no split {split!r}; splits: {', '.join(dataset.splits)}")
     array = np.asarray(dataset.load(split, data, download))
     try:
+        if dataset.continuous:
+            return torch.from_numpy(validate_real_images(array, dataset.event_shape))
         return validate_images(array, dataset.event_shape, dataset.num_categories)
     except DataError as exc:
         raise DataError(f"dataset {dataset.name!r}, split {split!r}: {exc}") from exc

@@ -1,4 +1,5 @@
-"""The dataset type a plugin registers, and the folder where dataset readers keep downloads.
+"""The dataset type a plugin registers, the folder where dataset readers keep downloads, the check
+of real-valued splits and the 8-bit binning of pictures. numpy only.
 
 A dataset is registered by a plugin (``register_datasets`` hook) with its reader beside
 the registration; the core loads and validates splits through ``densreg.registry.load_split``.
@@ -6,12 +7,15 @@ the registration; the core loads and validates splits through ``densreg.registry
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .errors import DataError
 
 
 def cache_dir() -> Path:
@@ -25,6 +29,8 @@ class Dataset:
 
     ``load(split, data, download)`` returns integer images (N, C, H, W) with values
     0..num_categories-1; ``data`` is a user path (or None for the default location).
+    A continuous dataset (``continuous=True``, ``num_categories=0``) returns finite real values
+    instead, float32 (N, C, H, W); e.g. a 63-vector per item has event shape (1, 1, 63).
     ``labels(split, data)``, where the dataset has them, returns one integer class label per
     image of the split, in the same order (e.g. the digit); None when it has none.
     """
@@ -39,8 +45,40 @@ class Dataset:
     distribution: str = ""
     needs_files: bool = False
     labels: Callable[[str, str | None], np.ndarray] | None = None
+    continuous: bool = False
+
+    @property
+    def dimension(self) -> int:
+        """Values per item, C*H*W."""
+        return math.prod(self.event_shape)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "event_shape": list(self.event_shape),
-                "num_categories": self.num_categories, "splits": list(self.splits), "plugin": self.plugin,
-                "needs_files": self.needs_files, "labelled": self.labels is not None}
+                "dimension": self.dimension, "num_categories": self.num_categories, "continuous": self.continuous,
+                "splits": list(self.splits), "plugin": self.plugin, "needs_files": self.needs_files,
+                "labelled": self.labels is not None}
+
+
+def validate_real_images(x, event_shape: tuple[int, int, int]) -> np.ndarray:
+    """Check a batch of real-valued items at the boundary -> float32 (N, C, H, W), a new array.
+
+    DataError (one line) for a non-numeric or complex dtype, a wrong rank or shape, NaN or
+    infinite values, or values float32 cannot hold.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"expected real values, got an array of dtype {x.dtype}")
+    expected = tuple(int(s) for s in event_shape)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise DataError(f"expected items of shape (N, {', '.join(map(str, expected))}), got shape {tuple(x.shape)}")
+    with np.errstate(over="ignore"):
+        values = x.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise DataError("values contain NaN or infinite numbers (or numbers too large for float32); "
+                        "expected finite real values")
+    return values
+
+
+def quantize(values: np.ndarray, num_categories: int) -> np.ndarray:
+    """8-bit values (any shape, 0..255) -> K equal-width bins 0..K-1, int64: floor(g * K / 256)."""
+    return (values.astype(np.int64) * num_categories) // 256

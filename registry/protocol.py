@@ -54,9 +54,10 @@ def validate_images(x: Any, event_shape: tuple[int, int, int], num_categories: i
             raise DataError("images contain NaN or infinite values; expected integers 0..K-1")
         if not bool((x == torch.round(x)).all()):
             raise DataError(f"images contain non-integer values; expected integers 0..{num_categories - 1}")
-    if x.numel() and (bool((x < 0).any()) or bool((x >= num_categories).any())):
+    if x.numel():  # compared as Python numbers: uint8 >= 256 in torch wraps 256 to 0
         lo, hi = x.min().item(), x.max().item()
-        raise DataError(f"image values must lie in 0..{num_categories - 1}; got values from {lo} to {hi}")
+        if lo < 0 or hi >= num_categories:
+            raise DataError(f"image values must lie in 0..{num_categories - 1}; got values from {lo} to {hi}")
     return x.to(torch.int64)
 
 

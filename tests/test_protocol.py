@@ -59,6 +59,10 @@ def test_validation_accepts_whole_floats_and_numpy():
     x = validate_images(np.ones((3, 1, 2, 2), dtype=np.uint8), (1, 2, 2), 2)
     assert x.dtype == torch.int64 and x.shape == (3, 1, 2, 2)
     assert validate_images(torch.ones(1, 1, 2, 2), (1, 2, 2), 2).dtype == torch.int64
+    full_range = np.full((1, 1, 2, 2), 255, dtype=np.uint8)  # K = 256 takes 8-bit images as they are
+    assert validate_images(full_range, (1, 2, 2), 256).max().item() == 255
+    with pytest.raises(ValueError, match="got values from 255 to 255"):
+        validate_images(full_range, (1, 2, 2), 255)
 
 
 def test_log_prob_validates():

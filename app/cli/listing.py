@@ -59,14 +59,15 @@ def models(pattern, as_json):
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def datasets(as_json):
-    """List registered datasets with their shape and number of levels K."""
+    """List registered datasets: shape C,H,W, dimension (values per item) and number of levels K,
+    or "continuous" for real-valued data."""
     items = api.list_datasets()
     warn_clashes(failed=True)
     if as_json:
         echo_json([d.as_dict() for d in items])
         return
-    echo_table([[d.name, ",".join(map(str, d.event_shape)), d.num_categories, d.plugin, d.description]
-                for d in items], ["name", "shape", "K", "plugin", "description"])
+    echo_table([[d.name, ",".join(map(str, d.event_shape)), d.dimension, "continuous" if d.continuous else d.num_categories,
+                 d.plugin, d.description] for d in items], ["name", "shape", "dim", "K", "plugin", "description"])
 
 
 @click.command()

@@ -1,5 +1,6 @@
-"""scikit-learn's bundled 8x8 digits, binarized or as 17 grey levels: the reader and its
-registrations. Needs no files; the reader returns uint8 images (N, 1, 8, 8)."""
+"""scikit-learn's bundled 8x8 digits, binarized, as 17 grey levels or dequantized to real values: the
+reader and its registrations. Needs no files; the reader returns uint8 images (N, 1, 8, 8), or float32
+for ``digits-continuous``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from densreg.registry import Dataset
 
 DIGITS_SPLIT_SEED = 0
+DEQUANTIZE_SEED = 1  # the uniform noise of digits-continuous, one stream per split
 DIGITS_SIZES = {"valid": 300, "test": 300}  # the remaining 1197 images are train
 
 
@@ -45,6 +47,14 @@ def load_digit_labels(split: str, data: str | None = None) -> np.ndarray:
     return target[split_index(split, len(target))]
 
 
+def load_continuous_digits(split: str, data: str | None = None, download: bool = False) -> np.ndarray:
+    """The digits of ``split`` dequantized and scaled: (v + u) / 17 with v in 0..16 and u uniform in
+    [0, 1) (fixed seed per split) -> float32 (N, 1, 8, 8) in [0, 1]; same images and order as ``digits``."""
+    grey = load_digits(split, levels=17)
+    rng = np.random.default_rng([DEQUANTIZE_SEED, ("train", "valid", "test").index(split)])
+    return ((grey + rng.random(grey.shape)) / 17.0).astype(np.float32)
+
+
 def _load(levels: int, split: str, data: str | None = None, download: bool = False) -> np.ndarray:
     return load_digits(split, levels=levels)
 
@@ -57,3 +67,9 @@ DIGITS_GREY = Dataset(
     name="digits-grey",
     description="scikit-learn's bundled 8x8 digits as 17 grey levels (0..16); 1197/300/300",
     event_shape=(1, 8, 8), num_categories=17, load=partial(_load, 17), labels=load_digit_labels)
+DIGITS_CONTINUOUS = Dataset(
+    name="digits-continuous",
+    description="scikit-learn's bundled 8x8 digits dequantized by uniform noise and scaled to [0, 1) "
+                "(64 real values); 1197/300/300",
+    event_shape=(1, 8, 8), num_categories=0, continuous=True, load=load_continuous_digits,
+    labels=load_digit_labels)
