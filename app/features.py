@@ -1,29 +1,51 @@
-"""Hidden representations of images for downstream tasks (``DensityModel.features``)."""
+"""Hidden representations of images for downstream tasks (``DensityModel.features``).
+
+Works on a torch model and on an export folder opened in onnxruntime (``ExportedModel``,
+through its ``features.onnx``); with an export nothing here imports torch.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from densreg.registry import ConfigError
+from densreg.registry.errors import ConfigError
 
 
-@torch.no_grad()
-def extract_features(model, images: torch.Tensor, batch_size: int = 500, progress: bool = False) -> np.ndarray:
+def extract_features(model, images, batch_size: int = 500, progress: bool = False) -> np.ndarray:
     """``model.features`` over int64 images (N, C, H, W) in batches -> float32 (N, F).
 
-    Raises ConfigError when the model has no learned features (e.g. the counting baselines).
+    ``model``: a DensityModel (``images`` a tensor or an array) or an ExportedModel (an array).
+    Raises ConfigError when the model has no learned features (e.g. the counting baselines,
+    or an export without features.onnx).
     """
-    model.eval()
-    device = model.order.device
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch", disable=not progress,
-                      leave=False):
-        try:
-            out.append(model.features(images[start:start + batch_size].to(device)).float().cpu())
-        except NotImplementedError as exc:
-            raise ConfigError(f"{exc}; features need a model with hidden units, such as nade") from exc
+    from densreg.app.scoring import is_export
+
+    if is_export(model):
+        model.features(np.asarray(images)[:0])  # no features: its one-line error before any work
+        chunks = (model.features(np.asarray(images[start:start + batch_size]))
+                  for start in _batches(len(images), batch_size, progress))
+    else:
+        chunks = _torch_features(model, images, batch_size, progress)
+    out = list(chunks)
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(out).numpy()
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _batches(total: int, batch_size: int, progress: bool):
+    return tqdm(range(0, total, batch_size), desc="features", unit="batch", disable=not progress, leave=False)
+
+
+def _torch_features(model, images, batch_size: int, progress: bool):
+    import torch
+
+    model.eval()
+    device = model.order.device
+    images = torch.as_tensor(images)
+    with torch.no_grad():
+        for start in _batches(len(images), batch_size, progress):
+            try:
+                yield model.features(images[start:start + batch_size].to(device)).float().cpu().numpy()
+            except NotImplementedError as exc:
+                raise ConfigError(f"{exc}; features need a model with hidden units, such as nade") from exc

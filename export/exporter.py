@@ -1,7 +1,7 @@
 """Export a DensityModel to an ONNX folder (torch side).
 
-``export_model(model, out_dir)`` traces ``conditionals.onnx`` and ``step.onnx`` with the
-dynamo exporter, strips them (``lean``), builds ``draw.onnx`` and ``sample.onnx``
+``export_model(model, out_dir)`` traces ``conditionals.onnx`` and ``step.onnx`` (and
+``features.onnx`` when the model defines ``features``) with the dynamo exporter, strips them (``lean``), builds ``draw.onnx`` and ``sample.onnx``
 (``loop``), runs a parity check (onnxruntime vs torch on random valid inputs), computes
 golden vectors, checks each file with ``onnx.checker.check_model(full_check=True)``, and
 only then writes the folder (format.py lists its files) in one move: a model that cannot
@@ -76,6 +76,24 @@ class StepGraph(torch.nn.Module):
     def forward(self, value, position, *state):
         logits, new_state = self.model.step(value, position, tuple(state))
         return (logits.to(torch.float32), *new_state)
+
+
+class FeaturesGraph(torch.nn.Module):
+    """images int64 (B, C, H, W) -> features float32 (B, F): the model's ``features``."""
+
+    def __init__(self, model: DensityModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model.features(images).to(torch.float32)
+
+
+def features_meaning(model: DensityModel) -> str:
+    """What the model's ``features`` are, from its own docstring (one paragraph), for the manifest."""
+    doc = getattr(type(model).features, "__doc__", None)  # not the protocol's inherited one
+    text = " ".join(inspect.cleandoc(doc).split()) if doc else ""
+    return text or f"{type(model).__name__}.features (undocumented)"
 
 
 def draw_graph(opset: int = fmt.OPSET) -> onnx.ModelProto:
@@ -196,6 +214,28 @@ def _to_onnx(module, args, input_names, output_names, dynamic_shapes, what: str,
     return proto
 
 
+def _features(model: DensityModel, images: torch.Tensor, name: str, opset: int,
+              batch) -> tuple[onnx.ModelProto | None, dict]:
+    """features.onnx and its manifest entry; (None, entry with the reason) when the model has no
+    ``features`` or they do not export (the rest of the export does not depend on them)."""
+    with torch.no_grad():
+        try:
+            probe = model.features(images)
+        except NotImplementedError as exc:
+            return None, {"graph": None, "reason": str(exc) or f"{name} has no learned features"}
+    if not isinstance(probe, torch.Tensor) or probe.dim() != 2 or probe.shape[0] != len(images):
+        shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        return None, {"graph": None, "reason": f"{name}.features returned {shape} for {len(images)} images, "
+                                               "not a (B, F) tensor"}
+    try:
+        proto = _to_onnx(FeaturesGraph(model), (images,), ["images"], ["features"], ({0: batch},), "features",
+                         name, opset)
+    except ExportError as exc:
+        return None, {"graph": None, "reason": str(exc)}
+    return proto, {"graph": fmt.FEATURES, "shape": ["B", int(probe.shape[1])], "size": int(probe.shape[1]),
+                   "dtype": "float32", "meaning": features_meaning(model)}
+
+
 def _batch_axis(a: torch.Tensor, b: torch.Tensor, rows_a: int, rows_b: int) -> int | None:
     """The one axis along which the state for ``rows_a`` and ``rows_b`` batch rows differ (None: no axis)."""
     if a.dim() != b.dim():
@@ -241,13 +281,16 @@ def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
 
 @torch.no_grad()
 def parity_check(model: DensityModel, conditionals: onnx.ModelProto, step: onnx.ModelProto,
-                 batch: int = 2, seed: int = 0, positions: int | None = None) -> dict:
+                 batch: int = 2, seed: int = 0, positions: int | None = None,
+                 features: onnx.ModelProto | None = None) -> dict:
     """Max abs differences, onnxruntime (CPU) vs torch, on random images of ``batch`` rows.
 
     ``conditionals_logits``, ``log_prob`` (nats; also how far pixel_log_prob's sum is from it)
     and ``pixel_log_prob`` (nats) from conditionals.onnx;
     ``step_logits`` from step.onnx teacher-forced along the same images for the
-    first ``positions`` positions (default all D), each side carrying its own state.
+    first ``positions`` positions (default all D), each side carrying its own state;
+    with ``features`` (features.onnx), ``features``: the largest difference divided by
+    max(1, largest |feature|) (features have no common scale).
     """
     device = model.order.device
     gen = torch.Generator().manual_seed(seed)
@@ -258,6 +301,10 @@ def parity_check(model: DensityModel, conditionals: onnx.ModelProto, step: onnx.
               "log_prob": max(float(np.abs(ort_log_prob - log_prob.cpu().numpy()).max()),
                               float(np.abs(ort_pixel.sum((1, 2, 3)) - ort_log_prob).max())),
               "pixel_log_prob": float(np.abs(ort_pixel - pixel.cpu().numpy()).max())}
+    if features is not None:
+        ours = FeaturesGraph(model)(images).cpu().numpy()
+        theirs = _session(features).run(None, {"images": images.cpu().numpy()})[0]
+        result["features"] = float(np.abs(theirs - ours).max() / max(1.0, float(np.abs(ours).max(initial=0.0))))
     session = _session(step)
     inputs = {i.name for i in session.get_inputs()}
     seq = model.to_sequence(images)
@@ -325,9 +372,11 @@ def _to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
     return half
 
 
-def _golden(model: DensityModel, conditionals, step, sample, specs, initial, seed: int = 0, n: int = 2) -> dict:
+def _golden(model: DensityModel, conditionals, step, sample, specs, initial, seed: int = 0, n: int = 2,
+            features: onnx.ModelProto | None = None) -> dict:
     """Golden vectors from the export itself: noise of ``seed`` and its samples (sample.onnx and the
-    step loop must agree), then those samples and ``n`` random images with their log_prob (nats)."""
+    step loop must agree), then those samples and ``n`` random images with their log_prob (nats)
+    and, with ``features``, their features (float32 (2n, F), ``fmt.encode_array``)."""
     from .runtime import step_loop
 
     d = model.num_positions
@@ -341,8 +390,12 @@ def _golden(model: DensityModel, conditionals, step, sample, specs, initial, see
     rng = np.random.default_rng(seed + 1)
     images = np.concatenate([samples, rng.integers(0, model.num_categories, (n, *model.event_shape))])
     log_prob = _session(conditionals).run(["log_prob"], {"images": images})[0]
-    return {"seed": seed, "noise": noise.tolist(), "samples": samples.tolist(), "images": images.tolist(),
-            "log_prob": log_prob.astype(np.float64).tolist(), "log_prob_atol": 1e-3}
+    golden = {"seed": seed, "noise": noise.tolist(), "samples": samples.tolist(), "images": images.tolist(),
+              "log_prob": log_prob.astype(np.float64).tolist(), "log_prob_atol": 1e-3}
+    if features is not None:
+        golden["features"] = fmt.encode_array(_session(features).run(["features"], {"images": images})[0])
+        golden["features_tolerance"] = "abs(difference) <= 1e-3 * max(1, max(abs(features)))"
+    return golden
 
 
 def export_model(model: DensityModel, out_dir, name: str | None = None, parity: bool = True,
@@ -359,7 +412,9 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
     conditionals and step graphs as traced, before ``lean``), ``model``, ``opset``, ``dtype``,
     ``export_id``, ``seconds``, and with ``parity``: ``max_abs_diff`` (logits, both graphs),
     ``log_prob_max_abs_diff`` (nats: the largest change of log p(x) per image against torch),
-    ``conditionals_max_abs_diff``, ``step_max_abs_diff`` (else None).
+    ``conditionals_max_abs_diff``, ``step_max_abs_diff``, ``features_max_rel_diff`` (else None);
+    ``features``: the manifest's entry (``graph`` "features.onnx", ``size`` F, ``meaning``; or
+    ``graph`` None and the ``reason``: the model has no features, or they do not export).
     Raises ExportError (naming the model and the cause) when a graph does not
     export or parity exceeds ``atol`` / ``log_prob_atol``; nothing is written then.
     """
@@ -392,14 +447,17 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
                         ["logits", *[f"new_{n}" for n in state_names]],
                         ({0: batch}, {}, *([tuple(_dynamic(s, batch) for s in specs)] if state else [])),
                         "step", name, opset)
+        features, features_entry = _features(model, images, name, opset, batch)
         traced = {fmt.CONDITIONALS: conditionals.ByteSize(), fmt.STEP: step.ByteSize()}
         conditionals, step = lean.strip(conditionals), lean.strip(step)
+        features = features and lean.strip(features)
         if dtype == "float16":
             conditionals, step = _to_float16(conditionals), _to_float16(step)
+            features = features and _to_float16(features)
         report = None
         if parity:
             try:
-                report = parity_check(model, conditionals, step, positions=parity_positions)
+                report = parity_check(model, conditionals, step, positions=parity_positions, features=features)
             except Exception as exc:  # noqa: BLE001
                 raise ExportError(f"model {name!r} exported, but onnxruntime cannot run the export: "
                                   f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
@@ -408,29 +466,35 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
                                   f"torch by {report['conditionals_logits']:.3g} (conditional logits), "
                                   f"{report['step_logits']:.3g} (step logits), {report['log_prob']:.3g} nats "
                                   f"(log_prob); tolerances {atol:g} and {log_prob_atol:g}")
+            if features is not None and not report["features"] <= atol:
+                raise ExportError(f"export of model {name!r} fails its parity check: onnxruntime's features differ "
+                                  f"from torch's by {report['features']:.3g} of their scale; tolerance {atol:g}")
         initial = [fmt.decode_array(s["initial"]) for s in specs]
         draw = draw_graph(opset)
         try:
             sample = loop.sample_graph(step, draw, model.order.cpu().numpy(), tuple(model.event_shape), specs,
                                        initial)
-            golden = _golden(model, conditionals, step, sample, specs, initial)
+            golden = _golden(model, conditionals, step, sample, specs, initial, features=features)
         except ExportError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"model {name!r} exported, but its sampling graph fails: {type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0]}") from exc
         export_id = uuid.uuid4().hex
-        graphs = {fmt.CONDITIONALS: conditionals, fmt.STEP: step, fmt.DRAW: draw, fmt.SAMPLE: sample}
+        graphs = {fmt.CONDITIONALS: conditionals, fmt.STEP: step, fmt.DRAW: draw, fmt.SAMPLE: sample,
+                  **({fmt.FEATURES: features} if features is not None else {})}
         for filename, proto in graphs.items():
             onnx.helper.set_model_props(proto, {"format": fmt.FORMAT, "export_id": export_id,
                                                 "graph": filename.removesuffix(".onnx")})
             onnx.checker.check_model(proto, full_check=True)
-        files = {fmt.WEIGHTS: lean.share_weights([conditionals, step, sample], fmt.WEIGHTS)}
+        files = {fmt.WEIGHTS: lean.share_weights([conditionals, step, sample, *([features] if features else [])],
+                                                 fmt.WEIGHTS)}
         files.update({filename: proto.SerializeToString() for filename, proto in graphs.items()})
         files[fmt.GOLDEN] = (json.dumps(golden) + "\n").encode()
         weights_dtype = {f: "float16" if any(t.data_type == onnx.TensorProto.FLOAT16 for t in p.graph.initializer)
                          else "float32" for f, p in graphs.items()}
-        description = _describe(model, name, specs, opset, dtype, export_id, report, source, weights_dtype)
+        description = _describe(model, name, specs, opset, dtype, export_id, report, source, weights_dtype,
+                                features_entry)
         files[fmt.README] = readme.render(description).encode()
         files[fmt.MANIFEST] = manifest.build(description, files)
         _check_target(out_dir)
@@ -438,19 +502,22 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
     finally:
         model.train(was_training)
     return {
-        "dir": str(out_dir), "files": [str(out_dir / f) for f in fmt.FILES], "model": name, "opset": opset,
+        "dir": str(out_dir), "files": [str(out_dir / f) for f in fmt.FILES if f in files], "model": name,
+        "opset": opset, "features": features_entry,
         "dtype": dtype, "export_id": export_id, "sizes": {f: len(data) for f, data in files.items()},
         "traced_sizes": traced,
         "max_abs_diff": report and report["max_abs_diff"],
         "log_prob_max_abs_diff": report and report["log_prob"],
         "conditionals_max_abs_diff": report and report["conditionals_logits"],
         "step_max_abs_diff": report and report["step_logits"],
+        "features_max_rel_diff": report and report.get("features"),
         "seconds": time.perf_counter() - start,
     }
 
 
 def _describe(model: DensityModel, name: str, specs: list[dict], opset: int, dtype: str, export_id: str,
-              parity: dict | None, source: SavedModelInfo | None, weights_dtype: dict[str, str]) -> dict:
+              parity: dict | None, source: SavedModelInfo | None, weights_dtype: dict[str, str],
+              features: dict) -> dict:
     """The manifest's content, but for its list of files."""
     info = SavedModelInfo.describe(model, name)
     return {
@@ -463,7 +530,9 @@ def _describe(model: DensityModel, name: str, specs: list[dict], opset: int, dty
         "num_positions": model.num_positions, "value_range": [0, info.num_categories - 1], "dtype": dtype,
         "ordering": info.ordering, "order": model.order.cpu().tolist(),
         "order_meaning": "order[d] is the flat pixel index (c*H*W + h*W + w) of the value generated at step d",
-        "graphs": fmt.graph_descriptions(info.event_shape, info.num_categories, specs),
+        "graphs": fmt.graph_descriptions(info.event_shape, info.num_categories, specs,
+                                         features if features["graph"] else None),
+        "features": features,
         "weights_dtype": weights_dtype,
         "state": specs,
         "noise_rule": fmt.NOISE_RULE, "draw_rule": fmt.DRAW_RULE,
@@ -475,4 +544,4 @@ def _describe(model: DensityModel, name: str, specs: list[dict], opset: int, dty
     }
 
 
-__all__ = ["ConditionalsGraph", "StepGraph", "draw_graph", "export_model", "parity_check"]
+__all__ = ["ConditionalsGraph", "FeaturesGraph", "StepGraph", "draw_graph", "export_model", "parity_check"]

@@ -11,6 +11,9 @@ A folder (format ``densreg-onnx/2``) holds:
   inverse-CDF draw, used where state stays on a device);
 - ``sample.onnx``: ``noise`` float64 (B, D) -> ``images`` int64 (B, C, H, W) (an ONNX Loop
   over the D positions: the step and the draw in one call);
+- ``features.onnx`` (only for a model that defines ``features``): images int64 (B, C, H, W) ->
+  ``features`` float32 (B, F), the model's learned representation (manifest ``features``
+  says what F and each value are);
 - ``weights.bin``: the graphs' weights, each stored once and shared (ONNX external data);
 - ``manifest.json``: what every input and output means, the model, the export id and a
   sha256 of every other file (``manifest.py``); ``README.md``: a numpy + onnxruntime
@@ -27,9 +30,10 @@ import numpy as np
 
 FORMAT = "densreg-onnx/2"
 CONDITIONALS, STEP, DRAW, SAMPLE = "conditionals.onnx", "step.onnx", "draw.onnx", "sample.onnx"
-GRAPHS = (CONDITIONALS, STEP, DRAW, SAMPLE)
+GRAPHS = (CONDITIONALS, STEP, DRAW, SAMPLE)  # in every export
+FEATURES = "features.onnx"  # only in exports of models with learned features
 WEIGHTS, MANIFEST, README, GOLDEN = "weights.bin", "manifest.json", "README.md", "golden.json"
-FILES = (*GRAPHS, WEIGHTS, GOLDEN, README, MANIFEST)  # everything an export folder holds
+FILES = (*GRAPHS, FEATURES, WEIGHTS, GOLDEN, README, MANIFEST)  # everything an export folder may hold
 OPSET = 18
 DTYPES = ("float32", "float16")
 
@@ -80,8 +84,12 @@ def io(name: str, dtype: str, shape: list, meaning: str) -> dict:
     return {"name": name, "dtype": dtype, "shape": shape, "meaning": meaning}
 
 
-def graph_descriptions(event_shape, num_categories: int, state: list[dict]) -> dict:
-    """Every graph's inputs and outputs: name, dtype, shape (with "B" the batch), meaning and units."""
+def graph_descriptions(event_shape, num_categories: int, state: list[dict], features: dict | None = None) -> dict:
+    """Every graph's inputs and outputs: name, dtype, shape (with "B" the batch), meaning and units.
+
+    ``features``: the manifest's description of features.onnx (``size`` F, ``meaning``), or None
+    when the export has no features graph.
+    """
     c, h, w = event_shape
     d, k = c * h * w, num_categories
     image = ["B", c, h, w]
@@ -114,4 +122,8 @@ def graph_descriptions(event_shape, num_categories: int, state: list[dict]) -> d
             "purpose": "whole ancestral sampling in one call (an ONNX Loop over the D steps)",
             "inputs": [io("noise", "float64", ["B", d], "uniform in [0, 1); column d drives step d (see noise_rule)")],
             "outputs": [io("images", "int64", image, "the samples, in image layout")]},
+        **({} if features is None else {FEATURES: {
+            "purpose": "the model's learned representation of whole images (for downstream use)",
+            "inputs": [io("images", "int64", image, f"values 0..{k - 1}, axes (batch, channel, row, column)")],
+            "outputs": [io("features", "float32", ["B", features["size"]], features["meaning"])]}}),
     }

@@ -1,6 +1,7 @@
 """The README.md of an export folder: what it is, and a client in numpy + onnxruntime alone.
 
-``SNIPPET`` is the client: run from the folder, it scores golden.json's images, samples
+``SNIPPET`` is the client: run from the folder, it scores golden.json's images (and computes
+their features when the folder has features.onnx), samples
 golden.json's noise through sample.onnx and through the step loop, and checks both against
 golden.json (tests run it with torch and densreg unimportable).
 """
@@ -25,6 +26,15 @@ images = np.array(golden["images"], dtype=np.int64)  # values 0..K-1 (the runtim
 log_prob, pixel_log_prob = open_graph("conditionals.onnx").run(["log_prob", "pixel_log_prob"], {"images": images})
 assert np.allclose(log_prob, golden["log_prob"], atol=golden["log_prob_atol"])
 
+# learned features, when the model has them (manifest["features"] says what they are): (B, F) float32
+def decode(item):  # an array stored as dtype, shape and base64 of its little-endian bytes
+    data, dtype = base64.b64decode(item["data"]), np.dtype(item["dtype"]).newbyteorder("<")
+    return np.frombuffer(data, dtype=dtype).reshape(item["shape"])
+if "features.onnx" in manifest["files"]:
+    features = open_graph("features.onnx").run(["features"], {"images": images})[0]
+    expected = decode(golden["features"])
+    assert np.abs(features - expected).max() <= 1e-3 * max(1.0, np.abs(expected).max())
+
 # sampling in one call: noise (n, D) uniform float64 -> images (n, C, H, W)
 noise = np.array(golden["noise"], dtype=np.float64)
 samples = open_graph("sample.onnx").run(["images"], {"noise": noise})[0]
@@ -35,8 +45,7 @@ step, order, K = open_graph("step.onnx"), np.array(manifest["order"]), manifest[
 n, D = noise.shape
 state = {}
 for s in manifest["state"]:  # the stored one-row initial value, tiled along the state's batch axis
-    one = np.frombuffer(base64.b64decode(s["initial"]["data"]), dtype=s["initial"]["dtype"])
-    one = one.reshape(s["initial"]["shape"])
+    one = decode(s["initial"])
     state[s["name"]] = one if s["batch_axis"] is None else np.repeat(one, n, axis=s["batch_axis"])
 inputs = {i.name for i in step.get_inputs()}
 value, values = np.zeros(n, dtype=np.int64), np.empty((n, D), dtype=np.int64)

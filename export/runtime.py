@@ -4,6 +4,7 @@
     model = ExportedModel("mnist-nade/")        # provider: CUDA if it loads, else CPU
     nll = -model.log_prob(images)               # nats, (N,)
     samples = model.sample(64, seed=0)          # int64 (64, C, H, W)
+    codes = model.features(images)              # float32 (N, F), when the model has features
 
 Opening a folder first checks its manifest (format, sha256 of every file) and the external
 data every graph names (only files of the folder), so a mixed, modified or hostile folder
@@ -27,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from densreg.registry.atomic import is_utf8_path
-from densreg.registry.errors import DataError, RuntimeLoadError
+from densreg.registry.errors import ConfigError, DataError, RuntimeLoadError
 from densreg.registry.limits import check_event_shape
 from densreg.registry.saved import SavedModelInfo
 from densreg.registry.version import __version__
@@ -228,6 +229,8 @@ class ExportedModel:
         self.step_session = _open_session(self.path / fmt.STEP, providers, sampling, external)
         self.draw_session = _open_session(self.path / fmt.DRAW, providers, sampling, external)
         self._sample_session = None  # sample.onnx opens on first use (engine="graph")
+        self._features_session = None  # features.onnx too
+        self._scoring_options = scoring
         self._providers, self._sampling_options, self._external = providers, sampling, external
         self._check_export_ids(self.conditionals, self.step_session, self.draw_session)
         self.provider = self.step_session.get_providers()[0]
@@ -281,6 +284,38 @@ class ExportedModel:
             self._check_export_ids(session)
             self._sample_session = session
         return self._sample_session
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the folder holds features.onnx (the model defines ``features`` and they exported)."""
+        return fmt.FEATURES in (self.manifest.get("files") or {})
+
+    @property
+    def features_meaning(self) -> str | None:
+        """What each feature is (the model's own description, from the manifest); None without features."""
+        return (self.manifest.get("features") or {}).get("meaning") if self.has_features else None
+
+    def features(self, x, batch_size: int = 500) -> np.ndarray:
+        """The model's learned features of images (N, C, H, W) -> float32 (N, F), in batches.
+
+        ConfigError (one line) when the export has no features graph: the model defines no
+        ``features`` (e.g. the counting baselines), or the folder predates features export.
+        """
+        if not self.has_features:
+            reason = (self.manifest.get("features") or {}).get("reason")
+            raise ConfigError(f"the export {self.path} has no features graph ({fmt.FEATURES}): "
+                              + (reason if reason else "it was written before densreg exported features; "
+                                 "re-export the checkpoint"))
+        if self._features_session is None:
+            session = _open_session(self.path / fmt.FEATURES, self._providers, self._scoring_options, self._external)
+            self._check_export_ids(session)
+            self._features_session = session
+        x = self.validate(x)
+        parts = [self._features_session.run(["features"], {"images": x[i:i + batch_size]})[0]
+                 for i in range(0, len(x), batch_size)]
+        if not parts:
+            return np.zeros((0, int(self.manifest["features"]["size"])), dtype=np.float32)
+        return np.concatenate(parts)
 
     def __repr__(self) -> str:
         return f"ExportedModel({str(self.path)!r}, model={self.name!r}, provider={self.provider!r})"

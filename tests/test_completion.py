@@ -102,3 +102,38 @@ def test_complete_cli_writes_the_grid_and_values(tmp_path):
     wrong = CliRunner().invoke(cli, ["complete", str(path), "--dataset", "digits", "--keep", "1", "--out", str(out)])
     assert wrong.exit_code == 1 and "shape (1, 8, 8)" in wrong.output
 
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: np.savez(d / "in.npz", images=np.full((2, 1, 3, 4), 2)), "values must lie in 0..1 (the model's K = 2)"),
+    (lambda d: np.savez(d / "in.npz", images=np.zeros((2, 1, 4, 3))), "expected images of shape (N, 1, 3, 4)"),
+    (lambda d: (d / "in").mkdir(), "holds no .png files"),
+    (lambda d: Image.new("L", (5, 3)).save(d / "in.png"), "is 5x3 pixels but the model takes 4x3; pass --resize"),
+])
+def test_complete_cli_refuses_bad_input_in_one_line(tmp_path, make, message):
+    path = tmp_path / "m.safetensors"
+    densreg.save_checkpoint(path, tiny("markov", (1, 3, 4), 2), "markov")
+    make(tmp_path)
+    source = next(p for p in (tmp_path / "in.npz", tmp_path / "in.png", tmp_path / "in") if p.exists())
+    result = CliRunner().invoke(cli, ["complete", str(path), "--images", str(source), "--keep", "2",
+                                      "--out", str(tmp_path / "c.png")])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "c.png").exists()
+
+
+def test_long_work_shows_progress(capsys):
+    """complete, score_images and extract_features draw a tqdm bar on stderr when asked (the CLI
+    asks when stderr is a terminal)."""
+    from densreg.app.features import extract_features
+    from densreg.app.scoring import score_images
+
+    model = tiny("nade", (1, 2, 3), 2, hidden=3)
+    images = all_images((1, 2, 3), 2)[:5].numpy()
+    complete(model, images, 2, 2, progress=True)
+    assert "completing" in capsys.readouterr().err
+    score_images(model, images, "nll", batch_size=2, progress=True)
+    assert "scoring" in capsys.readouterr().err
+    extract_features(model, images, batch_size=2, progress=True)
+    assert "features" in capsys.readouterr().err
+    complete(model, images, 2, 2)
+    assert capsys.readouterr().err == ""

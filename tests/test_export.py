@@ -95,20 +95,22 @@ def random_images(model, batch, seed=1):
 def test_export_parity_and_manifest(exported, name, case):
     model, report, ort_model = exported(name, case)
     assert report["max_abs_diff"] <= LOGITS_ATOL and report["log_prob_max_abs_diff"] <= LOG_PROB_ATOL
-    assert sorted(os.listdir(report["dir"])) == sorted(fmt.FILES)
     manifest = json.loads((ort_model.path / fmt.MANIFEST).read_text())
+    has_features = type(model).features is not DensityModel.features
+    files = set(fmt.FILES) - (set() if has_features else {fmt.FEATURES})
+    assert sorted(os.listdir(report["dir"])) == sorted(files)
     assert manifest["model"]["name"] == name and manifest["model"]["config"] == model.config()
     assert manifest["model"]["qualified_name"].endswith(":" + name) and manifest["model"]["distribution"]
     assert manifest["event_shape"] == list(model.event_shape) and manifest["num_categories"] == model.num_categories
     assert manifest["ordering"] == model.ordering and manifest["order"] == model.order.tolist()
     assert manifest["value_range"] == [0, model.num_categories - 1] and manifest["versions"]["opset"] >= 18
-    assert sorted(manifest["files"]) == sorted(set(fmt.FILES) - {fmt.MANIFEST})
+    assert sorted(manifest["files"]) == sorted(files - {fmt.MANIFEST})
     for spec, tensor in zip(manifest["state"], model.initial_state(2), strict=True):  # batch axis: any one axis
         axis = spec["batch_axis"]
         assert spec["shape"] == ["batch" if i == axis else n for i, n in enumerate(tensor.shape)]
         assert (axis is None or tensor.shape[axis] == 2) and spec["dtype"] == str(tensor.dtype)[6:]
         assert spec["output"] == "new_" + spec["name"]
-    for graph in fmt.GRAPHS:
+    for graph in fmt.GRAPHS + ((fmt.FEATURES,) if has_features else ()):
         proto = onnx.load(ort_model.path / graph)  # loads weights.bin too
         onnx.checker.check_model(proto, full_check=True)
         assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 18
@@ -127,6 +129,22 @@ def test_export_parity_and_manifest(exported, name, case):
         assert np.abs(ort_model.log_prob(x.numpy()) - log_prob).max() <= LOG_PROB_ATOL
         ort_pixel = ort_model.pixel_log_probs(x.numpy())
         assert ort_pixel.shape == (batch, *model.event_shape) and np.abs(ort_pixel - pixel).max() <= LOG_PROB_ATOL
+        if has_features:
+            with torch.no_grad():
+                ours = model.features(x).float().numpy()
+            theirs = ort_model.features(x.numpy(), batch_size=5)  # several batches of features.onnx
+            assert theirs.shape == ours.shape == (batch, manifest["features"]["size"])
+            assert np.abs(theirs - ours).max() <= LOGITS_ATOL * max(1.0, np.abs(ours).max())
+    if has_features:  # what they are: the model's own documentation, shape (B, F)
+        entry = manifest["features"]
+        assert entry["graph"] == fmt.FEATURES and entry["shape"] == ["B", entry["size"]]
+        assert entry["meaning"] == " ".join(type(model).features.__doc__.split())
+        assert manifest["graphs"][fmt.FEATURES]["outputs"][0]["shape"] == ["B", entry["size"]]
+        assert 0 <= report["features_max_rel_diff"] <= LOGITS_ATOL and ort_model.features_meaning == entry["meaning"]
+    else:  # a clear error, from the manifest's reason
+        assert manifest["features"]["graph"] is None and fmt.FEATURES not in manifest["graphs"]
+        with pytest.raises(DensregError, match="has no features graph .*has no learned features"):
+            ort_model.features(random_images(model, 2).numpy())
 
 
 NO_TORCH_NO_DENSREG = """
@@ -170,7 +188,8 @@ def test_graphs_are_lean_and_convertible(exported, name, case, tmp_path):
     _, report, _ = exported(name, case)
     folder = report["dir"]
     blobs = []
-    for graph in fmt.GRAPHS:
+    graphs = [g for g in fmt.GRAPHS + (fmt.FEATURES,) if os.path.exists(os.path.join(folder, g))]
+    for graph in graphs:
         path = os.path.join(folder, graph)
         raw = open(path, "rb").read()
         assert b"/work/" not in raw and b"site-packages" not in raw and b"stack_trace" not in raw
@@ -183,7 +202,7 @@ def test_graphs_are_lean_and_convertible(exported, name, case, tmp_path):
     assert blobs == []  # every large tensor is in weights.bin, once
     weights = open(os.path.join(folder, fmt.WEIGHTS), "rb").read()
     stored = set()
-    for graph in fmt.GRAPHS:
+    for graph in graphs:
         for t in onnx.load(os.path.join(folder, graph), load_external_data=False).graph.initializer:
             entry = {e.key: e.value for e in t.external_data}
             if entry:

@@ -1,6 +1,10 @@
-"""`densreg features` (batched NADE features to .npz) and `densreg plot` (learning curves PNG)."""
+"""`densreg features` (batched features to .npz, from a checkpoint or an export folder's features.onnx)
+and `densreg plot` (learning curves PNG)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -57,6 +61,110 @@ def test_features_command(tmp_path):
     assert not (tmp_path / "g.npz").exists()
     result = run("features", tmp_path / "n.safetensors", "--dataset", "digits-grey", "--out", tmp_path / "g.npz")
     assert result.exit_code == 1 and "K=2" in result.output
+
+
+@pytest.fixture(scope="module")
+def nade_export(tmp_path_factory):
+    """A small NADE on digits' shape (random weights), as a checkpoint and as an export folder."""
+    folder = tmp_path_factory.mktemp("features")
+    torch.manual_seed(0)
+    model = create_model("nade", (1, 8, 8), 2, hidden=10)
+    save_checkpoint(folder / "n.safetensors", model, "nade")
+    result = run("export", folder / "n.safetensors", "--out", folder / "n-onnx")
+    assert result.exit_code == 0 and "features: 10 per image in features.onnx" in result.output, result.output
+    return model, folder
+
+
+def test_features_command_on_an_export_equals_the_checkpoint(nade_export, tmp_path):
+    model, folder = nade_export
+    for source, out in ((folder / "n.safetensors", tmp_path / "c.npz"), (folder / "n-onnx", tmp_path / "e.npz")):
+        result = run("features", source, "--dataset", "digits", "--split", "valid", "--out", out, "--batch-size", 64)
+        assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "c.npz") as ours, np.load(tmp_path / "e.npz") as theirs:
+        assert np.abs(ours["features"] - theirs["features"]).max() < 1e-5
+        assert np.array_equal(ours["labels"], theirs["labels"]) and str(theirs["model"]) == "nade"
+    images = load_split("digits", "valid")[:5].numpy()
+    np.savez(tmp_path / "x.npz", images=images[:, 0])  # (N, H, W) for one channel
+    result = run("features", folder / "n-onnx", "--images", tmp_path / "x.npz", "--out", tmp_path / "i.npz")
+    assert result.exit_code == 0 and "and their labels" not in result.output, result.output
+    with np.load(tmp_path / "i.npz") as archive:
+        assert "labels" not in archive.files
+        np.testing.assert_allclose(archive["features"], model.features(torch.from_numpy(images)).detach(), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((3, 7, 8), np.int64), "expected images of shape (N, 1, 8, 8)"),
+    (np.full((3, 8, 8), 2), "the model's K = 2"),
+    (None, "holds no .png files"),
+])
+def test_features_command_refuses_bad_images_in_one_line(nade_export, tmp_path, bad, message):
+    _, folder = nade_export
+    if bad is None:
+        path = tmp_path / "empty"
+        path.mkdir()
+    else:
+        path = tmp_path / "bad.npz"
+        np.savez(path, images=bad)
+    for source in (folder / "n.safetensors", folder / "n-onnx"):
+        result = run("features", source, "--images", path, "--out", tmp_path / "f.npz")
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / "f.npz").exists()
+    result = run("features", folder / "n-onnx", "--out", tmp_path / "f.npz")
+    assert result.exit_code == 2 and "exactly one of --dataset NAME or --images PATH" in result.output
+
+
+def test_exports_without_features_say_so(tmp_path):
+    """A model without features, one whose features do not trace, and a folder from before
+    features export: the export still works, and asking for features is one clear line."""
+    from densreg.export import export_model
+    from densreg.export import format as fmt
+    from densreg.export.runtime import ExportedModel
+    from densreg.plugins.baselines import Markov
+
+    class Unexportable(Markov):  # a features of data-dependent width: torch.export refuses it
+        registry_name = "markov"
+
+        def features(self, x):
+            return torch.zeros(x.shape[0], int(x.sum()) + 1)
+
+    export_model(create_model("markov", (1, 8, 8)), tmp_path / "m", name="markov")
+    result = run("features", tmp_path / "m", "--dataset", "digits", "--out", tmp_path / "f.npz")
+    assert result.exit_code == 1 and not (tmp_path / "f.npz").exists()
+    assert result.output.strip().splitlines()[-1] == (f"Error: the export {tmp_path / 'm'} has no features graph "
+                                                      "(features.onnx): Markov has no learned features")
+    report = export_model(Unexportable((1, 2, 3)), tmp_path / "u", name="markov")
+    assert report["features"]["graph"] is None and "its features does not export" in report["features"]["reason"]
+    with pytest.raises(ConfigError, match="its features does not export"):
+        ExportedModel(tmp_path / "u").features(np.zeros((1, 1, 2, 3), np.int64))
+
+    old = tmp_path / "old"  # an export written before features.onnx existed: the runtime opens it as before
+    export_model(create_model("nade", (1, 2, 3), hidden=3), old)
+    (old / fmt.FEATURES).unlink()
+    manifest = json.loads((old / fmt.MANIFEST).read_text())
+    del manifest["features"], manifest["graphs"][fmt.FEATURES], manifest["files"][fmt.FEATURES]
+    (old / fmt.MANIFEST).write_text(json.dumps(manifest))
+    exported = ExportedModel(old)
+    assert exported.log_prob(np.zeros((1, 1, 2, 3), np.int64)).shape == (1,) and not exported.has_features
+    with pytest.raises(ConfigError, match="written before densreg exported features; re-export"):
+        exported.features(np.zeros((1, 1, 2, 3), np.int64))
+
+
+def test_export_features_never_import_torch(nade_export):
+    model, folder = nade_export
+    images = load_split("digits", "test")[:7]
+    code = f"""
+import sys, numpy as np
+from densreg.export.runtime import ExportedModel
+from densreg.app.features import extract_features
+model = ExportedModel({str(folder / "n-onnx")!r}, provider="cpu")
+images = np.array({images.tolist()})
+print(extract_features(model, images, batch_size=3).round(6).tolist())
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(json.loads(result.stdout), model.features(images).detach(), atol=1e-5)
 
 
 def write_log(path, values):

@@ -163,11 +163,49 @@ def test_bad_configs(name, config, message):
         create_model(name, (3, 4, 4), 4, **config)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_features(name):
-    model = build(name, (1, 4, 5), 2)
-    feats = model.features(torch.randint(0, 2, (3, 1, 4, 5)))
-    assert feats.shape[0] == 3 and feats.dim() == 2 and torch.isfinite(feats).all()
+def test_plain_features_are_the_step_state_after_the_last_position():
+    """pixelrnn's documented features: every layer's h once the cached step has run through all D
+    positions (layer-major), so they never depend on the last value in generation order."""
+    model = build("pixelrnn", (1, 3, 4), 3, ordering="snake")
+    x = torch.randint(0, 3, (5, 1, 3, 4), generator=torch.Generator().manual_seed(0))
+    seq, state = model.to_sequence(x), model.initial_state(5)
+    value = torch.zeros(5, dtype=torch.int64)
+    with torch.no_grad():
+        for d in range(model.num_positions):
+            _, state = model.step(value, d, state)
+            value = seq[:, d]
+    h = state[0]  # (layers, B, hidden)
+    feats = model.features(x)
+    assert feats.shape == (5, 2 * 6)
+    torch.testing.assert_close(feats, torch.cat([h[0], h[1]], dim=1), atol=1e-5, rtol=1e-5)
+    last = model.order[-1].item()
+    changed = x.clone().flatten(1)
+    changed[:, last] = (changed[:, last] + 1) % 3
+    torch.testing.assert_close(model.features(changed.reshape(x.shape)), feats, atol=0, rtol=0)
+    changed[:, model.order[0].item()] = (changed[:, model.order[0].item()] + 1) % 3
+    assert (model.features(changed.reshape(x.shape)) - feats).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", SPATIAL)
+def test_spatial_features_are_maps_of_the_pixels_before(name):
+    """row-lstm / diagonal-bilstm features: (B, hidden*H*W), feature m*H*W + i*W + j is map m at
+    pixel (i, j), the input of the output layers; it never depends on pixel (i, j) or later ones."""
+    height, width = 4, 5
+    model = build(name, (1, height, width), 2)
+    x = torch.randint(0, 2, (3, 1, height, width), generator=torch.Generator().manual_seed(1))
+    feats = model.features(x)
+    assert feats.shape == (3, 6 * height * width)
+    maps = feats.reshape(3, 6, height, width)
+    with torch.no_grad():  # the documented layout: the head applied to these maps gives the logits
+        logits = model.head(maps).reshape(3, 1, 2, height, width).permute(0, 1, 3, 4, 2).reshape(3, -1, 2)
+        torch.testing.assert_close(logits, model.conditional_logits(x), atol=1e-5, rtol=1e-5)
+    for p in (0, 7, height * width - 1):  # flip pixel p: maps at pixels 0..p (raster) stay as they were
+        changed = x.clone().flatten(1)
+        changed[:, p] = 1 - changed[:, p]
+        after = model.features(changed.reshape(x.shape)).reshape(3, 6, -1)
+        assert torch.equal(after[..., :p + 1], maps.flatten(2)[..., :p + 1])
+        if p + 1 < height * width:
+            assert (after[..., p + 1:] - maps.flatten(2)[..., p + 1:]).abs().max() > 1e-5
 
 
 @pytest.mark.parametrize("name", VARIANTS)

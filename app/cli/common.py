@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import click
+import numpy as np
 
 from densreg.registry import ConfigError, DataError
 from densreg.registry.catalog import reject_reserved
@@ -123,3 +124,28 @@ def load_model_or_export(path, threads: int | None = None):
     return load_checkpoint(path)
 
 
+def images_option(func):
+    """``--dataset NAME [--data PATH] [--split S]`` or ``--images FILE.npz|FILE.png|FOLDER [--resize]``."""
+    func = click.option("--resize", is_flag=True, help="Scale PNG pictures of another size to the model's H x W.")(func)
+    func = click.option("--images", "images_path", type=click.Path(), default=None,
+                        help="An .npz (array 'images', N x C x H x W or N x H x W), a .png, or a folder of .png "
+                             "files; grey values g become floor(g*K/256).")(func)
+    func = click.option("--split", default="test", show_default=True, help="Split of --dataset.")(func)
+    func = click.option("--data", "data_path", default=None, help="Path to the dataset's files.")(func)
+    return click.option("--dataset", default=None, help="A registered dataset (see `densreg datasets`).")(func)
+
+
+def load_inputs(info, dataset, data_path, split, images_path, resize,
+                download: bool = False) -> tuple[np.ndarray, list[str]]:
+    """The images named by ``images_option``, checked against the model: int64 (N, C, H, W), names."""
+    if (dataset is None) == (images_path is None):
+        raise click.UsageError("give exactly one of --dataset NAME or --images PATH")
+    if images_path is not None:
+        from densreg.app.inputs import read_images
+
+        return read_images(images_path, info.event_shape, info.num_categories, resize)
+    from densreg.registry import api
+
+    check_matches(info, api.get_dataset(dataset))
+    images = api.load_split(dataset, split, data_path, download).numpy()
+    return images, [f"{dataset}/{split}[{i}]" for i in range(len(images))]

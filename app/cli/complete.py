@@ -11,8 +11,7 @@ import numpy as np
 from densreg.app.completion import complete, completion_grid, keep_for_rows, order_of
 from densreg.registry import atomic_write_bytes, hookimpl
 
-from .common import load_model_or_export, threads_option
-from .score import images_option, load_inputs
+from .common import images_option, load_inputs, load_model_or_export, threads_option
 
 
 @click.command(name="complete")

@@ -37,6 +37,15 @@ def export_command(checkpoint, out, dtype, no_parity, as_json):
     if report["max_abs_diff"] is not None:
         click.echo(f"parity (onnxruntime vs torch): max abs diff {report['max_abs_diff']:.3g} in logits, "
                    f"{report['log_prob_max_abs_diff']:.3g} nats in log_prob")
+    _echo_features(report["features"])
+
+
+def _echo_features(entry: dict) -> None:
+    """Say whether features.onnx was written; warn when the model has features that did not export."""
+    if entry["graph"]:
+        click.echo(f"features: {entry['size']} per image in {entry['graph']} (see manifest.json 'features')")
+    elif "has no learned features" not in entry["reason"]:
+        click.echo(f"warning: the export has no features.onnx: {entry['reason']}", err=True)
 
 
 @click.command()

@@ -1,7 +1,8 @@
-"""`densreg features`: hidden representations of images (NADE, PixelRNN)."""
+"""`densreg features`: hidden representations of images (NADE, PixelRNN), from a checkpoint or an export."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 
@@ -9,41 +10,59 @@ import click
 import numpy as np
 
 from densreg.app.features import extract_features
-from densreg.registry import api, atomic_write_bytes, hookimpl, load_checkpoint
+from densreg.registry import atomic_write_bytes, hookimpl
 
-from densreg.app.performance import using_threads
-
-from .common import check_matches, data_options, threads_option
+from .common import images_option, load_inputs, load_model_or_export, threads_option
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path())
-@data_options
-@click.option("--split", default="test", show_default=True, help="Which split to encode.")
+@click.argument("checkpoint", metavar="MODEL_OR_EXPORT", type=click.Path())
+@images_option
+@click.option("--download", is_flag=True, help="Fetch the dataset's published files if needed.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Archive to write (.npz).")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1), help="Images per pass.")
 @threads_option
-def features(checkpoint, dataset, data_path, download, split, out, batch_size):
-    """Write a checkpoint's features of a dataset split to an .npz archive.
+def features(checkpoint, dataset, data_path, split, images_path, resize, download, out, batch_size):
+    """Write a model's features of a dataset split (or of --images) to an .npz archive.
 
-    The archive holds ``features`` (float32, N x F: one row per image, in the split's
-    order; for NADE the F = hidden units after the whole image), ``model`` (its name) and,
-    when the dataset has class labels (e.g. digits), ``labels`` (int64, N).
+    MODEL_OR_EXPORT is a checkpoint, or an export folder whose model has features (its
+    features.onnx runs in onnxruntime). The archive holds ``features`` (float32, N x F: one
+    row per image, in input order; what they are: `densreg info MODEL`, the model's
+    documentation, or an export's manifest.json), ``model`` (its name) and, when the dataset
+    has class labels (e.g. digits), ``labels`` (int64, N).
     """
-    model, info = load_checkpoint(checkpoint)
-    ds = api.get_dataset(dataset)
-    check_matches(info, ds)
-    images = api.load_split(dataset, split, data_path, download)
-    with using_threads(model):
+    model, info = load_model_or_export(checkpoint)
+    images, _ = load_inputs(info, dataset, data_path, split, images_path, resize, download)
+    with _threads_for(model):
         values = extract_features(model, images, batch_size, progress=sys.stderr.isatty())
     arrays = {"features": values, "model": np.array(info.model)}
-    if ds.labels is not None:
-        arrays["labels"] = np.asarray(ds.labels(split, data_path), dtype=np.int64)
+    labels = _labels(dataset, split, data_path) if dataset is not None else None
+    if labels is not None:
+        arrays["labels"] = labels
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(out, buffer.getvalue())
     click.echo(f"wrote {out}: features of {values.shape[0]} images, {values.shape[1]} values each"
                + (", and their labels" if "labels" in arrays else ""))
+
+
+def _threads_for(model):
+    """The measured torch threads for a checkpoint's model; nothing for an export (onnxruntime's own)."""
+    from densreg.app.scoring import is_export
+
+    if is_export(model):
+        return contextlib.nullcontext()
+    from densreg.app.performance import using_threads
+
+    return using_threads(model)
+
+
+def _labels(dataset: str, split: str, data_path) -> np.ndarray | None:
+    """The dataset's class per image of ``split`` (int64, N), or None when it has no labels."""
+    from densreg.registry import api
+
+    ds = api.get_dataset(dataset)
+    return None if ds.labels is None else np.asarray(ds.labels(split, data_path), dtype=np.int64)
 
 
 @hookimpl

@@ -16,37 +16,10 @@ import torch
 
 from densreg.app import distributed
 from densreg.app.anomaly_plots import heatmaps_png
-from densreg.app.inputs import read_images
 from densreg.app.scoring import METHODS, ScoreResult, most_anomalous, score_images, summary
 from densreg.registry import ConfigError, atomic_write_bytes, hookimpl
 
-from .common import backend_option, echo_json, load_model_or_export, threads_option
-
-
-def images_option(func):
-    """``--dataset NAME [--data PATH] [--split S]`` or ``--images FILE.npz|FILE.png|FOLDER [--resize]``."""
-    func = click.option("--resize", is_flag=True, help="Scale PNG pictures of another size to the model's H x W.")(func)
-    func = click.option("--images", "images_path", type=click.Path(), default=None,
-                        help="An .npz (array 'images', N x C x H x W or N x H x W), a .png, or a folder of .png "
-                             "files; grey values g become floor(g*K/256).")(func)
-    func = click.option("--split", default="test", show_default=True, help="Split of --dataset.")(func)
-    func = click.option("--data", "data_path", default=None, help="Path to the dataset's files.")(func)
-    return click.option("--dataset", default=None, help="A registered dataset (see `densreg datasets`).")(func)
-
-
-def load_inputs(info, dataset, data_path, split, images_path, resize) -> tuple[np.ndarray, list[str]]:
-    """The images named by ``images_option``, checked against the model: int64 (N, C, H, W), names."""
-    if (dataset is None) == (images_path is None):
-        raise click.UsageError("give exactly one of --dataset NAME or --images PATH")
-    if images_path is not None:
-        return read_images(images_path, info.event_shape, info.num_categories, resize)
-    from densreg.registry import api
-
-    from .common import check_matches
-
-    check_matches(info, api.get_dataset(dataset))
-    images = api.load_split(dataset, split, data_path).numpy()
-    return images, [f"{dataset}/{split}[{i}]" for i in range(len(images))]
+from .common import backend_option, echo_json, images_option, load_inputs, load_model_or_export, threads_option
 
 
 def reference_images(info, dataset, data_path, split, size) -> np.ndarray | None:

@@ -154,7 +154,8 @@ class SpatialPixelRNN(DensityModel):
     def features(self, x):
         """The last layer's feature maps, flattened: (B, C, H, W) -> (B, hidden*H*W).
 
-        The map at pixel (i, j) summarises the pixels before it in raster order.
+        Feature m*H*W + i*W + j is map m at pixel (i, j), a summary of the values before that
+        pixel in raster order (it never sees the pixel itself): the input of the output layers.
         """
         with torch.no_grad():
             return self.hidden_maps(self.scale(self.validate(x))).flatten(1)

@@ -58,7 +58,11 @@ class PlainPixelRNN(DensityModel):
         return self.logits_from_inputs(self.inputs(self.to_sequence(self.validate(x))))
 
     def features(self, x):
-        """Every layer's h after the last position, (B, C, H, W) -> (B, layers*hidden)."""
+        """Every layer's LSTM output h after the last position, (B, C, H, W) -> (B, layers*hidden).
+
+        Feature l*hidden + j is unit j of layer l: the state the cached ``step`` holds after
+        position D-1, a summary of every value but the last in generation order.
+        """
         with torch.no_grad():
             _, (h, _) = self.lstm(self.inputs(self.to_sequence(self.validate(x))))
         return h.permute(1, 0, 2).flatten(1)

@@ -78,9 +78,9 @@ class Mixture(DensityModel):
 
     def joint_log_likelihoods(self, x: torch.Tensor) -> torch.Tensor:
         """log pi_m + log p_m(x) in nats, (B, C, H, W) -> float64 (B, M)."""
-        flat = self.validate(x).reshape(len(x), -1)
+        flat = self.validate(x).flatten(1)  # (B, D); not len(x), which export would fix to one batch size
         tables = self.log_tables().double()  # (M, D, K)
-        out = self.log_weights().double().expand(len(x), -1)
+        out = self.log_weights().double().expand(flat.shape[0], -1)
         for k in range(self.num_categories):  # one (B, D) @ (D, M) product per value
             out = out + (flat == k).double() @ tables[:, :, k].transpose(0, 1)
         return out
