@@ -53,3 +53,12 @@ def image_grid(images: np.ndarray, num_categories: int, nrow: int | None = None,
     if layout["factor"] > 1:
         picture = picture.resize(layout["size"], Image.NEAREST)
     return picture
+
+
+def real_to_levels(values: np.ndarray) -> np.ndarray:
+    """Real values (N, C, H, W) -> uint8 levels 0..255 for a grid: the 1st to 99th percentile of the
+    whole batch stretched linearly over 0..255 (clipped outside), so samples share one grey scale."""
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = np.percentile(values, [1, 99]) if values.size else (0.0, 1.0)
+    scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    return np.clip(np.round(scaled * 255), 0, 255).astype(np.uint8)

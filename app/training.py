@@ -164,7 +164,8 @@ def default_device() -> str:
 
 def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, *, out=None, resume: bool = False,
         progress: bool = False, name: str | None = None, metrics: dict | None = None, **options) -> dict:
-    """Fit ``model`` to int64 images (N, C, H, W); return metrics (NLL in nats per image).
+    """Fit ``model`` to int64 images (N, C, H, W), or float values for a continuous model; return metrics
+    (NLL in nats per image; for real values a negative log density).
 
     ``options`` are TrainingOptions fields; those not given take its defaults (or, with
     ``resume``, the interrupted run's). Closed-form models take none. ``out``: the checkpoint
@@ -250,8 +251,8 @@ class GradientRun:
         self.model = model.to(self.device)
         self.name = name
         self.extra_metrics = dict(extra_metrics or {})
-        small = model.num_categories <= 256  # keep the data compact (uint8) on the device
-        dtype = torch.uint8 if small else torch.int64
+        small = 2 <= model.num_categories <= 256  # keep the data compact (uint8) on the device
+        dtype = torch.float32 if model.continuous else torch.uint8 if small else torch.int64
         self.train = train.to(dtype).to(self.device)
         self.valid = valid.to(dtype) if valid is not None and len(valid) else None
         self.optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -349,7 +350,8 @@ class GradientRun:
             index = distributed.split_batch(batch, self.world)
             part = index if len(index) else batch[:1]  # an empty part still joins DDP's all-reduce, weighted 0
             with autocast(opts.precision, self.device):
-                nll_sum = -self.log_prob(self.train[part].long()).float().sum()
+                values = self.train[part] if model.continuous else self.train[part].long()
+                nll_sum = -self.log_prob(values).float().sum()
             # DDP averages gradients over ranks: scaled so the result is d(mean NLL over the global batch)
             loss = nll_sum * (self.world.size / len(batch) if len(index) else 0.0)
             self.optimizer.zero_grad(set_to_none=True)

@@ -17,6 +17,8 @@ _EXPORTS = {
              "load_split", "model_spec", "register_plugin", "unregister_plugin"),
     ".atomic": ("atomic_write_bytes", "atomic_write_folder"),
     ".catalog": ("ModelSpec",),
+    ".continuous": ("ContinuousDensityModel",),
+    ".mixtures": ("MixtureParams", "mixture_from_uniform", "mixture_log_density"),
     ".checkpoint": ("load_checkpoint", "save_checkpoint"),
     ".datasets": ("Dataset", "cache_dir"),
     ".errors": ("CheckpointError", "ConfigError", "DataError", "DensregError", "ExportError", "PluginError",
@@ -24,7 +26,8 @@ _EXPORTS = {
     ".hookspecs": ("hookimpl",),
     ".locking": ("output_lock",),
     ".orderings": ("make_ordering",),
-    ".protocol": ("DensityModel", "State", "at_position", "categorical_from_uniform", "validate_images"),
+    ".protocol": ("DensityModel", "State", "at_position", "categorical_from_uniform", "validate_images",
+                    "validate_real"),
     ".saved": ("SavedModelInfo",),
     ".version": ("__version__",),
 }

@@ -80,6 +80,7 @@ def create_model(name: str, event_shape=DEFAULT_EVENT_SHAPE, num_categories: int
     config = check_config(spec.factory, config)
     for key in ("event_shape", "num_categories"):
         config.pop(key, None)
+    check_value_kind(spec, num_categories)
     check_model_memory(spec, event_shape, num_categories, config)
     try:
         model = spec.factory(event_shape=tuple(event_shape), num_categories=int(num_categories), **config)
@@ -92,6 +93,21 @@ def create_model(name: str, event_shape=DEFAULT_EVENT_SHAPE, num_categories: int
         raise ConfigError(f"the factory of {spec.qualified_name} returned {type(model).__name__}, "
                           "not a DensityModel")
     return model
+
+
+def is_continuous(spec: ModelSpec) -> bool:
+    """Whether the registered factory models real values (a ContinuousDensityModel, ``continuous = True``)."""
+    return bool(getattr(spec.factory, "continuous", False))
+
+
+def check_value_kind(spec: ModelSpec, num_categories) -> None:
+    """ConfigError when a model of real values meets K levels, or a categorical model meets real values (K = 0)."""
+    if is_continuous(spec) and num_categories != 0:
+        raise ConfigError(f"model {spec.name!r} models real values, but these data have K={num_categories} levels: "
+                          "use a continuous dataset (`densreg datasets` marks them) or a categorical model")
+    if not is_continuous(spec) and num_categories == 0:
+        raise ConfigError(f"model {spec.name!r} models values 0..K-1, but these data are real-valued (continuous): "
+                          "use a continuous model such as rnade or gaussian-mixture")
 
 
 def model_bytes(spec: ModelSpec, event_shape, num_categories: int, config: dict) -> int | None:
@@ -108,7 +124,7 @@ def model_bytes(spec: ModelSpec, event_shape, num_categories: int, config: dict)
 
 def check_model_memory(spec: ModelSpec, event_shape, num_categories, config: dict) -> None:
     """ConfigError when building the model would need more memory than is available (see limits)."""
-    check_event_shape(tuple(event_shape), num_categories)
+    check_event_shape(tuple(event_shape), num_categories, continuous=is_continuous(spec))
     need = model_bytes(spec, event_shape, num_categories, config)
     if need is not None:
         shape = "x".join(str(int(s)) for s in event_shape)

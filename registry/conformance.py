@@ -157,6 +157,19 @@ def random_images(event_shape, num_categories: int, n: int = 200, seed: int = 0)
     return seq.reshape(n, *event_shape)
 
 
+def random_values(event_shape, n: int = 200, seed: int = 0) -> torch.Tensor:
+    """Correlated real-valued images (n, C, H, W), float32, for continuous models: each value is 0.8 times
+    the previous one (flat order) plus N(0, 0.6^2) noise, the first offset by -1 or +1 per image."""
+    gen = torch.Generator().manual_seed(seed)
+    d = math.prod(event_shape)
+    noise = torch.randn(n, d, generator=gen) * 0.6
+    seq = noise.clone()
+    seq[:, 0] += torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    for j in range(1, d):
+        seq[:, j] = 0.8 * seq[:, j - 1] + noise[:, j]
+    return seq.reshape(n, *event_shape)
+
+
 def randomize(model, seed: int = 0, *, buffers: bool = False) -> None:
     """Random values for ``model`` in place; the kit's default preparation.
 
@@ -168,15 +181,24 @@ def randomize(model, seed: int = 0, *, buffers: bool = False) -> None:
     probability tables of the baselines, which then hold unnormalised logits that log_prob's
     log-softmax must renormalise. Non-float buffers (orderings, bool masks) never change;
     a model that keeps a mask as a float buffer must not get ``buffers=True``.
+
+    A continuous model's tensors of two or more dimensions are drawn from N(0, 1 / n), n their
+    last dimension (the fan-in of a torch weight), so the conditionals' means and log-scales
+    stay of order one and samples finite (an unscaled draw lets log-scales grow with each value).
     """
     gen = torch.Generator().manual_seed(seed)
+    continuous = getattr(model, "continuous", False)
     with torch.no_grad():
         tensors = [*model.parameters(), *(model.buffers() if buffers else ())]
         for tensor in tensors:
             if tensor.is_floating_point():
-                tensor.copy_(torch.randn(tensor.shape, generator=gen).to(tensor.dtype))
+                scale = tensor.shape[-1] ** -0.5 if continuous and tensor.dim() >= 2 and tensor.shape[-1] else 1.0
+                tensor.copy_((torch.randn(tensor.shape, generator=gen) * scale).to(tensor.dtype))
     if getattr(model, "closed_form", False) and not buffers:
-        model.fit_closed_form(random_images(model.event_shape, model.num_categories, seed=seed))
+        if getattr(model, "continuous", False):
+            model.fit_closed_form(random_values(model.event_shape, seed=seed))
+        else:
+            model.fit_closed_form(random_images(model.event_shape, model.num_categories, seed=seed))
 
 
 def _takes(factory, key: str) -> bool:
@@ -200,6 +222,7 @@ class Subject:
             self.name, self.factory = None, model
         else:
             raise ConfigError(f"expected a registered model name or a factory, got {type(model).__name__}")
+        self.continuous = bool(getattr(self.factory, "continuous", False))  # real values: conformance_continuous
         check_config(self.factory, self.config)  # a bad key or value is the caller's error, not the model's
         self.prepare = prepare or randomize
         self.spaces = tuple((tuple(shape), int(k)) for shape, k in spaces) if spaces else None
@@ -345,7 +368,10 @@ def in_float64(model) -> tuple[DensityModel, str]:
     try:
         wide = copy.deepcopy(model).double()
         with torch.no_grad():
-            probe = wide.conditional_logits(torch.zeros(1, *model.event_shape, dtype=torch.int64))
+            if getattr(model, "continuous", False):
+                probe = wide.conditional_params(torch.zeros(1, *model.event_shape, dtype=torch.float64)).logits
+            else:
+                probe = wide.conditional_logits(torch.zeros(1, *model.event_shape, dtype=torch.int64))
     except Exception as exc:  # noqa: BLE001 - any failure means: compare in the model's dtype
         return model, f"the model does not run in float64 ({_describe(exc)})"
     if probe.dtype != torch.float64:
@@ -687,6 +713,15 @@ CHECKS: dict[str, Callable[[Subject], str]] = {
 }
 
 
+def checks_for(subject: Subject) -> dict[str, Callable[[Subject], str]]:
+    """The check functions for the subject's kind: ``CHECKS``, or those of conformance_continuous."""
+    if subject.continuous:
+        from .conformance_continuous import CHECKS as CONTINUOUS_CHECKS
+
+        return CONTINUOUS_CHECKS
+    return CHECKS
+
+
 @contextmanager
 def one_torch_thread(threads: int = 1):
     """Run torch with ``threads`` intra-op threads (default single-threaded) for the duration: on
@@ -718,7 +753,7 @@ def run_check(name: str, model: str | Callable, config: dict | None = None, *,
     start = time.perf_counter()
     try:
         with one_torch_thread(threads):
-            status, detail = PASSED, CHECKS[name](subject)
+            status, detail = PASSED, checks_for(subject)[name](subject)
     except CheckFailed as exc:
         status, detail = FAILED, str(exc)
     except CheckSkipped as exc:

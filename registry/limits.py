@@ -21,8 +21,12 @@ MAX_CATEGORIES = 1 << 16  # K, e.g. 16-bit grey levels
 IGNORE_ENV = "DENSREG_IGNORE_MEMORY_LIMIT"
 
 
-def check_event_shape(event_shape: Any, num_categories: Any, where: str = "") -> tuple[tuple[int, int, int], int]:
-    """Validate (C, H, W) and K as plain positive integers within the bounds -> (shape, K); ConfigError otherwise."""
+def check_event_shape(event_shape: Any, num_categories: Any, where: str = "",
+                      continuous: bool = False) -> tuple[tuple[int, int, int], int]:
+    """Validate (C, H, W) and K as plain positive integers within the bounds -> (shape, K); ConfigError otherwise.
+
+    ``continuous``: real-valued data, whose K must be 0 (there are no levels).
+    """
     prefix = f"{where}: " if where else ""
     if (not isinstance(event_shape, (list, tuple)) or len(event_shape) != 3
             or not all(_is_int(s) and s >= 1 for s in event_shape)):
@@ -31,6 +35,11 @@ def check_event_shape(event_shape: Any, num_categories: Any, where: str = "") ->
     if math.prod(shape) > MAX_POSITIONS:
         raise ConfigError(f"{prefix}event_shape {list(shape)} has {math.prod(shape)} values per image, more than "
                           f"the {MAX_POSITIONS} densreg supports")
+    if continuous:
+        if not _is_int(num_categories) or num_categories != 0:
+            raise ConfigError(f"{prefix}real-valued (continuous) data have no levels: num_categories must be 0, "
+                              f"got {num_categories!r}")
+        return shape, 0
     if not _is_int(num_categories) or not 2 <= num_categories <= MAX_CATEGORIES:
         raise ConfigError(f"{prefix}num_categories must be an integer from 2 to {MAX_CATEGORIES}, "
                           f"got {num_categories!r}")

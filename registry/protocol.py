@@ -30,7 +30,10 @@ def validate_images(x: Any, event_shape: tuple[int, int, int], num_categories: i
     Raises DataError (a ValueError) naming what was expected and what came: a wrong
     rank or shape, values outside 0..K-1, non-integer or NaN values. Float input is
     accepted only when every value is already a whole number; nothing is cast silently.
+    ``num_categories`` 0 means real values: ``validate_real``.
     """
+    if num_categories == 0:
+        return validate_real(x, event_shape)
     if isinstance(x, torch.Tensor) and x.dtype in (torch.uint16, torch.uint32, torch.uint64):
         x = x.cpu().numpy()  # torch has no comparisons for these: check them in numpy
     if isinstance(x, np.ndarray):
@@ -59,6 +62,30 @@ def validate_images(x: Any, event_shape: tuple[int, int, int], num_categories: i
         if lo < 0 or hi >= num_categories:
             raise DataError(f"image values must lie in 0..{num_categories - 1}; got values from {lo} to {hi}")
     return x.to(torch.int64)
+
+
+def validate_real(x: Any, event_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Check a batch of real-valued images (B, C, H, W) and return it as a float tensor.
+
+    Integer and float input are accepted (float64 stays float64, anything else becomes
+    float32); DataError for a wrong rank or shape, NaN or infinite values, or a non-numeric dtype.
+    """
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biuf":
+            raise DataError(f"expected real values, got an array of dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64 if x.dtype == np.float64 else np.float32))
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"expected a tensor or numpy array of real values, got {type(x).__name__}")
+    expected = tuple(event_shape)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise DataError(f"expected values of shape (B, {', '.join(map(str, expected))}), got shape {tuple(x.shape)}")
+    if x.is_complex():
+        raise DataError(f"expected real values, got complex dtype {x.dtype}")
+    if x.dtype != torch.float64:
+        x = x.to(torch.float32)
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        raise DataError("values contain NaN or infinite entries; expected finite real numbers")
+    return x
 
 
 def _from_numpy(x: np.ndarray, num_categories: int) -> torch.Tensor:
@@ -105,11 +132,12 @@ class DensityModel(nn.Module):
     """
 
     closed_form: bool = False
+    continuous: bool = False  # True: real values with mixture-of-Gaussians conditionals (ContinuousDensityModel)
     description: str = ""
 
     def __init__(self, event_shape, num_categories: int = 2, ordering: str = "raster") -> None:
         super().__init__()
-        shape, num_categories = check_event_shape(event_shape, num_categories)
+        shape, num_categories = check_event_shape(event_shape, num_categories, continuous=self.continuous)
         self.event_shape = shape
         self.num_categories = num_categories
         self.ordering = str(ordering)
@@ -120,6 +148,11 @@ class DensityModel(nn.Module):
     def num_positions(self) -> int:
         """D = C * H * W."""
         return math.prod(self.event_shape)
+
+    @property
+    def value_kind(self) -> str:
+        """"categorical" (values 0..K-1) or "continuous" (real values); checkpoints and exports record it."""
+        return "continuous" if self.continuous else "categorical"
 
     def config(self) -> dict[str, Any]:
         """JSON-able constructor arguments; subclasses add theirs to this dict."""

@@ -4,8 +4,10 @@ A checkpoint's safetensors metadata and every file of an export folder carry the
 string keys for the model: ``model`` (bare registry name), ``plugin`` (the entry-point name
 that registered it, so ``plugin:model`` is its qualified name), ``distribution`` and
 ``distribution_version`` (the installed package that provides the plugin), ``config`` (JSON
-constructor arguments), ``event_shape`` (JSON [C, H, W]), ``num_categories`` (K),
-``ordering`` and ``densreg_version``. Files written before the plugin keys existed (format
+constructor arguments), ``event_shape`` (JSON [C, H, W]), ``num_categories`` (K; 0 for real
+values), ``ordering``, ``value_kind`` ("categorical", or "continuous": real values with
+mixture-of-Gaussians conditionals; absent in files written before it existed, which are
+categorical) and ``densreg_version``. Files written before the plugin keys existed (format
 0.1) lack them and load by the bare name. Each format adds its own keys (see checkpoint.py,
 export/format.py).
 """
@@ -34,6 +36,7 @@ class SavedModelInfo:
     num_categories: int
     ordering: str
     densreg_version: str = ""
+    value_kind: str = "categorical"  # or "continuous": real values, mixture-of-Gaussians conditionals, K = 0
     plugin: str = ""
     distribution: str = ""
     distribution_version: str = ""
@@ -67,8 +70,8 @@ class SavedModelInfo:
         bare, plugin, distribution, version = plugin_of(name)
         return cls(model=bare, config=model.config(), event_shape=tuple(model.event_shape),
                    num_categories=int(model.num_categories), ordering=model.ordering,
-                   densreg_version=__version__, plugin=plugin, distribution=distribution,
-                   distribution_version=version, **more)
+                   densreg_version=__version__, value_kind=getattr(model, "value_kind", "categorical"),
+                   plugin=plugin, distribution=distribution, distribution_version=version, **more)
 
     def model_metadata(self) -> dict[str, str]:
         """The shared keys as metadata strings."""
@@ -76,7 +79,7 @@ class SavedModelInfo:
                 "distribution_version": self.distribution_version, "config": json.dumps(self.config),
                 "event_shape": json.dumps(list(self.event_shape)),
                 "num_categories": str(int(self.num_categories)), "ordering": self.ordering,
-                "densreg_version": self.densreg_version}
+                "value_kind": self.value_kind, "densreg_version": self.densreg_version}
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], **more) -> "SavedModelInfo":
@@ -93,11 +96,18 @@ class SavedModelInfo:
             categories = int(metadata["num_categories"])
         except ValueError:
             raise ValueError(f"num_categories {metadata['num_categories'][:40]!r} is not an integer") from None
-        shape, categories = check_event_shape(parse_json(metadata["event_shape"], "event_shape"), categories)
+        kind = metadata.get("value_kind", "categorical")  # files written before real values existed lack it
+        if kind not in VALUE_KINDS:
+            raise ValueError(f"value_kind {kind[:40]!r} is not one of {', '.join(VALUE_KINDS)}")
+        shape, categories = check_event_shape(parse_json(metadata["event_shape"], "event_shape"), categories,
+                                              continuous=kind == "continuous")
         return cls(model=bare, config=config, event_shape=shape, num_categories=categories,
-                   ordering=metadata["ordering"], densreg_version=metadata.get("densreg_version", ""),
-                   plugin=metadata.get("plugin") or plugin, distribution=metadata.get("distribution", ""),
+                   ordering=metadata["ordering"], value_kind=kind,
+                   densreg_version=metadata.get("densreg_version", ""), plugin=metadata.get("plugin") or plugin, distribution=metadata.get("distribution", ""),
                    distribution_version=metadata.get("distribution_version", ""), **more)
+
+
+VALUE_KINDS = ("categorical", "continuous")
 
 
 def parse_json(text: str, key: str) -> Any:

@@ -308,7 +308,8 @@ def test_parametrized_form_ids_and_skip():
 # not listed); the built-in models also run in the configs of EXTRA. This is where the generic
 # checks of the per-model test files live: they keep only model-specific maths.
 SMALL = {"nade": {"hidden": 8}, "pixelrnn": {"hidden": 4, "layers": 1}, "row-lstm": {"hidden": 4, "layers": 1},
-         "diagonal-bilstm": {"hidden": 4, "layers": 1}, "mixture": {"components": 3, "iterations": 3}}
+         "diagonal-bilstm": {"hidden": 4, "layers": 1}, "mixture": {"components": 3, "iterations": 3},
+         "rnade": {"hidden": 8, "components": 3}, "gaussian-mixture": {"components": 3}}
 EXPORT_BY_DEFAULT = {"markov"}  # the rest under -m slow (mixture's export also runs in test_example_plugin.py)
 ORDERINGS = ("raster", "snake", "column", "random:3")  # the kit's DEFAULT_ORDERINGS and column
 COLOUR = (((3, 1, 2), 2), ((2, 1, 2), 4))  # C > 1 (channel masks) and K = 4; 64 and 256 images

@@ -106,6 +106,13 @@ def check_matches(info, dataset) -> None:
                         f"but dataset {dataset.name!r} has shape {dataset.event_shape} with K={dataset.num_categories}")
 
 
+def refuse_real_values(info, command: str) -> None:
+    """ConfigError: ``command`` works on models of values 0..K-1, and ``info`` describes one of real values."""
+    if info.value_kind == "continuous":
+        raise ConfigError(f"densreg {command} works on models of values 0..K-1; {info.model!r} models real values "
+                          "(use densreg eval for its log density, densreg sample for samples)")
+
+
 def load_model_or_export(path, threads: int | None = None):
     """A checkpoint file or an export folder -> (model, info).
 

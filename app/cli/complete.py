@@ -11,7 +11,7 @@ import numpy as np
 from densreg.app.completion import complete, completion_grid, keep_for_rows, order_of
 from densreg.registry import atomic_write_bytes, hookimpl
 
-from .common import images_option, load_inputs, load_model_or_export, threads_option
+from .common import images_option, load_inputs, load_model_or_export, refuse_real_values, threads_option
 
 
 @click.command(name="complete")
@@ -39,6 +39,7 @@ def complete_command(model_path, dataset, data_path, split, images_path, resize,
     draw the same completions.
     """
     model, info = load_model_or_export(model_path)
+    refuse_real_values(info, "complete")
     if (keep is None) == (keep_rows is None):
         raise click.UsageError("give exactly one of --keep N or --keep-rows R")
     keep = keep_for_rows(keep_rows, model) if keep_rows is not None else keep

@@ -73,28 +73,29 @@ def datasets(as_json):
 @click.command()
 @click.argument("model_name", metavar="MODEL")
 @click.option("--shape", default=None, help="Data shape C,H,W (default 1,28,28 or the --dataset's).")
-@click.option("--categories", "-k", type=int, default=None, help="Number of levels K (default 2).")
+@click.option("--categories", "-k", type=int, default=None, help="Number of levels K (default 2; 0 for a model of real values).")
 @click.option("--dataset", default=None, help="Take shape and K from this dataset.")
 @set_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (keys include 'parameters').")
 def info(model_name, shape, categories, dataset, settings, as_json):
     """Show a model's config with defaults and its free-parameter count."""
-    event_shape, num_categories = (1, 28, 28), 2
+    spec = api.model_spec(model_name)
+    continuous = api.is_continuous(spec)  # real values: K is 0 and there is no finite joint table
+    event_shape, num_categories = (1, 28, 28), 0 if continuous else 2
     if dataset:
         ds = api.get_dataset(dataset)
         event_shape, num_categories = ds.event_shape, ds.num_categories
     event_shape = parse_shape(shape) if shape else event_shape
     num_categories = categories if categories is not None else num_categories
-    if not 2 <= num_categories <= MAX_CATEGORIES:
+    if not continuous and not 2 <= num_categories <= MAX_CATEGORIES:
         raise ConfigError(f"--categories (-k) must be from 2 to {MAX_CATEGORIES}, got {num_categories}")
-    spec = api.model_spec(model_name)
     model = api.create_model(model_name, event_shape, num_categories, **parse_set_options(settings))
     dims = model.num_positions
     data = {
-        "name": spec.name, "plugin": spec.plugin, "description": spec.description,
+        "name": spec.name, "plugin": spec.plugin, "description": spec.description, "value_kind": model.value_kind,
         "config": model.config(), "parameters": int(model.free_parameters()),
-        "joint_parameters": joint_parameters(num_categories, dims),
-        "joint_parameters_log10": dims * math.log10(num_categories),
+        "joint_parameters": None if continuous else joint_parameters(num_categories, dims),
+        "joint_parameters_log10": None if continuous else dims * math.log10(num_categories),
     }
     if as_json:
         echo_json(data)
@@ -103,6 +104,9 @@ def info(model_name, shape, categories, dataset, settings, as_json):
     for key, value in data["config"].items():
         click.echo(f"  {key} = {json.dumps(value)}")
     click.echo(f"free parameters: {data['parameters']:,}")
+    if continuous:
+        click.echo(f"a density over {dims} real values (mixture-of-Gaussians conditionals)")
+        return
     click.echo(f"fully general joint over {num_categories}^{dims} images: {data['joint_parameters']} parameters "
                f"(about 10^{data['joint_parameters_log10']:.1f})")
 

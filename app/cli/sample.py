@@ -8,7 +8,7 @@ import math
 import click
 import numpy as np
 
-from densreg.app.images import grid_bytes, image_grid
+from densreg.app.images import grid_bytes, image_grid, real_to_levels
 from densreg.export.runtime import ExportedModel
 from densreg.registry import atomic_write_bytes, hookimpl
 from densreg.registry.limits import check_memory
@@ -22,21 +22,24 @@ from .common import load_model_or_export, threads_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image grid to write (.png).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
 @click.option("--npz", "npz_path", default=None, type=click.Path(dir_okay=False),
-              help="Also write the raw samples (array 'samples', uint8 N,C,H,W).")
+              help="Also write the raw samples (array 'samples', uint8 N,C,H,W; float32 for a model of real values).")
 @click.option("--nrow", type=click.IntRange(min=1), default=None, help="Images per grid row (default: square).")
 @threads_option
 def sample(checkpoint, num, out, seed, npz_path, nrow):
     """Draw exact samples from a checkpoint (or an export folder) and write an image grid.
 
     The uniform noise comes from numpy's default_rng(seed), so a checkpoint and its
-    export draw the same images for the same seed.
+    export draw the same images for the same seed. Samples of real values are drawn
+    with three uniforms per value and shown on one grey scale (1st to 99th percentile).
     """
     model, info = load_model_or_export(checkpoint)
     shape = "x".join(map(str, info.event_shape))
     # noise, samples and the sampler's per-step work (about 33 bytes per value measured), then the grid
     need = num * math.prod(info.event_shape) * 48 + grid_bytes(num, info.event_shape, nrow)
     check_memory(need, f"sampling {num} images of {shape}", "lower -n")
-    noise = np.random.default_rng(seed).random((num, math.prod(info.event_shape)))
+    continuous = info.value_kind == "continuous"  # real values: three uniforms per value, a grey-scale grid
+    noise_shape = (num, math.prod(info.event_shape), *((3,) if continuous else ()))
+    noise = np.random.default_rng(seed).random(noise_shape)
     if isinstance(model, ExportedModel):  # an export in onnxruntime: torch is never imported
         samples = model.sample(num, noise=noise)
     else:
@@ -46,8 +49,12 @@ def sample(checkpoint, num, out, seed, npz_path, nrow):
 
         with using_threads(model):
             samples = model.sample(num, noise=torch.from_numpy(noise)).cpu().numpy()
-    samples = samples.astype(np.uint8)
-    picture = image_grid(samples, info.num_categories, nrow=nrow)
+    if continuous:
+        samples = samples.astype(np.float32)
+        picture = image_grid(real_to_levels(samples), 256, nrow=nrow)
+    else:
+        samples = samples.astype(np.uint8)
+        picture = image_grid(samples, info.num_categories, nrow=nrow)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     atomic_write_bytes(out, buffer.getvalue())

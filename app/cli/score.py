@@ -19,7 +19,8 @@ from densreg.app.anomaly_plots import heatmaps_png
 from densreg.app.scoring import METHODS, ScoreResult, most_anomalous, score_images, summary
 from densreg.registry import ConfigError, atomic_write_bytes, hookimpl
 
-from .common import backend_option, echo_json, images_option, load_inputs, load_model_or_export, threads_option
+from .common import (backend_option, echo_json, images_option, load_inputs, load_model_or_export,
+                     refuse_real_values, threads_option)
 
 
 def reference_images(info, dataset, data_path, split, size) -> np.ndarray | None:
@@ -88,6 +89,7 @@ def score(model_path, dataset, data_path, split, images_path, resize, method, ba
     torchrun each process scores its shard of the images; rank 0 writes and prints.
     """
     model, info = load_model_or_export(model_path)
+    refuse_real_values(info, "score")
     extra = {}
     if method == "likelihood-ratio":
         if background is None:

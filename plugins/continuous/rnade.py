@@ -1,0 +1,94 @@
+"""RNADE (Uria, Murray & Larochelle, 2013): registered as ``rnade``.
+
+NADE's shared hidden layer with a mixture of M Gaussians per position, all weights indexed
+by generation position d (position d models x_{o(d)}, a real value):
+
+    a_d = c + sum_{j<d} x_j W_j                    (H,)  running pre-activation, W (D, H)
+    h_d = act(a_d)                                 (H,)
+    [logits, means, log_scales]_d = V_d h_d + b_d  (3, M), V (D, 3, M, H), b (D, 3, M)
+
+p(x_d | x_<d) = sum_m softmax(logits_d)_m N(x_d; means_dm, exp(log_scales_dm)^2). The paper's
+per-position rescaling of the activation (rho_d) is left out. Free parameters: DH + H + 3DM(H+1).
+Sampling and ``step`` cost O(HM) per value through the running pre-activation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from densreg.registry import ConfigError, ContinuousDensityModel, MixtureParams
+
+ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+MAX_HIDDEN, MAX_COMPONENTS = 1 << 16, 1 << 10
+
+
+class RNADE(ContinuousDensityModel):
+    """Real-valued NADE with mixture-of-Gaussians conditionals (Uria et al. 2013)."""
+
+    registry_name = "rnade"
+    description = "RNADE: NADE's shared hidden layer with a mixture of Gaussians per real value (Uria et al. 2013)"
+
+    def __init__(self, event_shape=(1, 1, 63), num_categories: int = 0, ordering: str = "raster",
+                 hidden: int = 100, components: int = 10, activation: str = "relu") -> None:
+        super().__init__(event_shape, num_categories, ordering)
+        for key, value, most in (("hidden", hidden, MAX_HIDDEN), ("components", components, MAX_COMPONENTS)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise ConfigError(f"{key} must be an integer from 1 to {most}, got {value!r}")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        self.hidden, self.components, self.activation = hidden, components, activation
+        D, H, M = self.num_positions, hidden, components
+        self.W = nn.Parameter(torch.randn(D, H) / math.sqrt(max(D, 1)))
+        self.c = nn.Parameter(torch.zeros(H))
+        self.V = nn.Parameter(torch.randn(D, 3, M, H) * 0.1 / math.sqrt(H))
+        bias = torch.zeros(D, 3, M)
+        bias[:, 1] = torch.linspace(-1, 1, M) if M > 1 else 0.0  # means spread over [-1, 1]
+        bias[:, 2] = math.log(0.5)
+        self.b = nn.Parameter(bias)
+
+    def config(self):
+        return {**super().config(), "hidden": self.hidden, "components": self.components,
+                "activation": self.activation}
+
+    def free_parameters(self) -> int:
+        D, H, M = self.num_positions, self.hidden, self.components
+        return D * H + H + 3 * D * M * (H + 1)
+
+    def act(self, a: torch.Tensor) -> torch.Tensor:
+        return ACTIVATIONS[self.activation](a)
+
+    def _params(self, out: torch.Tensor) -> MixtureParams:
+        """(..., 3, M) outputs -> MixtureParams of (..., M)."""
+        return MixtureParams(out[..., 0, :], out[..., 1, :], out[..., 2, :])
+
+    def conditional_params(self, x):
+        """a_d by an exclusive running sum over positions: (B, C, H, W) -> MixtureParams of (B, D, M) each."""
+        seq = self.to_sequence(self.validate(x))  # (B, D)
+        inputs = seq.unsqueeze(-1) * self.W  # (B, D, H): x_j W_j
+        before = torch.cumsum(inputs, dim=1)[:, :-1]  # sum over j < d+1, for d = 0..D-2
+        a = torch.cat([torch.zeros_like(inputs[:, :1]), before], dim=1) + self.c  # (B, D, H), sum over j < d
+        out = torch.einsum("bdh,dkmh->bdkm", self.act(a), self.V) + self.b
+        return self._params(out)
+
+    def features(self, x):
+        """act(c + sum_d x_d W_d): the H hidden units after the whole image, (B, H)."""
+        seq = self.to_sequence(self.validate(x))
+        return self.act(seq @ self.W + self.c)
+
+    # -- cached O(HM) step ---------------------------------------------------
+    def initial_state(self, batch_size):
+        """(s,) with s (B, H) = sum of x_j W_j over the positions seen so far (zeros)."""
+        return (torch.zeros(batch_size, self.hidden, dtype=self.W.dtype, device=self.W.device),)
+
+    def step(self, value, position, state):
+        (s,) = state
+        position = torch.as_tensor(position, dtype=torch.int64, device=self.W.device).reshape(1)
+        w_prev = self.W.index_select(0, torch.clamp(position - 1, min=0))  # (1, H)
+        s = torch.where(position > 0, s + value.to(s.dtype).unsqueeze(-1) * w_prev, s)
+        h = self.act(s + self.c)  # (B, H)
+        V = self.V.index_select(0, position)[0]  # (3, M, H)
+        out = torch.einsum("bh,kmh->bkm", h, V) + self.b.index_select(0, position)
+        return self._params(out), (s,)
