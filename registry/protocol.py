@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .datasets import validate_real_images
 from .errors import ConfigError, DataError
 from .limits import check_event_shape
 from .orderings import make_ordering
@@ -71,9 +72,10 @@ def validate_real(x: Any, event_shape: tuple[int, int, int]) -> torch.Tensor:
     float32); DataError for a wrong rank or shape, NaN or infinite values, or a non-numeric dtype.
     """
     if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "biuf":
-            raise DataError(f"expected real values, got an array of dtype {x.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64 if x.dtype == np.float64 else np.float32))
+        if x.dtype == np.float64:
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        else:
+            return torch.from_numpy(validate_real_images(x, event_shape))
     if not isinstance(x, torch.Tensor):
         raise DataError(f"expected a tensor or numpy array of real values, got {type(x).__name__}")
     expected = tuple(event_shape)
