@@ -142,3 +142,36 @@ def test_categorical_from_uniform_at_a_cdf_value_takes_the_lower_level():
     cdf = torch.cumsum(torch.softmax(logits.double(), -1), -1)[0]
     noise = torch.stack([cdf[0], cdf[1], torch.nextafter(cdf[0], torch.tensor(1.0, dtype=torch.float64))])
     assert categorical_from_uniform(logits.expand(3, 3), noise).tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64])
+def test_wide_unsigned_numpy_images_are_range_checked_and_widened(dtype):
+    """torch cannot compare uint16/32/64: they are checked in numpy and come back as int64."""
+    x = validate_images(np.array([[[[0, 1], [1, 0]]]], dtype=dtype), (1, 2, 2), 2)
+    assert x.dtype == torch.int64 and x.tolist() == [[[[0, 1], [1, 0]]]]
+    with pytest.raises(DataError, match=r"values must lie in 0\.\.1; got values up to 2$"):
+        validate_images(np.array([[[[0, 1], [2, 0]]]], dtype=dtype), (1, 2, 2), 2)
+    empty = validate_images(np.zeros((0, 1, 2, 2), dtype=dtype), (1, 2, 2), 2)
+    assert empty.dtype == torch.int64 and empty.shape == (0, 1, 2, 2)
+
+
+def test_numpy_float_and_byte_images_take_the_tensor_checks():
+    """Floats are never truncated to integers; uint8 and signed arrays are range-checked as tensors."""
+    with pytest.raises(DataError, match="non-integer"):
+        validate_images(np.full((1, 1, 2, 2), 0.5), (1, 2, 2), 2)
+    assert validate_images(np.ones((1, 1, 2, 2)), (1, 2, 2), 2).dtype == torch.int64
+    with pytest.raises(DataError, match=r"values must lie in 0\.\.1; got values from 0 to 2$"):
+        validate_images(np.array([[[[0, 1], [2, 0]]]], dtype=np.uint8), (1, 2, 2), 2)
+    with pytest.raises(DataError, match=r"values must lie in 0\.\.2; got values from -1 to 1$"):
+        validate_images(np.array([[[[0, 1], [-1, 0]]]], dtype=np.int16), (1, 2, 2), 3)
+
+
+def test_big_endian_numpy_images_keep_their_values():
+    x = validate_images(np.array([[[[0, 1], [2, 1]]]], dtype=">i4"), (1, 2, 2), 3)
+    assert x.tolist() == [[[[0, 1], [2, 1]]]]
+
+
+@pytest.mark.parametrize("array", [np.array([[[["a", "b"], ["c", "d"]]]]), np.full((1, 1, 2, 2), None)])
+def test_numpy_images_of_a_non_numeric_dtype_are_refused(array):
+    with pytest.raises(DataError, match=r"^expected integer values 0\.\.2, got an array of dtype (<U1|object)$"):
+        validate_images(array, (1, 2, 2), 3)
