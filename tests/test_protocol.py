@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from densreg.registry import DataError, create_model, make_ordering, validate_images
+from densreg.registry import DataError, DensityModel, create_model, make_ordering, validate_images
 from densreg.registry.errors import ConfigError
 from densreg.registry.conformance import randomize
 from densreg.registry.protocol import categorical_from_uniform
@@ -149,8 +149,9 @@ def test_wide_unsigned_numpy_images_are_range_checked_and_widened(dtype):
     """torch cannot compare uint16/32/64: they are checked in numpy and come back as int64."""
     x = validate_images(np.array([[[[0, 1], [1, 0]]]], dtype=dtype), (1, 2, 2), 2)
     assert x.dtype == torch.int64 and x.tolist() == [[[[0, 1], [1, 0]]]]
-    with pytest.raises(DataError, match=r"values must lie in 0\.\.1; got values up to 2$"):
-        validate_images(np.array([[[[0, 1], [2, 0]]]], dtype=dtype), (1, 2, 2), 2)
+    for too_big in (2, 7):
+        with pytest.raises(DataError, match=rf"values must lie in 0\.\.1; got values up to {too_big}$"):
+            validate_images(np.array([[[[0, 1], [too_big, 0]]]], dtype=dtype), (1, 2, 2), 2)
     empty = validate_images(np.zeros((0, 1, 2, 2), dtype=dtype), (1, 2, 2), 2)
     assert empty.dtype == torch.int64 and empty.shape == (0, 1, 2, 2)
 
@@ -175,3 +176,61 @@ def test_big_endian_numpy_images_keep_their_values():
 def test_numpy_images_of_a_non_numeric_dtype_are_refused(array):
     with pytest.raises(DataError, match=r"^expected integer values 0\.\.2, got an array of dtype (<U1|object)$"):
         validate_images(array, (1, 2, 2), 3)
+
+
+def test_categorical_from_uniform_clamps_a_draw_past_a_cdf_rounded_below_one():
+    """Seven equal levels: the float64 cdf ends at 1 - 2**-52, so the largest noise below 1 lies past it."""
+    logits = torch.zeros(2, 7)
+    assert torch.cumsum(torch.softmax(logits.double(), -1), -1)[0, -1] < 1 - 2 ** -53
+    assert categorical_from_uniform(logits, torch.tensor([1 - 2 ** -53, 0.5], dtype=torch.float64)).tolist() == [6, 3]
+
+
+def test_sample_draws_each_value_by_the_inverse_cdf_and_lays_it_out_as_the_image():
+    model = create_model("bernoulli", (1, 2, 2), 2, ordering="column")  # generates (0,0) (1,0) (0,1) (1,1)
+    with torch.no_grad():
+        p_one = torch.tensor([0.2, 0.5, 0.9, 0.7], dtype=torch.float64)
+        model.log_probs.copy_(torch.stack([1 - p_one, p_one], -1).log())
+    noise = torch.tensor([[0.9, 0.4, 0.05, 0.35], [0.1, 0.6, 0.5, 0.25]], dtype=torch.float64)
+    # x = 1 where the noise exceeds p(0) = 0.8, 0.5, 0.1, 0.3 (generation order)
+    assert model.sample(2, noise=noise).tolist() == [[[[1, 0], [0, 1]]], [[[0, 1], [1, 0]]]]
+    assert model.sample(2, noise=noise, naive=True).tolist() == [[[[1, 0], [0, 1]]], [[[0, 1], [1, 0]]]]
+
+
+class Counting(DensityModel):
+    """Every value independent and uniform; counts the passes of its cached step and of its network."""
+
+    def __init__(self, event_shape=(1, 2, 3)):
+        super().__init__(event_shape)
+        self.weight = torch.nn.Parameter(torch.zeros(self.num_categories))
+        self.calls = {"step": 0, "conditional_logits": 0}
+        self.grad_enabled = set()
+
+    def conditional_logits(self, x):
+        self.calls["conditional_logits"] += 1
+        self.grad_enabled.add(torch.is_grad_enabled())
+        return self.weight.expand(x.shape[0], self.num_positions, -1)
+
+    def initial_state(self, batch_size):
+        return ()
+
+    def step(self, value, position, state):
+        self.calls["step"] += 1
+        self.grad_enabled.add(torch.is_grad_enabled())
+        return self.weight.expand(value.shape[0], -1), state
+
+
+def test_sample_runs_the_cached_step_and_naive_the_network_without_gradients():
+    model = Counting()
+    model.sample(3)
+    assert model.calls == {"step": 6, "conditional_logits": 0}
+    model.sample(3, naive=True)
+    assert model.calls == {"step": 6, "conditional_logits": 6}
+    assert model.grad_enabled == {False}  # sampling records no graph
+
+
+def test_a_bare_model_is_binary_fitted_by_gradients_and_keeps_its_ordering_out_of_its_state():
+    model = Counting()
+    assert model.num_categories == 2 and model.closed_form is False
+    assert list(model.state_dict()) == ["weight"]  # the order buffer is rebuilt from the config
+    with pytest.raises(NotImplementedError, match="Counting has no closed-form fit"):
+        model.fit_closed_form(torch.zeros(1, 1, 2, 3, dtype=torch.int64))
