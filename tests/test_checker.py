@@ -44,7 +44,9 @@ def test_a_sampler_5_percent_off_in_total_variation_fails():
 
 
 def test_sampling_detail_shows_dof_and_p_as_it_is():
-    detail = check_sampling(Markov).detail
+    result = check_sampling(Markov)
+    assert result.passed
+    detail = result.detail
     for dof, p in re.findall(r"(\d+) dof, p=([^ ]+) >= 0\.001", detail):
         assert int(dof) >= 3 and float(p) >= 1e-3 and p not in ("0.00", "0.0")
     assert len(re.findall(r"dof", detail)) == 2

@@ -416,11 +416,14 @@ def test_cli_check_fails_a_broken_model_with_the_detail():
         causality = next(line for line in result.output.splitlines() if line.startswith("causality"))
         assert "FAILED" in causality and "the model peeks at the future" in causality
         assert "failed" in result.output.splitlines()[-1]
-        data = json.loads(run("check", "broken-plugin:peeker", "--only", "causality", "--json").output)
-        assert data["passed"] is False and data["model"] == "broken-plugin:peeker"
+        result = run("check", "broken-plugin:peeker", "--only", "causality", "--json")
+        data = json.loads(result.output)
+        assert result.exit_code == 1 and data["passed"] is False and data["model"] == "broken-plugin:peeker"
         assert data["results"][0]["status"] == "failed"
-        data = json.loads(run("check", "linear", "--only", "step", "--only", "round_trip", "--json").output)
-        assert data["passed"] is True and [r["name"] for r in data["results"]] == ["step", "round_trip"]
+        result = run("check", "linear", "--only", "step", "--only", "round_trip", "--json")
+        data = json.loads(result.output)
+        assert result.exit_code == 0 and data["passed"] is True
+        assert [r["name"] for r in data["results"]] == ["step", "round_trip"]
     finally:
         unregister_plugin("broken-plugin")
 

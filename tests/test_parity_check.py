@@ -109,10 +109,11 @@ def test_the_largest_logit_difference_is_reported(check, field, index, amount):
     assert report["step_logits"] == report["pixel_log_prob"] == 0.0 and report["log_prob"] < 1e-5
 
 
-def test_a_log_prob_difference_is_reported_while_the_logits_agree(check):
+@pytest.mark.parametrize("amount", [-0.25, 20.0])  # 20 nats: more than any image's -log_prob here
+def test_a_log_prob_difference_is_reported_while_the_logits_agree(check, amount):
     model = markov()
-    report = check(model, Conditionals(model, log_prob=((1,), -0.25)), Step(model, 2), batch=2)
-    assert report["log_prob"] == pytest.approx(0.25, rel=1e-5)  # also its distance from the pixel sum
+    report = check(model, Conditionals(model, log_prob=((1,), amount)), Step(model, 2), batch=2)
+    assert report["log_prob"] == pytest.approx(abs(amount), rel=1e-5)  # also its distance from the pixel sum
     assert report["conditionals_logits"] == report["pixel_log_prob"] == report["max_abs_diff"] == 0.0
 
 
@@ -125,11 +126,13 @@ def test_pixel_log_probs_that_do_not_sum_to_log_prob_are_a_log_prob_difference(c
     assert report["conditionals_logits"] == report["max_abs_diff"] == report["step_logits"] == 0.0
 
 
-@pytest.mark.parametrize("position, positions, reported", [(4, None, 0.3), (5, None, 0.3), (4, 5, 0.3), (4, 4, 0.0),
-                                                           (0, 1, 0.3)])
-def test_step_differences_are_found_at_the_positions_checked(check, position, positions, reported):
+@pytest.mark.parametrize("position, positions, amount, reported", [
+    (4, None, -0.3, 0.3), (5, None, -0.3, 0.3), (4, 5, -0.3, 0.3), (4, 4, -0.3, 0.0), (0, 1, -0.3, 0.3),
+    (2, 0, -0.3, 0.0),  # positions=0: no step is checked, nothing is reported
+    (3, None, 7.0, 7.0)])  # more than any logit of the model (the difference is a difference, not a ratio)
+def test_step_differences_are_found_at_the_positions_checked(check, position, positions, amount, reported):
     model = markov()
-    step = Step(model, 2, position=position, amount=-0.3)
+    step = Step(model, 2, position=position, amount=amount)
     report = check(model, Conditionals(model), step, batch=2, positions=positions)
     assert report["step_logits"] == pytest.approx(reported, rel=1e-5)
     assert report["max_abs_diff"] == report["step_logits"] and report["conditionals_logits"] == 0.0
@@ -144,3 +147,11 @@ def test_a_step_graph_is_fed_only_the_inputs_it_declares(check):
     step = Step(model, 2, inputs=["position"])
     report = check(model, Conditionals(model), step, batch=2)
     assert report["max_abs_diff"] == 0.0 and step.positions == [0, 1, 2, 3]
+
+
+def test_by_default_two_images_drawn_with_seed_zero_are_checked_at_every_position(check):
+    model = markov()
+    conditionals, step = Conditionals(model), Step(model, 2)
+    check(model, conditionals, step)
+    assert np.array_equal(conditionals.seen[0], drawn_images(model, 2, 0).numpy())
+    assert step.positions == list(range(model.num_positions))

@@ -51,7 +51,7 @@ def test_bad_ordering(name):
     ([[0, 1]], "expected a tensor or numpy array"),
 ])
 def test_validation_rejects(bad, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DataError, match=message):  # a DataError: the CLI reports it as a user error (exit 1)
         validate_images(bad, (1, 2, 2), 2)
 
 

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 
-from densreg.registry import ConfigError, create_model, load_checkpoint, load_split
+from densreg.registry import CheckpointError, ConfigError, create_model, load_checkpoint, load_split
 from densreg.app import training
 from densreg.app.cli import cli
 from densreg.app.evaluation import evaluate
@@ -120,7 +120,7 @@ def test_option_errors(digits, tmp_path):
         fit(small_nade(), train, valid, lr_decay=1.5)
     with pytest.raises(ConfigError, match="resume needs out"):
         fit(small_nade(), train, valid, resume=True)
-    with pytest.raises(Exception, match="no resume state"):
+    with pytest.raises(CheckpointError, match="no resume state"):
         fit(small_nade(), train, valid, resume=True, out=tmp_path / "none.safetensors")
     with pytest.raises(ConfigError, match="closed form"):
         fit(create_model("markov", (1, 8, 8)), train, valid, epochs=2)
