@@ -23,7 +23,8 @@ The mutants run one at a time, niced (two shared cores); cosmic-ray's http distr
 spread them over worker clones, which this machine cannot afford.
 
 Writes ``benchmarks/results/mutation.md``: per file, mutants generated, killed, timed out,
-incompetent, survived, pending and the score; then every mutant that survived a run, with the
+incompetent, survived, pending and the score (a file whose session is not in this checkout keeps
+the row and survivors it had in the report, marked "earlier run"); then every mutant that survived a run, with the
 test that kills it now or the reason it is equivalent (``benchmarks/mutation_equivalents.toml``).
 """
 
@@ -377,13 +378,32 @@ def summarise(path: str) -> dict | None:
             "source_current": meta["source"] == digest(ROOT / path)}
 
 
+def earlier_results() -> dict[str, tuple[str, str]]:
+    """The table row and survivors section of every file in the current report that has a result,
+    for the files whose session is not in this checkout (sessions are not committed)."""
+    if not RESULTS.exists():
+        return {}
+    text, found = RESULTS.read_text(), {}
+    sections = {m[1]: m[0].rstrip() for m in re.finditer(r"^### `([^`]+)`\n.*?(?=^### |\Z)", text, re.M | re.S)}
+    for m in re.finditer(r"^\| `([^`]+)`.*$", text, re.M):
+        if "| not run |" not in m[0] and m[1] in sections:
+            found[m[1]] = (m[0], sections[m[1]])
+    return found
+
+
 def write_report(config: dict) -> str:
     equivalents = load_toml(EQUIVALENTS) if EQUIVALENTS.exists() else {}
     table = ["| file | generated | killed | timed out | incompetent | survived | equivalent | pending | score |"
              " score without equivalents |", "|---|---|---|---|---|---|---|---|---|---|"]
     details = []
+    earlier = earlier_results()
     for path, entry in config["files"].items():
         summary = summarise(path)
+        if summary is None and path in earlier:  # run in another checkout: keep its row and survivors
+            row, section = earlier[path]
+            table.append(row if "(earlier run" in row else row.replace(f"| `{path}`", f"| `{path}` (earlier run)", 1))
+            details += [section, ""]
+            continue
         if summary is None:
             table.append(f"| `{path}` | not run | | | | | | | | |")
             continue
