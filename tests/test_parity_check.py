@@ -12,6 +12,7 @@ import torch
 
 from densreg.export import exporter
 from densreg.registry import create_model
+from densreg.plugins.baselines import Markov
 from densreg.registry.conformance import randomize
 
 
@@ -155,3 +156,41 @@ def test_by_default_two_images_drawn_with_seed_zero_are_checked_at_every_positio
     check(model, conditionals, step)
     assert np.array_equal(conditionals.seen[0], drawn_images(model, 2, 0).numpy())
     assert step.positions == list(range(model.num_positions))
+
+
+class Features:
+    """features.onnx stand-in: the torch features with ``amount`` added at ``index``."""
+
+    def __init__(self, model, index=(0, 0), amount=0.0):
+        self.model, self.index, self.amount = model, index, amount
+
+    def run(self, outputs, feed):
+        assert outputs is None and set(feed) == {"images"}
+        with torch.no_grad():
+            ours = exporter.FeaturesGraph(self.model)(torch.from_numpy(feed["images"])).numpy().copy()
+        ours[self.index] += self.amount
+        return [ours]
+
+
+class ScaledFeatures(Markov):
+    """A Markov chain whose features are its values times ``scale`` (B, D): a known feature scale."""
+
+    scale = 1.0
+
+    def features(self, x):
+        return self.to_sequence(self.validate(x)).to(torch.float32) * self.scale
+
+
+@pytest.mark.parametrize("scale, amount, reported", [
+    (0.5, 0.2, 0.2),  # features within [-1, 1]: the absolute difference
+    (10.0, -3.0, 0.15),  # features up to 20: the difference relative to the largest |feature|
+    (10.0, 30.0, 1.5)])
+def test_a_features_difference_is_reported_relative_to_the_features_scale(check, scale, amount, reported):
+    model = type("M", (ScaledFeatures,), {"scale": scale})((1, 2, 3), 3, order=1)
+    randomize(model, buffers=True)
+    images = drawn_images(model, 2, 0)
+    index = tuple(int(i) for i in (model.to_sequence(images) == 2).nonzero()[0])  # a feature of value 2 * scale
+    report = check(model, Conditionals(model), Step(model, 2), features=Features(model, index, amount))
+    assert report["features"] == pytest.approx(reported, rel=1e-5)
+    assert report["max_abs_diff"] == report["conditionals_logits"] == report["step_logits"] == 0.0
+    assert "features" not in check(model, Conditionals(model), Step(model, 2))

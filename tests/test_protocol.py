@@ -234,3 +234,22 @@ def test_a_bare_model_is_binary_fitted_by_gradients_and_keeps_its_ordering_out_o
     assert list(model.state_dict()) == ["weight"]  # the order buffer is rebuilt from the config
     with pytest.raises(NotImplementedError, match="Counting has no closed-form fit"):
         model.fit_closed_form(torch.zeros(1, 1, 2, 3, dtype=torch.int64))
+
+
+def test_real_values_keep_float64_become_float32_otherwise_and_must_be_finite():
+    """num_categories 0 means real values (continuous models): no range, no rounding."""
+    x64 = validate_images(torch.full((2, 1, 2, 2), 0.25, dtype=torch.float64), (1, 2, 2), 0)
+    assert x64.dtype == torch.float64 and x64.shape == (2, 1, 2, 2) and float(x64.sum()) == 2.0
+    for values in (torch.full((1, 1, 2, 2), -3), np.full((1, 1, 2, 2), -3, dtype=np.int16),
+                   np.full((1, 1, 2, 2), -3.0, dtype=np.float32)):
+        x = validate_images(values, (1, 2, 2), 0)
+        assert x.dtype == torch.float32 and x.tolist() == [[[[-3.0, -3.0], [-3.0, -3.0]]]]
+    assert validate_images(np.full((1, 1, 2, 2), 1e300), (1, 2, 2), 0).dtype == torch.float64
+    for bad, message in [(torch.full((1, 1, 2, 2), float("inf")), "NaN or infinite"),
+                         (np.full((1, 1, 2, 2), np.nan), "NaN or infinite"),
+                         (torch.zeros(1, 2, 2), r"expected values of shape \(B, 1, 2, 2\), got shape \(1, 2, 2\)"),
+                         (torch.zeros(1, 1, 2, 3), r"got shape \(1, 1, 2, 3\)"),
+                         (torch.zeros(1, 1, 2, 2, dtype=torch.complex64), "complex"),
+                         ([[0.5]], "expected a tensor or numpy array of real values, got list")]:
+        with pytest.raises(DataError, match=message):
+            validate_images(bad, (1, 2, 2), 0)
