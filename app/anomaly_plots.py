@@ -8,6 +8,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from densreg.registry.datasets import levels_to_8bit
+
 from .plotting import COLORS, nice_ticks
 
 # anchors of a perceptually ordered map (black -> purple -> orange -> pale yellow, like "inferno")
@@ -45,10 +47,9 @@ def heatmaps_png(images: np.ndarray, pixel_nll: np.ndarray, labels: list[str], n
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, 4), "image", fill="black", font=font)
     draw.text((2 * pad + w, 4), "-log p(x_i | x_<i), nats", fill="black", font=font)
-    scale = 255.0 / (num_categories - 1)
     for row in range(count):
         top_y = pad + 14 + row * (h + caption + pad)
-        picture = (images[row] * scale).round().astype(np.uint8)
+        picture = levels_to_8bit(images[row], num_categories)
         picture = Image.fromarray(picture[0] if channels == 1 else picture[:3].transpose(1, 2, 0))
         canvas.paste(picture.convert("RGB").resize((w, h), Image.NEAREST), (pad, top_y))
         canvas.paste(Image.fromarray(heat_colours(heat[row], top)).resize((w, h), Image.NEAREST), (2 * pad + w, top_y))

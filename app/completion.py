@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from densreg.export.format import draw_numpy
+from densreg.registry.datasets import levels_to_8bit
 from densreg.registry.errors import ConfigError
 
 from .images import image_grid
@@ -117,13 +118,12 @@ def completion_grid(images: np.ndarray, completions: np.ndarray, keep: int, orde
     images, completions = np.asarray(images), np.asarray(completions)
     count, samples = completions.shape[:2]
     grey = lambda x: np.repeat(x, 3 // x.shape[1], axis=1) if x.shape[1] == 1 else x  # noqa: E731
-    scale = 255.0 / (num_categories - 1)
-    original = grey((images * scale).round().astype(np.uint8))
+    original = grey(levels_to_8bit(images, num_categories))
     kept = original.copy()
     unseen = ~kept_part(images, keep, order).any(axis=1)  # (M, H, W): a pixel with any unseen channel
     for channel, colour in enumerate(MASK_COLOUR):
         kept[:, channel][unseen] = colour
-    filled = grey((completions.reshape(count * samples, *completions.shape[2:]) * scale).round().astype(np.uint8))
+    filled = grey(levels_to_8bit(completions.reshape(count * samples, *completions.shape[2:]), num_categories))
     filled = filled.reshape(count, samples, *filled.shape[1:])
     cells = np.concatenate([original[:, None], kept[:, None], filled], axis=1)
     return image_grid(cells.reshape(-1, *cells.shape[2:]), 256, nrow=samples + 2, min_cell=56)

@@ -1,12 +1,16 @@
-"""Image grids of samples, written with Pillow."""
+"""Image grids of samples, written with Pillow. A level v of K is drawn as the 8-bit value
+round(v * 255 / (K - 1)) (0 black, K-1 full intensity; ``levels_to_8bit``), per channel: grey for
+C = 1, RGB for C = 3; binning such a picture again (``quantize``, as PNG input does) gives back v."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 from PIL import Image
 
+from densreg.registry.datasets import levels_to_8bit
 from densreg.registry.errors import DataError
 
 
@@ -43,7 +47,7 @@ def image_grid(images: np.ndarray, num_categories: int, nrow: int | None = None,
                         "write the raw samples with --npz instead")
     layout = grid_layout(n, (channels, height, width), nrow, pad, min_cell)
     nrow = layout["nrow"]
-    scaled = (images.astype(np.float64) * (255.0 / (num_categories - 1))).round().astype(np.uint8)
+    scaled = levels_to_8bit(images, num_categories)
     grid = np.full((channels, layout["rows"] * (height + pad) + pad, nrow * (width + pad) + pad), 128, np.uint8)
     for i, img in enumerate(scaled):
         r, c = divmod(i, nrow)
@@ -62,3 +66,10 @@ def real_to_levels(values: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(values, [1, 99]) if values.size else (0.0, 1.0)
     scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     return np.clip(np.round(scaled * 255), 0, 255).astype(np.uint8)
+
+
+def grid_png(images: np.ndarray, num_categories: int, nrow: int | None = None, min_cell: int = 28) -> bytes:
+    """``image_grid`` of integer images (N, C, H, W) as PNG file bytes."""
+    buffer = io.BytesIO()
+    image_grid(images, num_categories, nrow=nrow, min_cell=min_cell).save(buffer, format="PNG")
+    return buffer.getvalue()

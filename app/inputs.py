@@ -44,6 +44,15 @@ def read_png(path: Path, event_shape: tuple[int, int, int], num_categories: int,
 
 def read_npz(path: Path, event_shape: tuple[int, int, int], num_categories: int) -> np.ndarray:
     """An archive's array ``images`` (or its only array): (N, C, H, W) or (N, H, W) when C = 1."""
+    array = read_npz_array(path)
+    if array.ndim == 3 and event_shape[0] == 1:
+        array = array[:, None]
+    return check_images(array, event_shape, num_categories, str(path))
+
+
+def read_npz_array(path: Path) -> np.ndarray:
+    """An archive's array ``images``, or its only array (``densreg sample --npz`` writes 'samples'),
+    as stored; no pickle."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
@@ -55,9 +64,7 @@ def read_npz(path: Path, event_shape: tuple[int, int, int], num_categories: int)
                 raise DataError(f"{path} holds arrays {', '.join(names) or 'none'}; name the images 'images'")
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path} is not a readable .npz archive: {exc}") from exc
-    if array.ndim == 3 and event_shape[0] == 1:
-        array = array[:, None]
-    return check_images(array, event_shape, num_categories, str(path))
+    return array
 
 
 def check_images(array, event_shape, num_categories: int, source: str) -> np.ndarray:

@@ -82,3 +82,13 @@ def validate_real_images(x, event_shape: tuple[int, int, int]) -> np.ndarray:
 def quantize(values: np.ndarray, num_categories: int) -> np.ndarray:
     """8-bit values (any shape, 0..255) -> K equal-width bins 0..K-1, int64: floor(g * K / 256)."""
     return (values.astype(np.int64) * num_categories) // 256
+
+
+def levels_to_8bit(values: np.ndarray, num_categories: int) -> np.ndarray:
+    """Levels 0..K-1 (any shape) -> uint8 for pictures: round(v * 255 / (K - 1)), 0 black and K-1 full,
+    moved by at most 1 where needed to stay in bin v, so ``quantize`` reads every level back exactly."""
+    values = np.asarray(values, dtype=np.int64)
+    linear = np.round(values * (255.0 / (num_categories - 1)))
+    lowest = -((-values * 256) // num_categories)  # ceil(v * 256 / K), the bin's first value
+    highest = -((-(values + 1) * 256) // num_categories) - 1
+    return np.clip(linear, lowest, highest).astype(np.uint8)

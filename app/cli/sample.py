@@ -8,7 +8,7 @@ import math
 import click
 import numpy as np
 
-from densreg.app.images import grid_bytes, image_grid, real_to_levels
+from densreg.app.images import grid_bytes, grid_png, real_to_levels
 from densreg.export.runtime import ExportedModel
 from densreg.registry import atomic_write_bytes, hookimpl
 from densreg.registry.limits import check_memory
@@ -51,13 +51,11 @@ def sample(checkpoint, num, out, seed, npz_path, nrow):
             samples = model.sample(num, noise=torch.from_numpy(noise)).cpu().numpy()
     if continuous:
         samples = samples.astype(np.float32)
-        picture = image_grid(real_to_levels(samples), 256, nrow=nrow)
+        png = grid_png(real_to_levels(samples), 256, nrow=nrow)
     else:
         samples = samples.astype(np.uint8)
-        picture = image_grid(samples, info.num_categories, nrow=nrow)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    atomic_write_bytes(out, buffer.getvalue())
+        png = grid_png(samples, info.num_categories, nrow=nrow)
+    atomic_write_bytes(out, png)
     if npz_path:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, samples=samples)

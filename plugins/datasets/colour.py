@@ -19,8 +19,8 @@ CROP_SIZE = 16
 PHOTO_SHORT_SIDE = 256
 COLOUR_SEED = 0
 COLOUR_PHOTOS = {
-    "train": ("astronaut", "coffee", "hubble_deep_field", "ihc", "retina"),
-    "valid": ("rocket",),
+    "train": ("astronaut", "hubble_deep_field", "ihc", "retina", "rocket"),
+    "valid": ("coffee",),
     "test": ("chelsea", "motorcycle_left"),
 }
 COLOUR_COUNTS = {"train": 10000, "valid": 1000, "test": 2000}
