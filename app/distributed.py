@@ -25,8 +25,8 @@ import torch.distributed as dist
 
 from densreg.registry import CheckpointError, ConfigError
 
-BACKEND_ENV = "DENSREG_BACKEND"
-BACKENDS = ("gloo", "nccl", "mpi", "ucc", "xccl")
+from .launcher import BACKEND_ENV, BACKENDS, launched  # noqa: F401 - torch-free, re-exported
+
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,6 @@ class World:
     def leader(self) -> bool:
         """Rank 0: the one process that writes files and prints."""
         return self.rank == 0
-
-
-def launched() -> bool:
-    """Whether torchrun (or another env:// launcher) started this process."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def world() -> World:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -10,6 +9,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .performance import compiled_log_prob, eval_batch_size, using_threads
+from .scoring import nll_summary
 
 
 def per_image_nll(model, images: torch.Tensor, batch_size: int | None = None, progress: bool = False,
@@ -37,12 +37,6 @@ def _per_image_nll(model, images: torch.Tensor, batch_size: int, progress: bool,
         batch = images[start:start + batch_size].to(device)
         out.append(-log_prob(batch).double().cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
-
-
-def nll_summary(nll: torch.Tensor, num_positions: int) -> dict:
-    """Mean NLL in nats and bits per dim for per-image NLLs (N,) of images with D values."""
-    mean = float(nll.mean()) if len(nll) else float("nan")
-    return {"nll_nats": mean, "bits_per_dim": mean / (num_positions * math.log(2)), "images": int(len(nll))}
 
 
 def evaluate(model, images: torch.Tensor, batch_size: int | None = None, progress: bool = False,

@@ -147,6 +147,12 @@ def score_images(model, images, method: str = "nll", *, background=None, referen
     return ScoreResult(method, scores, nll, nll / (nll_dims(images) * math.log(2)), pixels, columns)
 
 
+def nll_summary(nll, num_positions: int) -> dict:
+    """Mean NLL in nats and bits per dim for per-image NLLs (N,) (numpy or torch) of images with D values."""
+    mean = float(nll.mean()) if len(nll) else float("nan")
+    return {"nll_nats": mean, "bits_per_dim": mean / (num_positions * math.log(2)), "images": int(len(nll))}
+
+
 def image_nll(model, images: np.ndarray, batch_size: int = 500, progress: bool = False) -> np.ndarray:
     """-log p(x) in nats, int64 (N, C, H, W) -> float64 (N,)."""
     return pixel_nll(model, images, batch_size, progress).reshape(len(images), -1).sum(-1)

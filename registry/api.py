@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from .catalog import DEFAULT_EVENT_SHAPE, Catalog, Dataset, ModelSpec, check_config
@@ -144,9 +143,7 @@ def load_split(name: str, split: str = "train", data: str | None = None, downloa
     """Images of one split as int64 (N, C, H, W), validated against the dataset's shape and K;
     for a continuous dataset, finite float32 values (N, C, H, W)."""
     dataset = get_dataset(name)
-    if split not in dataset.splits:
-        raise DataError(f"dataset {dataset.name!r} has no split {split!r}; splits: {', '.join(dataset.splits)}")
-    array = np.asarray(dataset.load(split, data, download))
+    array = dataset.load_split(split, data, download)
     try:
         if dataset.continuous:
             return torch.from_numpy(validate_real_images(array, dataset.event_shape))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -186,3 +187,26 @@ def check_config(factory: Callable[..., Any], overrides: dict[str, Any]) -> dict
             raise ConfigError(f"unknown config key {key!r}; accepted: {', '.join(accepted)}")
         out[key] = _check_value(key, value, params[key].default)
     return out
+
+
+BUILTIN_DATASETS = "datasets"  # the entry point of densreg's own datasets (a torch-free module)
+
+
+def find_dataset(name: str) -> Dataset:
+    """Dataset ``name``, without importing torch when it is one of densreg's own: their plugin is
+    loaded alone first (a built-in keeps its bare name whatever else is installed). Any other
+    name is looked up among every plugin: in ``api``'s catalog when this process has it (it
+    holds in-process plugins), else in a new one (model plugins import torch; where torch is
+    missing they are reported as failed to load)."""
+    host = PluginHost()
+    host.load_entry_points(builtin=BUILTIN_DATASETS)
+    try:
+        return Catalog.from_host(host).dataset(name)
+    except UnknownNameError:
+        pass
+    api = sys.modules.get(f"{__package__}.api")
+    if api is not None:
+        return api.get_dataset(name)
+    host = PluginHost()
+    host.load_entry_points()
+    return Catalog.from_host(host).dataset(name)

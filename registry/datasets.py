@@ -52,6 +52,12 @@ class Dataset:
         """Values per item, C*H*W."""
         return math.prod(self.event_shape)
 
+    def load_split(self, split: str, data: str | None = None, download: bool = False) -> np.ndarray:
+        """The reader's array for ``split`` as it returned it (unchecked); DataError for an unknown split."""
+        if split not in self.splits:
+            raise DataError(f"dataset {self.name!r} has no split {split!r}; splits: {', '.join(self.splits)}")
+        return np.asarray(self.load(split, data, download))
+
     def as_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "event_shape": list(self.event_shape),
                 "dimension": self.dimension, "num_categories": self.num_categories, "continuous": self.continuous,

@@ -78,10 +78,17 @@ class PluginHost:
         """The plugins that failed to load or register."""
         return [info for info in self.infos.values() if info.error]
 
-    def load_entry_points(self) -> None:
+    def load_entry_points(self, builtin: str | None = None) -> None:
+        """Import and register every plugin of the ``densreg`` group (those $DENSREG_LOAD_PLUGINS names).
+
+        ``builtin``: only that one of densreg's own entry points (e.g. "datasets", whose module
+        imports neither torch nor a model plugin).
+        """
         wanted = _selected_names()
         found = sorted(entry_points(group=GROUP),  # densreg's own first, so a namesake cannot displace them
                        key=lambda ep: (ep.dist.name if ep.dist else "") != BUILTIN_DISTRIBUTION)
+        if builtin is not None:
+            found = [ep for ep in found if ep.name == builtin and ep.dist and ep.dist.name == BUILTIN_DISTRIBUTION]
         for ep in found:
             if wanted is not None and ep.name not in wanted:
                 continue

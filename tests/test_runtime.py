@@ -17,6 +17,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import densreg
+
 from densreg.export import RuntimeLoadError, export_model
 from densreg.export import format as fmt
 from densreg.export.exporter import draw_graph
@@ -398,6 +400,36 @@ def test_cli_sample_and_runtime_on_an_export_never_import_torch(tmp_path):
     assert proc.returncode == 0 and json.loads(proc.stdout)["usable_providers"] == usable_providers()
     proc = run("sample", tmp_path / "s.npz", "-n", "2", "--out", tmp_path / "t.png")  # a checkpoint needs torch
     assert proc.returncode == 1 and "blocked" in proc.stderr
+
+
+def test_cli_eval_on_an_export_never_imports_torch(tmp_path):
+    """`densreg eval EXPORT_DIR --dataset NAME`: the built-in dataset is read with numpy and scored in
+    onnxruntime; the NLL is the torch model's on the same split, and bad input is one line, exit 1."""
+    model = create_model("markov", (1, 8, 8), 2, order=2, ordering="snake")
+    with torch.no_grad():
+        model.log_probs.copy_(torch.randn(model.log_probs.shape, generator=torch.Generator().manual_seed(4)))
+    out = tmp_path / "export"
+    export_model(model, out)
+    (tmp_path / "sitecustomize.py").write_text(TORCH_BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "densreg", "eval", out, *map(str, args)],  # noqa: E731
+                                       capture_output=True, text=True, env=env, timeout=120)
+    proc = run("--dataset", "digits", "--split", "valid", "--json", "--batch-size", "7")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    images = densreg.load_split("digits", "valid")
+    with torch.no_grad():
+        expected = -model.log_prob(images).double().mean().item()
+    assert result["images"] == len(images) == 300
+    assert result["nll_nats"] == pytest.approx(expected, abs=1e-4)
+    assert result["bits_per_dim"] == pytest.approx(expected / (64 * np.log(2)), abs=1e-6)
+    for args, message in [(("--dataset", "digits", "--split", "nope"), "dataset 'digits' has no split 'nope'"),
+                          (("--dataset", "binarized-mnist"), "but dataset 'binarized-mnist' has shape (1, 28, 28)"),
+                          (("--dataset", "no-such-set"), "unknown dataset 'no-such-set'")]:
+        proc = run(*args)
+        assert proc.returncode == 1 and "unexpected" not in proc.stderr, proc.stderr
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 2, proc.stderr  # provider + error
+    assert "plugins that failed to load" in proc.stderr  # an unknown name: every plugin looked at, as far as loads
 
 
 def test_builtin_command_table_matches_the_modules():

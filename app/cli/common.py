@@ -93,7 +93,7 @@ def data_options(func):
 
 def backend_option(func):
     """``--backend NAME``: the torch.distributed backend under torchrun (default: by device)."""
-    from densreg.app.distributed import BACKENDS  # torch: only for the commands that take --backend
+    from densreg.app.launcher import BACKENDS
 
     return click.option("--backend", default=None, envvar="DENSREG_BACKEND", show_envvar=True,
                         type=click.Choice(BACKENDS),

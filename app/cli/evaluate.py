@@ -1,16 +1,19 @@
-"""`densreg eval`: NLL and bits/dim of a checkpoint or an export folder on a dataset split."""
+"""`densreg eval`: NLL and bits/dim of a checkpoint or an export folder on a dataset split.
+
+An export folder is scored in onnxruntime with numpy, without importing torch (unless torchrun
+launched the command, which shards the images through torch.distributed), when the dataset is
+one of densreg's own or its plugin does not import torch.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
-import torch
 
-from densreg.app import distributed
-from densreg.app.evaluation import evaluate, nll_summary
-from densreg.app.training import default_device
-from densreg.registry import api, hookimpl
+from densreg.app.launcher import launched
+from densreg.registry import DataError, hookimpl
 
 from .common import backend_option, check_matches, data_options, echo_json, load_model_or_export, threads_option
 
@@ -32,10 +35,15 @@ def eval_command(checkpoint, dataset, data_path, download, split, batch_size, co
 
     Under torchrun each process scores its shard of the images and rank 0 prints.
     """
-    with distributed.session("cpu", backend) as world:
-        result = _evaluate(world, checkpoint, dataset, data_path, download, split, batch_size, compile, device)
-    if not world.leader:
-        return
+    if os.path.isdir(checkpoint) and not launched():  # an export folder: onnxruntime and numpy only
+        result = _evaluate_export(checkpoint, dataset, data_path, download, split, batch_size)
+    else:
+        from densreg.app import distributed
+
+        with distributed.session("cpu", backend) as world:
+            result = _evaluate(world, checkpoint, dataset, data_path, download, split, batch_size, compile, device)
+        if not world.leader:
+            return
     if as_json:
         echo_json(result)
     else:
@@ -45,7 +53,30 @@ def eval_command(checkpoint, dataset, data_path, download, split, batch_size, co
             click.echo(f"compiled in {result['compile_seconds']:.1f} s (with the first batch)")
 
 
+def _evaluate_export(folder, dataset, data_path, download, split, batch_size) -> dict:
+    """Score an export folder in onnxruntime: the dataset read with numpy, no torch."""
+    from densreg.app.scoring import nll_summary
+    from densreg.registry.catalog import find_dataset
+
+    model, info = load_model_or_export(folder)
+    ds = find_dataset(dataset)
+    check_matches(info, ds)
+    images = ds.load_split(split, data_path, download)
+    try:
+        nll = model.nll(images, batch_size or 500)  # checks shape and values 0..K-1
+    except DataError as exc:
+        raise DataError(f"dataset {ds.name!r}, split {split!r}: {exc}") from exc
+    return {"model": info.model, "dataset": dataset, "split": split, **nll_summary(nll, model.num_positions)}
+
+
 def _evaluate(world, checkpoint, dataset, data_path, download, split, batch_size, compile, device) -> dict:
+    import torch
+
+    from densreg.app import distributed
+    from densreg.app.evaluation import evaluate, nll_summary
+    from densreg.app.training import default_device
+    from densreg.registry import api
+
     model, info = load_model_or_export(checkpoint)
     ds = api.get_dataset(dataset)
     check_matches(info, ds)
