@@ -115,6 +115,8 @@ class TrainingOptions:
         return dataclasses.replace(self, **changes)
 
 
+INIT_FROM_DATA = 10000  # training images given to a model's optional init_from_data before the first epoch
+
 # what a resumed run takes from the interrupted one unless given again (max_minutes is per call)
 INHERITED = ("epochs", "batch_size", "lr", "weight_decay", "clip_grad", "patience", "lr_decay", "precision")
 
@@ -373,6 +375,8 @@ class GradientRun:
     def run(self, start: float, resume: bool = False) -> dict:
         if resume:
             self.load_state()
+        elif callable(getattr(self.model, "init_from_data", None)):  # e.g. rnade's standardization
+            self.model.init_from_data(self.train[:INIT_FROM_DATA])
         self.log_prob = distributed.log_prob_function(self.model, self.device)
         if self.opts.compile:
             self.log_prob = CompileTimer(compiled_log_prob(self.model, self.device, self.log_prob))

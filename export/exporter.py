@@ -372,6 +372,31 @@ def _to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
     return half
 
 
+def _lean(conditionals, step, features, dtype: str):
+    """The traced graphs stripped (``lean``) and, for ``dtype`` float16, converted; ``features`` may be None."""
+    conditionals, step = lean.strip(conditionals), lean.strip(step)
+    features = features and lean.strip(features)
+    if dtype == "float16":
+        conditionals, step = _to_float16(conditionals), _to_float16(step)
+        features = features and _to_float16(features)
+    return conditionals, step, features
+
+
+def _seal(graphs: dict, export_id: str, golden: dict, shared: list) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Stamp and check every graph; the folder's files so far (weights.bin shared by the ``shared`` graphs,
+    the graphs, golden.json) and each graph's weights dtype."""
+    for filename, proto in graphs.items():
+        onnx.helper.set_model_props(proto, {"format": fmt.FORMAT, "export_id": export_id,
+                                            "graph": filename.removesuffix(".onnx")})
+        onnx.checker.check_model(proto, full_check=True)
+    files = {fmt.WEIGHTS: lean.share_weights(shared, fmt.WEIGHTS)}
+    files.update({filename: proto.SerializeToString() for filename, proto in graphs.items()})
+    files[fmt.GOLDEN] = (json.dumps(golden) + "\n").encode()
+    weights_dtype = {f: "float16" if any(t.data_type == onnx.TensorProto.FLOAT16 for t in p.graph.initializer)
+                     else "float32" for f, p in graphs.items()}
+    return files, weights_dtype
+
+
 def _golden(model: DensityModel, conditionals, step, sample, specs, initial, seed: int = 0, n: int = 2,
             features: onnx.ModelProto | None = None) -> dict:
     """Golden vectors from the export itself: noise of ``seed`` and its samples (sample.onnx and the
@@ -427,9 +452,14 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
         raise ExportError(f"unknown export dtype {dtype!r}; expected one of {', '.join(fmt.DTYPES)}")
     if dtype == "float16" and (atol, log_prob_atol) == (LOGITS_ATOL, LOG_PROB_ATOL):
         atol, log_prob_atol = FLOAT16_ATOL, FLOAT16_LOG_PROB_ATOL
-    start = time.perf_counter()
     out_dir = Path(out_dir)
     _check_target(out_dir)  # before minutes of tracing, and again just before writing
+    if model.continuous:  # real values: mixture parameters instead of logits (export/continuous.py)
+        from .continuous import export_continuous
+
+        return export_continuous(model, out_dir, name, parity, opset, atol, log_prob_atol, parity_positions, dtype,
+                                 source)
+    start = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
@@ -449,11 +479,7 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
                         "step", name, opset)
         features, features_entry = _features(model, images, name, opset, batch)
         traced = {fmt.CONDITIONALS: conditionals.ByteSize(), fmt.STEP: step.ByteSize()}
-        conditionals, step = lean.strip(conditionals), lean.strip(step)
-        features = features and lean.strip(features)
-        if dtype == "float16":
-            conditionals, step = _to_float16(conditionals), _to_float16(step)
-            features = features and _to_float16(features)
+        conditionals, step, features = _lean(conditionals, step, features, dtype)
         report = None
         if parity:
             try:
@@ -483,16 +509,8 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
         export_id = uuid.uuid4().hex
         graphs = {fmt.CONDITIONALS: conditionals, fmt.STEP: step, fmt.DRAW: draw, fmt.SAMPLE: sample,
                   **({fmt.FEATURES: features} if features is not None else {})}
-        for filename, proto in graphs.items():
-            onnx.helper.set_model_props(proto, {"format": fmt.FORMAT, "export_id": export_id,
-                                                "graph": filename.removesuffix(".onnx")})
-            onnx.checker.check_model(proto, full_check=True)
-        files = {fmt.WEIGHTS: lean.share_weights([conditionals, step, sample, *([features] if features else [])],
-                                                 fmt.WEIGHTS)}
-        files.update({filename: proto.SerializeToString() for filename, proto in graphs.items()})
-        files[fmt.GOLDEN] = (json.dumps(golden) + "\n").encode()
-        weights_dtype = {f: "float16" if any(t.data_type == onnx.TensorProto.FLOAT16 for t in p.graph.initializer)
-                         else "float32" for f, p in graphs.items()}
+        files, weights_dtype = _seal(graphs, export_id, golden, shared=[conditionals, step, sample,
+                                                                        *([features] if features else [])])
         description = _describe(model, name, specs, opset, dtype, export_id, report, source, weights_dtype,
                                 features_entry)
         files[fmt.README] = readme.render(description).encode()

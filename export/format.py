@@ -30,7 +30,8 @@ import numpy as np
 
 FORMAT = "densreg-onnx/2"
 CONDITIONALS, STEP, DRAW, SAMPLE = "conditionals.onnx", "step.onnx", "draw.onnx", "sample.onnx"
-GRAPHS = (CONDITIONALS, STEP, DRAW, SAMPLE)  # in every export
+GRAPHS = (CONDITIONALS, STEP, DRAW, SAMPLE)  # in every export of a categorical model
+CONTINUOUS_GRAPHS = (CONDITIONALS, STEP)  # in every export of a model of real values (value_kind "continuous")
 FEATURES = "features.onnx"  # only in exports of models with learned features
 WEIGHTS, MANIFEST, README, GOLDEN = "weights.bin", "manifest.json", "README.md", "golden.json"
 FILES = (*GRAPHS, FEATURES, WEIGHTS, GOLDEN, README, MANIFEST)  # everything an export folder may hold
@@ -125,5 +126,68 @@ def graph_descriptions(event_shape, num_categories: int, state: list[dict], feat
         **({} if features is None else {FEATURES: {
             "purpose": "the model's learned representation of whole images (for downstream use)",
             "inputs": [io("images", "int64", image, f"values 0..{k - 1}, axes (batch, channel, row, column)")],
+            "outputs": [io("features", "float32", ["B", features["size"]], features["meaning"])]}}),
+    }
+
+
+def required_graphs(value_kind: str) -> tuple[str, ...]:
+    """The graphs every export of this value kind holds ("categorical", the default, or "continuous")."""
+    return CONTINUOUS_GRAPHS if value_kind == "continuous" else GRAPHS
+
+
+# -- models of real values (value_kind "continuous"): mixture-of-Gaussians conditionals ----------------
+CONTINUOUS_NOISE_RULE = ("noise = numpy.random.default_rng(seed).random((n, D, 3)), float64 uniform in [0, 1); "
+                         "noise[:, d] (three uniforms) is used at step d (densreg sample --seed uses exactly this)")
+CONTINUOUS_DRAW_RULE = ("component = number of entries of cumsum(softmax(float64(logits))) that are < noise[0], "
+                        "capped at M-1; z = sqrt(-2 log(1 - noise[1])) cos(2 pi noise[2]) (Box-Muller); value = "
+                        "means[component] + exp(log_scales[component]) z, computed in float64, fed back as float32")
+
+
+def draw_mixture_numpy(logits: np.ndarray, means: np.ndarray, log_scales: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """``mixture_from_uniform`` in numpy float64: params (B, M) each, noise (B, 3) -> values float64 (B,)."""
+    logits = logits.astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    cdf = np.cumsum(probs / probs.sum(-1, keepdims=True), -1)
+    component = np.minimum((cdf < noise[:, :1]).sum(-1), logits.shape[-1] - 1)[:, None]
+    mean = np.take_along_axis(means.astype(np.float64), component, -1)[:, 0]
+    log_scale = np.take_along_axis(log_scales.astype(np.float64), component, -1)[:, 0]
+    z = np.sqrt(-2 * np.log1p(-noise[:, 1])) * np.cos(2 * np.pi * noise[:, 2])
+    with np.errstate(over="ignore"):  # a value beyond float range comes out inf, as in torch
+        return mean + np.exp(log_scale) * z
+
+
+def continuous_graph_descriptions(event_shape, components: int, state: list[dict],
+                                  features: dict | None = None) -> dict:
+    """``graph_descriptions`` for a model of real values: mixtures of ``components`` Gaussians per value."""
+    c, h, w = event_shape
+    d, m = c * h * w, components
+    image = ["B", c, h, w]
+    mixture = ("(logits: unnormalized log weights, apply log_softmax; means; log_scales: log standard deviations) "
+               "of the mixture of M Gaussians")
+    states_in = [io(s["name"], s["dtype"], s["shape"], f"state before this step (batch on axis {s['batch_axis']}); "
+                    f"at step 0 the manifest's 'initial' tiled along the batch axis") for s in state]
+    states_out = [io(s["output"], s["dtype"], s["shape"], f"state after this step; feed it back as {s['name']}")
+                  for s in state]
+    values = io("images", "float32", image, "real values (finite), axes (batch, channel, row, column)")
+    return {
+        CONDITIONALS: {
+            "purpose": "exact log density of whole images in one call",
+            "inputs": [values],
+            "outputs": [
+                *(io(name, "float32", ["B", d, m], f"{name} {mixture} of x_order[d] given x_order[<d]; axis 1 is "
+                     "the generation step d, NOT the pixel index (pixel = order[d])")
+                  for name in ("logits", "means", "log_scales")),
+                io("log_prob", "float32", ["B"], "log p(x) in nats: a log density over the D real values"),
+                io("pixel_log_prob", "float32", image, "log p(x_i | values before it) in nats (log densities), in "
+                   "image layout; sums to log_prob")]},
+        STEP: {
+            "purpose": "one cached generation step: the mixture of the value generated at step `position`",
+            "inputs": [io("value", "float32", ["B"], "x at pixel order[position-1]; zeros at position 0"),
+                       io("position", "int64", [], f"the step d, 0..{d - 1} (not a pixel index)"), *states_in],
+            "outputs": [*(io(name, "float32", ["B", m], f"{name} {mixture} of the value at pixel order[position]")
+                          for name in ("logits", "means", "log_scales")), *states_out]},
+        **({} if features is None else {FEATURES: {
+            "purpose": "the model's learned representation of whole images (for downstream use)",
+            "inputs": [values],
             "outputs": [io("features", "float32", ["B", features["size"]], features["meaning"])]}}),
     }

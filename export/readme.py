@@ -65,14 +65,65 @@ print("ok", log_prob.tolist())
 '''
 
 
+CONTINUOUS_SNIPPET = '''\
+import base64, json
+import numpy as np
+import onnxruntime as ort
+
+manifest, golden = json.load(open("manifest.json")), json.load(open("golden.json"))
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+def open_graph(name):
+    return ort.InferenceSession(name, options, providers=["CPUExecutionProvider"])
+
+# density: log p(x) in nats (a log density over the real values), and per value in image layout
+images = np.array(golden["images"], dtype=np.float32)  # finite real values (B, C, H, W)
+log_prob, pixel_log_prob = open_graph("conditionals.onnx").run(["log_prob", "pixel_log_prob"], {"images": images})
+assert np.allclose(log_prob, golden["log_prob"], atol=golden["log_prob_atol"])
+
+# sampling by the step loop: step d gives the mixture of pixel order[d], given the value drawn at d-1
+def decode(item):  # an array stored as dtype, shape and base64 of its little-endian bytes
+    data, dtype = base64.b64decode(item["data"]), np.dtype(item["dtype"]).newbyteorder("<")
+    return np.frombuffer(data, dtype=dtype).reshape(item["shape"])
+step, order = open_graph("step.onnx"), np.array(manifest["order"])
+noise = np.array(golden["noise"], dtype=np.float64)  # (n, D, 3) uniforms: component, Box-Muller radius, angle
+n, D = noise.shape[:2]
+state = {}
+for s in manifest["state"]:  # the stored one-row initial value, tiled along the state's batch axis
+    one = decode(s["initial"])
+    state[s["name"]] = one if s["batch_axis"] is None else np.repeat(one, n, axis=s["batch_axis"])
+inputs = {i.name for i in step.get_inputs()}
+value, values = np.zeros(n, dtype=np.float32), np.empty((n, D))
+for d in range(D):
+    feed = {"value": value, "position": np.array(d, dtype=np.int64), **state}
+    logits, means, log_scales, *new_state = step.run(None, {k: v for k, v in feed.items() if k in inputs})
+    state = {s["name"]: a for s, a in zip(manifest["state"], new_state)}  # new_state_i -> state_i
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    cdf = np.cumsum(p / p.sum(-1, keepdims=True), -1)
+    k = np.minimum((cdf < noise[:, d, :1]).sum(-1), z.shape[-1] - 1)[:, None]  # the component (inverse CDF)
+    normal = np.sqrt(-2 * np.log1p(-noise[:, d, 1])) * np.cos(2 * np.pi * noise[:, d, 2])  # Box-Muller
+    values[:, d] = np.take_along_axis(means.astype(np.float64), k, 1)[:, 0] \\
+        + np.exp(np.take_along_axis(log_scales.astype(np.float64), k, 1)[:, 0]) * normal
+    value = values[:, d].astype(np.float32)
+pixels = np.empty_like(values)
+pixels[:, order] = values  # generation order -> pixel order
+assert np.abs(pixels.reshape(images[:n].shape) - np.array(golden["samples"])).max() <= golden["samples_atol"]
+print("ok", log_prob.tolist())
+'''
+
+
 def render(manifest: dict) -> str:
     """README.md text for an export described by ``manifest`` (without its files section)."""
     model, data = manifest["model"], manifest.get("dataset") or {}
     c, h, w = manifest["event_shape"]
+    continuous = manifest.get("value_kind") == "continuous"
+    values = ("real values, whose conditionals are mixtures of Gaussians (log_prob is a log density)" if continuous
+              else f"values 0..{manifest['num_categories'] - 1}")
     lines = [
         f"# {model['name']} (densreg export {manifest['export_id']})",
         "",
-        f"An exact-likelihood density model of {c}x{h}x{w} images with values 0..{manifest['num_categories'] - 1}, "
+        f"An exact-likelihood density model of {c}x{h}x{w} images with {values}, "
         f"exported by densreg {model['densreg_version']} from `{model['qualified_name']}` "
         f"({model['distribution'] or 'no distribution'} {model['version']}). It runs with numpy and "
         "onnxruntime alone.",
@@ -80,13 +131,14 @@ def render(manifest: dict) -> str:
         f"- ordering `{manifest['ordering']}`: `order[d]` (manifest.json) is the flat pixel index (c*H*W + h*W + w) "
         "generated at step d. `logits` of conditionals.onnx and everything in step.onnx are in generation order; "
         "`pixel_log_prob` and images are in image layout.",
-        f"- units: log-probabilities in nats (natural log); logits are unnormalized (apply log_softmax); "
+        f"- units: log-probabilities (log densities for real values) in nats (natural log); logits are "
+        "unnormalized (apply log_softmax); "
         f"graph weights are {manifest['dtype']}, inputs and outputs as listed in manifest.json.",
         f"- dataset: {data.get('name') or 'not recorded'}"
         + (f" ({data['preprocessing']})" if data.get("preprocessing") else "")
         + (f"; test NLL {data['test_nll_nats']:.4f} nats per image" if data.get("test_nll_nats") is not None else ""),
-        "- noise: " + fmt.NOISE_RULE,
-        "- draw: " + fmt.DRAW_RULE,
+        "- noise: " + manifest["noise_rule"],
+        "- draw: " + manifest["draw_rule"],
         f"- versions: onnx {manifest['versions']['onnx']}, opset {manifest['versions']['opset']}, exported with "
         f"onnxruntime {manifest['versions']['onnxruntime']} (needs {manifest['versions']['onnxruntime_minimum']} "
         "or newer)",
@@ -109,7 +161,7 @@ def render(manifest: dict) -> str:
         "onnxruntime only, run from this folder (it checks itself against golden.json):",
         "",
         "```python",
-        SNIPPET.rstrip(),
+        (CONTINUOUS_SNIPPET if continuous else SNIPPET).rstrip(),
         "```",
         "",
     ]

@@ -30,7 +30,8 @@ import onnxruntime as ort
 from densreg.registry.atomic import is_utf8_path
 from densreg.registry.errors import ConfigError, DataError, RuntimeLoadError
 from densreg.registry.limits import check_event_shape
-from densreg.registry.saved import SavedModelInfo
+from densreg.registry.datasets import validate_real_images
+from densreg.registry.saved import VALUE_KINDS, SavedModelInfo
 from densreg.registry.version import __version__
 
 from . import format as fmt
@@ -179,6 +180,31 @@ def step_loop(session: ort.InferenceSession, state_specs: list[dict], initial: l
     return values
 
 
+def continuous_step_loop(session: ort.InferenceSession, state_specs: list[dict], initial: list[np.ndarray],
+                         noise: np.ndarray) -> np.ndarray:
+    """``step_loop`` for a model of real values: noise (n, D, 3) -> values float64 (n, D) in generation order;
+    the draw is ``format.draw_mixture_numpy`` and each drawn value goes back to the step as float32."""
+    n, d_total = noise.shape[:2]
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    names = [s["name"] for s in state_specs]
+    feed = {name: a for name, a in zip(names, tile_initial(state_specs, initial, n)) if name in inputs}
+    value = np.zeros(n, dtype=np.float32)
+    values = np.empty((n, d_total), dtype=np.float64)
+    for d in range(d_total):
+        if "value" in inputs:
+            feed["value"] = value
+        if "position" in inputs:
+            feed["position"] = np.array(d, dtype=np.int64)
+        logits, means, log_scales, *state = session.run(outputs, feed)
+        for name, array in zip(names, state):
+            if name in feed:
+                feed[name] = array
+        values[:, d] = fmt.draw_mixture_numpy(logits, means, log_scales, noise[:, d])
+        value = values[:, d].astype(np.float32)
+    return values
+
+
 def tile_initial(state_specs: list[dict], initial: list[np.ndarray], n: int) -> list[np.ndarray]:
     """Each state's stored one-row initial value repeated to ``n`` rows along its batch axis."""
     out = []
@@ -227,15 +253,19 @@ class ExportedModel:
         scoring, sampling = session_options(threads, DEFAULT_SCORING_THREADS), session_options(threads)
         self.conditionals = _open_session(self.path / fmt.CONDITIONALS, providers, scoring, external)
         self.step_session = _open_session(self.path / fmt.STEP, providers, sampling, external)
-        self.draw_session = _open_session(self.path / fmt.DRAW, providers, sampling, external)
+        self.value_kind = self.info.value_kind  # "continuous": real values, mixture parameters, no draw.onnx
+        self.continuous = self.value_kind == "continuous"
+        self.draw_session = None if self.continuous else _open_session(self.path / fmt.DRAW, providers, sampling,
+                                                                        external)
         self._sample_session = None  # sample.onnx opens on first use (engine="graph")
         self._features_session = None  # features.onnx too
         self._scoring_options = scoring
         self._providers, self._sampling_options, self._external = providers, sampling, external
-        self._check_export_ids(self.conditionals, self.step_session, self.draw_session)
+        self._check_export_ids(*[s for s in (self.conditionals, self.step_session, self.draw_session) if s])
         self.provider = self.step_session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
+        self.io_binding = self.io_binding and not self.continuous  # real values: the numpy draw on the host
         self.name = self.info.model
         self.event_shape = self.info.event_shape
         self.num_categories = self.info.num_categories
@@ -251,12 +281,17 @@ class ExportedModel:
     @staticmethod
     def _parse_info(manifest: dict) -> SavedModelInfo:
         model = manifest["model"]
-        event_shape, num_categories = check_event_shape(manifest["event_shape"], manifest["num_categories"])
+        kind = manifest.get("value_kind", "categorical")
+        if kind not in VALUE_KINDS:
+            raise ValueError(f"value_kind {str(kind)[:40]!r} is not one of {', '.join(VALUE_KINDS)}")
+        event_shape, num_categories = check_event_shape(manifest["event_shape"], manifest["num_categories"],
+                                                        continuous=kind == "continuous")
         return SavedModelInfo(model=model["name"], config=dict(model["config"]),
                               event_shape=event_shape, num_categories=num_categories, ordering=str(manifest["ordering"]),
                               densreg_version=str(model.get("densreg_version", "")), plugin=str(model["plugin"]),
                               distribution=str(model["distribution"]), distribution_version=str(model["version"]),
-                              opset=int(manifest["versions"]["opset"]), parity=manifest.get("parity"))
+                              opset=int(manifest["versions"]["opset"]), parity=manifest.get("parity"),
+                              value_kind=kind)
 
     def _check_version(self) -> None:
         theirs, ours = self.info.densreg_version or "?", __version__
@@ -322,7 +357,9 @@ class ExportedModel:
 
     # -- density ----------------------------------------------------------------
     def validate(self, x) -> np.ndarray:
-        """Images (B, C, H, W) with integer values 0..K-1 -> int64; DataError otherwise."""
+        """Images (B, C, H, W) with integer values 0..K-1 -> int64 (real values -> finite float32); DataError otherwise."""
+        if self.continuous:
+            return validate_real_images(x, self.event_shape)
         x = np.asarray(x)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.event_shape:
             raise DataError(f"expected images of shape (B, {', '.join(map(str, self.event_shape))}), "
@@ -341,7 +378,16 @@ class ExportedModel:
 
     def conditional_logits(self, x) -> np.ndarray:
         """Logits of every conditional, float32 (B, D, K) in generation order."""
+        if self.continuous:
+            raise DataError(f"{self.name} models real values: its conditionals are mixtures (conditional_params)")
         return self._run_conditionals(x, ["logits"])[0]
+
+    def conditional_params(self, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A model of real values: the mixture of every conditional, (log weights, means, log_scales), each
+        float32 (B, D, M) in generation order."""
+        if not self.continuous:
+            raise DataError(f"{self.name} models values 0..K-1: its conditionals are logits (conditional_logits)")
+        return tuple(self._run_conditionals(x, ["logits", "means", "log_scales"]))
 
     def log_prob(self, x) -> np.ndarray:
         """Exact log-likelihood in nats, float32 (B,)."""
@@ -374,9 +420,13 @@ class ExportedModel:
 
     def _check_step(self, value, position, state) -> np.ndarray:
         value = np.asarray(value)
-        if value.ndim != 1 or value.dtype.kind not in "iu":
+        if self.continuous:
+            if value.ndim != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all():
+                raise DataError(f"step value must be a 1-D array of finite real values (B,), got {value.dtype} "
+                                f"of shape {value.shape}")
+        elif value.ndim != 1 or value.dtype.kind not in "iu":
             raise DataError(f"step value must be a 1-D integer array (B,), got {value.dtype} of shape {value.shape}")
-        if value.size and (value.min() < 0 or value.max() >= self.num_categories):
+        if not self.continuous and value.size and (value.min() < 0 or value.max() >= self.num_categories):
             raise DataError(f"step values must lie in 0..{self.num_categories - 1}; got {value.min()} to "
                             f"{value.max()}")
         if not isinstance(position, (int, np.integer)) or not 0 <= position < self.num_positions:
@@ -389,23 +439,31 @@ class ExportedModel:
             if list(a.shape) != expected or a.dtype != np.dtype(spec["dtype"]):
                 raise DataError(f"step state {spec['name']} must be {spec['dtype']} of shape {tuple(expected)}, "
                                 f"got {a.dtype} of shape {a.shape}")
-        return value.astype(np.int64, copy=False)
+        return value.astype(np.float32 if self.continuous else np.int64, copy=False)
 
     def step(self, value: np.ndarray, position: int, state: list[np.ndarray]):
         """One ``step.onnx`` call: value (B,) int64 (x at order[position-1], zeros at 0), position
-        0..D-1 -> logits (B, K) of the value at order[position], new state. DataError on bad input."""
+        0..D-1 -> logits (B, K) of the value at order[position], new state. DataError on bad input.
+        A model of real values takes a float value and returns (log weights, means, log_scales), each
+        (B, M), in place of the logits."""
         value = self._check_step(value, position, state)
         feed = {"value": value, "position": self._positions[position],
                 **{s["name"]: a for s, a in zip(self.state_specs, state)}}
-        logits, *state = self.step_session.run(None, {k: v for k, v in feed.items() if k in self._step_inputs})
-        return logits, state
+        out = self.step_session.run(None, {k: v for k, v in feed.items() if k in self._step_inputs})
+        if self.continuous:
+            return tuple(out[:3]), out[3:]
+        return out[0], out[1:]
+
+    def noise_shape(self, n: int) -> tuple[int, ...]:
+        """(n, D); (n, D, 3) for a model of real values (three uniforms per value)."""
+        return (n, self.num_positions, 3) if self.continuous else (n, self.num_positions)
 
     def _noise(self, n: int, seed, noise) -> np.ndarray:
         if noise is None:
-            return np.random.default_rng(seed).random((n, self.num_positions))
+            return np.random.default_rng(seed).random(self.noise_shape(n))
         noise = np.asarray(noise, dtype=np.float64)
-        if noise.shape != (n, self.num_positions):
-            raise DataError(f"noise must have shape ({n}, {self.num_positions}), got {noise.shape}")
+        if noise.shape != self.noise_shape(n):
+            raise DataError(f"noise must have shape {self.noise_shape(n)}, got {noise.shape}")
         return noise
 
     def sample(self, n: int, seed: int | None = None, noise=None, engine: str = "steps") -> np.ndarray:
@@ -423,6 +481,13 @@ class ExportedModel:
         if engine not in ENGINES:
             raise DataError(f"unknown sampling engine {engine!r}; expected one of {', '.join(ENGINES)}")
         noise = self._noise(n, seed, noise)
+        if self.continuous:  # real values: the step loop with the numpy mixture draw, float32 (n, C, H, W)
+            if engine == "graph":
+                raise DataError(f"{self.name} models real values: its export has no sample.onnx; use engine='steps'")
+            values = continuous_step_loop(self.step_session, self.state_specs, self._initial, noise)
+            flat = np.empty_like(values)
+            flat[:, self.order] = values
+            return flat.reshape(n, *self.event_shape).astype(np.float32)
         if engine == "graph":
             return self.sample_session.run(["images"], {"noise": noise})[0]
         values = self._sample_bound(noise) if self.io_binding else self._sample_host(noise)

@@ -169,6 +169,9 @@ def test_fit_trains_rnade_and_em_fits_the_mixture():
     with torch.no_grad():
         before = float(-model.log_prob(valid).mean())
     result = fit(model, train, valid, epochs=3, batch_size=50, lr=0.01)
+    seq = model.to_sequence(train)  # fit standardized the network's inputs by the data first
+    assert torch.allclose(model.loc, seq.mean(0), atol=1e-5)
+    assert torch.allclose(model.log_scale.exp(), seq.std(0), rtol=1e-4)
     assert result["valid_nll_nats"] < before - 0.5
     gm = create_model("gaussian-mixture", (1, 1, 4), 0, components=2)
     fitted = fit(gm, train, valid)
@@ -217,3 +220,102 @@ def test_cli_trains_evaluates_and_checks_continuous_models(tmp_path, patches_dat
                     ["score", str(gm), "--dataset", patches_dataset, "--method", "complexity"]):
         result = runner.invoke(cli, command)
         assert result.exit_code == 1 and "real values" in result.output and "Traceback" not in result.output
+
+
+# -- export (issue 15 item 6) -----------------------------------------------------------------
+NO_TORCH = """
+import importlib.abc, sys
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "onnx", "onnxscript", "safetensors", "click"}:
+            raise ImportError(f"{name} is blocked: a serving box has onnxruntime and numpy only")
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+@pytest.fixture(scope="module", params=["rnade", "gaussian-mixture"])
+def continuous_export(request, tmp_path_factory):
+    from densreg.export import export_model
+
+    torch.manual_seed(0)
+    if request.param == "rnade":
+        model = create_model("rnade", (1, 2, 3), 0, ordering="snake", **SMALL)
+        model.init_from_data(random_values((1, 2, 3), 100, seed=7) * 0.1 + 0.3)  # a non-trivial standardization
+    else:
+        model = create_model("gaussian-mixture", (1, 2, 3), 0, components=3, ordering="random:2")
+        model.fit_closed_form(random_values((1, 2, 3), 200))
+    out = tmp_path_factory.mktemp("export") / request.param
+    report = export_model(model, out)
+    return model.eval(), out, report
+
+
+def test_export_parity_and_runtime(continuous_export):
+    from densreg.export.runtime import ExportedModel
+
+    model, out, report = continuous_export
+    assert report["log_prob_max_abs_diff"] <= 1e-3 and report["max_abs_diff"] <= 1e-4
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["value_kind"] == "continuous" and manifest["num_categories"] == 0
+    assert manifest["components"] == 3 and "Box-Muller" in manifest["draw_rule"]
+    assert {"conditionals.onnx", "step.onnx"} <= set(manifest["files"]) and "sample.onnx" not in manifest["files"]
+    runtime = ExportedModel(out)
+    x = random_values((1, 2, 3), 50, seed=11) * (0.1 if model.registry_name == "rnade" else 1.0)  # as trained
+    with torch.no_grad():
+        expected = model.log_prob(x).double().numpy()
+        params = [t.numpy() for t in model.conditional_params(x)]
+    assert np.abs(runtime.log_prob(x.numpy()) - expected).max() <= 1e-3
+    got = runtime.conditional_params(x.numpy())
+    assert np.abs(np.exp(got[0]) - torch.softmax(torch.from_numpy(params[0]), -1).numpy()).max() < 1e-5
+    assert np.abs(got[1] - params[1]).max() < 1e-4 and np.abs(got[2] - params[2]).max() < 1e-4
+    noise = np.random.default_rng(3).random((40, 6, 3))
+    with torch.no_grad():
+        ours = model.sample(40, noise=torch.from_numpy(noise)).numpy()
+    theirs = runtime.sample(40, noise=noise)
+    assert theirs.dtype == np.float32 and np.abs(theirs - ours).max() < 1e-3
+    assert np.array_equal(runtime.sample(40, seed=5), runtime.sample(40, noise=np.random.default_rng(5).random((40, 6, 3))))
+    with pytest.raises(DataError, match="NaN or infinite"):
+        runtime.log_prob(np.full((1, 1, 2, 3), np.nan))
+    with pytest.raises(DataError, match="no sample.onnx"):
+        runtime.sample(2, seed=0, engine="graph")
+    with pytest.raises(DataError, match=r"noise must have shape \(2, 6, 3\)"):
+        runtime.sample(2, noise=np.zeros((2, 6)))
+    (weights, means, log_scales), state = runtime.step(np.zeros(2, dtype=np.float32), 0, runtime.initial_state(2))
+    assert weights.shape == means.shape == log_scales.shape == (2, 3)
+
+
+def test_export_readme_client_runs_without_torch(continuous_export, tmp_path):
+    import subprocess
+    import sys
+
+    from densreg.export import readme
+
+    model, out, _ = continuous_export
+    snippet = readme.snippet_of((out / "README.md").read_text())
+    (tmp_path / "sitecustomize.py").write_text(NO_TORCH)
+    proc = subprocess.run([sys.executable, "-c", snippet], cwd=out, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("ok "))
+    golden = json.loads((out / "golden.json").read_text())
+    with torch.no_grad():
+        assert np.abs(np.array(printed) - model.log_prob(torch.tensor(golden["images"])).numpy()).max() <= 1e-3
+        drawn = model.sample(len(golden["noise"]), noise=torch.tensor(golden["noise"], dtype=torch.float64))
+    assert np.abs(drawn.numpy() - np.array(golden["samples"])).max() <= 1e-3
+
+
+def test_cli_exports_and_samples_a_continuous_checkpoint(tmp_path, patches_dataset):
+    runner = CliRunner()
+    ckpt, folder = tmp_path / "gm.safetensors", tmp_path / "gm-onnx"
+    assert runner.invoke(cli, ["train", "gaussian-mixture", "--dataset", patches_dataset, "--set", "components=2",
+                               "--out", str(ckpt)]).exit_code == 0
+    result = runner.invoke(cli, ["export", str(ckpt), "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    for source in (ckpt, folder):
+        result = runner.invoke(cli, ["sample", str(source), "-n", "4", "--out", str(tmp_path / "s.png"),
+                                     "--npz", str(tmp_path / f"{source.name}.npz")])
+        assert result.exit_code == 0, result.output
+    a, b = (np.load(tmp_path / f"{s.name}.npz")["samples"] for s in (ckpt, folder))
+    assert np.abs(a - b).max() < 1e-3  # same seed, same samples in torch and onnxruntime
+    outputs = [runner.invoke(cli, ["eval", str(s), "--dataset", patches_dataset, "--json"]).output for s in (ckpt, folder)]
+    evals = [json.loads(text[text.index("{"):]) for text in outputs]  # the export's line on stderr comes first
+    assert abs(evals[0]["nll_nats"] - evals[1]["nll_nats"]) < 1e-3

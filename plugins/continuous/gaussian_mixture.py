@@ -51,11 +51,12 @@ class GaussianMixture(ContinuousDensityModel):
         self.components, self.iterations = components, iterations
         self.tolerance, self.reg, self.seed = float(tolerance), float(reg), int(seed)
         M, D = components, self.num_positions
-        # in generation order: log w (M,), mu (M, D), Cholesky factors L (M, D, D)
+        # in generation order: log w (M,), mu (M, D), Cholesky factors L (M, D, D) and their inverses
         self.register_buffer("log_weights", torch.full((M,), -math.log(M)))
         self.register_buffer("means", torch.linspace(-1, 1, M).unsqueeze(-1).expand(M, D).clone()
                              if M > 1 else torch.zeros(M, D))
         self.register_buffer("scale_tril", torch.eye(D).expand(M, D, D).clone())
+        self.register_buffer("whitening", torch.eye(D).expand(M, D, D).clone())  # L^{-1}, lower-triangular
 
     def config(self):
         return {**super().config(), "components": self.components, "iterations": self.iterations,
@@ -67,9 +68,13 @@ class GaussianMixture(ContinuousDensityModel):
 
     # -- density ----------------------------------------------------------------
     def whitened(self, seq: torch.Tensor) -> torch.Tensor:
-        """z_k = L_k^{-1} (x - mu_k): (B, D) values in generation order -> (B, M, D)."""
-        diff = (seq.unsqueeze(0) - self.means.unsqueeze(1)).transpose(1, 2)  # (M, D, B)
-        return torch.linalg.solve_triangular(self.scale_tril, diff, upper=False).permute(2, 0, 1)
+        """z_k = L_k^{-1} (x - mu_k): (B, D) values in generation order -> (B, M, D).
+
+        A product with the stored inverse factor (lower-triangular, so z_kj sees x_<=j only); ONNX has
+        no triangular solve.
+        """
+        diff = seq.unsqueeze(1) - self.means  # (B, M, D)
+        return torch.einsum("mdj,bmj->bmd", self.whitening, diff)
 
     def conditional_params(self, x):
         """Exact mixture conditionals: (B, C, H, W) -> MixtureParams of (B, D, M) each."""
@@ -79,7 +84,7 @@ class GaussianMixture(ContinuousDensityModel):
         means = self.means + torch.einsum("mdj,bmj->bmd", strict, z)  # mu_kd + sum_{j<d} L_kdj z_kj
         terms = -0.5 * z * z - torch.log(diagonal) - LOG_SQRT_2PI  # log N(x_j | x_<j, k), (B, M, D)
         before = torch.cat([torch.zeros_like(terms[..., :1]), torch.cumsum(terms, -1)[..., :-1]], -1)
-        logits = self.log_weights.unsqueeze(-1) + before
+        logits = torch.log_softmax(self.log_weights.unsqueeze(-1) + before, dim=1)  # log p(k | x_<d): O(1) values
         log_scales = torch.log(diagonal).expand_as(z)
         return MixtureParams(logits.transpose(1, 2), means.transpose(1, 2), log_scales.transpose(1, 2))
 
@@ -105,7 +110,7 @@ class GaussianMixture(ContinuousDensityModel):
         row = self.scale_tril.index_select(1, position)[:, 0]  # (M, D): L_k[d, :], zero beyond d
         mean = self.means.index_select(1, position)[:, 0] + torch.einsum("md,bmd->bm", row, z)  # z_d.. still 0
         log_scale = torch.log(diagonal.index_select(1, position)[:, 0]).expand_as(mean)
-        return MixtureParams(logits, mean, log_scale), (z, logits, mean)
+        return MixtureParams(torch.log_softmax(logits, -1), mean, log_scale), (z, logits, mean)
 
     # -- EM -----------------------------------------------------------------------
     @torch.no_grad()
@@ -132,16 +137,20 @@ class GaussianMixture(ContinuousDensityModel):
         self.log_weights.copy_(log_w.to(dtype))
         self.means.copy_(mu.to(dtype))
         self.scale_tril.copy_(tril.to(dtype))
+        eye = torch.eye(D, dtype=tril.dtype).expand_as(tril)
+        self.whitening.copy_(torch.tril(torch.linalg.solve_triangular(tril, eye, upper=False)).to(dtype))
         return {"train_nll_nats": float(-self.log_prob(x).double().mean()), "em_iterations": iteration,
                 "converged": converged}
 
 
 def _component_log_density(seq, mu, tril):
-    """log N(x; mu_k, L_k L_k^T): (N, D), (M, D), (M, D, D) -> (N, M)."""
-    diff = (seq.unsqueeze(0) - mu.unsqueeze(1)).transpose(1, 2)  # (M, D, N)
-    z = torch.linalg.solve_triangular(tril, diff, upper=False)
-    log_det = torch.log(torch.diagonal(tril, dim1=-2, dim2=-1)).sum(-1)  # (M,)
-    return (-0.5 * (z * z).sum(1) - log_det.unsqueeze(-1) - seq.shape[1] * LOG_SQRT_2PI).t()
+    """log N(x; mu_k, L_k L_k^T): (N, D), (M, D), (M, D, D) -> (N, M); one component at a time (memory N D)."""
+    out = []
+    for k in range(len(mu)):
+        z = torch.linalg.solve_triangular(tril[k], (seq - mu[k]).t(), upper=False)  # (D, N)
+        log_det = torch.log(torch.diagonal(tril[k])).sum()
+        out.append(-0.5 * (z * z).sum(0) - log_det - seq.shape[1] * LOG_SQRT_2PI)
+    return torch.stack(out, -1)
 
 
 def _m_step(seq, resp, reg):
@@ -149,9 +158,8 @@ def _m_step(seq, resp, reg):
     n, D = seq.shape
     counts = resp.sum(0) + 1e-10  # (M,)
     mu = (resp.t() @ seq) / counts.unsqueeze(-1)
-    centred = seq.unsqueeze(0) - mu.unsqueeze(1)  # (M, N, D)
-    cov = (centred * resp.t().unsqueeze(-1)).transpose(1, 2) @ centred / counts[:, None, None]  # (M, D, D)
-    cov = cov + reg * torch.eye(D, dtype=seq.dtype)
+    cov = torch.stack([((seq - mu[k]) * resp[:, k:k + 1]).t() @ (seq - mu[k]) for k in range(len(mu))])
+    cov = cov / counts[:, None, None] + reg * torch.eye(D, dtype=seq.dtype)  # (M, D, D)
     tril, info = torch.linalg.cholesky_ex(cov)
     if bool((info > 0).any()):  # not positive definite: add more to the diagonal
         scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)

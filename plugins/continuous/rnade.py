@@ -10,6 +10,12 @@ by generation position d (position d models x_{o(d)}, a real value):
 p(x_d | x_<d) = sum_m softmax(logits_d)_m N(x_d; means_dm, exp(log_scales_dm)^2). The paper's
 per-position rescaling of the activation (rho_d) is left out. Free parameters: DH + H + 3DM(H+1).
 Sampling and ``step`` cost O(HM) per value through the running pre-activation.
+
+The network works on standardized values u_j = (x_j - loc_j) / scale_j: buffers ``loc`` and
+``log_scale`` (D,), set from the training data by ``init_from_data`` (which ``fit`` calls
+before the first epoch; 0 and 0 until then), so its weights see values of order one whatever the
+data's units. The mixture it outputs for u_d maps back exactly: means loc_d + scale_d mu,
+log-scales log sigma + log scale_d.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class RNADE(ContinuousDensityModel):
         bias[:, 1] = torch.linspace(-1, 1, M) if M > 1 else 0.0  # means spread over [-1, 1]
         bias[:, 2] = math.log(0.5)
         self.b = nn.Parameter(bias)
+        self.register_buffer("loc", torch.zeros(D))  # generation order; see init_from_data
+        self.register_buffer("log_scale", torch.zeros(D))
 
     def config(self):
         return {**super().config(), "hidden": self.hidden, "components": self.components,
@@ -60,23 +68,33 @@ class RNADE(ContinuousDensityModel):
     def act(self, a: torch.Tensor) -> torch.Tensor:
         return ACTIVATIONS[self.activation](a)
 
-    def _params(self, out: torch.Tensor) -> MixtureParams:
-        """(..., 3, M) outputs -> MixtureParams of (..., M)."""
-        return MixtureParams(out[..., 0, :], out[..., 1, :], out[..., 2, :])
+    @torch.no_grad()
+    def init_from_data(self, x) -> None:
+        """Standardize by the data: ``loc``, ``log_scale`` = each position's mean and log std over ``x`` (N, C, H, W)."""
+        seq = self.to_sequence(self.validate(x)).double()
+        self.loc.copy_(seq.mean(0).to(self.loc.dtype))
+        self.log_scale.copy_(torch.log(seq.std(0).clamp(min=1e-6)).to(self.loc.dtype) if len(seq) > 1
+                             else torch.zeros_like(self.log_scale))
+
+    def _params(self, out: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> MixtureParams:
+        """(..., 3, M) outputs on the standardized scale, and loc, log_scale (...) -> MixtureParams of (..., M)."""
+        loc, log_scale = loc.unsqueeze(-1), log_scale.unsqueeze(-1)
+        return MixtureParams(out[..., 0, :], loc + torch.exp(log_scale) * out[..., 1, :], out[..., 2, :] + log_scale)
 
     def conditional_params(self, x):
         """a_d by an exclusive running sum over positions: (B, C, H, W) -> MixtureParams of (B, D, M) each."""
         seq = self.to_sequence(self.validate(x))  # (B, D)
-        inputs = seq.unsqueeze(-1) * self.W  # (B, D, H): x_j W_j
+        u = (seq - self.loc) * torch.exp(-self.log_scale)
+        inputs = u.unsqueeze(-1) * self.W  # (B, D, H): u_j W_j
         before = torch.cumsum(inputs, dim=1)[:, :-1]  # sum over j < d+1, for d = 0..D-2
         a = torch.cat([torch.zeros_like(inputs[:, :1]), before], dim=1) + self.c  # (B, D, H), sum over j < d
         out = torch.einsum("bdh,dkmh->bdkm", self.act(a), self.V) + self.b
-        return self._params(out)
+        return self._params(out, self.loc, self.log_scale)
 
     def features(self, x):
-        """act(c + sum_d x_d W_d): the H hidden units after the whole image, (B, H)."""
+        """act(c + sum_d u_d W_d): the H hidden units after the whole image (u standardized), (B, H)."""
         seq = self.to_sequence(self.validate(x))
-        return self.act(seq @ self.W + self.c)
+        return self.act(((seq - self.loc) * torch.exp(-self.log_scale)) @ self.W + self.c)
 
     # -- cached O(HM) step ---------------------------------------------------
     def initial_state(self, batch_size):
@@ -86,9 +104,11 @@ class RNADE(ContinuousDensityModel):
     def step(self, value, position, state):
         (s,) = state
         position = torch.as_tensor(position, dtype=torch.int64, device=self.W.device).reshape(1)
-        w_prev = self.W.index_select(0, torch.clamp(position - 1, min=0))  # (1, H)
-        s = torch.where(position > 0, s + value.to(s.dtype).unsqueeze(-1) * w_prev, s)
+        previous = torch.clamp(position - 1, min=0)
+        w_prev = self.W.index_select(0, previous)  # (1, H)
+        u = (value.to(s.dtype) - self.loc.index_select(0, previous)) * torch.exp(-self.log_scale.index_select(0, previous))
+        s = torch.where(position > 0, s + u.unsqueeze(-1) * w_prev, s)
         h = self.act(s + self.c)  # (B, H)
         V = self.V.index_select(0, position)[0]  # (3, M, H)
         out = torch.einsum("bh,kmh->bkm", h, V) + self.b.index_select(0, position)
-        return self._params(out), (s,)
+        return self._params(out, self.loc.index_select(0, position), self.log_scale.index_select(0, position)), (s,)
