@@ -176,7 +176,7 @@ def randomize(model, seed: int = 0, *, buffers: bool = False) -> None:
     Every floating parameter is drawn from N(0, 1) (same shape, generator seeded with
     ``seed``); buffers are left alone, and a ``closed_form`` model is then fitted on
     ``random_images(event_shape, K, seed=seed)`` (200 correlated images), so its tables are
-    not uniform. ``buffers=True``: every floating buffer is drawn from N(0, 1) too, after
+    not uniform (a continuous model: on ``random_values(event_shape, 2000, seed=seed)``). ``buffers=True``: every floating buffer is drawn from N(0, 1) too, after
     the parameters, and there is no closed-form fit (it would overwrite them), e.g. for the
     probability tables of the baselines, which then hold unnormalised logits that log_prob's
     log-softmax must renormalise. Non-float buffers (orderings, bool masks) never change;
@@ -195,8 +195,8 @@ def randomize(model, seed: int = 0, *, buffers: bool = False) -> None:
                 scale = tensor.shape[-1] ** -0.5 if continuous and tensor.dim() >= 2 and tensor.shape[-1] else 1.0
                 tensor.copy_((torch.randn(tensor.shape, generator=gen) * scale).to(tensor.dtype))
     if getattr(model, "closed_form", False) and not buffers:
-        if getattr(model, "continuous", False):
-            model.fit_closed_form(random_values(model.event_shape, seed=seed))
+        if getattr(model, "continuous", False):  # 2000 values: every component of a mixture gets enough
+            model.fit_closed_form(random_values(model.event_shape, 2000, seed=seed))
         else:
             model.fit_closed_form(random_images(model.event_shape, model.num_categories, seed=seed))
 

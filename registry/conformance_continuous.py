@@ -14,6 +14,9 @@ The same check names as the categorical kit, on tiny real-valued spaces (K = 0):
   (changing x_j, or every x_{>=d} at once, leaves the params at positions <= j unchanged).
 - ``step``: teacher-forced ``step`` equals ``conditional_params``, position an int and a 0-dim
   tensor; the state keeps its shapes.
+
+causality and step compare each component's weight w (softmax), w * mean and w * log-scale, so a
+component whose weight is negligible (a log weight of -1e7) counts by its weight alone.
 - ``sampling``: SAMPLING_SIZE samples on 1x1x1 and 1x1x3; each value goes through its exact
   conditional CDF (the Rosenblatt transform, from ``conditional_params`` on the sample's own
   prefix: the chain_rule check ties those to log_prob), which makes the values of a correct
@@ -72,7 +75,11 @@ def _expect_params(model, x) -> MixtureParams:
 
 
 def _stack(params: MixtureParams) -> torch.Tensor:
-    return torch.stack(tuple(params), -1)  # (..., M, 3)
+    """What the checks compare, (..., M, 3): each component's weight w (softmax of the logits), w * mean and
+    w * log-scale. A component of negligible weight (a log weight of -1e7, say) then counts by its weight
+    alone, and the rest in proportion to what they add to the density."""
+    weights = torch.softmax(params.logits, -1)
+    return torch.stack([weights, weights * params.means, weights * params.log_scales], -1)
 
 
 def _nodes(params: MixtureParams) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,7 +44,7 @@ def test_gaussian_mixture_density_is_the_full_covariance_mixture():
     flat = x.reshape(20, -1)
     inverse = torch.argsort(model.order)
     mu = model.means[:, inverse]  # back to pixel order
-    tril = model.scale_tril
+    tril = torch.linalg.inv(model.precision_tril)  # the Cholesky factor L = P^-1
     cov = (tril @ tril.transpose(1, 2))[:, inverse][:, :, inverse]
     components = torch.distributions.MultivariateNormal(mu, covariance_matrix=cov)
     direct = torch.logsumexp(components.log_prob(flat.unsqueeze(1)) + torch.log_softmax(model.log_weights, 0), -1)
@@ -160,6 +160,8 @@ def test_normalization_check_catches_an_unnormalized_density():
 
     result = run_check("normalization", Heavy, SMALL)
     assert result.failed and "integrates to 1.01" in result.detail
+    result = run_check("chain_rule", Heavy, SMALL)  # log_prob no longer the sum of its conditionals
+    assert result.failed and "differs from the chain rule" in result.detail
 
 
 def test_fit_trains_rnade_and_em_fits_the_mixture():

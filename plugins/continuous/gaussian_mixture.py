@@ -2,11 +2,12 @@
 
     p(x) = sum_k w_k N(x; mu_k, L_k L_k^T)          L_k lower-triangular (Cholesky), generation order
 
-Its conditionals are exact mixtures of Gaussians. With z_k = L_k^{-1} (x - mu_k) (so z_kj
-depends on x_<=j only), component k gives
+Its conditionals are exact mixtures of Gaussians. With P_k = L_k^{-1} (lower-triangular, stored)
+and z_k = P_k (x - mu_k), z_kd = sum_{j<d} P_kdj (x_j - mu_kj) + P_kdd (x_d - mu_kd) is standard
+normal under component k, so
 
-    x_d | x_<d, k  ~  N(mu_kd + sum_{j<d} L_kdj z_kj,  L_kdd^2)
-    p(k | x_<d)    ~  w_k prod_{j<d} N(z_kj; 0, 1) / L_kjj        (the posterior weight)
+    x_d | x_<d, k  ~  N(mu_kd - sum_{j<d} P_kdj (x_j - mu_kj) / P_kdd,  1 / P_kdd^2)
+    p(k | x_<d)    ~  w_k prod_{j<d} N(z_kj; 0, 1) P_kjj                (the posterior weight)
 
 so p(x_d | x_<d) is a mixture of M Gaussians with those weights, means and scales, and the
 chain rule of the conditionals is the joint density exactly. ``fit_closed_form`` runs EM
@@ -51,12 +52,11 @@ class GaussianMixture(ContinuousDensityModel):
         self.components, self.iterations = components, iterations
         self.tolerance, self.reg, self.seed = float(tolerance), float(reg), int(seed)
         M, D = components, self.num_positions
-        # in generation order: log w (M,), mu (M, D), Cholesky factors L (M, D, D) and their inverses
+        # in generation order: log w (M,), mu (M, D), inverse Cholesky factors P = L^{-1} (M, D, D)
         self.register_buffer("log_weights", torch.full((M,), -math.log(M)))
         self.register_buffer("means", torch.linspace(-1, 1, M).unsqueeze(-1).expand(M, D).clone()
                              if M > 1 else torch.zeros(M, D))
-        self.register_buffer("scale_tril", torch.eye(D).expand(M, D, D).clone())
-        self.register_buffer("whitening", torch.eye(D).expand(M, D, D).clone())  # L^{-1}, lower-triangular
+        self.register_buffer("precision_tril", torch.eye(D).expand(M, D, D).clone())  # P_k = L_k^{-1}
 
     def config(self):
         return {**super().config(), "components": self.components, "iterations": self.iterations,
@@ -67,50 +67,43 @@ class GaussianMixture(ContinuousDensityModel):
         return M - 1 + M * D + M * D * (D + 1) // 2
 
     # -- density ----------------------------------------------------------------
-    def whitened(self, seq: torch.Tensor) -> torch.Tensor:
-        """z_k = L_k^{-1} (x - mu_k): (B, D) values in generation order -> (B, M, D).
-
-        A product with the stored inverse factor (lower-triangular, so z_kj sees x_<=j only); ONNX has
-        no triangular solve.
-        """
-        diff = seq.unsqueeze(1) - self.means  # (B, M, D)
-        return torch.einsum("mdj,bmj->bmd", self.whitening, diff)
-
     def conditional_params(self, x):
         """Exact mixture conditionals: (B, C, H, W) -> MixtureParams of (B, D, M) each."""
-        z = self.whitened(self.to_sequence(self.validate(x)))  # (B, M, D)
-        diagonal = torch.diagonal(self.scale_tril, dim1=-2, dim2=-1)  # (M, D)
-        strict = torch.tril(self.scale_tril, diagonal=-1)
-        means = self.means + torch.einsum("mdj,bmj->bmd", strict, z)  # mu_kd + sum_{j<d} L_kdj z_kj
-        terms = -0.5 * z * z - torch.log(diagonal) - LOG_SQRT_2PI  # log N(x_j | x_<j, k), (B, M, D)
+        centred = self.to_sequence(self.validate(x)).unsqueeze(1) - self.means  # x - mu_k, (B, M, D)
+        diagonal = torch.diagonal(self.precision_tril, dim1=-2, dim2=-1)  # P_kdd (M, D)
+        strict = torch.einsum("mdj,bmj->bmd", torch.tril(self.precision_tril, diagonal=-1), centred)
+        z = strict + diagonal * centred  # z_k = P_k (x - mu_k)
+        means = self.means - strict / diagonal  # the mean of x_d given x_<d and k
+        terms = -0.5 * z * z + torch.log(diagonal) - LOG_SQRT_2PI  # log N(x_j | x_<j, k), (B, M, D)
         before = torch.cat([torch.zeros_like(terms[..., :1]), torch.cumsum(terms, -1)[..., :-1]], -1)
         logits = torch.log_softmax(self.log_weights.unsqueeze(-1) + before, dim=1)  # log p(k | x_<d): O(1) values
-        log_scales = torch.log(diagonal).expand_as(z)
+        log_scales = -torch.log(diagonal).expand_as(z)
         return MixtureParams(logits.transpose(1, 2), means.transpose(1, 2), log_scales.transpose(1, 2))
 
     # -- cached step: O(M D) per value (a full covariance couples every position) ---------
     def initial_state(self, batch_size):
-        """(z (B, M, D), log posterior numerator (B, M), conditional mean of the last position (B, M))."""
-        M, D = self.components, self.num_positions
+        """(values seen so far (B, D), zeros beyond; log posterior numerator (B, M))."""
         like = dict(dtype=self.means.dtype, device=self.means.device)
-        return (torch.zeros(batch_size, M, D, **like), self.log_weights.expand(batch_size, M).clone(),
-                torch.zeros(batch_size, M, **like))
+        return (torch.zeros(batch_size, self.num_positions, **like), self.log_weights.expand(batch_size, -1).clone())
 
     def step(self, value, position, state):
-        z, logits, last_mean = state
+        prefix, logits = state
         position = torch.as_tensor(position, dtype=torch.int64, device=self.means.device).reshape(1)
-        previous = torch.clamp(position - 1, min=0)
-        diagonal = torch.diagonal(self.scale_tril, dim1=-2, dim2=-1)  # (M, D)
-        prev_scale = diagonal.index_select(1, previous)[:, 0]  # (M,)
-        z_prev = (value.to(z.dtype).unsqueeze(-1) - last_mean) / prev_scale  # (B, M)
-        seen = position > 0
-        at_prev = (torch.arange(self.num_positions, device=z.device) == previous) & seen  # (D,)
-        z = torch.where(at_prev, z_prev.unsqueeze(-1), z)
-        logits = torch.where(seen, logits - 0.5 * z_prev * z_prev - torch.log(prev_scale) - LOG_SQRT_2PI, logits)
-        row = self.scale_tril.index_select(1, position)[:, 0]  # (M, D): L_k[d, :], zero beyond d
-        mean = self.means.index_select(1, position)[:, 0] + torch.einsum("md,bmd->bm", row, z)  # z_d.. still 0
-        log_scale = torch.log(diagonal.index_select(1, position)[:, 0]).expand_as(mean)
-        return MixtureParams(torch.log_softmax(logits, -1), mean, log_scale), (z, logits, mean)
+        previous, seen = torch.clamp(position - 1, min=0), position > 0
+        at_prev = (torch.arange(self.num_positions, device=prefix.device) == previous) & seen  # (D,)
+        prefix = torch.where(at_prev, value.to(prefix.dtype).unsqueeze(-1), prefix)
+        centred = prefix.unsqueeze(1) - self.means  # (B, M, D); beyond d-1 multiplied by zeros of P
+        p_prev = self.precision_tril.index_select(1, previous)[:, 0]  # row d-1 of P_k, (M, D)
+        z_prev = torch.einsum("mj,bmj->bm", p_prev, centred)
+        p_prev_diag = p_prev.index_select(1, previous)[:, 0]  # (M,)
+        logits = torch.where(seen, logits - 0.5 * z_prev * z_prev + torch.log(p_prev_diag) - LOG_SQRT_2PI, logits)
+        row = self.precision_tril.index_select(1, position)[:, 0]  # row d of P_k, (M, D)
+        diagonal = row.index_select(1, position)[:, 0]  # P_kdd (M,)
+        strict = torch.einsum("mj,bmj->bm", row * (torch.arange(self.num_positions, device=row.device) < position),
+                              centred)
+        mean = self.means.index_select(1, position)[:, 0] - strict / diagonal
+        log_scale = (-torch.log(diagonal)).expand_as(mean)
+        return MixtureParams(torch.log_softmax(logits, -1), mean, log_scale), (prefix, logits)
 
     # -- EM -----------------------------------------------------------------------
     @torch.no_grad()
@@ -136,9 +129,8 @@ class GaussianMixture(ContinuousDensityModel):
         dtype = self.means.dtype
         self.log_weights.copy_(log_w.to(dtype))
         self.means.copy_(mu.to(dtype))
-        self.scale_tril.copy_(tril.to(dtype))
         eye = torch.eye(D, dtype=tril.dtype).expand_as(tril)
-        self.whitening.copy_(torch.tril(torch.linalg.solve_triangular(tril, eye, upper=False)).to(dtype))
+        self.precision_tril.copy_(torch.tril(torch.linalg.solve_triangular(tril, eye, upper=False)).to(dtype))
         return {"train_nll_nats": float(-self.log_prob(x).double().mean()), "em_iterations": iteration,
                 "converged": converged}
 
