@@ -18,6 +18,13 @@ with an export nothing here imports torch. Methods (``METHODS``; every score in 
   test of Nalisnick et al. 2019 ("Detecting out-of-distribution inputs to deep generative models
   using typicality", arXiv:1906.02994) for one input at a time; ``p_value`` is the share of
   reference images at least as far from that mean.
+- ``dose``: a density of states (Morningstar et al. 2021, "Density of states estimation for
+  out-of-distribution detection", AISTATS): the image's statistics under the model, its NLL in
+  each of a 3 x 3 grid of regions (nats, summed over channels) and its PNG code length (as in
+  ``complexity``, in nats), are compared with those of reference (training) images through a
+  Gaussian fit on the reference statistics; the score is -log N(statistics; mean, covariance)
+  in nats, ``mahalanobis`` the squared Mahalanobis distance. Where in the image the likelihood
+  is spent, and how compressible the image is, both enter.
 """
 
 from __future__ import annotations
@@ -39,7 +46,11 @@ METHODS = {
     "complexity": "-log p(x) minus the PNG code length of x in nats (Serrà et al. 2020)",
     "typicality": "|-log p(x) - mean reference NLL| in nats (Nalisnick et al. 2019, typicality test); needs "
                   "reference images",
+    "dose": "-log density in nats of the image's region NLLs (3 x 3 grid) and PNG code length under a Gaussian "
+            "fit on reference images (Morningstar et al. 2021, density of states); needs reference images",
 }
+REFERENCE_METHODS = ("typicality", "dose")  # the methods that compare with reference (training) images
+DOSE_GRID = 3  # regions per image side for ``dose`` (chosen among 2, 3, 4, 7 on benchmarks/ood.py's sets)
 
 
 def is_export(model) -> bool:
@@ -128,7 +139,8 @@ def score_images(model, images, method: str = "nll", *, background=None, referen
     """Score int64 images (N, C, H, W) with ``model`` (a torch model or an ExportedModel).
 
     ``background``: the background model of ``likelihood-ratio``; ``reference``: images
-    (e.g. training images) whose NLLs define the typical set for ``typicality``.
+    (e.g. training images) whose NLLs define the typical set for ``typicality``, and whose
+    statistics the Gaussian of ``dose`` is fit on.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown score method {method!r}; choose one of {', '.join(METHODS)}")
@@ -137,13 +149,18 @@ def score_images(model, images, method: str = "nll", *, background=None, referen
         raise DataError("no images to score")
     pixels = pixel_nll(model, images, batch_size, progress)
     nll = pixels.reshape(len(images), -1).sum(-1)
-    background_nll = reference_nll = None
+    background_nll = reference_nll = reference_statistics = None
     if method == "likelihood-ratio" and background is not None:
         _check_same_space(model, background)
         background_nll = image_nll(background, images, batch_size, progress)
     if method == "typicality" and reference is not None and len(reference):
         reference_nll = image_nll(model, np.asarray(reference), batch_size, progress)
-    scores, columns = scores_from_nll(method, nll, images, model.num_categories, background_nll, reference_nll)
+    if method == "dose" and reference is not None and len(reference):
+        reference = np.asarray(reference)
+        reference_pixels = pixel_nll(model, reference, batch_size, progress)
+        reference_statistics = state_statistics(reference_pixels, reference, model.num_categories)
+    scores, columns = scores_from_nll(method, nll, images, model.num_categories, background_nll, reference_nll,
+                                      pixels, reference_statistics)
     return ScoreResult(method, scores, nll, nll / (nll_dims(images) * math.log(2)), pixels, columns)
 
 
@@ -159,9 +176,11 @@ def image_nll(model, images: np.ndarray, batch_size: int = 500, progress: bool =
 
 
 def scores_from_nll(method: str, nll: np.ndarray, images: np.ndarray, num_categories: int,
-                    background_nll: np.ndarray | None = None,
-                    reference_nll: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """A method's scores (N,) and extra columns from the NLLs (N,) of ``images`` (see ``METHODS``)."""
+                    background_nll: np.ndarray | None = None, reference_nll: np.ndarray | None = None,
+                    pixel_nll: np.ndarray | None = None,
+                    reference_statistics: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A method's scores (N,) and extra columns from the NLLs (N,) of ``images`` (see ``METHODS``);
+    ``dose`` also needs their ``pixel_nll`` (N, C, H, W) and the reference images' ``state_statistics``."""
     if method == "nll":
         return nll, {}
     if method == "likelihood-ratio":
@@ -172,6 +191,11 @@ def scores_from_nll(method: str, nll: np.ndarray, images: np.ndarray, num_catego
     if method == "complexity":
         bits = compressed_bits(images, num_categories)
         return nll - bits * math.log(2), {"png_bits": bits}
+    if method == "dose":
+        if reference_statistics is None or pixel_nll is None:
+            raise ConfigError("the dose score needs reference images from the training distribution "
+                              "(--reference-dataset)")
+        return dose(state_statistics(pixel_nll, images, num_categories), reference_statistics)
     if reference_nll is None:
         raise ConfigError("the typicality score needs reference images from the training distribution "
                           "(--reference-dataset)")
@@ -186,6 +210,43 @@ def typicality(nll: np.ndarray, reference_nll: np.ndarray) -> tuple[np.ndarray, 
     reference_distance = np.sort(np.abs(reference_nll - centre))
     at_least = len(reference_distance) - np.searchsorted(reference_distance, distance, side="left")
     return distance, (at_least + 1) / (len(reference_distance) + 1)
+
+
+def region_nll(pixel_nll: np.ndarray, grid: int = DOSE_GRID) -> np.ndarray:
+    """NLL per region of a grid over the image (rows and columns each cut into ``grid`` near-equal
+    bands, at most one per pixel), summed over channels: (N, C, H, W) nats -> (N, regions) nats,
+    regions in raster order."""
+    pixel_nll = np.asarray(pixel_nll)
+    height, width = pixel_nll.shape[2:]
+    rows = np.array_split(np.arange(height), min(grid, height))
+    columns = np.array_split(np.arange(width), min(grid, width))
+    per_pixel = pixel_nll.sum(1)  # (N, H, W)
+    return np.stack([per_pixel[:, r][:, :, c].sum((1, 2)) for r in rows for c in columns], axis=1)
+
+
+def state_statistics(pixel_nll: np.ndarray, images: np.ndarray, num_categories: int,
+                     grid: int = DOSE_GRID) -> np.ndarray:
+    """``dose``'s statistics of each image: its ``region_nll`` and its PNG code length in nats,
+    (N, C, H, W) nats and images -> float64 (N, regions + 1)."""
+    bits = compressed_bits(images, num_categories)
+    return np.concatenate([region_nll(pixel_nll, grid), bits[:, None] * math.log(2)], axis=1)
+
+
+def dose(statistics: np.ndarray, reference_statistics: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(-log N(statistics; mean, covariance) in nats, {"mahalanobis": squared distances}), each (N,),
+    the Gaussian fit on ``reference_statistics`` (M, S): their mean and covariance (ddof 1), with
+    1e-3 of the mean variance (plus 1e-9) added to the diagonal so that it stays invertible."""
+    reference_statistics = np.asarray(reference_statistics, dtype=np.float64)
+    if len(reference_statistics) < 2:
+        raise ConfigError(f"the dose score needs at least 2 reference images, got {len(reference_statistics)}")
+    mean = reference_statistics.mean(0)
+    covariance = np.atleast_2d(np.cov(reference_statistics, rowvar=False))
+    size = len(covariance)
+    covariance = covariance + (1e-3 * np.trace(covariance) / size + 1e-9) * np.eye(size)
+    centred = np.asarray(statistics, dtype=np.float64) - mean
+    mahalanobis = np.einsum("ni,ni->n", centred, np.linalg.solve(covariance, centred.T).T)
+    _, log_det = np.linalg.slogdet(2 * math.pi * covariance)
+    return 0.5 * (mahalanobis + log_det), {"mahalanobis": mahalanobis}
 
 
 def nll_dims(images: np.ndarray) -> int:

@@ -15,7 +15,8 @@ For every model (committed checkpoints) and every score of densreg.app.scoring: 
 distribution positive) and the FPR at 95% TPR. likelihood-ratio/BG uses the background model BG for
 every model: ``markov``, a Markov order-1 chain fit on MNIST perturbed at rate 0.2 (``densreg train markov
 ... --perturb 0.2``), and ``nade``, a NADE with 100 hidden units trained briefly on MNIST perturbed at rate
-0.2 (its log beside it); typicality's reference is a random subset of the train split of the same size.
+0.2 (its log beside it); typicality's and dose's reference is a random subset of the train split of the same
+size.
 
     python benchmarks/ood.py --data binarized_mnist.npz [--n 1000] [--model NAME=CKPT ...] [--background NAME=CKPT ...]
 """
@@ -42,7 +43,7 @@ MODELS = {"nade": "models/nade-mnist.safetensors", "row-lstm": "models/row-lstm-
 BACKGROUNDS = {"markov": "models/markov-mnist-perturbed.safetensors", "nade": "models/nade-mnist-perturbed.safetensors"}
 PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
           "moon", "motorcycle_left", "page", "rocket", "text")
-SCORES = ("nll", "complexity", "typicality")  # plus "likelihood-ratio/BG" for each background model BG
+SCORES = ("nll", "complexity", "typicality", "dose")  # plus "likelihood-ratio/BG" for each background model BG
 
 
 def digits_28(n: int, rng) -> np.ndarray:
@@ -91,13 +92,17 @@ def evaluate_model(model, backgrounds: dict, test_in, sets, reference) -> tuple[
     """{(set, method): metrics and mean NLLs}, {(set, method): ROC points}. Each image's NLL is computed
     once per model and every method's score derived from it (densreg.app.scoring.scores_from_nll)."""
     from densreg.app.ood import detection_metrics, roc_points
-    from densreg.app.scoring import image_nll, scores_from_nll
+    from densreg.app.scoring import image_nll, pixel_nll, scores_from_nll, state_statistics
 
-    reference_nll = image_nll(model, reference)
+    reference_pixels = pixel_nll(model, reference)
+    reference_nll = reference_pixels.reshape(len(reference), -1).sum(-1)
+    reference_statistics = state_statistics(reference_pixels, reference, 2)
 
     def all_scores(images):
-        nll = image_nll(model, images)
-        scores = {m: scores_from_nll(m, nll, images, 2, reference_nll=reference_nll)[0] for m in SCORES}
+        pixels = pixel_nll(model, images)
+        nll = pixels.reshape(len(images), -1).sum(-1)
+        scores = {m: scores_from_nll(m, nll, images, 2, reference_nll=reference_nll, pixel_nll=pixels,
+                                     reference_statistics=reference_statistics)[0] for m in SCORES}
         for label, background in backgrounds.items():
             scores[f"likelihood-ratio/{label}"] = nll - image_nll(background, images)
         return nll, scores
@@ -140,7 +145,7 @@ def write_markdown(results: dict, n: int, seconds: float, threads: int, roc_mode
              f"built). Scores: `densreg score --method` (higher = more anomalous; out of distribution is the "
              f"positive class). likelihood-ratio/BG: the background model BG (markov: order-1 chain fit on MNIST "
              f"perturbed at rate 0.2; nade: 100 hidden units, trained briefly on MNIST perturbed at rate 0.2), the "
-             f"same for every model; typicality's reference: {n} random train images.",
+             f"same for every model; typicality's and dose's reference: {n} random train images.",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {threads} torch threads; "
              f"{seconds:.0f} s in all; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
              "## AUROC (each model, each score)", ""]

@@ -17,7 +17,7 @@ import densreg
 from densreg.app.cli import cli
 from densreg.app.inputs import read_images
 from densreg.app.ood import detection_metrics, perturb_images
-from densreg.app.scoring import compressed_bits, png_bytes, score_images, summary
+from densreg.app.scoring import compressed_bits, png_bytes, region_nll, score_images, summary
 from densreg.registry.testing import single_torch_thread  # noqa: F401
 
 # p(x_0 = 1) = 0.2, p(x_1 = 1) = 0.7 on images of 1 x 1 x 2
@@ -99,6 +99,50 @@ def test_typicality_distance_and_p_value_by_hand():
     assert result.columns["p_value"][0] == pytest.approx(1.0) and result.columns["p_value"][2] == pytest.approx(1 / 3)
     with pytest.raises(densreg.ConfigError, match="reference images"):
         score_images(hand_model(), IMAGES, "typicality")
+
+
+def test_region_nll_sums_a_grid_of_regions_by_hand():
+    pixels = np.arange(2 * 5 * 4, dtype=np.float64).reshape(1, 2, 5, 4)  # 2 channels, 5 rows, 4 columns
+    per_pixel = pixels[0, 0] + pixels[0, 1]  # channels are summed
+    rows, columns = ([0, 1], [2, 3], [4]), ([0, 1], [2], [3])  # 3 near-equal bands each way
+    expected = [per_pixel[np.ix_(r, c)].sum() for r in rows for c in columns]
+    assert region_nll(pixels, 3).tolist() == [expected]
+    assert region_nll(pixels[:, :, :1, :2], 3).tolist() == [[per_pixel[0, 0], per_pixel[0, 1]]]  # one band per pixel
+
+
+def test_dose_is_a_gaussian_density_of_region_nll_and_code_length_by_hand():
+    from scipy.stats import multivariate_normal
+
+    def statistics(images):  # 1 x 2 images: the grid is the two pixels, then the PNG length in nats
+        pixel = [[-math.log(p if v else 1 - p) for v, p in zip(x.ravel(), P1)] for x in images]
+        return np.column_stack([pixel, compressed_bits(images, 2) * math.log(2)])
+
+    reference = IMAGES[[0, 1, 2, 3, 0, 3, 3]]
+    ref = statistics(reference)
+    covariance = np.cov(ref, rowvar=False)
+    covariance += (1e-3 * np.trace(covariance) / 3 + 1e-9) * np.eye(3)
+    gaussian = multivariate_normal(ref.mean(0), covariance)
+    result = score_images(hand_model(), IMAGES, "dose", reference=reference)
+    assert np.allclose(result.scores, -gaussian.logpdf(statistics(IMAGES)), rtol=1e-6)
+    centred = statistics(IMAGES) - ref.mean(0)
+    assert np.allclose(result.columns["mahalanobis"], [c @ np.linalg.solve(covariance, c) for c in centred])
+    assert np.allclose(result.nll, [hand_nll(x.ravel()) for x in IMAGES])
+    with pytest.raises(densreg.ConfigError, match="reference images"):
+        score_images(hand_model(), IMAGES, "dose")
+    with pytest.raises(densreg.ConfigError, match="at least 2 reference images"):
+        score_images(hand_model(), IMAGES, "dose", reference=IMAGES[:1])
+
+
+def test_score_cli_dose_uses_the_training_dataset(tmp_path):
+    path = tmp_path / "m.safetensors"
+    assert run("train", "markov", "--dataset", "digits", "--out", path).exit_code == 0
+    result = run("score", path, "--dataset", "digits", "--method", "dose", "--reference-size", "300", "--json",
+                 "--out", tmp_path / "s.csv")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["method"] == "dose" and report["images"] == 300 and math.isfinite(report["score"]["max"])
+    header = (tmp_path / "s.csv").read_text().splitlines()[0]
+    assert header == "index,name,score,nll_nats,bits_per_dim,mahalanobis"
 
 
 def test_summary_and_detection_metrics_by_hand():

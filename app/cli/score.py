@@ -16,7 +16,7 @@ import torch
 
 from densreg.app import distributed
 from densreg.app.anomaly_plots import heatmaps_png
-from densreg.app.scoring import METHODS, ScoreResult, most_anomalous, score_images, summary
+from densreg.app.scoring import METHODS, REFERENCE_METHODS, ScoreResult, most_anomalous, score_images, summary
 from densreg.registry import ConfigError, atomic_write_bytes, hookimpl
 
 from .common import (backend_option, echo_json, images_option, load_inputs, load_model_or_export,
@@ -24,7 +24,7 @@ from .common import (backend_option, echo_json, images_option, load_inputs, load
 
 
 def reference_images(info, dataset, data_path, split, size) -> np.ndarray | None:
-    """Training images for the typicality score: the given dataset, or the one the checkpoint names."""
+    """Training images for the typicality and dose scores: the given dataset, or the one the checkpoint names."""
     dataset = dataset or (info.metrics or {}).get("dataset")
     if dataset is None:
         return None
@@ -61,12 +61,15 @@ def write_table(path: str, names: list[str], result) -> None:
 @click.option("--method", type=click.Choice(list(METHODS)), default="nll", show_default=True,
               help="nll: -log p(x); likelihood-ratio: minus a background model's log p (Ren et al. 2019); "
                    "complexity: minus the PNG code length (Serrà et al. 2020); typicality: distance from the "
-                   "mean training NLL (Nalisnick et al. 2019). Higher is more anomalous; all in nats.")
+                   "mean training NLL (Nalisnick et al. 2019); dose: how unlikely the image's region NLLs and PNG "
+                   "code length are next to training images' (Morningstar et al. 2021). Higher is more anomalous; "
+                   "all in nats.")
 @click.option("--background", type=click.Path(), default=None,
               help="Background model (checkpoint or export) for --method likelihood-ratio, trained with "
                    "`densreg train ... --perturb RATE`.")
 @click.option("--reference-dataset", default=None,
-              help="Training distribution for --method typicality (default: the dataset the checkpoint records).")
+              help="Training distribution for --method typicality and dose (default: the dataset the checkpoint "
+                   "records).")
 @click.option("--reference-data", default=None, help="Path to the reference dataset's files.")
 @click.option("--reference-split", default="train", show_default=True, help="Split of the reference dataset.")
 @click.option("--reference-size", type=click.IntRange(min=2), default=2000, show_default=True,
@@ -97,7 +100,7 @@ def score(model_path, dataset, data_path, split, images_path, resize, method, ba
                               "`densreg train ... --perturb 0.2`)")
         extra["background"] = load_model_or_export(background)[0]
     images, names = load_inputs(info, dataset, data_path, split, images_path, resize)
-    if method == "typicality":
+    if method in REFERENCE_METHODS:
         extra["reference"] = reference_images(info, reference_dataset, reference_data, reference_split, reference_size)
     with distributed.session("cpu", backend) as world:
         result = score_across_ranks(model, images, method, batch_size=batch_size,
