@@ -6,6 +6,7 @@ checks in test_conformance.py::test_registered_models_pass."""
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -195,7 +196,8 @@ def traced_log_prob(model, x):
 @pytest.mark.parametrize("block", [1, 3, 8])
 def test_blocked_pass_and_its_recomputing_backward_equal_the_vectorised_pass(monkeypatch, k, activation, block):
     """The eager pass (blocks of T positions, hand-written backward that recomputes the activations)
-    gives the vectorised pass's log_prob and gradients, in float64 to rounding, for any block size."""
+    gives the vectorised pass's log_prob and gradients, in float64 to rounding, for any block size,
+    and writes into its workspaces as they are (torch warns when an ``out=`` tensor must be resized)."""
     import densreg.plugins.nade as nade_module
 
     monkeypatch.setattr(nade_module, "eager_block", lambda batch, hidden, positions: block)
@@ -204,8 +206,10 @@ def test_blocked_pass_and_its_recomputing_backward_equal_the_vectorised_pass(mon
     gradients = []
     for log_prob in (model.log_prob, lambda images: traced_log_prob(model, images)):
         model.zero_grad()
-        value = log_prob(x)
-        (value * torch.linspace(0.5, 1.5, len(x), dtype=torch.float64)).sum().backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            value = log_prob(x)
+            (value * torch.linspace(0.5, 1.5, len(x), dtype=torch.float64)).sum().backward()
         gradients.append((value.detach(), [p.grad.clone() for p in model.parameters()]))
     (eager, eager_grads), (traced, traced_grads) = gradients
     torch.testing.assert_close(eager, traced, atol=1e-11, rtol=0)
@@ -256,3 +260,12 @@ def test_an_images_log_prob_does_not_depend_on_its_batch():
         full = model.log_prob(x)
         for start, stop in ((0, 1), (3, 17), (20, 60)):
             assert torch.equal(model.log_prob(x[start:stop]), full[start:stop])
+
+
+def test_a_frozen_model_scores_as_a_trainable_one():
+    """With no parameter to differentiate the blocked pass keeps nothing for backward; the values stay."""
+    model = nade((1, 4, 5), 3, "snake", hidden=7)
+    x = torch.randint(0, 3, (5, 1, 4, 5), generator=torch.Generator().manual_seed(11))
+    trainable = model.log_prob(x).detach()
+    model.requires_grad_(False)
+    torch.testing.assert_close(model.log_prob(x), trainable, rtol=0, atol=0)
