@@ -269,3 +269,16 @@ def test_a_frozen_model_scores_as_a_trainable_one():
     trainable = model.log_prob(x).detach()
     model.requires_grad_(False)
     torch.testing.assert_close(model.log_prob(x), trainable, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_binary_sampling_takes_the_fast_path_unless_naive(activation):
+    """Away from close calls the fast path draws every value itself: the generic step never runs."""
+    model = nade((1, 4, 4), 2, "random:2", hidden=10, activation=activation)
+    noise = torch.rand(30, 16, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    expected = DensityModel.sample(model, 30, noise=noise)
+    naive = []
+    model.step = lambda *args: pytest.fail("the generic step ran")
+    model.recompute_step = lambda *args, step=model.recompute_step: naive.append(1) or step(*args)
+    assert torch.equal(model.sample(30, noise=noise), expected) and not naive
+    assert torch.equal(model.sample(30, noise=noise, naive=True), expected) and len(naive) == 16
