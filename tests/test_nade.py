@@ -282,3 +282,13 @@ def test_binary_sampling_takes_the_fast_path_unless_naive(activation):
     model.recompute_step = lambda *args, step=model.recompute_step: naive.append(1) or step(*args)
     assert torch.equal(model.sample(30, noise=noise), expected) and not naive
     assert torch.equal(model.sample(30, noise=noise, naive=True), expected) and len(naive) == 16
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_the_step_ignores_the_value_passed_at_position_0(k):
+    """The protocol: ``value`` at d = 0 is ignored (there is no previous value)."""
+    model = nade((1, 2, 3), k, hidden=5)
+    state = model.initial_state(3)
+    zeros, (s0,) = model.step(torch.zeros(3, dtype=torch.int64), 0, state)
+    others, (s1,) = model.step(torch.tensor([1, k - 1, 1]), 0, state)
+    assert torch.equal(zeros, others) and torch.equal(s0, s1)
