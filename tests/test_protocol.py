@@ -230,7 +230,7 @@ def test_sample_runs_the_cached_step_and_naive_the_network_without_gradients():
 
 def test_a_bare_model_is_binary_fitted_by_gradients_and_keeps_its_ordering_out_of_its_state():
     model = Counting()
-    assert model.num_categories == 2 and model.closed_form is False
+    assert model.num_categories == 2 and model.closed_form is False and model.value_kind == "categorical"
     assert list(model.state_dict()) == ["weight"]  # the order buffer is rebuilt from the config
     with pytest.raises(NotImplementedError, match="Counting has no closed-form fit"):
         model.fit_closed_form(torch.zeros(1, 1, 2, 3, dtype=torch.int64))
@@ -249,6 +249,9 @@ def test_real_values_keep_float64_become_float32_otherwise_and_must_be_finite():
                          (np.full((1, 1, 2, 2), np.nan), "NaN or infinite"),
                          (torch.zeros(1, 2, 2), r"expected values of shape \(B, 1, 2, 2\), got shape \(1, 2, 2\)"),
                          (torch.zeros(1, 1, 2, 3), r"got shape \(1, 1, 2, 3\)"),
+                         (torch.zeros(1, 1, 2, 1), r"got shape \(1, 1, 2, 1\)"),
+                         (np.full((1, 1, 2, 2), np.inf, dtype=np.float32), "too large for float32"),
+                         (np.zeros((1, 1, 2, 2), dtype=np.complex128), "got an array of dtype complex128"),
                          (torch.zeros(1, 1, 2, 2, dtype=torch.complex64), "complex"),
                          ([[0.5]], "expected a tensor or numpy array of real values, got list")]:
         with pytest.raises(DataError, match=message):
