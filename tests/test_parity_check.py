@@ -118,6 +118,17 @@ def test_a_log_prob_difference_is_reported_while_the_logits_agree(check, amount)
     assert report["conditionals_logits"] == report["pixel_log_prob"] == report["max_abs_diff"] == 0.0
 
 
+def test_a_log_prob_difference_is_reported_when_the_pixels_agree_with_it(check):
+    """The export's log_prob and pixel log-probabilities both off, consistently (their sum matches):
+    only the comparison with torch's log_prob sees it."""
+    model = markov()
+    off = 20.0  # nats: more than any image's -log_prob here
+    conditionals = Conditionals(model, log_prob=((1,), off), pixel=((1,), off / model.num_positions))
+    report = check(model, conditionals, Step(model, 2), batch=2)
+    assert report["log_prob"] == pytest.approx(off, rel=1e-5)
+    assert report["pixel_log_prob"] == pytest.approx(off / model.num_positions, rel=1e-5)
+
+
 def test_pixel_log_probs_that_do_not_sum_to_log_prob_are_a_log_prob_difference(check):
     model = markov()
     pixel = np.s_[:]  # every pixel of every image off by 0.01: the sum is off by D * 0.01
@@ -182,7 +193,7 @@ class ScaledFeatures(Markov):
 
 
 @pytest.mark.parametrize("scale, amount, reported", [
-    (0.5, 0.2, 0.2),  # features within [-1, 1]: the absolute difference
+    (0.25, 0.2, 0.2),  # features within [-1, 1] (up to 0.5 here): the absolute difference
     (10.0, -3.0, 0.15),  # features up to 20: the difference relative to the largest |feature|
     (10.0, 30.0, 1.5)])
 def test_a_features_difference_is_reported_relative_to_the_features_scale(check, scale, amount, reported):
