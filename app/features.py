@@ -22,7 +22,7 @@ def extract_features(model, images, batch_size: int = 500, progress: bool = Fals
     from densreg.app.scoring import is_export
 
     if is_export(model):
-        model.features(np.asarray(images)[:0])  # no features: its one-line error before any work
+        model.require_features()  # no features: its one-line error before any work
         chunks = (model.features(np.asarray(images[start:start + batch_size]))
                   for start in _batches(len(images), batch_size, progress))
     else:

@@ -330,17 +330,21 @@ class ExportedModel:
         """What each feature is (the model's own description, from the manifest); None without features."""
         return (self.manifest.get("features") or {}).get("meaning") if self.has_features else None
 
+    def require_features(self) -> None:
+        """ConfigError (one line, saying why) unless the folder holds features.onnx."""
+        if not self.has_features:
+            reason = (self.manifest.get("features") or {}).get("reason")
+            raise ConfigError(f"the export {self.path} has no features graph ({fmt.FEATURES}): "
+                              + (reason if reason else "it was written before densreg exported features; "
+                                 "re-export the checkpoint"))
+
     def features(self, x, batch_size: int = 500) -> np.ndarray:
         """The model's learned features of images (N, C, H, W) -> float32 (N, F), in batches.
 
         ConfigError (one line) when the export has no features graph: the model defines no
         ``features`` (e.g. the counting baselines), or the folder predates features export.
         """
-        if not self.has_features:
-            reason = (self.manifest.get("features") or {}).get("reason")
-            raise ConfigError(f"the export {self.path} has no features graph ({fmt.FEATURES}): "
-                              + (reason if reason else "it was written before densreg exported features; "
-                                 "re-export the checkpoint"))
+        self.require_features()
         if self._features_session is None:
             session = _open_session(self.path / fmt.FEATURES, self._providers, self._scoring_options, self._external)
             self._check_export_ids(session)

@@ -128,7 +128,7 @@ def test_exports_without_features_say_so(tmp_path):
             return torch.zeros(x.shape[0], int(x.sum()) + 1)
 
     export_model(create_model("markov", (1, 8, 8)), tmp_path / "m", name="markov")
-    result = run("features", tmp_path / "m", "--dataset", "digits", "--out", tmp_path / "f.npz")
+    result = run("features", tmp_path / "m", "--dataset", "nope", "--out", tmp_path / "f.npz")  # before any data
     assert result.exit_code == 1 and not (tmp_path / "f.npz").exists()
     assert result.output.strip().splitlines()[-1] == (f"Error: the export {tmp_path / 'm'} has no features graph "
                                                       "(features.onnx): Markov has no learned features")

@@ -32,6 +32,8 @@ def features(checkpoint, dataset, data_path, split, images_path, resize, downloa
     has class labels (e.g. digits), ``labels`` (int64, N).
     """
     model, info = load_model_or_export(checkpoint)
+    if hasattr(model, "require_features"):  # an export: say it has no features before reading any images
+        model.require_features()
     images, _ = load_inputs(info, dataset, data_path, split, images_path, resize, download)
     with _threads_for(model):
         values = extract_features(model, images, batch_size, progress=sys.stderr.isatty())
