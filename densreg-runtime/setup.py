@@ -7,7 +7,7 @@ from setuptools.command.build_py import build_py
 PACKAGE_DIRS = {"densreg": "../densreg", "densreg.registry": "../registry", "densreg.export": "../export"}
 RUNTIME_MODULES = {
     "densreg": {"__init__"},
-    "densreg.registry": {"__init__", "atomic", "errors", "lazy", "limits", "saved", "version"},
+    "densreg.registry": {"__init__", "atomic", "datasets", "errors", "lazy", "limits", "saved", "version"},
     "densreg.export": {"__init__", "format", "legacy", "manifest", "protoscan", "runtime"},
 }
 

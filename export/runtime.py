@@ -361,7 +361,8 @@ class ExportedModel:
 
     # -- density ----------------------------------------------------------------
     def validate(self, x) -> np.ndarray:
-        """Images (B, C, H, W) with integer values 0..K-1 -> int64 (real values -> finite float32); DataError otherwise."""
+        """Images (B, C, H, W) with integer values 0..K-1 -> int64 (real values: finite float32); DataError
+        otherwise."""
         if self.continuous:
             return validate_real_images(x, self.event_shape)
         x = np.asarray(x)

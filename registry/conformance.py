@@ -176,7 +176,8 @@ def randomize(model, seed: int = 0, *, buffers: bool = False) -> None:
     Every floating parameter is drawn from N(0, 1) (same shape, generator seeded with
     ``seed``); buffers are left alone, and a ``closed_form`` model is then fitted on
     ``random_images(event_shape, K, seed=seed)`` (200 correlated images), so its tables are
-    not uniform (a continuous model: on ``random_values(event_shape, 2000, seed=seed)``). ``buffers=True``: every floating buffer is drawn from N(0, 1) too, after
+    not uniform (a continuous model: on ``random_values(event_shape, 2000, seed=seed)``).
+    ``buffers=True``: every floating buffer is drawn from N(0, 1) too, after
     the parameters, and there is no closed-form fit (it would overwrite them), e.g. for the
     probability tables of the baselines, which then hold unnormalised logits that log_prob's
     log-softmax must renormalise. Non-float buffers (orderings, bool masks) never change;

@@ -70,7 +70,8 @@ class RNADE(ContinuousDensityModel):
 
     @torch.no_grad()
     def init_from_data(self, x) -> None:
-        """Standardize by the data: ``loc``, ``log_scale`` = each position's mean and log std over ``x`` (N, C, H, W)."""
+        """Standardize by the data: ``loc``, ``log_scale`` = each position's mean and log std over ``x``
+        (N, C, H, W)."""
         seq = self.to_sequence(self.validate(x)).double()
         self.loc.copy_(seq.mean(0).to(self.loc.dtype))
         self.log_scale.copy_(torch.log(seq.std(0).clamp(min=1e-6)).to(self.loc.dtype) if len(seq) > 1
@@ -106,7 +107,8 @@ class RNADE(ContinuousDensityModel):
         position = torch.as_tensor(position, dtype=torch.int64, device=self.W.device).reshape(1)
         previous = torch.clamp(position - 1, min=0)
         w_prev = self.W.index_select(0, previous)  # (1, H)
-        u = (value.to(s.dtype) - self.loc.index_select(0, previous)) * torch.exp(-self.log_scale.index_select(0, previous))
+        loc, log_scale = self.loc.index_select(0, previous), self.log_scale.index_select(0, previous)
+        u = (value.to(s.dtype) - loc) * torch.exp(-log_scale)  # the previous value, standardized
         s = torch.where(position > 0, s + u.unsqueeze(-1) * w_prev, s)
         h = self.act(s + self.c)  # (B, H)
         V = self.V.index_select(0, position)[0]  # (3, M, H)
