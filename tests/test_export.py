@@ -21,7 +21,8 @@ from densreg.export import format as fmt
 from densreg.export import readme
 from densreg.export.runtime import ExportedModel
 from densreg.registry.testing import single_torch_thread  # noqa: F401 (autouse: one torch thread)
-from densreg.registry import DataError, DensityModel, DensregError, create_model, list_models, load_checkpoint
+from densreg.registry import (DataError, DensityModel, DensregError, create_model, list_models, load_checkpoint,
+                              save_checkpoint)
 from densreg.app.cli import cli
 from densreg.registry.protocol import at_position
 from densreg.plugins.baselines import Bernoulli, Markov
@@ -441,3 +442,31 @@ def test_cli_errors_are_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["eval", str(tmp_path / "empty"), "--dataset", "digits"])
     assert result.exit_code == 1 and "manifest.json is missing" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_float16_export_halves_the_weights_and_keeps_the_nll(tmp_path):
+    """`densreg export --dtype float16`: the parity line reports the NLL change, every image's log p(x)
+    stays within FLOAT16_LOG_PROB_ATOL of the float32 export, and weights.bin halves."""
+    from densreg.export.exporter import FLOAT16_LOG_PROB_ATOL
+
+    model = perturb(create_model("nade", (1, 8, 8), 2, hidden=32))
+    ckpt = tmp_path / "nade.safetensors"
+    save_checkpoint(ckpt, model, "nade")
+    run_ok("export", ckpt, "--out", tmp_path / "f32")
+    text = run_ok("export", ckpt, "--out", tmp_path / "f16", "--dtype", "float16").output
+    found = re.search(r"\(opset \d+, float16, .*\nparity \(onnxruntime vs torch\): max abs diff (\S+) in logits, "
+                      r"(\S+) nats in log_prob", text)
+    assert found, text
+    reported = float(found[2])
+    assert 0 < reported <= FLOAT16_LOG_PROB_ATOL  # half precision is really used, and within its tolerance
+    manifest = json.loads((tmp_path / "f16" / fmt.MANIFEST).read_text())
+    assert manifest["dtype"] == "float16" and manifest["weights_dtype"][fmt.CONDITIONALS] == "float16"
+    assert manifest["parity"]["log_prob"] == pytest.approx(reported, rel=1e-2)
+    size = {d: (tmp_path / d / fmt.WEIGHTS).stat().st_size for d in ("f32", "f16")}
+    assert size["f16"] < 0.55 * size["f32"]
+    half, full = ExportedModel(tmp_path / "f16", provider="cpu"), ExportedModel(tmp_path / "f32", provider="cpu")
+    images = random_images(model, 64, seed=3).numpy()
+    change = np.abs(half.log_prob(images).astype(np.float64) - full.log_prob(images))
+    assert 0 < change.max() <= FLOAT16_LOG_PROB_ATOL
+    with torch.no_grad():
+        assert np.abs(full.log_prob(images) - model.log_prob(torch.from_numpy(images)).numpy()).max() <= LOG_PROB_ATOL

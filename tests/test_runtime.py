@@ -432,6 +432,27 @@ def test_cli_eval_on_an_export_never_imports_torch(tmp_path):
     assert "plugins that failed to load" in proc.stderr  # an unknown name: every plugin looked at, as far as loads
 
 
+def test_threads_come_from_the_argument_then_omp_num_threads_then_the_default(monkeypatch):
+    """Item 8 of issue 13: --threads / threads=, else $OMP_NUM_THREADS, else the measured default
+    (1 for the sampling graphs, 2 for scoring, at most the cores)."""
+    from densreg.export import runtime
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = os.cpu_count() or 1
+    assert runtime.resolve_threads(None, runtime.DEFAULT_SAMPLING_THREADS) == 1
+    assert runtime.resolve_threads(None, runtime.DEFAULT_SCORING_THREADS) == min(2, cores)
+    assert runtime.resolve_threads(3, 1) == 3
+    for env, expected in (("5", 5), ("0", 1), ("abc", 1), ("", 1)):
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+        assert runtime.resolve_threads(None, 1) == expected
+        assert runtime.resolve_threads(4, 1) == 4  # the argument wins
+    with pytest.raises(RuntimeLoadError, match="threads must be at least 1"):
+        runtime.resolve_threads(0, 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runtime.session_options().intra_op_num_threads == 3
+    assert runtime.session_options(2).intra_op_num_threads == 2
+
+
 def test_builtin_command_table_matches_the_modules():
     from densreg.app import cli as cli_package
 
