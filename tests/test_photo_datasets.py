@@ -137,3 +137,10 @@ def test_cli_lists_dimension_and_continuous():
     rows = {line.split()[0]: line.split() for line in CliRunner().invoke(cli, ["datasets"]).output.splitlines()[1:]}
     assert rows["image-patches"][1:4] == ["1,1,63", "63", "continuous"]
     assert rows["color-patches"][1:4] == ["3,16,16", "768", "8"]
+
+
+def test_info_of_a_categorical_model_on_continuous_data_says_so():
+    result = CliRunner().invoke(cli, ["info", "nade", "--dataset", "image-patches"])
+    assert result.exit_code == 1 and "real-valued (continuous)" in result.output and "--categories" not in result.output
+    result = CliRunner().invoke(cli, ["info", "nade", "--categories", "1"])
+    assert result.exit_code == 1 and "--categories (-k) must be from 2" in result.output

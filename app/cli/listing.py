@@ -87,7 +87,7 @@ def info(model_name, shape, categories, dataset, settings, as_json):
         event_shape, num_categories = ds.event_shape, ds.num_categories
     event_shape = parse_shape(shape) if shape else event_shape
     num_categories = categories if categories is not None else num_categories
-    if not continuous and not 2 <= num_categories <= MAX_CATEGORIES:
+    if not continuous and categories is not None and not 2 <= num_categories <= MAX_CATEGORIES:
         raise ConfigError(f"--categories (-k) must be from 2 to {MAX_CATEGORIES}, got {num_categories}")
     model = api.create_model(model_name, event_shape, num_categories, **parse_set_options(settings))
     dims = model.num_positions
