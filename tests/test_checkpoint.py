@@ -135,3 +135,25 @@ def test_files_written_before_the_restructuring_still_load():
     log_p = model.log_prob(x).detach()
     assert abs(float(log_p.exp().sum()) - 1) < 1e-5
     np.testing.assert_allclose(exported.log_prob(x.numpy()), log_p.numpy(), atol=1e-5)
+
+
+def test_any_changed_weight_is_refused_whichever_way_its_hash_sorts(tmp_path):
+    """Eight small edits of one weight: each is refused, whether its hash sorts above or below the
+    stored one, and the error shows both hashes' first 12 hex digits."""
+    import re
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_model(), "markov")
+    tensors, metadata = checkpoint.read_tensors(path)
+    name = next(k for k in tensors if k.startswith("model."))
+    orders = set()
+    for i in range(1, 9):
+        changed = {k: v.clone() for k, v in tensors.items()}
+        changed[name].view(-1)[0] += 0.125 * i
+        edited = tmp_path / f"edit{i}.safetensors"
+        checkpoint.save_tensors(edited, changed, metadata)
+        with pytest.raises(CheckpointError, match="changed after densreg wrote it") as err:
+            load_checkpoint(edited)
+        actual, stored = re.search(r"sha256 ([0-9a-f]{12})…, stored ([0-9a-f]{12})…\)", str(err.value)).groups()
+        orders.add(actual < stored)
+    assert orders == {True, False}  # both orders occur: the check is for inequality, not an order
