@@ -45,7 +45,8 @@ def test_file_is_plain_safetensors(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"", "not a readable safetensors file"),
+    (b"", "not a readable safetensors file .*: it has 0 bytes, fewer than the 8 of a header length"),
+    (b"abc", "it has 3 bytes, fewer than the 8 of a header length"),
     (b"garbage" * 10, "not a readable safetensors file"),
 ])
 def test_corrupt_files(tmp_path, content, message):
@@ -157,3 +158,9 @@ def test_any_changed_weight_is_refused_whichever_way_its_hash_sorts(tmp_path):
         actual, stored = re.search(r"sha256 ([0-9a-f]{12})…, stored ([0-9a-f]{12})…\)", str(err.value)).groups()
         orders.add(actual < stored)
     assert orders == {True, False}  # both orders occur: the check is for inequality, not an order
+
+
+def test_a_path_the_system_refuses_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / ("x" * 300 + ".safetensors")  # longer than a file name may be
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*: File name too long$"):
+        load_checkpoint(path)
