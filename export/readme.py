@@ -115,7 +115,7 @@ print("ok", log_prob.tolist())
 
 def render(manifest: dict) -> str:
     """README.md text for an export described by ``manifest`` (without its files section)."""
-    model, data = manifest["model"], manifest.get("dataset") or {}
+    model, data, features = manifest["model"], manifest.get("dataset") or {}, manifest.get("features") or {}
     c, h, w = manifest["event_shape"]
     continuous = manifest.get("value_kind") == "continuous"
     values = ("real values, whose conditionals are mixtures of Gaussians (log_prob is a log density)" if continuous
@@ -137,6 +137,8 @@ def render(manifest: dict) -> str:
         f"- dataset: {data.get('name') or 'not recorded'}"
         + (f" ({data['preprocessing']})" if data.get("preprocessing") else "")
         + (f"; test NLL {data['test_nll_nats']:.4f} nats per image" if data.get("test_nll_nats") is not None else ""),
+        *([f"- features: {features['size']} values per image from {fmt.FEATURES}: {features['meaning']}"]
+          if features.get("graph") else []),
         "- noise: " + manifest["noise_rule"],
         "- draw: " + manifest["draw_rule"],
         f"- versions: onnx {manifest['versions']['onnx']}, opset {manifest['versions']['opset']}, exported with "

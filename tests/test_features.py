@@ -72,6 +72,8 @@ def nade_export(tmp_path_factory):
     save_checkpoint(folder / "n.safetensors", model, "nade")
     result = run("export", folder / "n.safetensors", "--out", folder / "n-onnx")
     assert result.exit_code == 0 and "features: 10 per image in features.onnx" in result.output, result.output
+    readme = (folder / "n-onnx" / "README.md").read_text()
+    assert "- features: 10 values per image from features.onnx: act(c + sum_d W_d[x_d]): the H hidden" in readme
     return model, folder
 
 
