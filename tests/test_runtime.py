@@ -411,7 +411,10 @@ def test_cli_eval_on_an_export_never_imports_torch(tmp_path):
     out = tmp_path / "export"
     export_model(model, out)
     (tmp_path / "sitecustomize.py").write_text(TORCH_BLOCKER)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # not strict: an unknown name is looked up in every plugin, and the model plugins' load
+    # errors (torch is blocked) are listed beside it instead of ending the command
+    env = {key: value for key, value in os.environ.items() if key != "DENSREG_STRICT_PLUGINS"}
+    env["PYTHONPATH"] = str(tmp_path)
     run = lambda *args: subprocess.run([sys.executable, "-m", "densreg", "eval", out, *map(str, args)],  # noqa: E731
                                        capture_output=True, text=True, env=env, timeout=120)
     proc = run("--dataset", "digits", "--split", "valid", "--json", "--batch-size", "7")
