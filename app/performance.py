@@ -1,10 +1,11 @@
 """Speed settings chosen per device and model kind: threads, batch sizes, precision, compilation.
 
-The thread defaults were measured on the project's 2-core CPU, shared with other jobs, with
-``benchmarks/speed.py`` (its "threads" table in ``benchmarks/results/speed.md``): every built-in
-model trained, evaluated and sampled faster on 1 thread than on 2 (the recurrent models' many
-small operations lose most to synchronisation: row-lstm sampling 20x). Models of other kinds use
-every core. On CUDA the thread count hardly matters.
+The thread defaults were measured on the project's 2-core CPU, quiet, with ``benchmarks/speed.py``
+(its "threads" table in ``benchmarks/results/speed.md``): training and evaluation of every
+built-in model ran faster on both cores (1.1x to 1.8x), while sampling, thousands of small
+steps, was as fast or faster on one thread for every kind but diagonal-bilstm. (On a machine
+shared with other jobs one thread wins everywhere: set ``--threads 1`` or OMP_NUM_THREADS=1.)
+On CUDA the thread count hardly matters.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import torch
 
 from densreg.registry import ConfigError
 
-# torch threads per model kind (registry name), measured with `benchmarks/speed.py` (threads table);
-# kinds not listed use every core.
-DEFAULT_THREADS = {"bernoulli": 1, "markov": 1, "nade": 1, "pixelrnn": 1, "row-lstm": 1, "diagonal-bilstm": 1}
+# Torch threads for sampling per model kind (registry name), measured with `benchmarks/speed.py`
+# (threads table); kinds not listed, and training and evaluation of every kind, use every core.
+SAMPLING_THREADS = {"bernoulli": 1, "markov": 1, "nade": 1, "pixelrnn": 1, "row-lstm": 1}
+TASKS = ("compute", "sample")
 # Evaluation batch per device type: on CPU the cache decides (the gate tensors of a batch of
 # 100 binarized-MNIST images stay in cache, 500 do not), on a GPU larger batches fill the device.
 EVAL_BATCH = {"cpu": 100, "cuda": 1024}
@@ -44,14 +46,20 @@ def set_threads(threads: int | None) -> None:
     _requested_threads = threads
 
 
-def threads_for(model, threads: int | None = None) -> int:
-    """Threads to use for ``model``: ``threads``, else the one asked for by set_threads,
-    else the measured default of the model's kind (capped at the cores available)."""
+def threads_for(model, threads: int | None = None, task: str = "compute") -> int:
+    """Threads to use for ``model``: ``threads``, else the one asked for by set_threads, else
+    $OMP_NUM_THREADS (a positive integer), else the measured default of the model's kind for
+    ``task`` ("compute": training and evaluation; "sample"), capped at the cores available."""
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     chosen = threads if threads is not None else _requested_threads
     if chosen is not None:
         return int(chosen)
-    kind = getattr(model, "registry_name", None)
-    return min(DEFAULT_THREADS.get(kind) or cpu_cores(), cpu_cores())
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    default = SAMPLING_THREADS.get(getattr(model, "registry_name", None)) if task == "sample" else None
+    return min(default or cpu_cores(), cpu_cores())
 
 
 @contextlib.contextmanager
@@ -66,9 +74,9 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
-def using_threads(model, threads: int | None = None):
-    """Run the block with ``threads_for(model, threads)`` torch threads, then restore the count."""
-    return torch_threads(threads_for(model, threads))
+def using_threads(model, threads: int | None = None, task: str = "compute"):
+    """Run the block with ``threads_for(model, threads, task)`` torch threads, then restore the count."""
+    return torch_threads(threads_for(model, threads, task))
 
 
 def eval_batch_size(device) -> int:

@@ -16,7 +16,7 @@ model's bound is the smaller of memory traffic / bandwidth and its minimal float
 GEMM rate (formulas in the table notes); "of bound" is the measured rate over that bound.
 
 A "threads" table times densreg with 1 thread and with every core (the evidence behind
-``densreg.app.performance.DEFAULT_THREADS``).
+the thread defaults of ``densreg.app.performance``).
 
     python benchmarks/speed.py [--device cpu|cuda] [--quick] [--out PATH]
 """
@@ -261,7 +261,7 @@ def markdown(rows, threads_rows, args, bounds, loads, seconds) -> str:
               "absolute figures only."]
     if threads_rows:
         lines += ["", f"Threads: densreg images/s with 1 thread and with all {cpu_cores()} cores "
-                      "(interleaved; the evidence for `DEFAULT_THREADS` in `app/performance.py`).", "",
+                      "(interleaved; the evidence for the thread defaults in `app/performance.py`).", "",
                   "| model | metric | 1 thread | all cores | all ÷ 1 |", "|---|---|---|---|---|"]
         for r in threads_rows:
             lines.append(f"| {r['model']} | {r['metric']} | {fmt(r['one'])} | {fmt(r['all'])} | "

@@ -30,9 +30,21 @@ def no_requested_threads():
     performance.set_threads(None)
 
 
-def test_threads_default_per_kind_and_override():
+def test_threads_default_per_kind_and_task_then_omp_num_threads_then_the_argument(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(performance, "cpu_cores", lambda: 4)
     row = densreg.create_model("row-lstm", (1, 4, 4), layers=1, hidden=4, output_hidden=4)
-    assert performance.threads_for(row) == 1  # measured: the recurrent models are fastest on one thread
+    diagonal = densreg.create_model("diagonal-bilstm", (1, 4, 4), layers=1, hidden=4, output_hidden=4)
+    # measured: training and evaluation gain from every core; sampling row-lstm does not, diagonal does
+    assert performance.threads_for(row) == performance.threads_for(diagonal) == 4
+    assert performance.threads_for(row, task="sample") == 1
+    assert performance.threads_for(diagonal, task="sample") == 4
+    with pytest.raises(ConfigError, match="task must be one of"):
+        performance.threads_for(row, task="train")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert performance.threads_for(row) == performance.threads_for(row, task="sample") == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "zero")  # not a positive integer: ignored
+    assert performance.threads_for(row) == 4
     assert performance.threads_for(row, 2) == 2
     performance.set_threads(3)
     assert performance.threads_for(row) == 3

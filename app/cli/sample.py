@@ -47,7 +47,7 @@ def sample(checkpoint, num, out, seed, npz_path, nrow):
 
         from densreg.app.performance import using_threads
 
-        with using_threads(model):
+        with using_threads(model, task="sample"):
             samples = model.sample(num, noise=torch.from_numpy(noise)).cpu().numpy()
     if continuous:
         samples = samples.astype(np.float32)
