@@ -435,6 +435,41 @@ def test_cli_eval_on_an_export_never_imports_torch(tmp_path):
     assert "plugins that failed to load" in proc.stderr  # an unknown name: every plugin looked at, as far as loads
 
 
+def test_cli_score_features_and_complete_on_an_export_never_import_torch(tmp_path):
+    """`densreg score|features|complete EXPORT_DIR --dataset NAME` run in onnxruntime with torch unimportable:
+    the scores are the torch model's NLL, the features the export's, and bad input is one line, exit 1."""
+    model = create_model("nade", (1, 8, 8), 2, hidden=8)
+    out = tmp_path / "export"
+    export_model(model, out)
+    (tmp_path / "sitecustomize.py").write_text(TORCH_BLOCKER)
+    env = {key: value for key, value in os.environ.items() if key != "DENSREG_STRICT_PLUGINS"}
+    env["PYTHONPATH"] = str(tmp_path)
+    run = lambda *args: subprocess.run([sys.executable, "-m", "densreg", *map(str, args)],  # noqa: E731
+                                       capture_output=True, text=True, env=env, timeout=120)
+    proc = run("score", out, "--dataset", "digits", "--split", "valid", "--json", "--out", tmp_path / "s.csv")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    images = densreg.load_split("digits", "valid")
+    with torch.no_grad():
+        nll = -model.log_prob(images).double().numpy()
+    assert report["images"] == 300 and report["nll_nats"]["mean"] == pytest.approx(nll.mean(), abs=1e-4)
+    proc = run("score", out, "--dataset", "digits", "--method", "typicality", "--reference-dataset", "digits",
+               "--reference-split", "train", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["method"] == "typicality", proc.stderr
+    proc = run("features", out, "--dataset", "digits", "--split", "valid", "--out", tmp_path / "f.npz")
+    assert proc.returncode == 0, proc.stderr
+    saved = np.load(tmp_path / "f.npz")
+    assert np.allclose(saved["features"], ExportedModel(out).features(images.numpy()), atol=1e-6)
+    assert len(saved["labels"]) == 300
+    proc = run("complete", out, "--dataset", "digits", "--keep-rows", "4", "--limit", "2", "--out", tmp_path / "c.png")
+    assert proc.returncode == 0 and (tmp_path / "c.png").stat().st_size > 0, proc.stderr
+    for command in ("score", "features", "complete"):
+        keep = ("--keep", "1") if command == "complete" else ()
+        proc = run(command, out, "--dataset", "binarized-mnist", *keep, "--out", tmp_path / "x")
+        assert proc.returncode == 1 and "blocked" not in proc.stderr, proc.stderr
+        assert "but dataset 'binarized-mnist' has shape (1, 28, 28)" in proc.stderr
+
+
 def test_threads_come_from_the_argument_then_omp_num_threads_then_the_default(monkeypatch):
     """Item 8 of issue 13: --threads / threads=, else $OMP_NUM_THREADS, else the measured default
     (1 for the sampling graphs, 2 for scoring, at most the cores)."""

@@ -29,7 +29,7 @@ COMMAND_MODULES = {"plugins": "listing", "models": "listing", "datasets": "listi
                    "export": "export", "runtime": "export"}
 # Built-in commands that use no plugin's command: main() loads no plugin for them, so on an
 # export folder they run without torch.
-WITHOUT_PLUGINS = ("eval", "sample", "runtime")
+WITHOUT_PLUGINS = ("eval", "sample", "runtime", "score", "complete", "features")
 
 
 class DensregGroup(click.Group):

@@ -68,7 +68,8 @@ def threads_option(func):
         global REQUESTED_THREADS
         REQUESTED_THREADS = threads  # load_model_or_export passes it to onnxruntime
         try:
-            if os.path.isdir(str(kwargs.get("checkpoint", ""))):  # an export folder: no torch to set up
+            model_path = kwargs.get("checkpoint", kwargs.get("model_path", ""))
+            if os.path.isdir(str(model_path)):  # an export folder: no torch to set up
                 return func(*args, **kwargs)
             from densreg.app.performance import set_threads, torch_threads
 
@@ -143,16 +144,36 @@ def images_option(func):
 
 
 def load_inputs(info, dataset, data_path, split, images_path, resize,
-                download: bool = False) -> tuple[np.ndarray, list[str]]:
-    """The images named by ``images_option``, checked against the model: int64 (N, C, H, W), names."""
+                download: bool = False, model=None) -> tuple[np.ndarray, list[str]]:
+    """The images named by ``images_option``, checked against the model: int64 (N, C, H, W), names.
+    With ``model`` an export folder, a dataset is read and checked without torch."""
     if (dataset is None) == (images_path is None):
         raise click.UsageError("give exactly one of --dataset NAME or --images PATH")
     if images_path is not None:
         from densreg.app.inputs import read_images
 
         return read_images(images_path, info.event_shape, info.num_categories, resize)
+    images = read_split(info, dataset, split, data_path, download, model)
+    return images, [f"{dataset}/{split}[{i}]" for i in range(len(images))]
+
+
+def read_split(info, dataset, split, data_path=None, download: bool = False, model=None) -> np.ndarray:
+    """One split of ``dataset``, checked against the model's shape and K, as a numpy array. For an
+    export folder (``model`` an ExportedModel) the dataset is found and checked without torch."""
+    from densreg.app.scoring import is_export
+
+    if model is not None and is_export(model):
+        from densreg.registry.catalog import find_dataset
+        from densreg.registry.errors import DataError
+
+        ds = find_dataset(dataset)
+        check_matches(info, ds)
+        array = ds.load_split(split, data_path, download)
+        try:
+            return model.validate(array)
+        except DataError as exc:
+            raise DataError(f"dataset {ds.name!r}, split {split!r}: {exc}") from exc
     from densreg.registry import api
 
     check_matches(info, api.get_dataset(dataset))
-    images = api.load_split(dataset, split, data_path, download).numpy()
-    return images, [f"{dataset}/{split}[{i}]" for i in range(len(images))]
+    return api.load_split(dataset, split, data_path, download).numpy()

@@ -43,7 +43,7 @@ def complete_command(model_path, dataset, data_path, split, images_path, resize,
     if (keep is None) == (keep_rows is None):
         raise click.UsageError("give exactly one of --keep N or --keep-rows R")
     keep = keep_for_rows(keep_rows, model) if keep_rows is not None else keep
-    images, _ = load_inputs(info, dataset, data_path, split, images_path, resize)
+    images, _ = load_inputs(info, dataset, data_path, split, images_path, resize, model=model)
     images = images[:limit]
     completions = complete(model, images, keep, samples, seed=seed, progress=sys.stderr.isatty())
     picture = completion_grid(images, completions, keep, order_of(model), info.num_categories)

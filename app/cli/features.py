@@ -34,7 +34,7 @@ def features(checkpoint, dataset, data_path, split, images_path, resize, downloa
     model, info = load_model_or_export(checkpoint)
     if hasattr(model, "require_features"):  # an export: say it has no features before reading any images
         model.require_features()
-    images, _ = load_inputs(info, dataset, data_path, split, images_path, resize, download)
+    images, _ = load_inputs(info, dataset, data_path, split, images_path, resize, download, model)
     with _threads_for(model):
         values = extract_features(model, images, batch_size, progress=sys.stderr.isatty())
     arrays = {"features": values, "model": np.array(info.model)}
@@ -61,9 +61,9 @@ def _threads_for(model):
 
 def _labels(dataset: str, split: str, data_path) -> np.ndarray | None:
     """The dataset's class per image of ``split`` (int64, N), or None when it has no labels."""
-    from densreg.registry import api
+    from densreg.registry.catalog import find_dataset
 
-    ds = api.get_dataset(dataset)
+    ds = find_dataset(dataset)  # no torch for densreg's own datasets
     return None if ds.labels is None else np.asarray(ds.labels(split, data_path), dtype=np.int64)
 
 

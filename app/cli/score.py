@@ -12,28 +12,22 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 
-from densreg.app import distributed
 from densreg.app.anomaly_plots import heatmaps_png
+from densreg.app.launcher import launched
 from densreg.app.scoring import METHODS, REFERENCE_METHODS, ScoreResult, most_anomalous, score_images, summary
 from densreg.registry import ConfigError, atomic_write_bytes, hookimpl
 
-from .common import (backend_option, echo_json, images_option, load_inputs, load_model_or_export,
+from .common import (backend_option, echo_json, images_option, load_inputs, load_model_or_export, read_split,
                      refuse_real_values, threads_option)
 
 
-def reference_images(info, dataset, data_path, split, size) -> np.ndarray | None:
+def reference_images(info, dataset, data_path, split, size, model=None) -> np.ndarray | None:
     """Training images for the typicality and dose scores: the given dataset, or the one the checkpoint names."""
     dataset = dataset or (info.metrics or {}).get("dataset")
     if dataset is None:
         return None
-    from densreg.registry import api
-
-    from .common import check_matches
-
-    check_matches(info, api.get_dataset(dataset))
-    images = api.load_split(dataset, split, data_path).numpy()
+    images = read_split(info, dataset, split, data_path, model=model)
     if len(images) > size:
         images = images[np.random.default_rng(0).choice(len(images), size, replace=False)]
     return images
@@ -99,14 +93,20 @@ def score(model_path, dataset, data_path, split, images_path, resize, method, ba
             raise ConfigError("--method likelihood-ratio needs --background MODEL (train one with "
                               "`densreg train ... --perturb 0.2`)")
         extra["background"] = load_model_or_export(background)[0]
-    images, names = load_inputs(info, dataset, data_path, split, images_path, resize)
+    images, names = load_inputs(info, dataset, data_path, split, images_path, resize, model=model)
     if method in REFERENCE_METHODS:
-        extra["reference"] = reference_images(info, reference_dataset, reference_data, reference_split, reference_size)
-    with distributed.session("cpu", backend) as world:
-        result = score_across_ranks(model, images, method, batch_size=batch_size,
-                                    progress=world.leader and sys.stderr.isatty(), **extra)
-    if not world.leader:
-        return
+        extra["reference"] = reference_images(info, reference_dataset, reference_data, reference_split, reference_size,
+                                              model)
+    if launched():  # torchrun: the ranks share the images
+        from densreg.app import distributed
+
+        with distributed.session("cpu", backend) as world:
+            result = score_across_ranks(model, images, method, batch_size=batch_size,
+                                        progress=world.leader and sys.stderr.isatty(), **extra)
+        if not world.leader:
+            return
+    else:  # one process: an export folder is scored without importing torch
+        result = score_images(model, images, method, batch_size=batch_size, progress=sys.stderr.isatty(), **extra)
     ranked = most_anomalous(result.scores, top)
     if out:
         write_table(out, names, result)
@@ -129,6 +129,10 @@ def score(model_path, dataset, data_path, split, images_path, resize, method, ba
 
 def score_across_ranks(model, images: np.ndarray, method: str, **options) -> ScoreResult:
     """``score_images`` with each torchrun rank scoring its shard; all ranks get every result, in input order."""
+    import torch
+
+    from densreg.app import distributed
+
     here = distributed.world()
     if here.size == 1:
         return score_images(model, images, method, **options)
