@@ -29,7 +29,7 @@ from densreg.registry.mixtures import MixtureParams, mixture_log_density
 from . import format as fmt
 from . import manifest, readme
 from .exporter import (EXAMPLE_BATCH, _check_target, _describe, _dynamic, _features, _lean, _seal, _session,
-                       _state_specs, _to_onnx)
+                       _state_specs, _to_onnx, run_parity)
 
 PARAMS = ("logits", "means", "log_scales")
 SAMPLE_ATOL = 1e-3  # golden samples: step loop in onnxruntime against torch, per value
@@ -164,11 +164,8 @@ def export_continuous(model, out_dir: Path, name: str, parity: bool, opset: int,
         conditionals, step, features = _lean(conditionals, step, features, dtype)
         report = None
         if parity:
-            try:
-                report = parity_check(model, conditionals, step, positions=parity_positions, features=features)
-            except Exception as exc:  # noqa: BLE001
-                raise ExportError(f"model {name!r} exported, but onnxruntime cannot run the export: "
-                                  f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
+            report = run_parity(parity_check, name, model, conditionals, step, positions=parity_positions,
+                                features=features)
             if not (report["max_abs_diff"] <= atol and report["log_prob"] <= log_prob_atol
                     and report.get("features", 0.0) <= atol):
                 raise ExportError(f"export of model {name!r} fails its parity check: onnxruntime differs from torch "

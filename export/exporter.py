@@ -316,6 +316,15 @@ def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
 
 
 @torch.no_grad()
+def run_parity(check, name: str, *args, **kwargs) -> dict:
+    """``check(*args, **kwargs)`` (a parity check); an export onnxruntime cannot run becomes one ExportError."""
+    try:
+        return check(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"model {name!r} exported, but onnxruntime cannot run the export: "
+                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
+
+
 def parity_check(model: DensityModel, conditionals: onnx.ModelProto, step: onnx.ModelProto,
                  batch: int = 2, seed: int = 0, positions: int | None = None,
                  features: onnx.ModelProto | None = None) -> dict:
@@ -518,11 +527,8 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
         conditionals, step, features = _lean(conditionals, step, features, dtype)
         report = None
         if parity:
-            try:
-                report = parity_check(model, conditionals, step, positions=parity_positions, features=features)
-            except Exception as exc:  # noqa: BLE001
-                raise ExportError(f"model {name!r} exported, but onnxruntime cannot run the export: "
-                                  f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
+            report = run_parity(parity_check, name, model, conditionals, step, positions=parity_positions,
+                                features=features)
             if not (report["max_abs_diff"] <= atol and report["log_prob"] <= log_prob_atol):  # NaN fails
                 raise ExportError(f"export of model {name!r} fails its parity check: onnxruntime differs from "
                                   f"torch by {report['conditionals_logits']:.3g} (conditional logits), "
