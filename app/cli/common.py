@@ -83,7 +83,9 @@ def threads_option(func):
             REQUESTED_THREADS = None
 
     return click.option("--threads", type=click.IntRange(min=1), default=None, show_default="measured per model kind",
-                        help="torch threads (1 is fastest on the 2-core machine for every built-in model).")(run)
+                        help="torch threads (default: every core for training and evaluation, one for sampling "
+                        "but diagonal-bilstm, as measured in benchmarks/results/speed.md; OMP_NUM_THREADS is "
+                        "honoured before the default).")(run)
 
 
 def data_options(func):
