@@ -180,9 +180,10 @@ def test_cli_train_options_and_errors(tmp_path):
     # a line per epoch on stderr even without a terminal (a nohup log shows progress); stdout stays clean
     assert re.search(r"^epoch 2: train [0-9.]+ valid [0-9.]+ nats", result.stderr, re.M), result.stderr
     assert "epoch 1:" not in result.stdout
-    result = run("train", "nade", "--dataset", "digits", "--out", out, "--set", "hidden=8", "--epochs", 3,
-                 "--resume")
+    # --set not given again: the interrupted run's model settings (hidden=8, not the default 500)
+    result = run("train", "nade", "--dataset", "digits", "--out", out, "--epochs", 3, "--resume")
     assert result.exit_code == 0, result.output
+    assert load_checkpoint(out)[0].config()["hidden"] == 8
     log = [json.loads(x) for x in run_paths(out)[1].read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2, 3]
     assert [e["lr"] for e in log] == pytest.approx([0.01, 0.009, 0.0081])  # --lr, --lr-decay kept

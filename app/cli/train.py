@@ -12,8 +12,10 @@ from click.core import ParameterSource
 
 from densreg.app import distributed
 from densreg.app.ood import perturb_images
-from densreg.app.training import TrainingOptions, default_device, fit, locked_run
-from densreg.registry import ConfigError, api, hookimpl
+from densreg.app.training import TrainingOptions, default_device, fit, locked_run, run_paths
+from densreg.registry import CheckpointError, ConfigError, api, hookimpl
+from densreg.registry.checkpoint import read_header
+from densreg.registry.saved import parse_json
 
 from .common import ARGV_KEY, backend_option, data_options, parse_set_options, set_option, threads_option
 
@@ -58,7 +60,7 @@ DEFAULTS = TrainingOptions()
 @threads_option
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run of --out from its last epoch (OUT stem + .last.safetensors); "
-                   "options not given again are the interrupted run's.")
+                   "options and model settings (--set) not given again are the interrupted run's.")
 @click.pass_context
 def train(ctx, model_name, dataset, data_path, download, settings, out, perturb, resume, nproc, backend, **options):
     """Fit MODEL on a dataset's train split and write a checkpoint.
@@ -92,7 +94,10 @@ def launch_torchrun(ctx, nproc: int) -> None:
 def _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, options):
     torch.manual_seed(options["seed"])
     ds = api.get_dataset(dataset)
-    model = api.create_model(model_name, ds.event_shape, ds.num_categories, **parse_set_options(settings))
+    config = parse_set_options(settings)
+    if resume:  # the interrupted run's model config, unless --set says otherwise (fit checks they agree)
+        config = {**resumed_config(out), **config}
+    model = api.create_model(model_name, ds.event_shape, ds.num_categories, **config)
     given = {k: v for k, v in options.items()
              if k != "seed" and ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     if not model.closed_form:
@@ -114,6 +119,19 @@ def _train(ctx, world, model_name, dataset, data_path, download, settings, out, 
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
     if world.leader:
         click.echo(f"wrote {out} ({shown})")
+
+
+def resumed_config(out) -> dict:
+    """The constructor config (less event shape and K, which the dataset gives) that the resume
+    state of ``out`` was written with; {} when there is no readable state (fit then says why)."""
+    try:
+        _, metadata = read_header(run_paths(out).state)
+        config = parse_json(metadata["config"], "config")
+    except (CheckpointError, OSError, KeyError, ValueError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    return {k: v for k, v in config.items() if k not in ("event_shape", "num_categories")}
 
 
 def perturbed(train_images, valid_images, rate, num_categories, seed):
