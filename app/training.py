@@ -193,7 +193,7 @@ def _fit(model, train, valid, start, out, resume, progress, name, metrics, optio
         with locked_run(out):
             result = dict(model.fit_closed_form(train))
             if valid is not None and len(valid):
-                result["valid_nll_nats"] = evaluate(model, valid)["nll_nats"]
+                result["valid_nll_nats"] = evaluate(model, valid, threads=torch.get_num_threads())["nll_nats"]
             result["seconds"] = time.perf_counter() - start
             if out is not None and distributed.world().leader:  # under torchrun every rank counts, rank 0 writes
                 save_checkpoint(out, model, name, metrics={**result, **(metrics or {})})
@@ -389,7 +389,9 @@ class GradientRun:
             epoch_start = time.perf_counter()
             train_nll, rate = self.train_epoch()
             self.model.eval()
-            valid_nll = evaluate(self.model, self.valid, eval_batch_size(self.device), across_ranks=True)["nll_nats"] \
+            # on fit's threads (using_threads above), not evaluate's own default
+            valid_nll = evaluate(self.model, self.valid, eval_batch_size(self.device), across_ranks=True,
+                                 threads=torch.get_num_threads())["nll_nats"] \
                 if self.valid is not None else train_nll
             self.epoch += 1
             entry = {"epoch": self.epoch, "train_nll": train_nll, "valid_nll": valid_nll,

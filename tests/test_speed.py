@@ -72,6 +72,31 @@ def test_threads_option_on_every_computing_command(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_fit_validates_on_its_own_threads_not_the_evaluation_default(monkeypatch):
+    # fit(threads=1) once scored each epoch's validation set on every core (evaluate's default), which on a
+    # shared machine made rnade's epochs several times slower than its training steps
+    from densreg.app import training
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(performance, "cpu_cores", lambda: 3)
+    seen = []
+    real = training.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(performance.threads_for(args[0], kwargs.get("threads")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    x = torch.randint(0, 2, (20, 1, 2, 2))
+    for name, config, epochs in (("nade", {"hidden": 3}, {"epochs": 2}), ("bernoulli", {}, {})):
+        seen.clear()  # gradient-trained (once per epoch), then closed form (once)
+        densreg.fit(densreg.create_model(name, (1, 2, 2), **config), x, x, threads=1, **epochs)
+        assert seen == [1] * max(1, len(epochs) and 2), name
+        seen.clear()
+        densreg.fit(densreg.create_model(name, (1, 2, 2), **config), x, x, threads=2, **epochs)
+        assert seen and set(seen) == {2}, name
+
+
 def test_eval_batch_per_device_gives_the_same_nll():
     assert performance.eval_batch_size("cpu") < performance.eval_batch_size("cuda")
     torch.manual_seed(0)

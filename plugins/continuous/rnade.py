@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from densreg.registry import ConfigError, ContinuousDensityModel, MixtureParams
+from densreg.registry import ConfigError, ContinuousDensityModel, MixtureParams, mixture_log_density
 
 ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 MAX_HIDDEN, MAX_COMPONENTS = 1 << 16, 1 << 10
@@ -56,6 +56,9 @@ class RNADE(ContinuousDensityModel):
         self.b = nn.Parameter(bias)
         self.register_buffer("loc", torch.zeros(D))  # generation order; see init_from_data
         self.register_buffer("log_scale", torch.zeros(D))
+        # before[d, j] is True for j < d: the prefix sums of all positions as one matrix product (not saved;
+        # bool, so that a conversion to another dtype or a kit drawing random float buffers leaves it alone)
+        self.register_buffer("before", torch.ones(D, D, dtype=torch.bool).tril(-1), persistent=False)
 
     def config(self):
         return {**super().config(), "hidden": self.hidden, "components": self.components,
@@ -82,20 +85,39 @@ class RNADE(ContinuousDensityModel):
         loc, log_scale = loc.unsqueeze(-1), log_scale.unsqueeze(-1)
         return MixtureParams(out[..., 0, :], loc + torch.exp(log_scale) * out[..., 1, :], out[..., 2, :] + log_scale)
 
+    def standardize(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) -> (values (B, D), u (B, D)) in generation order, u = (x - loc) / scale."""
+        seq = self.to_sequence(self.validate(x))
+        return seq, (seq - self.loc) * torch.exp(-self.log_scale)
+
+    def outputs(self, u: torch.Tensor) -> torch.Tensor:
+        """Standardized values u (B, D) -> the mixtures of every u_d on the standardized scale, (B, D, 3, M).
+
+        a_d = c + sum_{j<d} u_j W_j for every d at once: (u masked by ``before``, (B, D, D)) @ W, one
+        matrix product whose masked terms are exact zeros (so a_d cannot see u_j for j >= d); then one
+        product per position with V_d (an einsum, a bmm over d). On one CPU thread this trains faster
+        than a cumulative sum over d (a slow strided scan, and its backward flips).
+        """
+        prefix = torch.where(self.before, u.unsqueeze(1), torch.zeros((), dtype=u.dtype, device=u.device))
+        a = torch.matmul(prefix, self.W) + self.c  # (B, D, H)
+        return torch.einsum("bdh,dkmh->bdkm", self.act(a), self.V) + self.b
+
     def conditional_params(self, x):
-        """a_d by an exclusive running sum over positions: (B, C, H, W) -> MixtureParams of (B, D, M) each."""
-        seq = self.to_sequence(self.validate(x))  # (B, D)
-        u = (seq - self.loc) * torch.exp(-self.log_scale)
-        inputs = u.unsqueeze(-1) * self.W  # (B, D, H): u_j W_j
-        before = torch.cumsum(inputs, dim=1)[:, :-1]  # sum over j < d+1, for d = 0..D-2
-        a = torch.cat([torch.zeros_like(inputs[:, :1]), before], dim=1) + self.c  # (B, D, H), sum over j < d
-        out = torch.einsum("bdh,dkmh->bdkm", self.act(a), self.V) + self.b
-        return self._params(out, self.loc, self.log_scale)
+        """(B, C, H, W) -> MixtureParams of (B, D, M) each, on the data's scale."""
+        _, u = self.standardize(x)
+        return self._params(self.outputs(u), self.loc, self.log_scale)
+
+    def conditional_log_probs(self, x):
+        """log p(x_{o(d)} | x_{o(<d)}) in nats, (B, D): the mixture density of u_d minus log scale_d
+        (the change of variables x_d = loc_d + scale_d u_d), fewer (B, D, M) passes than via the data's scale."""
+        _, u = self.standardize(x)
+        out = self.outputs(u)
+        standardized = MixtureParams(out[..., 0, :], out[..., 1, :], out[..., 2, :])
+        return mixture_log_density(standardized, u) - self.log_scale
 
     def features(self, x):
         """act(c + sum_d u_d W_d): the H hidden units after the whole image (u standardized), (B, H)."""
-        seq = self.to_sequence(self.validate(x))
-        return self.act(((seq - self.loc) * torch.exp(-self.log_scale)) @ self.W + self.c)
+        return self.act(self.standardize(x)[1] @ self.W + self.c)
 
     # -- cached O(HM) step ---------------------------------------------------
     def initial_state(self, batch_size):
