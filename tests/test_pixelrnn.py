@@ -287,7 +287,7 @@ def test_committed_row_lstm_checkpoint_scores_as_before(mnist_npz, monkeypatch):
     convolutions' NLL (float32 rounding only)."""
     import numpy as np
 
-    from densreg.plugins.pixelrnn.row_lstm import RowLSTMLayer
+    from densreg.plugins.pixelrnn.row_lstm import ROWS_LAYOUT, RowLSTMLayer
     from densreg.registry import load_checkpoint
 
     model, _ = load_checkpoint(Path(__file__).resolve().parents[1] / "models" / "row-lstm-mnist.safetensors")
@@ -295,9 +295,23 @@ def test_committed_row_lstm_checkpoint_scores_as_before(mnist_npz, monkeypatch):
     with torch.no_grad():
         now = model.log_prob(x)
         monkeypatch.setattr(RowLSTMLayer, "forward_rows", lambda self, rows: per_row_conv_row_lstm(
-            self, rows.permute(1, 3, 0, 2)).permute(2, 0, 3, 1))
+            self, rows.permute(*ROWS_LAYOUT)).permute(*ROWS_LAYOUT))
         before = model.log_prob(x)
     torch.testing.assert_close(now, before, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["row-lstm", "diagonal-bilstm"])
+@pytest.mark.parametrize("channels, k", [(1, 2), (3, 4)])
+def test_output_layers_on_the_rows_give_the_image_layout_logits_in_generation_order(name, channels, k):
+    """The 1x1 output layers run on the rows layout and the logits are read pixel-major: the same
+    as the output layers on the (B, hidden, H, W) maps, gathered through ``order``, in float64."""
+    model = build(name, (channels, 4, 5), k, layers=1).double()
+    x = torch.randint(0, k, (3, channels, 4, 5), generator=torch.Generator().manual_seed(2))
+    scaled = model.scale(x)
+    with torch.no_grad():
+        image_logits = model.head(model.hidden_maps(scaled))  # (B, C*K, H, W)
+        expected = image_logits.reshape(3, channels, k, 4, 5).permute(0, 1, 3, 4, 2).reshape(3, -1, k)[:, model.order]
+        torch.testing.assert_close(model.logits_from_scaled(scaled), expected, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("channels, k, height, width", [(1, 2, 5, 6), (3, 4, 4, 7), (1, 2, 7, 3)])

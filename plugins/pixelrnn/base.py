@@ -112,6 +112,10 @@ class SpatialPixelRNN(DensityModel):
         logit_groups = torch.arange(channels * self.num_categories) // self.num_categories
         self.output_conv = MaskedConv2d(out_groups, logit_groups, (1, 1), "B")
 
+    # The layout of the maps the layers' ``forward_rows`` take and return, as a permutation of
+    # (B, hidden, H, W): rows first, channels last (H, B, W, hidden) unless a variant says otherwise.
+    rows_layout: tuple[int, int, int, int] = (2, 0, 3, 1)
+
     def make_layer(self, groups: torch.Tensor) -> nn.Module:
         """One LSTM layer on (B, hidden, H, W) maps whose channels are in ``groups``."""
         raise NotImplementedError
@@ -129,24 +133,33 @@ class SpatialPixelRNN(DensityModel):
         """Output layers: (B, hidden, H, W) -> logits (B, C*K, H, W)."""
         return self.output_conv(F.relu(self.output_hidden_conv(F.relu(h))))
 
-    def hidden_maps(self, scaled: torch.Tensor) -> torch.Tensor:
-        """Scaled images (B, C, H, W) float -> the last layer's residual stream (B, hidden, H, W).
+    def hidden_rows(self, scaled: torch.Tensor) -> torch.Tensor:
+        """Scaled images (B, C, H, W) float -> the last layer's residual stream in ``rows_layout``.
 
-        The layers run rows first, channels last, (H, B, W, hidden): one layout change on the
-        way in and one on the way out instead of one per layer.
+        One layout change on the way in instead of one per layer.
         """
-        h = self.input_conv(scaled).permute(2, 0, 3, 1).contiguous()
+        h = self.input_conv(scaled).permute(*self.rows_layout).contiguous()
         for layer in self.rnn:
             h = h + layer.forward_rows(h)
-        return h.permute(1, 3, 0, 2)
+        return h
+
+    def hidden_maps(self, scaled: torch.Tensor) -> torch.Tensor:
+        """Scaled images (B, C, H, W) float -> the last layer's residual stream (B, hidden, H, W) (a view)."""
+        return self.hidden_rows(scaled).permute(*sorted(range(4), key=self.rows_layout.__getitem__))
 
     def logits_from_scaled(self, scaled: torch.Tensor) -> torch.Tensor:
         """``conditional_logits`` of scaled float images (B, C, H, W) -> (B, D, K); differentiable
-        in the input (the causality tests take gradients through it)."""
-        logits = self.head(self.hidden_maps(scaled))
+        in the input (the causality tests take gradients through it).
+
+        The 1x1 output layers see the rows as a batch of H images (H, hidden, B, W) (a view of
+        either layout that the convolution reads in place), so the logits come out pixel-major:
+        the raster generation order (channels within a pixel) without a gather.
+        """
+        rows = self.hidden_rows(scaled)
+        logits = self.head(rows.permute(*(self.rows_layout.index(d) for d in (2, 1, 0, 3))))  # (H, C*K, B, W)
         batch, (channels, height, width) = scaled.shape[0], self.event_shape
-        logits = logits.reshape(batch, channels, self.num_categories, height, width).permute(0, 1, 3, 4, 2)
-        return logits.reshape(batch, self.num_positions, self.num_categories)[:, self.order]
+        logits = logits.reshape(height, channels, self.num_categories, batch, width).permute(3, 0, 4, 1, 2)
+        return logits.reshape(batch, self.num_positions, self.num_categories)  # (B, H, W, C, K) flattened
 
     def conditional_logits(self, x):
         return self.logits_from_scaled(self.scale(self.validate(x)))

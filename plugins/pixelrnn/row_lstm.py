@@ -6,8 +6,8 @@ For row i, with maps of ``hidden`` channels:
     c_i = sigmoid(f) . c_{i-1} + sigmoid(i) . tanh(g),    h_i = sigmoid(o) . tanh(c_i)
 
 K_is: 1 x 3 convolution along the row with mask B (the left neighbour, and the pixel
-itself in channel groups <= the output's), computed for the whole image at once;
-K_ss: a width-3 1-D convolution over the row above's hidden state. The receptive field
+itself in channel groups <= the output's); K_ss: a width-3 1-D convolution over the row
+above's hidden state. Both are computed as one GEMM per row over their five unmasked taps. The receptive field
 is the triangle above the pixel plus the row to its left (through the input layer).
 """
 
@@ -21,6 +21,7 @@ from .base import SpatialPixelRNN, lstm_cell, put, take
 from .masks import MaskedConv2d
 
 KERNEL = 3
+ROWS_LAYOUT = (2, 1, 0, 3)  # (B, h, H, W) <-> (H, h, B, W); the permutation is its own inverse
 
 
 class RowLSTMLayer(nn.Module):
@@ -32,38 +33,38 @@ class RowLSTMLayer(nn.Module):
         self.input_to_state = MaskedConv2d(groups, groups.repeat(4), (1, KERNEL), "B")
         self.state_to_state = nn.Conv1d(hidden, 4 * hidden, KERNEL, padding=KERNEL // 2, bias=False)
 
-    def gate_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The layer's products as plain matrices: input-to-state (2h, 4h) over [left neighbour, the
-        pixel] (the 1x3 mask-B kernel's unmasked taps), its bias (4h,), and state-to-state (3h, 4h)
-        over [above-left, above, above-right] (the width-3 kernel, tap-major)."""
-        weight = self.input_to_state.masked_weight()[:, :, 0]  # (4h, h, 3); the right tap is all zeros
-        w_in = torch.cat([weight[..., 0], weight[..., 1]], dim=1).t()
-        w_ss = self.state_to_state.weight.permute(2, 1, 0).flatten(0, 1)
-        return w_in, self.input_to_state.bias, w_ss
+    def row_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's whole gate product as one matrix (4h, 5h) over [left neighbour, the pixel,
+        above-left, above, above-right] (the 1x3 mask-B kernel's two unmasked taps, then the
+        width-3 state kernel's three), and the bias (4h,)."""
+        w_in = self.input_to_state.masked_weight()[:, :, 0]  # (4h, h, 3); the right tap is all zeros
+        w_ss = self.state_to_state.weight  # (4h, h, 3)
+        return torch.cat([w_in[..., 0], w_in[..., 1], *w_ss.unbind(-1)], dim=1), self.input_to_state.bias
 
     def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """(H, B, W, h) rows first, channels last -> hidden states (H, B, W, h).
+        """(H, h, B, W) rows first, channels second -> hidden states (H, h, B, W).
 
-        In this layout the input-to-state convolution of the whole image is one GEMM over the
-        unmasked taps, and each row's state-to-state step one GEMM (B*W, 3h) x (3h, 4h) added to
-        that row's input gates; no transposes between the steps.
+        Each row is one GEMM (4h, 5h) x (5h, B*W) over its input taps and the row above's
+        state taps; in this layout every gate is a contiguous (h, B*W) block, so the LSTM's
+        elementwise passes run on contiguous memory.
         """
-        height, batch, width, hidden = x.shape
-        w_in, b_in, w_ss = self.gate_weights()
-        left = F.pad(x, (0, 0, 1, 0))[:, :, :width]  # each pixel's left neighbour (zeros in column 0)
-        gates_in = torch.addmm(b_in, torch.cat([left, x], dim=-1).view(-1, 2 * hidden), w_in)
-        h = c = x.new_zeros(batch, width, hidden)
+        height, hidden, batch, width = x.shape
+        weight, bias = self.row_weights()
+        bias = bias[:, None]
+        left = F.pad(x, (1, 0))[..., :width]  # each pixel's left neighbour (zeros in column 0)
+        h = c = x.new_zeros(hidden, batch * width)
         rows = []
-        for gates in gates_in.view(height, batch * width, 4 * hidden).unbind(0):
-            padded = F.pad(h, (0, 0, 1, 1))
-            taps = torch.cat([padded[:, :width], h, padded[:, 2:]], dim=-1).view(batch * width, 3 * hidden)
-            h, c = lstm_cell(torch.addmm(gates, taps, w_ss).view(batch, width, 4 * hidden), c, dim=-1)
+        for x_left, x_row in zip(left.unbind(0), x.unbind(0)):  # unbind: one stack in backward
+            above = h.view(hidden, batch, width)
+            padded = F.pad(above, (1, 1))
+            taps = torch.cat([x_left, x_row, padded[..., :width], above, padded[..., 2:]]).view(5 * hidden, -1)
+            h, c = lstm_cell(torch.addmm(bias, weight, taps), c, dim=0)
             rows.append(h)
-        return torch.stack(rows)
+        return torch.stack(rows).view(height, hidden, batch, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, hidden, H, W) -> hidden states (B, hidden, H, W) (``forward_rows`` in the image layout)."""
-        return self.forward_rows(x.permute(2, 0, 3, 1).contiguous()).permute(1, 3, 0, 2)
+        return self.forward_rows(x.permute(*ROWS_LAYOUT).contiguous()).permute(*ROWS_LAYOUT)
 
 
 class RowLSTM(SpatialPixelRNN):
@@ -71,6 +72,7 @@ class RowLSTM(SpatialPixelRNN):
 
     registry_name = "row-lstm"
     description = "PixelRNN Row LSTM (van den Oord et al. 2016): row-by-row LSTM, triangular context"
+    rows_layout = ROWS_LAYOUT
 
     def make_layer(self, groups):
         return RowLSTMLayer(groups)
