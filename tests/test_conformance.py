@@ -342,7 +342,9 @@ EXTRA = {name: [("colour", SMALL.get(name, {}), {"spaces": COLOUR})] for name in
 EXTRA["bernoulli"] += [("random-tables", {}, {"prepare": random_tables})]
 EXTRA["markov"] += [(f"order={order},random-tables", {"order": order}, {"prepare": random_tables})
                     for order in (1, 2, 3)]
-EXTRA["rnade"] = [("standardized", SMALL["rnade"], {"prepare": random_tables})]  # random loc and log_scale
+EXTRA["rnade"] = [("standardized", SMALL["rnade"], {"prepare": random_tables}),  # random loc and log_scale
+                  ("rescale,sigmoid", {**SMALL["rnade"], "rescale": True, "activation": "sigmoid"},
+                   {"prepare": random_tables})]  # and a random rho
 EXTRA["nade"] += [("relu", {"hidden": 8, "activation": "relu"}, {}),
                   ("larger", {"hidden": 8}, LARGER_STEP)]
 for name in ("pixelrnn", *SPATIAL):

@@ -63,6 +63,27 @@ def test_rnade_conditional_by_hand():
     assert model.free_parameters() == 2 * 3 + 3 + 3 * 2 * 2 * 4
 
 
+def test_rnade_rescale_is_rho_times_the_pre_activation_and_optional(tmp_path):
+    plain = RNADE((1, 1, 3), hidden=4, components=2, activation="tanh").double()
+    scaled = RNADE((1, 1, 3), hidden=4, components=2, activation="tanh", rescale=True).double()
+    assert "rescale" not in plain.config() and scaled.config()["rescale"] is True  # old configs unchanged
+    assert scaled.free_parameters() == plain.free_parameters() + 3
+    scaled.load_state_dict({**plain.state_dict(), "rho": torch.ones(3, dtype=torch.float64)})
+    x = random_values((1, 1, 3), 4, seed=3).double()
+    with torch.no_grad():
+        assert torch.equal(scaled.log_prob(x), plain.log_prob(x))  # rho = 1 is the model without it
+        scaled.rho.copy_(torch.tensor([0.5, -2.0, 3.0]))
+        h = torch.tanh(-2.0 * (plain.c + float(x[0, 0, 0, 0]) * plain.W[0]))  # position 1 sees x_0 only
+        out = torch.einsum("h,kmh->km", h, plain.V[1]) + plain.b[1]
+        expected = mixture_log_density(MixtureParams(out[0], out[1], out[2]), x[0, 0, 0, 1])
+        assert float(scaled.conditional_log_probs(x)[0, 1]) == pytest.approx(float(expected), abs=1e-12)
+    save_checkpoint(tmp_path / "r.safetensors", scaled, "rnade")
+    again, info = load_checkpoint(tmp_path / "r.safetensors")
+    assert info.config["rescale"] is True and torch.equal(again.rho, scaled.rho.float())
+    with pytest.raises(ConfigError, match="rescale must be true or false"):
+        RNADE((1, 1, 3), rescale="yes")
+
+
 def test_value_kinds_meet_the_right_data():
     with pytest.raises(ConfigError, match="real values, but these data have K=2"):
         create_model("rnade", (1, 1, 4), 2)
@@ -241,8 +262,10 @@ def continuous_export(request, tmp_path_factory):
 
     torch.manual_seed(0)
     if request.param == "rnade":
-        model = create_model("rnade", (1, 2, 3), 0, ordering="snake", **SMALL)
+        model = create_model("rnade", (1, 2, 3), 0, ordering="snake", rescale=True, **SMALL)
         model.init_from_data(random_values((1, 2, 3), 100, seed=7) * 0.1 + 0.3)  # a non-trivial standardization
+        with torch.no_grad():
+            model.rho.copy_(torch.linspace(0.5, 2.0, 6))  # and a rescaling
     else:
         model = create_model("gaussian-mixture", (1, 2, 3), 0, components=3, ordering="random:2")
         model.fit_closed_form(random_values((1, 2, 3), 200))

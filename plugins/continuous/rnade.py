@@ -4,11 +4,13 @@ NADE's shared hidden layer with a mixture of M Gaussians per position, all weigh
 by generation position d (position d models x_{o(d)}, a real value):
 
     a_d = c + sum_{j<d} x_j W_j                    (H,)  running pre-activation, W (D, H)
-    h_d = act(a_d)                                 (H,)
+    h_d = act(rho_d a_d)                           (H,)   rho_d = 1 unless rescale=True
     [logits, means, log_scales]_d = V_d h_d + b_d  (3, M), V (D, 3, M, H), b (D, 3, M)
 
-p(x_d | x_<d) = sum_m softmax(logits_d)_m N(x_d; means_dm, exp(log_scales_dm)^2). The paper's
-per-position rescaling of the activation (rho_d) is left out. Free parameters: DH + H + 3DM(H+1).
+p(x_d | x_<d) = sum_m softmax(logits_d)_m N(x_d; means_dm, exp(log_scales_dm)^2). ``rescale=True``
+adds the paper's per-position rescaling of the pre-activation, a learned rho (D,) starting at 1 (a_d
+sums d terms, so its scale grows with d; with relu, rho_d > 0 only rescales h_d, which V_d could do
+too, so it matters most for sigmoid and tanh). Free parameters: DH + H + 3DM(H+1) (+ D with rescale).
 Sampling and ``step`` cost O(HM) per value through the running pre-activation.
 
 The network works on standardized values u_j = (x_j - loc_j) / scale_j: buffers ``loc`` and
@@ -38,14 +40,16 @@ class RNADE(ContinuousDensityModel):
     description = "RNADE: NADE's shared hidden layer with a mixture of Gaussians per real value (Uria et al. 2013)"
 
     def __init__(self, event_shape=(1, 1, 63), num_categories: int = 0, ordering: str = "raster",
-                 hidden: int = 100, components: int = 10, activation: str = "relu") -> None:
+                 hidden: int = 100, components: int = 10, activation: str = "relu", rescale: bool = False) -> None:
         super().__init__(event_shape, num_categories, ordering)
         for key, value, most in (("hidden", hidden, MAX_HIDDEN), ("components", components, MAX_COMPONENTS)):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
                 raise ConfigError(f"{key} must be an integer from 1 to {most}, got {value!r}")
         if activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-        self.hidden, self.components, self.activation = hidden, components, activation
+        if not isinstance(rescale, bool):
+            raise ConfigError(f"rescale must be true or false, got {rescale!r}")
+        self.hidden, self.components, self.activation, self.rescale = hidden, components, activation, rescale
         D, H, M = self.num_positions, hidden, components
         self.W = nn.Parameter(torch.randn(D, H) / math.sqrt(max(D, 1)))
         self.c = nn.Parameter(torch.zeros(H))
@@ -54,6 +58,8 @@ class RNADE(ContinuousDensityModel):
         bias[:, 1] = torch.linspace(-1, 1, M) if M > 1 else 0.0  # means spread over [-1, 1]
         bias[:, 2] = math.log(0.5)
         self.b = nn.Parameter(bias)
+        if rescale:  # absent otherwise, so checkpoints written before the option load unchanged
+            self.rho = nn.Parameter(torch.ones(D))
         self.register_buffer("loc", torch.zeros(D))  # generation order; see init_from_data
         self.register_buffer("log_scale", torch.zeros(D))
         # before[d, j] is True for j < d: the prefix sums of all positions as one matrix product (not saved;
@@ -61,12 +67,13 @@ class RNADE(ContinuousDensityModel):
         self.register_buffer("before", torch.ones(D, D, dtype=torch.bool).tril(-1), persistent=False)
 
     def config(self):
+        """The constructor's keys; ``rescale`` only when true, so configs from before the option stay equal."""
         return {**super().config(), "hidden": self.hidden, "components": self.components,
-                "activation": self.activation}
+                "activation": self.activation, **({"rescale": True} if self.rescale else {})}
 
     def free_parameters(self) -> int:
         D, H, M = self.num_positions, self.hidden, self.components
-        return D * H + H + 3 * D * M * (H + 1)
+        return D * H + H + 3 * D * M * (H + 1) + (D if self.rescale else 0)
 
     def act(self, a: torch.Tensor) -> torch.Tensor:
         return ACTIVATIONS[self.activation](a)
@@ -100,6 +107,8 @@ class RNADE(ContinuousDensityModel):
         """
         prefix = torch.where(self.before, u.unsqueeze(1), torch.zeros((), dtype=u.dtype, device=u.device))
         a = torch.matmul(prefix, self.W) + self.c  # (B, D, H)
+        if self.rescale:
+            a = a * self.rho.unsqueeze(-1)
         return torch.einsum("bdh,dkmh->bdkm", self.act(a), self.V) + self.b
 
     def conditional_params(self, x):
@@ -116,7 +125,7 @@ class RNADE(ContinuousDensityModel):
         return mixture_log_density(standardized, u) - self.log_scale
 
     def features(self, x):
-        """act(c + sum_d u_d W_d): the H hidden units after the whole image (u standardized), (B, H)."""
+        """act(c + sum_d u_d W_d): the H hidden units after the whole image (u standardized, no rho), (B, H)."""
         return self.act(self.standardize(x)[1] @ self.W + self.c)
 
     # -- cached O(HM) step ---------------------------------------------------
@@ -132,7 +141,8 @@ class RNADE(ContinuousDensityModel):
         loc, log_scale = self.loc.index_select(0, previous), self.log_scale.index_select(0, previous)
         u = (value.to(s.dtype) - loc) * torch.exp(-log_scale)  # the previous value, standardized
         s = torch.where(position > 0, s + u.unsqueeze(-1) * w_prev, s)
-        h = self.act(s + self.c)  # (B, H)
+        a = s + self.c
+        h = self.act(a * self.rho.index_select(0, position) if self.rescale else a)  # (B, H)
         V = self.V.index_select(0, position)[0]  # (3, M, H)
         out = torch.einsum("bh,kmh->bkm", h, V) + self.b.index_select(0, position)
         return self._params(out, self.loc.index_select(0, position), self.log_scale.index_select(0, position)), (s,)
