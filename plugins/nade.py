@@ -54,50 +54,61 @@ class BlockedNADE(torch.autograd.Function):
     that recomputes the activations.
 
     Inputs: codes (B, D*J) float (one-hot input codes, J = K-1; not differentiated), W (D*J, H),
-    c (H,), V (D, O, H) (O = 1 for binary data, else K), activation, block T.
+    c (H,), V (D, O, H) (O = 1 for binary data, else K), activation, block T, and whether grad
+    mode was on at the call (nothing is kept for backward when it was not).
     Output: logits without the bias, (D, B, O).
 
     The running pre-activation a_d = c + sum_{j<d} W_j[x_j] of a block's T positions is written
     into a (T, B, H) workspace (one fused multiply-add per position), activated in one pass, and
-    each position's logits read off it. Only a at each block's first position, (D/T, B, H), is
+    the block's logits read off it. Only a at each block's first position, (D/T, B, H), is
     kept for backward, which walks the blocks in reverse, recomputes the block's activations and
     carries the gradient of the running sum: no (D, B, H) tensor ever exists.
     """
 
     @staticmethod
-    def running_sums(a, codes, W, s, e, J, out):
-        """out[i] = a_{s+i} for the block's positions s..e-1, from a = a_s (B, H); returns a_e."""
-        out[0] = a
-        for i, d in enumerate(range(s, e - 1)):
-            BlockedNADE.add_input(out[i], codes, W, d, J, out[i + 1])
-        return BlockedNADE.add_input(out[e - s - 1], codes, W, e - 1, J)
-
-    @staticmethod
-    def add_input(a, codes, W, d, J, out=None):
-        """a + W_d[x_d] (B, H): the running sum after position d."""
-        if J == 1:
-            return torch.addcmul(a, codes[:, d, None], W[d], out=out) if out is not None else \
-                torch.addcmul(a, codes[:, d, None], W[d])
-        cd, wd = codes[:, d * J:(d + 1) * J], W[d * J:(d + 1) * J]
-        return torch.addmm(a, cd, wd, out=out) if out is not None else torch.addmm(a, cd, wd)
-
-    @staticmethod
-    def forward(ctx, codes, W, c, V, activation, block):
-        batch, (D, O, H) = codes.shape[0], V.shape
+    def positions(codes, W, D):
+        """Per-position views, made once: inputs x_d (B, J) and input weights W_d (J, H), d < D."""
         J = codes.shape[1] // D
-        keep = any(ctx.needs_input_grad)
+        return codes.view(codes.shape[0], D, J).unbind(1), W.view(D, J, W.shape[-1]).unbind(0)
+
+    @staticmethod
+    def running_sums(slots, xs, ws, s, e, end=None):
+        """slots[i] = a_{s+i} for the block's positions s..e-1, from slots[0] = a_s (B, H); a_e into ``end``."""
+        for i, d in enumerate(range(s, e - 1)):
+            BlockedNADE.add_input(slots[i], xs[d], ws[d], slots[i + 1])
+        if end is not None:
+            BlockedNADE.add_input(slots[e - s - 1], xs[e - 1], ws[e - 1], end)
+
+    @staticmethod
+    def add_input(a, x_d, w_d, out):
+        """out = a + x_d W_d (B, H): the running sum after position d (binary data: one multiply-add)."""
+        if x_d.shape[1] == 1:
+            torch.addcmul(a, x_d, w_d, out=out)
+        else:
+            torch.addmm(a, x_d, w_d, out=out)
+
+    @staticmethod
+    def forward(ctx, codes, W, c, V, activation, block, grad_enabled):
+        batch, (D, O, H) = codes.shape[0], V.shape
+        xs, ws = BlockedNADE.positions(codes, W, D)
+        keep = grad_enabled and any(ctx.needs_input_grad)  # forward itself runs without grad
         starts = codes.new_empty((D + block - 1) // block if keep else 0, batch, H)
-        work = codes.new_empty(block, batch, H)  # one block's pre-activations, then (in place) hidden units
+        # Two workspaces, alternating: a block's pre-activations, then (in place) its hidden units;
+        # its last running sum goes straight into the other's first slot.
+        works = [codes.new_empty(block, batch, H) for _ in range(2)]
+        slots = [work.unbind(0) for work in works]
+        slots[0][0].copy_(c.expand(batch, H))
         out = codes.new_empty(D, batch, O)
-        a = c.expand(batch, H)
         for k, s in enumerate(range(0, D, block)):
             e = min(s + block, D)
             if keep:
-                starts[k] = a
-            a = BlockedNADE.running_sums(a, codes, W, s, e, J, work)
-            h = ACTIVATIONS_[activation](work[:e - s])
-            if O == 1:  # per-image dot products: an image's logits do not depend on the rest of its batch
-                out[s:e, :, 0] = torch.linalg.vecdot(h, V[s:e, 0, None])
+                starts[k] = slots[k % 2][0]
+            BlockedNADE.running_sums(slots[k % 2], xs, ws, s, e, slots[1 - k % 2][0] if e < D else None)
+            h = ACTIVATIONS_[activation](works[k % 2][:e - s])
+            # Per-image products, so that an image's logits do not depend on the rest of its batch (a
+            # GEMM's summation order can); binary: h * V_d in place and summed, one pass, no temporary.
+            if O == 1:
+                torch.sum(h.mul_(V[s:e]), -1, out=out[s:e, :, 0])
             else:
                 for i, d in enumerate(range(s, e)):
                     torch.mm(h[i], V[d].t(), out=out[d])
@@ -111,14 +122,17 @@ class BlockedNADE(torch.autograd.Function):
         codes, W, V, starts = ctx.saved_tensors
         block = ctx.block
         batch, (D, O, H) = codes.shape[0], V.shape
-        J = codes.shape[1] // D
+        xs, ws = BlockedNADE.positions(codes, W, D)
         dW, dV = torch.empty_like(W), torch.empty_like(V)
+        dWs = dW.view(D, -1, H).unbind(0)
         work, grad, scratch = (codes.new_empty(block, batch, H) for _ in range(3))
+        slots = work.unbind(0)
         carry = codes.new_zeros(batch, H)  # sum of dL/da_t over the positions t after the current one
         for k in reversed(range(len(starts))):
             s = k * block
             e = min(s + block, D)
-            BlockedNADE.running_sums(starts[k], codes, W, s, e, J, work)
+            slots[0].copy_(starts[k])
+            BlockedNADE.running_sums(slots, xs, ws, s, e)
             h = ACTIVATIONS_[ctx.activation](work[:e - s])
             g = grad_out[s:e]  # (t, B, O)
             torch.bmm(g.transpose(1, 2), h, out=dV[s:e])
@@ -126,9 +140,9 @@ class BlockedNADE(torch.autograd.Function):
             times_derivative_(da, h, ctx.activation, scratch[:e - s])
             for i in reversed(range(e - s)):
                 d = s + i
-                torch.mm(codes[:, d * J:(d + 1) * J].t(), carry, out=dW[d * J:(d + 1) * J])
+                torch.mm(xs[d].t(), carry, out=dWs[d])
                 carry += da[i]
-        return None, dW, carry.sum(0), dV, None, None
+        return None, dW, carry.sum(0), dV, None, None, None
 
 
 class NADE(DensityModel):
@@ -218,7 +232,8 @@ class NADE(DensityModel):
         V = self.V.reshape(D, 1 if K == 2 else K, H)
         block = eager_block(seq.shape[0], H, D)
         with torch.autocast(codes.device.type, enabled=False):  # its products stay in the weights' dtype
-            logits = BlockedNADE.apply(codes, self.W.reshape(-1, H), self.c, V, self.activation, block)  # (D, B, O)
+            logits = BlockedNADE.apply(codes, self.W.reshape(-1, H), self.c, V, self.activation, block,
+                                        torch.is_grad_enabled())  # (D, B, O)
         if K == 2:
             logit = logits[..., 0] + self.b[:, None]  # (D, B)
             return torch.stack([torch.zeros_like(logit), logit], dim=-1).transpose(0, 1)
