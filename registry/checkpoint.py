@@ -104,6 +104,11 @@ class TensorEntry(NamedTuple):
         return self.end - self.begin
 
 
+def unreadable(path, exc: OSError) -> CheckpointError:
+    """The error for a checkpoint the system refuses to stat, open or read: the system's reason."""
+    return CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}")
+
+
 def read_header(path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
     """The tensor table {name: TensorEntry} and string metadata of a safetensors file.
 
@@ -117,7 +122,7 @@ def read_header(path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
     except FileNotFoundError:
         raise CheckpointError(f"no such checkpoint file: {path}") from None
     except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+        raise unreadable(path, exc) from exc
     if not stat.S_ISREG(info.st_mode):
         what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
         raise CheckpointError(f"{path} is {what}; expected a .safetensors checkpoint file")
@@ -136,7 +141,7 @@ def read_header(path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
                               f"length (and headers are at most {MAX_HEADER_BYTES})")
             raw = handle.read(length)
     except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+        raise unreadable(path, exc) from exc
     try:
         header = parse_json(raw.decode("utf-8"), "its header")
     except ValueError as exc:  # UnicodeDecodeError included
@@ -200,7 +205,7 @@ def read_tensors(path, names=None) -> tuple[dict[str, torch.Tensor], dict[str, s
                     raise CheckpointError(f"{path} is truncated: tensor {name!r} ends past the end of the file")
                 tensors[name] = _tensor(data, entry)
     except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+        raise unreadable(path, exc) from exc
     return tensors, metadata
 
 

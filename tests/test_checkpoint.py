@@ -1,6 +1,9 @@
 """Checkpoints: safetensors round trip, clear errors, atomic writes."""
 
+import errno
+import json
 import os
+import re
 
 import pytest
 import torch
@@ -32,7 +35,6 @@ def test_round_trip(tmp_path):
 
 def test_file_is_plain_safetensors(tmp_path):
     """8-byte little-endian header length, a JSON header with string metadata, raw tensor bytes: no pickle."""
-    import json
     import struct
 
     path = tmp_path / "m.safetensors"
@@ -47,6 +49,7 @@ def test_file_is_plain_safetensors(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b"", "not a readable safetensors file .*: it has 0 bytes, fewer than the 8 of a header length"),
     (b"abc", "it has 3 bytes, fewer than the 8 of a header length"),
+    (b"1234567", "it has 7 bytes, fewer than the 8 of a header length"),
     (b"garbage" * 10, "not a readable safetensors file"),
 ])
 def test_corrupt_files(tmp_path, content, message):
@@ -141,8 +144,6 @@ def test_files_written_before_the_restructuring_still_load():
 def test_any_changed_weight_is_refused_whichever_way_its_hash_sorts(tmp_path):
     """Eight small edits of one weight: each is refused, whether its hash sorts above or below the
     stored one, and the error shows both hashes' first 12 hex digits."""
-    import re
-
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, make_model(), "markov")
     tensors, metadata = checkpoint.read_tensors(path)
@@ -163,4 +164,34 @@ def test_any_changed_weight_is_refused_whichever_way_its_hash_sorts(tmp_path):
 def test_a_path_the_system_refuses_is_a_checkpoint_error(tmp_path):
     path = tmp_path / ("x" * 300 + ".safetensors")  # longer than a file name may be
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*: File name too long$"):
+        load_checkpoint(path)
+
+
+def header_file(path, header: dict, claimed_extra: int = 0):
+    """A safetensors file that is only its header: 8-byte length (the JSON's + ``claimed_extra``), JSON."""
+    raw = json.dumps(header).encode()
+    path.write_bytes((len(raw) + claimed_extra).to_bytes(8, "little") + raw)
+    return len(raw)
+
+
+def test_a_header_may_end_exactly_at_the_end_of_the_file_but_not_a_byte_past_it(tmp_path):
+    path = tmp_path / "h.safetensors"
+    header_file(path, {"__metadata__": {"format": "x"}})
+    assert checkpoint.read_header(path) == ({}, {"format": "x"})  # no tensors, no data bytes: valid
+    length = header_file(path, {"__metadata__": {"format": "x"}}, claimed_extra=1)
+    with pytest.raises(CheckpointError) as err:  # refused although the bytes that are there parse
+        checkpoint.read_header(path)
+    numbers = re.findall(r"\d+", str(err.value).split(": ", 1)[1])
+    assert numbers[:2] == [str(length + 1), str(length)]  # the claimed and the present header bytes
+
+
+def test_a_checkpoint_the_system_refuses_to_open_is_a_checkpoint_error(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_model(), "markov")
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(checkpoint, "open", refuse, raising=False)  # stat works, open fails (a bad disk)
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*: Input/output error$"):
         load_checkpoint(path)
