@@ -242,13 +242,18 @@ def open_session(path: str, entry: dict, config: dict):
                   for item, result in db.completed_work_items if result.diff} if meta else {}
         init([Path(path)], db, {})
         exclude = re.compile("|".join(f"(?:{e})" for e in config.get("exclude-operators", [])) or "(?!)")
-        functions = set(entry["functions"])
+        functions, annotations = set(entry["functions"]), annotation_spans(ROOT / path)
+        left_out = {}
         for item in db.work_items:
             spec = item.mutations[0]
             why = ("operator left out" if exclude.search(spec.operator_name) else
-                   "outside the functions under test" if functions and not _inside(spec, functions) else None)
+                   "outside the functions under test" if functions and not _inside(spec, functions) else
+                   "in an annotation" if any(a <= tuple(spec.start_pos) and tuple(spec.end_pos) <= b
+                                             for a, b in annotations) else None)
             if why:
-                db.set_result(item.job_id, WorkResult(output=why, worker_outcome=WorkerOutcome.SKIPPED))
+                left_out.setdefault(why, []).append(item.job_id)
+        for why, jobs in left_out.items():  # one transaction each: a commit per mutant took minutes on a busy disk
+            db.set_multiple_results(jobs, WorkResult(output=why, worker_outcome=WorkerOutcome.SKIPPED))
         meta = {"source": source, "tests": tests,
                 "ever_survived": carry_over(db, path, before, meta.get("ever_survived", []))}
     elif meta.get("tests") != tests:
@@ -289,6 +294,27 @@ def carry_over(db, path: str, before: dict, ever_survived: list[str]) -> list[st
         print(f"{path}: the file changed; {kept} killed mutants on unchanged lines keep their verdict, "
               f"{len(db.pending_work_items)} to run", flush=True)
     return ever
+
+
+def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The (start, end) (line, column) spans of the annotations of ``path`` when it has
+    ``from __future__ import annotations`` (never evaluated then: a mutant in one changes nothing)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    if not any(isinstance(node, ast.ImportFrom) and node.module == "__future__"
+               and any(alias.name == "annotations" for alias in node.names) for node in tree.body):
+        return []
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            found += [a.annotation for a in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg)
+                      if a is not None and a.annotation is not None]
+            found += [node.returns] if node.returns is not None else []
+        elif isinstance(node, ast.AnnAssign):
+            found.append(node.annotation)
+    return [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in found]
 
 
 def _inside(spec, functions: set[str]) -> bool:
@@ -418,7 +444,7 @@ def write_report(config: dict) -> str:
                      f"{c['survived']} | {equivalent} | {c['pending']} | {score} | {adjusted} |")
         functions = f" (functions {', '.join(entry['functions'])})" if entry["functions"] else ""
         lines = [f"### `{path}`", "", f"Tests: `{' '.join(entry['tests'])}`; {c['left out']} mutants left out "
-                 f"by operator{' or function' if functions else ''}{functions}.", ""]
+                 f"by operator{', function' if functions else ''} or annotation{functions}.", ""]
         rows = []
         for key in summary["ever"]:
             if key in summary["killed_by"]:

@@ -221,8 +221,8 @@ def _tensor(data: bytearray, entry: TensorEntry) -> torch.Tensor:
     if not data:
         return torch.empty(entry.shape, dtype=dtype)
     flat = torch.frombuffer(data, dtype=dtype)
-    if sys.byteorder == "big" and flat.element_size() > 1:
-        flat = torch.from_numpy(flat.numpy().byteswap())  # pragma: no cover - no big-endian machine here
+    if sys.byteorder == "big" and flat.element_size() > 1:  # reverse each element's bytes (numpy has no bf16, f8)
+        flat = flat.view(torch.uint8).reshape(-1, flat.element_size()).flip(1).reshape(-1).view(dtype)
     return flat.reshape(entry.shape)
 
 

@@ -195,3 +195,144 @@ def test_a_checkpoint_the_system_refuses_to_open_is_a_checkpoint_error(tmp_path,
     monkeypatch.setattr(checkpoint, "open", refuse, raising=False)  # stat works, open fails (a bad disk)
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*: Input/output error$"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("metadata", [{"format": 1}, {"format": "x", "metrics": {}}, ["format"]])
+def test_metadata_that_is_not_an_object_of_strings_is_refused(tmp_path, metadata):
+    path = tmp_path / "h.safetensors"
+    header_file(path, {"__metadata__": metadata})
+    with pytest.raises(CheckpointError):
+        checkpoint.read_header(path)
+
+
+def entry_file(path, entry: tuple, data_bytes: int):
+    """A safetensors file with one tensor entry "w" (dtype, shape, data_offsets) and ``data_bytes`` zero bytes."""
+    dtype, shape, offsets = entry
+    raw = json.dumps({"w": {"dtype": dtype, "shape": shape, "data_offsets": offsets}}).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(data_bytes))
+
+
+@pytest.mark.parametrize("entry, data_bytes", [
+    (("F32", [2], [0, 8]), 8),  # ends exactly at the end of the file
+    (("F32", [0], [0, 0]), 0),  # an empty tensor: zero bytes
+    (("F32", [2, 0], [4, 4]), 4),
+    (("U8", [3], [1, 4]), 4),
+])
+def test_header_entries_within_the_file_and_of_the_right_size_are_read(tmp_path, entry, data_bytes):
+    path = tmp_path / "w.safetensors"
+    entry_file(path, entry, data_bytes)
+    table, _ = checkpoint.read_header(path)
+    dtype, shape, (begin, end) = entry
+    assert table["w"].dtype == dtype and table["w"].shape == tuple(shape) and table["w"].nbytes == end - begin
+    assert checkpoint.read_tensors(path)[0]["w"].shape == tuple(shape)
+
+
+@pytest.mark.parametrize("entry, data_bytes", [
+    (("F32", [-1, -1], [0, 4]), 4),  # negative sizes whose product is 1
+    (("F32", [2], [-1, 7]), 8),  # begins before the data
+    (("F32", [2], [0, 9]), 8),  # ends past the file
+    (("F32", [1], [0, 8]), 8),  # more bytes than the shape needs
+    (("F32", [2], [0, 8, 8]), 8),
+    (("F32", [2], [8]), 8),
+    (("F32", [2], None), 8),
+    (("F32", [2], 8), 8),
+    (("F32", [2], [0.0, 8.0]), 8),
+    (("F32", [2], [False, 8]), 8),
+])
+def test_header_entries_outside_the_file_or_of_the_wrong_size_are_refused(tmp_path, entry, data_bytes):
+    path = tmp_path / "w.safetensors"
+    entry_file(path, entry, data_bytes)
+    with pytest.raises(CheckpointError):
+        checkpoint.read_header(path)
+
+
+def test_a_wrong_byte_count_reports_what_the_shape_needs_and_what_the_offsets_give(tmp_path):
+    path = tmp_path / "w.safetensors"
+    entry_file(path, ("F32", [4], [8, 16]), 16)
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.read_header(path)
+    assert re.findall(r"\d+", str(err.value).split("'w'")[1])[-2:] == ["16", "8"]
+
+
+@pytest.mark.parametrize("dtype", ["U8", "BOOL", "F8_E4M3", "I16", "F16", "BF16", "I32", "F32", "I64", "F64"])
+def test_a_big_endian_machine_reverses_the_bytes_of_each_multibyte_element(monkeypatch, dtype):
+    size = checkpoint.DTYPE_BYTES[dtype]
+    data = bytes([1, 0, 0, 0, 0, 0, 0, 63, 0, 0, 1, 0, 0, 0, 0, 0][:2 * size])  # two elements, all values valid
+    swapped = b"".join(data[i:i + size][::-1] for i in range(0, len(data), size))
+    entry = checkpoint.TensorEntry(dtype, (2,), 0, len(data))
+    little = checkpoint._tensor(bytearray(swapped), entry)  # what a big-endian machine must read
+    monkeypatch.setattr(checkpoint.sys, "byteorder", "big")
+    big = checkpoint._tensor(bytearray(data), entry)
+    assert big.dtype == little.dtype and torch.equal(big.view(torch.uint8), little.view(torch.uint8))
+
+
+def test_a_file_truncated_after_its_header_was_read_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_model(), "markov")
+    header = checkpoint.read_header(path)
+    path.write_bytes(path.read_bytes()[:-4])  # another process cuts it short between header and data
+    monkeypatch.setattr(checkpoint, "read_header", lambda p: header)
+    with pytest.raises(CheckpointError, match="truncated"):
+        checkpoint.read_tensors(path)
+
+
+def test_a_file_removed_after_its_header_was_read_is_a_checkpoint_error(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_model(), "markov")
+    header = checkpoint.read_header(path)
+    path.unlink()
+    monkeypatch.setattr(checkpoint, "read_header", lambda p: header)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        checkpoint.read_tensors(path)
+
+
+def test_a_weight_of_another_shape_is_refused_before_any_tensor_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    tensors = {"model.log_probs": torch.zeros(8, 1000)}  # sorts below the expected (9, 9, 3), holds more
+    save_checkpoint(path, make_model(), "markov")
+    _, metadata = checkpoint.read_header(path)
+    checkpoint.save_tensors(path, tensors, metadata)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("tensors read before their shapes were checked")
+
+    monkeypatch.setattr(checkpoint, "read_tensors", no_reading)
+    with pytest.raises(CheckpointError, match=r"log_probs has shape \[8, 1000\]"):
+        load_checkpoint(path)
+
+
+def test_many_mismatched_weights_show_five_and_count_the_rest(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, make_model(), "markov")
+    _, metadata = checkpoint.read_header(path)
+    checkpoint.save_tensors(path, {f"model.extra{i}": torch.zeros(1) for i in range(7)}, metadata)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    problems = str(err.value).split(": weights do not match model 'markov': ")[1].split("; ")
+    assert len(problems) == 6 and re.findall(r"\d+", problems[-1]) == ["3"]  # 8 problems: 5 shown, 3 counted
+
+
+def test_nan_weights_are_named_three_at_most(tmp_path):
+    model = create_model("nade", (1, 2, 2), 2, hidden=3)
+    with torch.no_grad():
+        for tensor in model.parameters():
+            tensor.fill_(float("nan"))
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, "nade")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    named = re.search(r"\(([^)]*)\)", str(err.value).split(" holds NaN weights ")[1])[1].split(", ")
+    assert len(named) == 3 and set(named) < {f"model.{k}" for k in model.state_dict()}
+
+
+def test_a_model_that_refuses_its_own_weights_is_a_checkpoint_error(tmp_path, monkeypatch):
+    model = make_model()
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, "markov")
+
+    def refuse(self, state, strict=True):
+        raise RuntimeError("a plugin's own load check")
+
+    monkeypatch.setattr(type(model), "load_state_dict", refuse)
+    with pytest.raises(CheckpointError, match="a plugin's own load check"):
+        load_checkpoint(path)
