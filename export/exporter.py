@@ -229,8 +229,11 @@ def _name_batch_axis(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _to_onnx(module, args, input_names, output_names, dynamic_shapes, what: str, name: str,
              opset: int) -> onnx.ModelProto:
     try:
+        # no_grad: the exporter's type-promotion pass reruns the graph, and with grad enabled it
+        # runs a ``scan`` (the spatial PixelRNNs' rows and diagonals) through its autograd
+        # rule, which fails on a symbolic batch size.
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet(*QUIET_LOGGERS), \
-                recurrent.fast_lstm_shapes():
+                recurrent.fast_lstm_shapes(), torch.no_grad():
             warnings.simplefilter("ignore")
             # torch.export first, by hand: torch.onnx.export would otherwise fall back to
             # draft_export, which bakes a data-dependent value (say int(position)) in silently.
@@ -317,12 +320,23 @@ def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
 
 @torch.no_grad()
 def run_parity(check, name: str, *args, **kwargs) -> dict:
-    """``check(*args, **kwargs)`` (a parity check); an export onnxruntime cannot run becomes one ExportError."""
+    """``check(*args, **kwargs)`` (a parity check); an export onnxruntime cannot run becomes one ExportError.
+
+    Torch runs on the threads onnxruntime gets (one unless $OMP_NUM_THREADS says): the check's
+    D small step calls waited up to 30 ms each on torch's second thread on a busy 2-core machine
+    (a row-lstm step's 1x3 convolution: 24 ms on 2 threads, 0.13 ms on one).
+    """
+    from .runtime import DEFAULT_SAMPLING_THREADS, resolve_threads
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(resolve_threads(None, DEFAULT_SAMPLING_THREADS))
     try:
         return check(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise ExportError(f"model {name!r} exported, but onnxruntime cannot run the export: "
                           f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
+    finally:
+        torch.set_num_threads(threads)
 
 
 def parity_check(model: DensityModel, conditionals: onnx.ModelProto, step: onnx.ModelProto,

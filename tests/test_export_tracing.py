@@ -1,5 +1,6 @@
 """The exporter's fast shape propagation for nn.LSTM (export/recurrent.py): right shapes and
-strides without unrolling the sequence, real values untouched, torch restored afterwards."""
+strides without unrolling the sequence, real values untouched, torch restored afterwards; and the
+spatial PixelRNNs' recurrences (``recur``), which export as ONNX Scan nodes instead of unrolled loops."""
 
 from __future__ import annotations
 
@@ -68,3 +69,57 @@ def test_real_values_unchanged_and_torch_restored():
         assert torch.equal(lstm(x)[0], expected)
         assert LSTM.py_kernels != kernels
     assert LSTM.py_kernels == kernels and decomposition_table.get(LSTM) is decomposition
+
+
+# -- the spatial PixelRNNs' rows and diagonals: one ONNX Scan each, not unrolled --------------------
+
+
+def test_recur_runs_the_body_forward_and_backward_like_a_python_loop():
+    from densreg.plugins.pixelrnn.base import recur
+
+    xs = torch.randn(5, 2, 3)
+
+    def body(carry, x):  # a running sum, and both the sum and its square as outputs
+        total = carry[0] + x[0]
+        return (total,), (total, total * total)
+
+    for reverse in (False, True):
+        carry, (sums, squares) = recur(body, (torch.zeros(2, 3),), (xs,), reverse=reverse)
+        expected = (xs.flip(0).cumsum(0).flip(0) if reverse else xs.cumsum(0))
+        torch.testing.assert_close(sums, expected)
+        torch.testing.assert_close(squares, expected ** 2)
+        torch.testing.assert_close(carry[0], xs.sum(0))
+
+
+def _conditionals(name: str, height: int):
+    from densreg.export.exporter import ConditionalsGraph, _to_onnx
+    from densreg.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, (1, height, 6), 2, hidden=4, layers=2).eval()
+    images = torch.randint(0, 2, (3, 1, height, 6))
+    proto = _to_onnx(ConditionalsGraph(model), (images,), ["images"], ["logits", "log_prob", "pixel_log_prob"],
+                     ({0: torch.export.Dim("batch", min=1)},), "conditional_logits", name, 18)
+    return model, proto
+
+
+@pytest.mark.parametrize("name", ["row-lstm", "diagonal-bilstm"])
+def test_spatial_pixelrnn_layers_export_as_one_scan_each_whatever_the_height(name):
+    """Rows (row-lstm) and skewed columns (diagonal-bilstm) are a Scan per layer, so the graph does
+    not grow with the image (it had 28 rows x layers unrolled at 28x28), and the Scan computes
+    what torch computes for another batch size than the traced one."""
+    import numpy as np
+    import onnxruntime as ort
+
+    sizes = {}
+    for height in (4, 9):
+        model, proto = _conditionals(name, height)
+        assert [n.op_type for n in proto.graph.node].count("Scan") == model.num_layers
+        sizes[height] = len(proto.graph.node)
+        images = torch.randint(0, 2, (5, 1, height, 6), generator=torch.Generator().manual_seed(1))
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        logits = session.run(["logits"], {"images": images.numpy()})[0]
+        with torch.no_grad():
+            expected = model.conditional_logits(images).numpy()
+        np.testing.assert_allclose(logits, expected, atol=1e-5)
+    assert sizes[4] == sizes[9]

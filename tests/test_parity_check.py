@@ -205,3 +205,31 @@ def test_a_features_difference_is_reported_relative_to_the_features_scale(check,
     assert report["features"] == pytest.approx(reported, rel=1e-5)
     assert report["max_abs_diff"] == report["conditionals_logits"] == report["step_logits"] == 0.0
     assert "features" not in check(model, Conditionals(model), Step(model, 2))
+
+
+@pytest.mark.parametrize("omp, expected", [(None, 1), ("2", 2)])
+def test_torch_runs_the_check_on_the_threads_onnxruntime_gets_and_gets_its_own_back(monkeypatch, omp, expected):
+    """One thread unless $OMP_NUM_THREADS says (a step of row-lstm took 30 ms on torch's second
+    thread on the busy 2-core machine, 0.2 ms on one); the caller's count is restored, also on error."""
+    from densreg.export.exporter import run_parity
+    from densreg.registry.errors import ExportError
+
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        seen = []
+        assert run_parity(lambda: seen.append(torch.get_num_threads()) or {"ok": 1}, "m") == {"ok": 1}
+        assert seen == [expected] and torch.get_num_threads() == 3
+
+        def broken():
+            raise RuntimeError("no kernel")
+
+        with pytest.raises(ExportError, match="onnxruntime cannot run the export"):
+            run_parity(broken, "m")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

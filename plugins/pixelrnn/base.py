@@ -58,6 +58,35 @@ def branch(pred: torch.Tensor, true_fn, false_fn, operands: tuple[torch.Tensor, 
     return true_fn(*operands) if bool(pred) else false_fn(*operands)
 
 
+def recur(body, init: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...], reverse: bool = False):
+    """Run ``body(carry, x) -> (carry, y)`` along dim 0 of ``xs``; returns (last carry, ys stacked on dim 0).
+
+    ``carry``, ``x`` and ``y`` are tuples of tensors (``y`` may be one tensor). Traced
+    (torch.export, hence the dynamo ONNX exporter) it is torch's ``scan``, an ONNX Scan
+    node: the body is traced once instead of once per step (28 rows or 55 skewed columns
+    per layer at 28x28). ``body`` must then not bake in the batch size (reshape with -1).
+    In eager mode a plain Python loop (eager ``scan`` would compile its body with dynamo).
+    """
+    if torch.compiler.is_compiling():
+        from torch._higher_order_ops.scan import scan
+
+        def traced(carry, x):  # scan's outputs may not alias each other: y gets its own copy
+            carry, y = body(carry, x)
+            return carry, tuple(t.clone() for t in y) if isinstance(y, tuple) else y.clone()
+
+        return scan(traced, init, xs, reverse=reverse)
+    carry, ys = init, []
+    steps = zip(*(x.unbind(0) for x in xs))
+    for x in (reversed(list(steps)) if reverse else steps):
+        carry, y = body(carry, x)
+        ys.append(y)
+    if reverse:
+        ys.reverse()
+    if isinstance(ys[0], tuple):
+        return carry, tuple(torch.stack(column) for column in zip(*ys))
+    return carry, torch.stack(ys)
+
+
 def one_hot_at(index: torch.Tensor, size: int, device) -> torch.Tensor:
     """Boolean (size,) that is True at the 0-dim ``index`` only (a write mask export can trace)."""
     return torch.arange(size, device=device) == index

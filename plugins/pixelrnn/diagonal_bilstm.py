@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import SpatialPixelRNN, branch, lstm_cell, put, take
+from .base import SpatialPixelRNN, branch, lstm_cell, put, recur, take
 from .masks import MaskedConv2d
 
 
@@ -81,7 +81,8 @@ class DiagonalBiLSTMLayer(nn.Module):
 
         The input is skewed (a strided view, ``skew_rows``) before the 1x1 input-to-state product,
         so the gates of both directions come out column-major in one GEMM, (S, 2, B*H, 4h); each
-        skewed column's state step is then one batched GEMM (2, B*H, 2h) x (2, 2h, 4h).
+        skewed column's state step is then one batched GEMM (2, B*H, 2h) x (2, 2h, 4h). The columns
+        run in ``recur`` (one ONNX Scan when exported).
         """
         height, batch, width, hidden = x.shape
         w_in, b_in = self.input_gates()  # (2, 4h, h), (2, 4h)
@@ -89,15 +90,17 @@ class DiagonalBiLSTMLayer(nn.Module):
         gates_in = torch.matmul(columns.view(-1, 2, batch * height, hidden), w_in.transpose(1, 2)) + b_in[:, None]
         inside = skew(x.new_ones(height, width)).t()[:, :, None]  # (S, H, 1): 1 inside the image
         w_ss = self.state_to_state.transpose(1, 2)  # (2, 2h, 4h) over [h above, h beside]
-        h = c = x.new_zeros(2, batch, height, hidden)
-        states = []
-        for gates, valid in zip(gates_in.unbind(0), inside.unbind(0)):  # skewed columns s
+
+        def column(carry, inputs):  # skewed column s: (h, c) (2, B, H, h) of column s-1, its gates -> (h, c), h
+            (h, c), (gates, valid) = carry, inputs
             above = F.pad(h, (0, 0, 1, 0))[:, :, :height]  # row i gets h(i-1) of the previous column
-            taps = torch.cat([above, h], dim=-1).view(2, batch * height, 2 * hidden)
-            h, c = lstm_cell(torch.baddbmm(gates, taps, w_ss).view(2, batch, height, 4 * hidden), c, dim=-1)
+            taps = torch.cat([above, h], dim=-1).view(2, -1, 2 * hidden)
+            h, c = lstm_cell(torch.baddbmm(gates, taps, w_ss).view(2, -1, height, 4 * hidden), c, dim=-1)
             h, c = h * valid, c * valid
-            states.append(h)
-        states = torch.stack(states)  # (S, 2, B, H, h)
+            return (h, c), h
+
+        zeros = x.new_zeros(2, batch, height, hidden)
+        states = recur(column, (zeros, torch.zeros_like(zeros)), (gates_in, inside))[1]  # (S, 2, B, H, h)
         left, right = unskew_rows(states[:, 0], width), unskew_rows(states[:, 1], width).flip(2)
         return left + F.pad(right, (0, 0, 0, 0, 0, 0, 1, 0))[:height]  # right-to-left shifted down a row
 
@@ -135,12 +138,15 @@ class DiagonalBiLSTM(SpatialPixelRNN):
         w_above, w_beside = w_ss.chunk(2, dim=2)
         gates_in = (torch.einsum("loh,lbhw->lbow", w_in, cur_x) + b_in[:, None, :, None]
                     + torch.einsum("loh,lbhw->lbow", w_above, right_above))
-        h = c = cur_x.new_zeros(cur_x.shape[:3])
-        columns = []
-        for j in reversed(range(cur_x.shape[-1])):
-            h, c = lstm_cell(gates_in[..., j] + torch.einsum("loh,lbh->lbo", w_beside, h), c, dim=2)
-            columns.append(h)
-        return torch.stack(columns[::-1], dim=-1)
+        w_beside = w_beside.transpose(1, 2)  # (L, h, 4h)
+
+        def column(carry, gates):  # column j: (h, c) (L, B, h) of column j+1, gates (L, B, 4h) -> (h, c), h
+            h, c = lstm_cell(gates[0] + torch.matmul(carry[0], w_beside), carry[1], dim=2)
+            return (h, c), h
+
+        zeros = cur_x.new_zeros(cur_x.shape[:3])
+        columns = recur(column, (zeros, torch.zeros_like(zeros)), (gates_in.movedim(-1, 0),), reverse=True)[1]
+        return columns.movedim(0, -1).contiguous()  # (L, B, h, W), as the If node's other branch
 
     def step_layers(self, x, row, col, new_row, layer_state):
         left_above, left_h, left_c, right_above, cur_x = layer_state

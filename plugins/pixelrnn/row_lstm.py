@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import SpatialPixelRNN, lstm_cell, put, take
+from .base import SpatialPixelRNN, lstm_cell, put, recur, take
 from .masks import MaskedConv2d
 
 KERNEL = 3
@@ -46,21 +46,25 @@ class RowLSTMLayer(nn.Module):
 
         Each row is one GEMM (4h, 5h) x (5h, B*W) over its input taps and the row above's
         state taps; in this layout every gate is a contiguous (h, B*W) block, so the LSTM's
-        elementwise passes run on contiguous memory.
+        elementwise passes run on contiguous memory. The rows run in ``recur`` (one ONNX Scan when
+        exported).
         """
         height, hidden, batch, width = x.shape
         weight, bias = self.row_weights()
         bias = bias[:, None]
         left = F.pad(x, (1, 0))[..., :width]  # each pixel's left neighbour (zeros in column 0)
-        h = c = x.new_zeros(hidden, batch * width)
-        rows = []
-        for x_left, x_row in zip(left.unbind(0), x.unbind(0)):  # unbind: one stack in backward
-            above = h.view(hidden, batch, width)
+
+        def row(carry, inputs):  # one row: (h, c) (h, B*W) of the row above, its inputs (h, B, W) -> (h, c), h
+            (h, c), (x_left, x_row) = carry, inputs
+            above = h.view(hidden, -1, width)
             padded = F.pad(above, (1, 1))
             taps = torch.cat([x_left, x_row, padded[..., :width], above, padded[..., 2:]]).view(5 * hidden, -1)
             h, c = lstm_cell(torch.addmm(bias, weight, taps), c, dim=0)
-            rows.append(h)
-        return torch.stack(rows).view(height, hidden, batch, width)
+            return (h, c), h
+
+        zeros = x.new_zeros(hidden, batch * width)
+        rows = recur(row, (zeros, torch.zeros_like(zeros)), (left, x))[1]  # eager: unbind, one stack in backward
+        return rows.view(height, hidden, batch, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, hidden, H, W) -> hidden states (B, hidden, H, W) (``forward_rows`` in the image layout)."""
