@@ -46,6 +46,12 @@ def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor, dim: int = 1) -> tuple[
     return o * torch.tanh(c), c
 
 
+def rows_product(bias: torch.Tensor, weight: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """bias + weight @ maps[n] for every n: (out,), (out, in), (N, in, M) -> (N, out, M), one
+    batched GEMM writing its output in place (``torch.matmul`` would fold N into M through two copies)."""
+    return torch.baddbmm(bias[:, None], weight.expand(maps.shape[0], *weight.shape), maps)
+
+
 def branch(pred: torch.Tensor, true_fn, false_fn, operands: tuple[torch.Tensor, ...]):
     """``true_fn(*operands)`` if the 0-dim bool ``pred`` else ``false_fn(*operands)``.
 
@@ -159,8 +165,18 @@ class SpatialPixelRNN(DensityModel):
         return x.to(self.input_conv.weight.dtype) * (2.0 / (self.num_categories - 1)) - 1.0
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        """Output layers: (B, hidden, H, W) -> logits (B, C*K, H, W)."""
-        return self.output_conv(F.relu(self.output_hidden_conv(F.relu(h))))
+        """Output layers: maps (N, hidden, X, Y) -> logits (N, C*K, X, Y).
+
+        On contiguous maps each 1x1 layer is one batched product (out, in) x (N, in, X*Y) (2-3x
+        faster than the convolution on this CPU); on other strides (a channels-last view) the
+        convolution, which reads them in place.
+        """
+        if not h.is_contiguous():
+            return self.output_conv(F.relu(self.output_hidden_conv(F.relu(h))))
+        maps = F.relu(h).flatten(2)
+        for i, conv in enumerate((self.output_hidden_conv, self.output_conv)):
+            maps = rows_product(conv.bias, conv.masked_weight()[:, :, 0, 0], F.relu(maps) if i else maps)
+        return maps.view(h.shape[0], -1, *h.shape[2:])
 
     def hidden_rows(self, scaled: torch.Tensor) -> torch.Tensor:
         """Scaled images (B, C, H, W) float -> the last layer's residual stream in ``rows_layout``.
