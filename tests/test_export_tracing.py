@@ -103,19 +103,32 @@ def _conditionals(name: str, height: int):
     return model, proto
 
 
+def ops(graph) -> list[str]:
+    """Op types of ``graph``'s nodes and, recursively, of the nodes in their subgraphs (Scan bodies)."""
+    found = []
+    for node in graph.node:
+        found.append(node.op_type)
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                found += ops(attribute.g)
+    return found
+
+
 @pytest.mark.parametrize("name", ["row-lstm", "diagonal-bilstm"])
-def test_spatial_pixelrnn_layers_export_as_one_scan_each_whatever_the_height(name):
-    """Rows (row-lstm) and skewed columns (diagonal-bilstm) are a Scan per layer, so the graph does
-    not grow with the image (it had 28 rows x layers unrolled at 28x28), and the Scan computes
-    what torch computes for another batch size than the traced one."""
+def test_spatial_pixelrnn_layers_export_as_nested_scans_whatever_the_height(name):
+    """The layers are one Scan over their stacked weights, whose body is one layer: a Scan over rows
+    (row-lstm) or skewed columns (diagonal-bilstm). So the graph does not grow with the image or
+    the layers (28 rows x 3 layers were unrolled at 28x28), and it computes what torch computes,
+    for another batch size than the traced one."""
     import numpy as np
     import onnxruntime as ort
 
     sizes = {}
     for height in (4, 9):
         model, proto = _conditionals(name, height)
-        assert [n.op_type for n in proto.graph.node].count("Scan") == model.num_layers
-        sizes[height] = len(proto.graph.node)
+        top = [n.op_type for n in proto.graph.node]
+        assert top.count("Scan") == 1 and ops(proto.graph).count("Scan") == 2
+        sizes[height] = len(ops(proto.graph))
         images = torch.randint(0, 2, (5, 1, height, 6), generator=torch.Generator().manual_seed(1))
         session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         logits = session.run(["logits"], {"images": images.numpy()})[0]
@@ -123,3 +136,16 @@ def test_spatial_pixelrnn_layers_export_as_one_scan_each_whatever_the_height(nam
             expected = model.conditional_logits(images).numpy()
         np.testing.assert_allclose(logits, expected, atol=1e-5)
     assert sizes[4] == sizes[9]
+
+
+@pytest.mark.parametrize("name", ["row-lstm", "diagonal-bilstm"])
+def test_stacked_layers_compute_the_residual_layer_loop(name):
+    """What export traces (each layer's own weights, taken from the stack) equals the eager loop."""
+    from densreg.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, (3, 5, 4), 3, hidden=6, layers=3).eval()
+    scaled = model.scale(torch.randint(0, 3, (2, 3, 5, 4)))
+    h = model.input_conv(scaled).permute(*model.rows_layout).contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(model.stacked_layers(h), model.hidden_rows(scaled))

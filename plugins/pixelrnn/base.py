@@ -67,13 +67,14 @@ def branch(pred: torch.Tensor, true_fn, false_fn, operands: tuple[torch.Tensor, 
 def recur(body, init: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...], reverse: bool = False):
     """Run ``body(carry, x) -> (carry, y)`` along dim 0 of ``xs``; returns (last carry, ys stacked on dim 0).
 
-    ``carry``, ``x`` and ``y`` are tuples of tensors (``y`` may be one tensor). Traced
+    ``carry``, ``x`` and ``y`` are tuples of tensors (``y`` may be one tensor). Exported
     (torch.export, hence the dynamo ONNX exporter) it is torch's ``scan``, an ONNX Scan
     node: the body is traced once instead of once per step (28 rows or 55 skewed columns
     per layer at 28x28). ``body`` must then not bake in the batch size (reshape with -1).
-    In eager mode a plain Python loop (eager ``scan`` would compile its body with dynamo).
+    Otherwise a plain Python loop (eager ``scan`` would compile its body with dynamo, and
+    ``torch.compile`` unrolls the loop as before).
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_exporting():
         from torch._higher_order_ops.scan import scan
 
         def traced(carry, x):  # scan's outputs may not alias each other: y gets its own copy
@@ -106,6 +107,17 @@ def take(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
 def put(t: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """A copy of ``t`` (..., N) with ``value`` (...) written at the 0-dim ``index`` of the last dim."""
     return torch.where(one_hot_at(index, t.shape[-1], t.device), value.unsqueeze(-1), t)
+
+
+class RowsOf(nn.Module):
+    """A layer whose ``forward`` is its ``forward_rows`` (for ``torch.func.functional_call``)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer.forward_rows(x)
 
 
 MAX_UNITS = 1 << 16  # feature maps or LSTM units per layer
@@ -184,9 +196,29 @@ class SpatialPixelRNN(DensityModel):
         One layout change on the way in instead of one per layer.
         """
         h = self.input_conv(scaled).permute(*self.rows_layout).contiguous()
+        if torch.compiler.is_exporting() and len(self.rnn) > 1:
+            return self.stacked_layers(h)
         for layer in self.rnn:
             h = h + layer.forward_rows(h)
         return h
+
+    def stacked_layers(self, h: torch.Tensor) -> torch.Tensor:
+        """The residual layers on ``h`` (in ``rows_layout``) as one ``recur`` over their stacked weights.
+
+        Traced, the layers are one Scan whose body is one layer (itself a Scan over rows or
+        diagonals), instead of one traced copy per layer: each copy cost seconds of export.
+        The layers' masks are buffers equal in every layer (same channel groups), taken from
+        the first.
+        """
+        per_layer = [dict(RowsOf(layer).named_parameters()) for layer in self.rnn]
+        names = list(per_layer[0])
+        weights = tuple(torch.stack([params[name] for params in per_layer]) for name in names)
+        rows = RowsOf(self.rnn[0])
+
+        def layer(carry, params):  # one residual layer with the weights ``params`` (names as ``names``)
+            return (carry[0] + torch.func.functional_call(rows, dict(zip(names, params)), (carry[0],)),), ()
+
+        return recur(layer, (h,), weights)[0][0]
 
     def hidden_maps(self, scaled: torch.Tensor) -> torch.Tensor:
         """Scaled images (B, C, H, W) float -> the last layer's residual stream (B, hidden, H, W) (a view)."""

@@ -44,18 +44,19 @@ def skew_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows-first maps (H, B, W, h) -> skewed columns (H+W-1, B, H, h): column s holds x[i, :, s - i]
     for every row i (zeros outside the image). A strided view of the zero-padded input."""
     height, batch, width, hidden = x.shape
-    padded = F.pad(x, (0, 0, height - 1, height - 1))  # (H, B, W + 2H - 2, h)
-    row, image = padded.stride(0), padded.stride(1)
+    padded = F.pad(x, (0, 0, height - 1, height - 1)).contiguous()  # (H, B, W + 2H - 2, h), a new tensor
+    image = (width + 2 * height - 2) * hidden  # its strides from its shape (traceable inside a Scan body)
+    row = batch * image
     return padded.as_strided((height + width - 1, batch, height, hidden), (hidden, image, row - hidden, 1),
-                             padded.storage_offset() + (height - 1) * hidden)
+                             (height - 1) * hidden)
 
 
 def unskew_rows(y: torch.Tensor, width: int) -> torch.Tensor:
     """Inverse of ``skew_rows``: (H+W-1, B, H, h) -> (H, B, W, h), out[i, :, j] = y[i + j, :, i]."""
-    y = y.contiguous()
     columns, batch, height, hidden = y.shape
-    column, image = y.stride(0), y.stride(1)
-    return y.as_strided((height, batch, width, hidden), (column + hidden, image, column, 1), y.storage_offset())
+    image = height * hidden  # the strides of y.contiguous(), from its shape (traceable inside a Scan body)
+    column = batch * image
+    return y.contiguous().as_strided((height, batch, width, hidden), (column + hidden, image, column, 1), 0)
 
 
 class DiagonalBiLSTMLayer(nn.Module):
