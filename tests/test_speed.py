@@ -165,6 +165,31 @@ def test_speed_benchmark_smoke(tmp_path):
     assert bad.returncode == 2 and "unknown models" in bad.stderr
 
 
+def test_compile_benchmark_break_even_and_bad_models():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from compile import break_even
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    # 10 s of compiling, 100 -> 200 images/s saves 5 ms per image: paid back after 2,000 images
+    assert break_even(10.0, 100.0, 200.0) == "2,000"
+    assert break_even(10.0, 200.0, 100.0) == break_even(10.0, 100.0, 100.0) == "never"
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile.py"), "--models", "nope"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown models" in bad.stderr
+
+
+@pytest.mark.slow  # about a minute: two cold compiles of a tiny NADE
+def test_compile_benchmark_smoke(tmp_path):
+    out = tmp_path / "compile.md"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile.py"), "--models", "nade", "--size", "4",
+                           "--reps", "1", "--eval-batch", "8", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "| nade | train | 100 |" in text and "| nade | log_prob | 8 |" in text and "cold (a fresh inductor cache)" in text
+
+
 def run_gpu_sh(tmp_path, **env):
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], cwd=ROOT, capture_output=True, text=True,
                           timeout=400, env={**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), **env})
