@@ -270,16 +270,25 @@ def open_session(path: str, entry: dict, config: dict):
 def carry_over(db, path: str, before: dict, ever_survived: list[str]) -> list[str]:
     """After the file changed: keep the verdict of every mutant killed before whose line is unchanged
     (same function, same line before and after the mutation); the rest is pending again. Returns
-    the new job ids of the mutants that ever survived."""
+    the new job ids of the mutants that ever survived. Only mutants on a line that a known mutant
+    started from are mutated to compare (parsing the file once per mutant took minutes)."""
     import cosmic_ray.plugins
     from cosmic_ray.mutating import MutationVisitor, _make_diff
+    from cosmic_ray.work_db import _work_result_to_storage
     from cosmic_ray.work_item import TestOutcome
 
+    if not before:
+        return []
     killed = {key: result for key, result in before.values() if result.test_outcome == TestOutcome.KILLED}
     survived_keys = {before[job][0] for job in ever_survived if job in before}
-    code, kept, ever = (ROOT / path).read_text(), 0, []
+    known = killed.keys() | survived_keys
+    code, kept, ever = (ROOT / path).read_text(), {}, []
+    lines = code.splitlines()
     for item in db.pending_work_items:
         spec = item.mutations[0]
+        start = f"{spec.definition_name or '<module>'}: `{lines[spec.start_pos[0] - 1].strip()}"
+        if not any(key.startswith(start) for key in known):
+            continue
         operator = cosmic_ray.plugins.get_operator(spec.operator_name)(**(spec.operator_args or {}))
         mutated = MutationVisitor.mutate_code(code, operator, spec.occurrence)
         if mutated is None:
@@ -288,11 +297,12 @@ def carry_over(db, path: str, before: dict, ever_survived: list[str]) -> list[st
         if key in survived_keys:
             ever.append(item.job_id)
         if key in killed:
-            db.set_result(item.job_id, killed[key])
-            kept += 1
-    if before:
-        print(f"{path}: the file changed; {kept} killed mutants on unchanged lines keep their verdict, "
-              f"{len(db.pending_work_items)} to run", flush=True)
+            kept[item.job_id] = killed[key]
+    with db._session_maker.begin() as session:  # noqa: SLF001 - one transaction, not one per mutant
+        for job_id, result in kept.items():
+            session.merge(_work_result_to_storage(result, job_id))
+    print(f"{path}: the file changed; {len(kept)} killed mutants on unchanged lines keep their verdict, "
+          f"{len(db.pending_work_items)} to run", flush=True)
     return ever
 
 
