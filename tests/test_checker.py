@@ -74,6 +74,7 @@ def test_degenerate_network_is_scaled_until_the_test_has_power():
 
     result = check_sampling("nade", {"hidden": 8}, prepare=sharp)
     assert result.passed and "parameters scaled by" in result.detail
+    assert all(float(scale) < 1 for scale in re.findall(r"scaled by (\S+?)(?:;|$| )", result.detail))
     assert min(int(d) for d in re.findall(r"(\d+) dof", result.detail)) >= 3
 
 

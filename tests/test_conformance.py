@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from densreg.registry import ConfigError, DensityModel, UnknownNameError, create_model, hookimpl, list_models
 from densreg.registry import register_plugin, unregister_plugin
 from densreg.app.cli import cli
-from densreg.registry.conformance import (CHECKS, NO_EXPORTER, all_images, check_causality, check_chain_rule,
+from densreg.registry.conformance import (CHECKS, NO_EXPORTER, SAMPLING_SIZE, _spread_out, all_images, check_causality,
+                                          check_chain_rule,
                                           check_normalization, check_round_trip, check_sampling, check_step,
-                                          chi_square, image_index, randomize, run_checks)
+                                          chi_square, image_index, randomize, run_checks, tolerance)
 from densreg.registry.testing import ModelConformance, conformance_tests
 
 
@@ -238,7 +239,7 @@ def test_chi_square_pools_small_cells_and_detects_a_wrong_law():
     stat, dof, p = chi_square(torch.tensor([3.0, 0.0, 1.0]), torch.tensor([1.0, 2.0, 1.0]))
     assert dof == 0 and p == 1.0  # no test is possible with one pooled cell
     stat, dof, p = chi_square(torch.tensor([1100.0, 900.0, 10.0, 1.0, 1.0, 3.0]), expected)
-    assert abs(stat - 20.0) < 1e-9 and 4e-5 < p < 5e-4  # chi2(3) survival at 20 is 1.7e-4
+    assert abs(stat - 20.0) < 1e-9 and p == pytest.approx(1.6974e-4, rel=1e-4)  # chi2(3) survival at 20
 
 
 def test_all_images_enumerates_in_base_k():
@@ -485,3 +486,285 @@ def test_model_conformance_uses_the_class_prepare():
     calls.clear()
     Plain().test_round_trip()
     assert len(calls) == 1
+
+
+# -- verdicts at the edges (mutation testing, issue 17) ---------------------------------
+def test_tolerance_is_1e_8_in_float64_and_sqrt_eps_in_float32_times_a_scale_above_one():
+    assert tolerance(torch.float64, 0.5) == 1e-8 and tolerance(torch.float64, 300.0) == 1e-8 * 300.0
+    eps = torch.finfo(torch.float32).eps ** 0.5
+    assert tolerance(torch.float32, 0.0) == eps and tolerance(torch.float32, 4.0) == 4 * eps
+
+
+def test_passed_details_report_the_worst_deviation():
+    results = {r.name: r for r in run_checks(Linear, checks=["normalization", "chain_rule", "step"])}
+    worst = {name: float(re.search(r"within (\S+)", r.detail)[1]) for name, r in results.items()}
+    assert all(r.passed for r in results.values())
+    assert all(0 <= value <= 1e-5 for value in worst.values()), worst  # rounding only: a defect is >= 1e-3
+
+
+class PaddedLogits(Linear):
+    """Broken: conditional_logits (B, D, K) grow or lose a column of zeros (``pad`` = 1 or -1)."""
+
+    def __init__(self, event_shape=(1, 2, 3), num_categories=2, ordering="raster", pad: int = 1):
+        super().__init__(event_shape, num_categories, ordering)
+        self.pad = pad
+
+    def config(self):
+        return {**DensityModel.config(self), "pad": self.pad}
+
+    def conditional_logits(self, x):
+        return torch.nn.functional.pad(super().conditional_logits(x), (0, self.pad))
+
+
+@pytest.mark.parametrize("pad", [1, -1])
+def test_logits_of_the_wrong_shape_fail_even_a_causal_model(pad):
+    result = check_causality(PaddedLogits, {"pad": pad})
+    assert result.failed and f"returned (4, 6, {2 + pad})" in result.detail  # the shape it returned
+
+
+@pytest.mark.parametrize("bad, named", [(float("nan"), "NaN"), (float("inf"), "+inf")])
+def test_nan_or_infinite_logits_are_named(bad, named):
+    class Bad(Linear):
+        def conditional_logits(self, x):
+            logits = super().conditional_logits(x)
+            return torch.where(torch.arange(logits.shape[1]) == logits.shape[1] - 1, bad, logits.transpose(1, 2)
+                               ).transpose(1, 2)  # the last position only
+
+    for check in (check_chain_rule, check_causality, check_step):
+        result = check(Bad)
+        assert result.failed and named in result.detail, result.detail
+
+
+@pytest.mark.parametrize("shape", [(-1, 1), (-1, 2)])
+def test_log_prob_of_the_wrong_shape_fails_normalization_though_it_sums_to_one(shape):
+    class Reshaped(Linear):
+        def log_prob(self, x):
+            return super().log_prob(x).reshape(shape)
+
+    result = check_normalization(Reshaped)
+    assert result.failed and "log_prob returned shape" in result.detail
+
+
+def test_a_chain_rule_failure_names_the_image():
+    class OffByTheOnes(Linear):
+        def log_prob(self, x):
+            return super().log_prob(x) + 1e-3 * self.to_sequence(self.validate(x)).sum(-1)
+
+    result = check_chain_rule(OffByTheOnes)
+    assert result.failed and "on image [1, 1, 1, 1, 1, 1] of 1x2x3 K=2" in result.detail
+
+
+class PeeksFromPositionOne(Linear):
+    """Broken: positions 1 and later see x at the next position; position 0 sees nothing."""
+
+    def __init__(self, event_shape=(1, 2, 3), num_categories=2, ordering="raster"):
+        super().__init__(event_shape, num_categories, ordering, extra=1)
+        self.mask[0] = 0
+
+    def config(self):
+        return DensityModel.config(self)
+
+
+def test_causality_names_the_first_conditional_that_changed():
+    result = check_causality(PeeksFromPositionOne)
+    assert result.failed and "conditional at position 1 (c=0, h=0, w=1) changed" in result.detail
+    assert "when x at position 2 (c=0, h=0, w=2) changed" in result.detail
+
+
+def test_logits_that_are_exactly_zero_pass_causality():
+    def zero_first(model, seed):
+        randomize(model, seed)
+        with torch.no_grad():
+            model.bias[0] = 0  # position 0 sees nothing: its logits are exactly 0
+
+    assert check_causality(Linear, prepare=zero_first).passed
+
+
+class TensorPositionFails(Linear):
+    """Broken: step raises when the position is a 0-dim tensor (as exported graphs give it)."""
+
+    def step(self, value, position, state):
+        if isinstance(position, torch.Tensor):
+            raise TypeError("position must be an int")
+        return super().step(value, position, state)
+
+
+def test_a_step_that_takes_only_int_positions_fails():
+    result = check_step(TensorPositionFails)
+    assert result.failed and "with the position given as a 0-dim int64 tensor raised TypeError" in result.detail
+
+
+def test_a_state_that_is_not_a_tuple_fails_the_step_check():
+    class ListState(Linear):
+        def initial_state(self, batch_size):
+            return list(super().initial_state(batch_size))
+
+    assert check_step(ListState).failed
+
+
+@pytest.mark.parametrize("change", [1, -1])
+def test_a_state_that_changes_shape_fails_the_step_check(change):
+    class Growing(Linear):
+        def initial_state(self, batch_size):
+            return (*super().initial_state(batch_size), torch.zeros(batch_size, 8))
+
+        def step(self, value, position, state):
+            logits, (acc,) = super().step(value, position, state[:1])
+            size = state[1].shape[1] + change
+            return logits, (acc, torch.zeros(state[1].shape[0], size))
+
+    result = check_step(Growing)
+    assert result.failed and "the state changed shape" in result.detail
+
+
+@pytest.mark.parametrize("spoil, shape", [(lambda logits: logits.unsqueeze(0), (1, 3, 2)),
+                                          (lambda logits: torch.nn.functional.pad(logits, (0, 1)), (3, 3))])
+def test_step_logits_of_the_wrong_shape_fail(spoil, shape):
+    class Wrong(Linear):
+        def step(self, value, position, state):
+            logits, state = super().step(value, position, state)
+            return spoil(logits), state
+
+    result = check_step(Wrong)
+    assert result.failed and f"step returned logits of shape {shape}, expected (B, K) = (3, 2)" in result.detail
+
+
+def test_chi_square_pools_cells_below_five_expected_with_the_next_smallest():
+    from scipy.stats import chi2
+
+    # 4.5 < 5 is pooled with the next smallest cell (5.0): 9.5 expected, 8 counted; the other 5.0 stays
+    stat, dof, p = chi_square(torch.tensor([2.0, 6.0, 6.0, 4.0, 7.0]), torch.tensor([4.5, 5.0, 5.0, 5.4, 5.6]))
+    assert dof == 3 and stat == pytest.approx(1.5**2 / 9.5 + 1 / 5 + 1.4**2 / 5.4 + 1.4**2 / 5.6)
+    assert p == pytest.approx(chi2.sf(stat, 3))
+    stat, dof, p = chi_square(torch.tensor([3.0, 7.0]), torch.tensor([5.0, 5.0]))  # one degree of freedom
+    assert dof == 1 and stat == pytest.approx(1.6) and p == pytest.approx(chi2.sf(1.6, 1))
+
+
+class ImageTable(torch.nn.Module):
+    """An unnormalised law over the 16 images of 1x2x2 K=2, one logit each: what ``_spread_out`` reads
+    (parameters, log_prob)."""
+
+    def __init__(self, counts):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor(counts, dtype=torch.float64).log())
+
+    def log_prob(self, images):
+        return self.logits[image_index(images, 2)]
+
+
+@pytest.mark.parametrize("counts, scale", [
+    ([5000, 4000, 985, 5.5] + [9.5 / 12] * 12, 1.0),  # four cells expected >= 5 times: tested as it is
+    ([5000, 4000, 991, 4.5] + [4.5 / 12] * 12, 0.5),  # three: the law is flattened (parameters halved)
+])
+def test_spread_out_flattens_a_law_until_four_cells_are_expected_five_times(counts, scale):
+    table, images = ImageTable(counts), all_images((1, 2, 2), 2)
+    probs, used = _spread_out(table, images)
+    assert used == scale and torch.allclose(table.logits, torch.tensor(counts, dtype=torch.float64).log() * scale)
+    law = torch.tensor(counts, dtype=torch.float64) ** scale
+    torch.testing.assert_close(probs, law / law.sum())  # normalised
+
+
+class ExactSampler(Linear):
+    """Draws whole images from exp(log_prob) (multinomial); subclasses spoil the draws."""
+
+    @torch.no_grad()
+    def sample(self, n, generator=None, noise=None, naive=False):
+        images = all_images(self.event_shape, self.num_categories)
+        probs = self.log_prob(images).double().exp()
+        return self.spoil(images[torch.multinomial(probs, n, replacement=True, generator=generator)])
+
+    def spoil(self, samples):
+        return samples
+
+
+@pytest.mark.parametrize("spoil", [lambda s: s.reshape(len(s), -1), lambda s: s.reshape(len(s), 1, 1, -1),
+                                   lambda s: s.double()])
+def test_samples_of_the_wrong_shape_or_dtype_fail(spoil):
+    class Spoilt(ExactSampler):
+        def spoil(self, samples):
+            return spoil(samples)
+
+    assert check_sampling(ExactSampler).passed
+    result = check_sampling(Spoilt)
+    assert result.failed and "sample(10000) returned" in result.detail
+
+
+@pytest.mark.parametrize("value", [-1, 2, 3])
+def test_samples_outside_0_to_k_minus_1_fail(value):
+    class OutOfRange(ExactSampler):
+        def spoil(self, samples):
+            samples[0, 0, 0, 0] = value
+            return samples
+
+    result = check_sampling(OutOfRange)
+    assert result.failed and "outside 0..1" in result.detail  # the first space has K = 2
+
+
+class DrawsTheImpossible(ExactSampler):
+    """Images whose first value is 1 have probability 0; the sampler draws two of them once each."""
+
+    def conditional_logits(self, x):
+        logits = super().conditional_logits(x)
+        first_is_one = (torch.arange(logits.shape[1])[:, None] == 0) & (torch.arange(logits.shape[2]) == 1)
+        return torch.where(first_is_one, float("-inf"), logits)
+
+    def spoil(self, samples):
+        samples[0] = torch.tensor([1, 1, 1, 1]).reshape(samples.shape[1:])
+        samples[1] = torch.tensor([1, 0, 0, 0]).reshape(samples.shape[1:])
+        return samples
+
+
+def test_a_sampler_that_draws_an_impossible_image_once_fails():
+    result = check_sampling(DrawsTheImpossible)
+    assert result.failed and "sampled image [1, 0, 0, 0], whose log_prob is -inf" in result.detail  # the first
+
+
+def nearly_deterministic_after_two(model, seed):
+    """Linear with uniform first two values and the rest almost surely 0: four images share the law."""
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+        model.bias[2:, 0] = 12.0
+
+
+def test_a_law_with_exactly_three_degrees_of_freedom_is_tested():
+    result = check_sampling(Linear, prepare=nearly_deterministic_after_two)
+    assert result.passed and re.search(r"1x2x2 K=2: chi2 \S+, 3 dof", result.detail), result.detail
+    assert "scaled" not in result.detail  # tested as it is
+
+
+def test_a_space_too_concentrated_to_test_does_not_stop_the_next():
+    def concentrated_for_two_values(model, seed):
+        randomize(model, seed, buffers=True)
+        if model.num_categories == 2:
+            with torch.no_grad():
+                model.log_probs.mul_(1000)
+
+    result = check_sampling("markov", prepare=concentrated_for_two_values)
+    assert result.passed and "1x1x3 K=3: chi2" in result.detail
+    assert re.search(r"not run on 1x2x2 K=2.*degenerate \(only 1 cells", result.detail), result.detail
+
+
+class FlattensTheLaw(ExactSampler):
+    """Broken: draws from exp(log_prob)^(1/2) (renormalised): rare images too often, likely ones too seldom."""
+
+    @torch.no_grad()
+    def sample(self, n, generator=None, noise=None, naive=False):
+        images = all_images(self.event_shape, self.num_categories)
+        probs = self.log_prob(images).double().exp() ** 0.5
+        return images[torch.multinomial(probs, n, replacement=True, generator=generator)]
+
+
+def test_a_failed_sampling_check_names_the_image_furthest_off_in_standard_deviations():
+    result = check_sampling(FlattensTheLaw)
+    assert result.failed
+    model = FlattensTheLaw((1, 2, 2), 2, "snake")  # as the check builds it: the first space, snake order
+    randomize(model, 0)
+    images = all_images((1, 2, 2), 2)
+    probs, _ = _spread_out(model, images)
+    drawn = model.sample(SAMPLING_SIZE, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(image_index(drawn, 2), minlength=16).double()
+    expected = probs * SAMPLING_SIZE
+    worst = int(((counts - expected) / expected.sqrt()).abs().argmax())
+    assert int(((counts - expected)).abs().argmax()) != worst  # furthest off in counts is another image
+    assert f"image {images[worst].reshape(-1).tolist()} drawn {int(counts[worst])} times" in result.detail
