@@ -571,6 +571,20 @@ def test_causality_names_the_first_conditional_that_changed():
     assert "when x at position 2 (c=0, h=0, w=2) changed" in result.detail
 
 
+def test_causality_names_the_first_of_two_conditionals_that_changed():
+    class TwoPeekAtTwo(Linear):
+        def __init__(self, event_shape=(1, 2, 3), num_categories=2, ordering="raster"):
+            super().__init__(event_shape, num_categories, ordering)
+            self.mask[:2, :, 2] = 1  # positions 0 and 1 both see x at position 2
+
+        def config(self):
+            return DensityModel.config(self)
+
+    result = check_causality(TwoPeekAtTwo)
+    assert result.failed and "conditional at position 0 (c=0, h=0, w=0) changed" in result.detail
+    assert "when x at position 2 (c=0, h=0, w=2) changed" in result.detail
+
+
 def test_logits_that_are_exactly_zero_pass_causality():
     def zero_first(model, seed):
         randomize(model, seed)
@@ -655,6 +669,7 @@ class ImageTable(torch.nn.Module):
 @pytest.mark.parametrize("counts, scale", [
     ([5000, 4000, 985, 5.5] + [9.5 / 12] * 12, 1.0),  # four cells expected >= 5 times: tested as it is
     ([5000, 4000, 991, 4.5] + [4.5 / 12] * 12, 0.5),  # three: the law is flattened (parameters halved)
+    ([9000, 990] + [10 / 14] * 14, 0.5),  # two
 ])
 def test_spread_out_flattens_a_law_until_four_cells_are_expected_five_times(counts, scale):
     table, images = ImageTable(counts), all_images((1, 2, 2), 2)
@@ -700,13 +715,17 @@ def test_samples_outside_0_to_k_minus_1_fail(value):
     assert result.failed and "outside 0..1" in result.detail  # the first space has K = 2
 
 
+def first_value_one_impossible(logits):
+    """Logits (B, D, K) with value 1 at position 0 made impossible (-inf)."""
+    first_is_one = (torch.arange(logits.shape[1])[:, None] == 0) & (torch.arange(logits.shape[2]) == 1)
+    return torch.where(first_is_one, float("-inf"), logits)
+
+
 class DrawsTheImpossible(ExactSampler):
     """Images whose first value is 1 have probability 0; the sampler draws two of them once each."""
 
     def conditional_logits(self, x):
-        logits = super().conditional_logits(x)
-        first_is_one = (torch.arange(logits.shape[1])[:, None] == 0) & (torch.arange(logits.shape[2]) == 1)
-        return torch.where(first_is_one, float("-inf"), logits)
+        return first_value_one_impossible(super().conditional_logits(x))
 
     def spoil(self, samples):
         samples[0] = torch.tensor([1, 1, 1, 1]).reshape(samples.shape[1:])
@@ -768,3 +787,12 @@ def test_a_failed_sampling_check_names_the_image_furthest_off_in_standard_deviat
     worst = int(((counts - expected) / expected.sqrt()).abs().argmax())
     assert int(((counts - expected)).abs().argmax()) != worst  # furthest off in counts is another image
     assert f"image {images[worst].reshape(-1).tolist()} drawn {int(counts[worst])} times" in result.detail
+
+
+def test_a_failed_sampling_check_never_names_an_image_of_probability_zero():
+    class FlattensWithImpossibles(FlattensTheLaw):
+        def conditional_logits(self, x):
+            return first_value_one_impossible(super().conditional_logits(x))
+
+    result = check_sampling(FlattensWithImpossibles)
+    assert result.failed and re.search(r"image \[0, \d, \d, \d\] drawn \d+ times", result.detail), result.detail
