@@ -55,17 +55,20 @@ def model_log_prob(model, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
     return torch.cat([model.log_prob(x[i:i + batch]).double() for i in range(0, len(x), batch)])
 
 
-def run_rnade(data, minutes: float, hidden: int, components: int) -> dict:
+def run_rnade(data, minutes: float, config: dict, training: dict) -> dict:
+    """Train ``rnade`` with ``config`` (hidden, components, activation, rescale) by ``densreg.fit`` with
+    ``training`` (lr, lr_decay, batch_size, patience) for at most ``minutes``; one epoch line on stderr each."""
     import densreg
 
     torch.manual_seed(0)
-    model = densreg.create_model("rnade", data["train"].shape[1:], 0, hidden=hidden, components=components)
+    model = densreg.create_model("rnade", data["train"].shape[1:], 0, **config)
     start = time.perf_counter()
-    result = densreg.fit(model, data["train"], data["valid"], epochs=200, batch_size=100, lr=1e-3, lr_decay=0.98,
-                         patience=5, max_minutes=minutes, threads=1)
+    result = densreg.fit(model, data["train"], data["valid"], epochs=500, max_minutes=minutes, threads=1,
+                         progress=True, **training)
     seconds = time.perf_counter() - start
     test, error = mean_and_error(model_log_prob(model, data["test"]))
-    return {"model": "rnade (densreg)", "config": f"hidden={hidden}, components={components}, relu; "
+    settings = ", ".join(f"{k}={v}" for k, v in {**config, **training}.items())
+    return {"model": "rnade (densreg)", "config": f"{settings}; Adam, "
             f"{result['epochs']} epochs (best {result['best_epoch']}), stopped by {result['stopped']}",
             "parameters": model.free_parameters(), "valid": -result["valid_nll_nats"], "test": test,
             "error": error, "seconds": seconds}
@@ -193,7 +196,14 @@ def main(argv=None) -> None:
     parser.add_argument("--iterations", type=int, default=100, help="most EM iterations per mixture fit")
     parser.add_argument("--train", type=int, default=None, help="use the first N training patches only")
     parser.add_argument("--components", default="1,5,10,20", help="component counts tried for the mixtures")
-    parser.add_argument("--hidden", type=int, default=100, help="rnade hidden units")
+    parser.add_argument("--hidden", type=int, default=300, help="rnade hidden units")
+    parser.add_argument("--rnade-components", type=int, default=20, help="rnade Gaussians per value")
+    parser.add_argument("--activation", default="relu", help="rnade activation (relu, sigmoid, tanh)")
+    parser.add_argument("--rescale", action="store_true", help="rnade with the learned per-position rho_d")
+    parser.add_argument("--lr", type=float, default=3e-3, help="rnade's Adam learning rate")
+    parser.add_argument("--lr-decay", type=float, default=0.9, help="rnade's learning-rate factor per epoch")
+    parser.add_argument("--batch", type=int, default=100, help="rnade's images per Adam step")
+    parser.add_argument("--patience", type=int, default=5, help="rnade's epochs without a better valid LL")
     parser.add_argument("--out", default=str(RESULTS / "continuous.md"))
     parser.add_argument("--only", default="rnade,gaussian-mixture,sklearn,maf")
     args = parser.parse_args(argv)
@@ -205,7 +215,10 @@ def main(argv=None) -> None:
     only = args.only.split(",")
     rows = []
     if "rnade" in only:
-        rows.append(run_rnade(data, args.minutes, args.hidden, 10))
+        config = {"hidden": args.hidden, "components": args.rnade_components, "activation": args.activation,
+                  **({"rescale": True} if args.rescale else {})}
+        training = {"lr": args.lr, "lr_decay": args.lr_decay, "batch_size": args.batch, "patience": args.patience}
+        rows.append(run_rnade(data, args.minutes, config, training))
         print(rows[-1], flush=True)
     if "gaussian-mixture" in only:
         rows.append(run_gaussian_mixture(data, grid, args.iterations))
