@@ -84,6 +84,23 @@ def test_rnade_rescale_is_rho_times_the_pre_activation_and_optional(tmp_path):
         RNADE((1, 1, 3), rescale="yes")
 
 
+def test_rnade_collapsing_component_keeps_gradients_finite():
+    # a component whose log-scale runs off to -100 (as in early training at a high learning rate) once gave
+    # exp(100) = inf in float32 and inf * 0 = NaN gradients; its log-scale is floored at MIN_LOG_SCALE
+    from densreg.plugins.continuous.rnade import MIN_LOG_SCALE
+
+    model = RNADE((1, 1, 4), hidden=4, components=3)
+    with torch.no_grad():
+        model.b[:, 2, 0] = -100.0
+    x = random_values((1, 1, 4), 8, seed=4)
+    log_p = model.log_prob(x)
+    log_p.sum().backward()
+    assert torch.isfinite(log_p).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    params = model.conditional_params(x)
+    assert torch.allclose(params.log_scales[..., 0], torch.full((8, 4), MIN_LOG_SCALE))  # loc 0, scale 1
+
+
 def test_value_kinds_meet_the_right_data():
     with pytest.raises(ConfigError, match="real values, but these data have K=2"):
         create_model("rnade", (1, 1, 4), 2)

@@ -17,7 +17,8 @@ The network works on standardized values u_j = (x_j - loc_j) / scale_j: buffers 
 ``log_scale`` (D,), set from the training data by ``init_from_data`` (which ``fit`` calls
 before the first epoch; 0 and 0 until then), so its weights see values of order one whatever the
 data's units. The mixture it outputs for u_d maps back exactly: means loc_d + scale_d mu,
-log-scales log sigma + log scale_d.
+log-scales log sigma + log scale_d. The standardized log-scales are floored at MIN_LOG_SCALE (-10):
+a component narrower than e^-10 of its value's spread would only overflow float32 on the way.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from densreg.registry import ConfigError, ContinuousDensityModel, MixtureParams,
 
 ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 MAX_HIDDEN, MAX_COMPONENTS = 1 << 16, 1 << 10
+MIN_LOG_SCALE = -10.0  # floor of the log-scales on the standardized scale, see standardized_mixture
 
 
 class RNADE(ContinuousDensityModel):
@@ -87,10 +89,19 @@ class RNADE(ContinuousDensityModel):
         self.log_scale.copy_(torch.log(seq.std(0).clamp(min=1e-6)).to(self.loc.dtype) if len(seq) > 1
                              else torch.zeros_like(self.log_scale))
 
+    @staticmethod
+    def standardized_mixture(out: torch.Tensor) -> MixtureParams:
+        """(..., 3, M) outputs -> the mixture of u_d, MixtureParams of (..., M), log-scales floored at
+        MIN_LOG_SCALE (a standard deviation of e^-10 of the value's own: far below the data's resolution,
+        and it keeps a collapsing component from overflowing exp(-log_scale) into inf * 0 = NaN gradients)."""
+        return MixtureParams(out[..., 0, :], out[..., 1, :], torch.clamp(out[..., 2, :], min=MIN_LOG_SCALE))
+
     def _params(self, out: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> MixtureParams:
         """(..., 3, M) outputs on the standardized scale, and loc, log_scale (...) -> MixtureParams of (..., M)."""
         loc, log_scale = loc.unsqueeze(-1), log_scale.unsqueeze(-1)
-        return MixtureParams(out[..., 0, :], loc + torch.exp(log_scale) * out[..., 1, :], out[..., 2, :] + log_scale)
+        mixture = self.standardized_mixture(out)
+        return mixture._replace(means=loc + torch.exp(log_scale) * mixture.means,
+                                log_scales=mixture.log_scales + log_scale)
 
     def standardize(self, x) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, H, W) -> (values (B, D), u (B, D)) in generation order, u = (x - loc) / scale."""
@@ -121,8 +132,7 @@ class RNADE(ContinuousDensityModel):
         (the change of variables x_d = loc_d + scale_d u_d), fewer (B, D, M) passes than via the data's scale."""
         _, u = self.standardize(x)
         out = self.outputs(u)
-        standardized = MixtureParams(out[..., 0, :], out[..., 1, :], out[..., 2, :])
-        return mixture_log_density(standardized, u) - self.log_scale
+        return mixture_log_density(self.standardized_mixture(out), u) - self.log_scale
 
     def features(self, x):
         """act(c + sum_d u_d W_d): the H hidden units after the whole image (u standardized, no rho), (B, H)."""
