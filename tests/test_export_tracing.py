@@ -149,3 +149,24 @@ def test_stacked_layers_compute_the_residual_layer_loop(name):
     h = model.input_conv(scaled).permute(*model.rows_layout).contiguous()
     with torch.no_grad():
         torch.testing.assert_close(model.stacked_layers(h), model.hidden_rows(scaled))
+
+
+@pytest.mark.parametrize("name", ["row-lstm", "diagonal-bilstm"])
+def test_features_of_several_layers_export_and_match_torch(name):
+    """features.onnx of a multi-layer spatial PixelRNN (its nested Scans traced inside ``features``)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from densreg.export.exporter import _features
+    from densreg.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, (1, 5, 6), 2, hidden=4, layers=3).eval()
+    proto, entry = _features(model, torch.zeros(3, 1, 5, 6, dtype=torch.int64), name, 18,
+                             torch.export.Dim("batch", min=1))
+    assert proto is not None, entry.get("reason")
+    assert ops(proto.graph).count("Scan") == 2
+    images = torch.randint(0, 2, (4, 1, 5, 6), generator=torch.Generator().manual_seed(2))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"images": images.numpy()})[0], model.features(images).numpy(),
+                               atol=1e-5)

@@ -23,6 +23,8 @@ its last 4 rows, so the state has a fixed size independent of the image height.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -247,7 +249,9 @@ class SpatialPixelRNN(DensityModel):
         Feature m*H*W + i*W + j is map m at pixel (i, j), a summary of the values before that
         pixel in raster order (it never sees the pixel itself): the input of the output layers.
         """
-        with torch.no_grad():
+        # Exported (under no_grad already), a no_grad block would put the layers' nested Scans in a
+        # submodule that torch.export cannot resolve ("no attribute 'scan_combine_graph_0'").
+        with contextlib.nullcontext() if torch.compiler.is_exporting() else torch.no_grad():
             return self.hidden_maps(self.scale(self.validate(x))).flatten(1)
 
     # -- cached step -------------------------------------------------------------
