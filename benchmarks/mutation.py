@@ -22,6 +22,10 @@ for a killed mutant instead of 5-10 on a loaded 2-core box).
 The mutants run one at a time, niced (two shared cores); cosmic-ray's http distributor could
 spread them over worker clones, which this machine cannot afford.
 
+Left out before any test runs: the operators of ``exclude-operators``, mutants outside the
+configured functions, and mutants inside annotations (never evaluated under ``from __future__
+import annotations``).
+
 Writes ``benchmarks/results/mutation.md``: per file, mutants generated, killed, timed out,
 incompetent, survived, pending and the score (a file whose session is not in this checkout keeps
 the row and survivors it had in the report, marked "earlier run"); then every mutant that survived a run, with the
@@ -474,7 +478,8 @@ def write_report(config: dict) -> str:
         "score = (killed + timed out) / (killed + timed out + survived); equivalent mutants are listed in "
         "`benchmarks/mutation_equivalents.toml` with their reason (a reason starting \"accepted\" marks a mutant that is "
         "not equivalent but left alive, and counts as a survivor). Operators left out (every file): "
-        f"{', '.join(f'`{e}`' for e in config.get('exclude-operators', []))}.",
+        f"{', '.join(f'`{e}`' for e in config.get('exclude-operators', []))}; mutants inside annotations are left "
+        "out too (never evaluated under `from __future__ import annotations`).",
         "",
         *table,
         "",
