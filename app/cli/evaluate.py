@@ -24,7 +24,8 @@ from .common import backend_option, check_matches, data_options, echo_json, load
 @click.option("--split", default="test", show_default=True, help="Which split to score.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, show_default="100 on CPU, 1024 on CUDA",
               help="Images per forward pass.")
-@click.option("--compile", is_flag=True, help="torch.compile log_prob first (compile time is reported).")
+@click.option("--compile", is_flag=True, help="torch.compile log_prob first (compile time is reported). On CPU it does not pay "
+                   "for the built-in models (benchmarks/results/compile.md).")
 @click.option("--device", default=None, show_default="cuda if available, else cpu; cpu under torchrun",
               help="torch device of a checkpoint, e.g. cpu or cuda.")
 @threads_option

@@ -56,7 +56,9 @@ DEFAULTS = TrainingOptions()
 @backend_option
 @click.option("--precision", type=click.Choice(["float32", "bf16"]), default=DEFAULTS.precision, show_default=True,
               help="bf16: the forward pass under bf16 autocast (weights and Adam stay float32).")
-@click.option("--compile", is_flag=True, help="torch.compile the log-likelihood (compile time is reported).")
+@click.option("--compile", is_flag=True, help="torch.compile the log-likelihood (compile time is reported). On CPU it pays only for long "
+                   "row-lstm runs (1.27x after a compile of many minutes); NADE is faster without it "
+                   "(benchmarks/results/compile.md).")
 @threads_option
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run of --out from its last epoch (OUT stem + .last.safetensors); "
