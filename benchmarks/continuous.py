@@ -204,6 +204,10 @@ def main(argv=None) -> None:
     parser.add_argument("--lr-decay", type=float, default=0.9, help="rnade's learning-rate factor per epoch")
     parser.add_argument("--batch", type=int, default=100, help="rnade's images per Adam step")
     parser.add_argument("--patience", type=int, default=5, help="rnade's epochs without a better valid LL")
+    parser.add_argument("--maf-transforms", type=int, default=5, help="MAF's autoregressive transforms")
+    parser.add_argument("--maf-hidden", type=int, default=400,
+                        help="MAF's MADE hidden units (two layers; 400 with 5 transforms: about the parameters of "
+                             "the default rnade)")
     parser.add_argument("--out", default=str(RESULTS / "continuous.md"))
     parser.add_argument("--only", default="rnade,gaussian-mixture,sklearn,maf")
     args = parser.parse_args(argv)
@@ -227,7 +231,7 @@ def main(argv=None) -> None:
         rows.append(run_sklearn(data, grid, args.iterations))
         print(rows[-1], flush=True)
     if "maf" in only:
-        rows.append(run_maf(data, args.minutes, transforms=5, hidden=128))
+        rows.append(run_maf(data, args.minutes, transforms=args.maf_transforms, hidden=args.maf_hidden))
         print(rows[-1], flush=True)
     write(rows, args, data, time.perf_counter() - start, Path(args.out))
 
