@@ -325,3 +325,31 @@ def test_diagonal_bilstm_skewed_views_equal_the_gathered_skew(channels, k, heigh
     expected = skew(x.permute(1, 3, 0, 2))  # (B, h, H, H+W-1)
     torch.testing.assert_close(skewed, expected.permute(3, 0, 2, 1), atol=0, rtol=0)
     torch.testing.assert_close(unskew_rows(skewed, width), x, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("height, width", [(3, 5), (5, 2)])
+def test_skew_shifts_row_i_right_by_i_and_unskew_takes_it_back(height, width):
+    """skew by its definition: y[..., i, i + j] = x[..., i, j], zeros elsewhere; unskew inverts it."""
+    from densreg.plugins.pixelrnn.diagonal_bilstm import skew, unskew
+
+    x = torch.randn(2, 3, height, width, dtype=torch.float64) + 5  # no zeros inside
+    y = skew(x)
+    expected = torch.zeros(2, 3, height, height + width - 1, dtype=torch.float64)
+    for i in range(height):
+        expected[..., i, i:i + width] = x[..., i, :]
+    torch.testing.assert_close(y, expected, atol=0, rtol=0)
+    torch.testing.assert_close(unskew(y, width), x, atol=0, rtol=0)
+    torch.testing.assert_close(unskew(skew(x[0, 0]), width), x[0, 0], atol=0, rtol=0)  # (H, W) alone too
+
+
+def test_diagonal_layer_on_image_maps_is_its_rows_pass_in_the_image_layout():
+    """layer(x) on (B, hidden, H, W) maps = forward_rows on the (H, B, W, hidden) rows, laid back out,
+    with every size different so that a wrong axis cannot pass."""
+    model = create_model("diagonal-bilstm", (1, 4, 6), 2, layers=1, hidden=5).double()
+    randomize(model, 0)
+    layer = model.rnn[0]
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rows = torch.stack([x[:, :, i, :].permute(0, 2, 1) for i in range(4)])  # (H, B, W, hidden)
+    out_rows = layer.forward_rows(rows)
+    expected = torch.stack([out_rows[i].permute(0, 2, 1) for i in range(4)], dim=2)  # (B, hidden, H, W)
+    torch.testing.assert_close(layer(x), expected, atol=0, rtol=0)
