@@ -353,3 +353,12 @@ def test_diagonal_layer_on_image_maps_is_its_rows_pass_in_the_image_layout():
     out_rows = layer.forward_rows(rows)
     expected = torch.stack([out_rows[i].permute(0, 2, 1) for i in range(4)], dim=2)  # (B, hidden, H, W)
     torch.testing.assert_close(layer(x), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["row-lstm", "diagonal-bilstm"])
+@pytest.mark.parametrize("k", [2, 5])
+def test_values_enter_the_network_scaled_linearly_onto_minus_one_to_one(name, k):
+    """The spatial models' input scaling, which every conformance property would survive: 0..K-1 -> [-1, 1]."""
+    model = build(name, (1, 3, 4), k, layers=1)
+    levels = torch.arange(k).reshape(1, 1, 1, k).expand(2, 1, 3, k)
+    torch.testing.assert_close(model.scale(levels)[0, 0, 0], torch.linspace(-1, 1, k), atol=1e-6, rtol=0)
