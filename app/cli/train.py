@@ -14,8 +14,7 @@ from densreg.app import distributed
 from densreg.app.ood import perturb_images
 from densreg.app.training import TrainingOptions, default_device, fit, locked_run, run_paths
 from densreg.registry import CheckpointError, ConfigError, api, hookimpl
-from densreg.registry.checkpoint import read_header
-from densreg.registry.saved import parse_json
+from densreg.registry.checkpoint import parse_info, read_header
 
 from .common import ARGV_KEY, backend_option, data_options, parse_set_options, set_option, threads_option
 
@@ -126,12 +125,10 @@ def _train(ctx, world, model_name, dataset, data_path, download, settings, out, 
 def resumed_config(out) -> dict:
     """The constructor config (less event shape and K, which the dataset gives) that the resume
     state of ``out`` was written with; {} when there is no readable state (fit then says why)."""
+    state = run_paths(out).state
     try:
-        _, metadata = read_header(run_paths(out).state)
-        config = parse_json(metadata["config"], "config")
-    except (CheckpointError, OSError, KeyError, ValueError):
-        return {}
-    if not isinstance(config, dict):
+        config = parse_info(state, read_header(state)[1]).config
+    except (CheckpointError, OSError, ValueError):
         return {}
     return {k: v for k, v in config.items() if k not in ("event_shape", "num_categories")}
 
