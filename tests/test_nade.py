@@ -292,3 +292,46 @@ def test_the_step_ignores_the_value_passed_at_position_0(k):
     zeros, (s0,) = model.step(torch.zeros(3, dtype=torch.int64), 0, state)
     others, (s1,) = model.step(torch.tensor([1, k - 1, 1]), 0, state)
     assert torch.equal(zeros, others) and torch.equal(s0, s1)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_a_lone_image_scores_as_the_reference(k):
+    """A batch of one: the eager pass's per-position input (one multiply-add for binary data, a
+    (1, K-1) @ (K-1, H) product otherwise) for B = 1."""
+    model = nade((1, 3, 4), k, "snake", hidden=7)
+    x = torch.randint(0, k, (1, 1, 3, 4), generator=torch.Generator().manual_seed(13))
+    torch.testing.assert_close(model.log_prob(x).double().detach(), reference_log_prob(model, x), atol=1e-5, rtol=0)
+
+
+def bytes_allocated_by_the_eager_pass(model, x, grad):
+    """Bytes the blocked pass (BlockedNADE.forward) allocates, from the profiler's allocation events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def inside(event):
+        parent = event.cpu_parent
+        while parent is not None and parent.name != "BlockedNADE":
+            parent = parent.cpu_parent
+        return parent is not None
+
+    with torch.set_grad_enabled(grad), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model.conditional_logits(x)
+    return sum(e.cpu_memory_usage for e in prof.events() if e.name == "aten::empty" and inside(e))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_the_eager_pass_allocates_two_workspaces_and_keeps_block_starts_only_to_train(k):
+    """Memory: the forward allocates two (T, B, H) workspaces and the (D, B, O) logits; the (D/T, B, H)
+    running sums at each block's start (what backward recomputes from) only when grad mode is on and
+    a parameter needs a gradient, not to score under no_grad nor for a frozen model."""
+    from densreg.plugins.nade import eager_block
+
+    model = nade((1, 8, 8), k, hidden=64)
+    x = torch.randint(0, k, (32, 1, 8, 8), generator=torch.Generator().manual_seed(14))
+    B, D, H, O = 32, 64, 64, 1 if k == 2 else k
+    T = eager_block(B, H, D)
+    assert T == 8
+    scoring = 4 * (2 * T * B * H + D * B * O)  # float32
+    assert bytes_allocated_by_the_eager_pass(model, x, grad=True) == scoring + 4 * (D // T) * B * H
+    assert bytes_allocated_by_the_eager_pass(model, x, grad=False) == scoring
+    model.requires_grad_(False)
+    assert bytes_allocated_by_the_eager_pass(model, x, grad=True) == scoring
