@@ -18,9 +18,13 @@ The checks (``CHECKS``, in this order):
   (K=3) is 1 within 1e-5.
 - ``chain_rule``: log_prob(x) equals the sum of the log-softmax conditionals.
 - ``causality``: the conditional at generation position d does not change when the
-  values at positions >= d change (each position alone, then every suffix).
+  values at positions >= d change: each position alone (x -> (x + 1) mod K), then every
+  suffix at once (redrawn from 0..K-1), on 4 probe images drawn by
+  ``torch.randint(0, K, (4, C, H, W))`` from a generator seeded with 1 (the suffixes from the
+  same generator), so a verdict is reproducible.
 - ``step``: under teacher forcing, ``step`` equals ``conditional_logits``, with
-  ``position`` an int and a 0-dim int64 tensor; the state keeps its shapes.
+  ``position`` an int and a 0-dim int64 tensor; the state keeps its shapes. Probes: 3 images
+  drawn as for causality with seed 2.
 - ``sampling``: 10000 samples on 1x2x2 (K=2) and 1x1x3 (K=3) follow exp(log_prob):
   chi-square goodness of fit, cells with expected count < 5 pooled, fails at
   p < 1e-3 (a correct model fails each test with probability 1e-3; the seed is fixed,
@@ -33,8 +37,8 @@ The checks (``CHECKS``, in this order):
   model's log_prob and samples against torch (skipped when the exporter is absent).
 
 chain_rule, causality and step compare on a float64 copy of the model, within 1e-8 times
-the logits' scale (max(1, |logits|)): float64 rounding sits about six orders below that and
-a real defect (>= 1e-3) five orders above. A model that does not run in float64 is compared
+the logits' scale (max(1, |logits|); a difference of exactly the tolerance passes): float64
+rounding sits about six orders below that and a real defect (>= 1e-3) five orders above. A model that does not run in float64 is compared
 in its own dtype within sqrt(eps) times that scale (3.5e-4 in float32), and the detail says so.
 Every check runs on each tiny space the model accepts (K=2 and K=3); round_trip and export
 on the first one it accepts.

@@ -670,6 +670,7 @@ class ImageTable(torch.nn.Module):
     ([5000, 4000, 985, 5.5] + [9.5 / 12] * 12, 1.0),  # four cells expected >= 5 times: tested as it is
     ([5000, 4000, 991, 4.5] + [4.5 / 12] * 12, 0.5),  # three: the law is flattened (parameters halved)
     ([9000, 990] + [10 / 14] * 14, 0.5),  # two
+    ([5000, 4006, 986.6, 5] + [0.2] * 12, 1.0),  # four, the fourth exactly 5 times (bit for bit): counted
 ])
 def test_spread_out_flattens_a_law_until_four_cells_are_expected_five_times(counts, scale):
     table, images = ImageTable(counts), all_images((1, 2, 2), 2)
@@ -796,3 +797,228 @@ def test_a_failed_sampling_check_never_names_an_image_of_probability_zero():
 
     result = check_sampling(FlattensWithImpossibles)
     assert result.failed and re.search(r"image \[0, \d, \d, \d\] drawn \d+ times", result.detail), result.detail
+
+
+# -- the probes themselves (mutation testing, issue 17) ----------------------------------
+# The kit documents its probe images: causality draws 4 with torch.randint(0, K, ..., seed 1), step 3 with
+# seed 2. The tests below rebuild them to place a defect where a probe does or does not show it.
+def causality_probes(shape, k):
+    return torch.randint(0, k, (4, *shape), generator=torch.Generator().manual_seed(1)).reshape(4, -1)
+
+
+def step_probes(shape, k):
+    return torch.randint(0, k, (3, *shape), generator=torch.Generator().manual_seed(2)).reshape(3, -1)
+
+
+class Uniform(DensityModel):
+    """Zero logits (uniform conditionals) in the dtype of its one parameter, plus ``leak(seq)``: a
+    subclass's defect, (B, D, K) added to them. The step is the protocol's recompute_step."""
+
+    def __init__(self, event_shape=(1, 2, 3), num_categories=2, ordering="raster"):
+        super().__init__(event_shape, num_categories, ordering)
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def conditional_logits(self, x):
+        seq = self.to_sequence(self.validate(x))
+        return self.leak(seq).to(self.unused.dtype)
+
+    def leak(self, seq):
+        return torch.zeros(*seq.shape, self.num_categories, dtype=torch.float64)
+
+
+def leaking(*leaks):
+    """A Uniform whose conditional at position p adds ``size`` * [x_j > 0] to its last logit, for each
+    (p, j, size): a peek at the future (or at x_p) when j >= p."""
+
+    class Leaky(Uniform):
+        def leak(self, seq):
+            logits = super().leak(seq)
+            for p, j, size in leaks:
+                logits[:, p, -1] += size * (seq[:, j] > 0).double()
+            return logits
+
+    return Leaky
+
+
+ABOVE_1E_8 = float(torch.nextafter(torch.tensor(1e-8, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)))
+
+
+def test_causality_allows_a_change_of_exactly_the_tolerance_and_no_more():
+    """Logits within 1: the float64 tolerance is 1e-8, inclusive, in both passes (each position alone,
+    then every suffix): a peek that moves a logit by exactly 1e-8 passes, by the next float fails."""
+    assert tolerance(torch.float64, 1e-8) == 1e-8
+    assert check_causality(leaking((0, -1, 1e-8))).passed
+    assert check_causality(leaking((0, -1, ABOVE_1E_8))).failed
+
+
+def test_causality_names_the_first_conditional_beyond_the_tolerance():
+    """Changing x_2 moves conditional 0 by exactly the tolerance (allowed) and conditional 1 by 1: the
+    culprit named is conditional 1."""
+    result = check_causality(leaking((0, 2, 1e-8), (1, 2, 1.0)), spaces=[((1, 2, 3), 2)], orderings=["raster"])
+    assert result.failed and "conditional at position 1 (c=0, h=0, w=1) changed by 1 when x at position 2" \
+        in result.detail, result.detail
+
+
+def test_causality_changes_each_value_to_the_next_level():
+    """Each position alone is changed to (x + 1) mod K: with K = 3 a peek that shows only when x_9 is 1 is
+    found at position 9 from probes that all hold 0 there (x - 1 would make them 2, and 0 leave them)."""
+    shape = (1, 1, 12)
+    assert not causality_probes(shape, 3)[:, 9].any()
+
+    class PeeksAtOne(Uniform):
+        def leak(self, seq):
+            logits = super().leak(seq)
+            logits[:, 0, -1] += (seq[:, 9] == 1).double()
+            return logits
+
+    result = check_causality(PeeksAtOne, spaces=[(shape, 3)], orderings=["raster"])
+    assert result.failed and "when x at position 9 (c=0, h=0, w=9) changed" in result.detail, result.detail
+
+
+def test_causality_probes_every_suffix_for_a_peek_no_single_change_shows():
+    """Conditional 0 sees x_a and x_b only when both are 0; at a and b every probe holds 1, so no change
+    of one value shows it: the pass that redraws every value from d on at once (from 0..K-1) does."""
+    shape = (1, 1, 24)
+    a, b = [j for j in range(24) if causality_probes(shape, 2)[:, j].all()][:2]
+
+    class PeeksAtTwoZeros(Uniform):
+        def leak(self, seq):
+            logits = super().leak(seq)
+            logits[:, 0, -1] += ((seq[:, a] == 0) & (seq[:, b] == 0)).double()
+            return logits
+
+    result = check_causality(PeeksAtTwoZeros, spaces=[(shape, 2)], orderings=["raster"])
+    assert result.failed and "changed together" in result.detail, result.detail
+
+
+def on_one_image(target):
+    """A Uniform whose conditional 0 sees the last value, but only on images that equal ``target`` (D,)
+    everywhere else: a defect that only a probe equal to ``target`` can show."""
+
+    class PeeksOnOneImage(Uniform):
+        def leak(self, seq):
+            logits = super().leak(seq)
+            logits[:, 0, -1] += ((seq[:, :-1] == target[:-1]).all(1) * seq[:, -1]).double()
+            return logits
+
+    return PeeksOnOneImage
+
+
+def test_causality_probes_the_documented_images():
+    """A peek confined to the first documented probe (seed 1) fails; confined to another image, it is not
+    seen: the probes are reproducible, and these (a defect outside them can pass)."""
+    shape = (1, 4, 4)
+    probe = causality_probes(shape, 2)[0]
+    assert check_causality(on_one_image(probe), spaces=[(shape, 2)], orderings=["raster"]).failed
+    assert check_causality(on_one_image(1 - probe), spaces=[(shape, 2)], orderings=["raster"]).passed
+
+
+def test_chain_rule_allows_a_difference_of_exactly_the_tolerance_and_no_more():
+    """Logits (0, -1000) at every position: the all-zero image has chain-rule log-probability exactly 0,
+    the all-one image -6000, so the tolerance is 1e-8 * 6000; log_prob off by exactly that on the
+    all-zero image passes, by the next float fails."""
+    tol = tolerance(torch.float64, 6000.0)
+
+    def off_by(size):
+        class OffOnZeros(Uniform):
+            def leak(self, seq):
+                logits = super().leak(seq)
+                logits[..., 1] = -1000.0
+                return logits
+
+            def log_prob(self, x):
+                x = self.validate(x)
+                return super().log_prob(x) + size * (x.reshape(len(x), -1) == 0).all(1).double()
+
+        return OffOnZeros
+
+    above = float(torch.nextafter(torch.tensor(tol, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)))
+    assert check_chain_rule(off_by(tol), spaces=[((1, 2, 3), 2)]).passed
+    assert check_chain_rule(off_by(above), spaces=[((1, 2, 3), 2)]).failed
+
+
+def step_off_by(size, target=None):
+    """A Uniform whose step adds ``size`` to the last logit at position 2 (with ``target`` (D,): at the
+    last position, and only when the values before it are those of ``target``)."""
+
+    class OffStep(Uniform):
+        def step(self, value, position, state):
+            logits, state = self.recompute_step(value, position, state)
+            position = torch.as_tensor(position)
+            if target is None:
+                wrong = (position == 2).expand(len(logits))
+            else:
+                (prefix,) = state
+                wrong = (position == self.num_positions - 1) & (prefix[:, :-1] == target[:-1]).all(1)
+            bump = torch.zeros_like(logits)
+            bump[:, -1] = size * wrong.double()
+            return logits + bump, state
+
+    return OffStep
+
+
+def test_step_allows_a_difference_of_exactly_the_tolerance_and_no_more():
+    assert check_step(step_off_by(1e-8)).passed
+    assert check_step(step_off_by(ABOVE_1E_8)).failed
+
+
+def test_step_probes_the_documented_images():
+    """A step wrong only after the values of the first documented step probe (seed 2) fails; after another
+    image's values, it is not seen."""
+    shape = (1, 4, 4)
+    probe = step_probes(shape, 2)[0]
+    assert check_step(step_off_by(1.0, probe), spaces=[(shape, 2)], orderings=["raster"]).failed
+    assert check_step(step_off_by(1.0, 1 - probe), spaces=[(shape, 2)], orderings=["raster"]).passed
+
+
+def test_the_sampling_check_fails_below_alpha_only(monkeypatch):
+    """The verdict of the chi-square test: p exactly 1e-3 passes, the next float below fails."""
+    from densreg.registry import conformance
+
+    alpha = conformance.SAMPLING_ALPHA
+    for p, passed in ((alpha, True), (float(torch.nextafter(torch.tensor(alpha), torch.tensor(0.0))), False)):
+        monkeypatch.setattr(conformance, "chi_square", lambda counts, expected, p=p: (30.0, 15, p))
+        assert check_sampling(ExactSampler, spaces=[((1, 2, 2), 2)]).passed is passed
+
+
+def fixed_counts(counts, bias=None):
+    """An ExactSampler-like Linear whose ``sample`` returns the images of 1x2x2 K=2 (raster) ``counts``
+    times each, and whose positions are independent with last logits ``bias`` (D,) (default uniform)."""
+
+    class FixedCounts(Linear):
+        @torch.no_grad()
+        def sample(self, n, generator=None, noise=None, naive=False):
+            assert n == sum(counts)
+            return all_images(self.event_shape, 2).repeat_interleave(torch.tensor(counts), 0)
+
+    def prepare(model, seed):
+        with torch.no_grad():
+            model.weight.zero_()
+            model.bias.zero_()
+            if bias is not None:
+                model.bias[:, 1] = torch.tensor(bias)
+
+    return FixedCounts, prepare
+
+
+def test_a_failed_sampling_check_names_the_largest_residual_not_its_floor():
+    """Uniform law (625 expected per image, 25 per standard deviation): image 0 drawn 755 times (+5.2 sd)
+    and image 1 497 times (-5.12 sd): image 0 is the one named (flooring the residuals would make image 1
+    the furthest off, -6 against 5)."""
+    model, prepare = fixed_counts([755, 497, 624, 624] + [625] * 12)
+    result = check_sampling(model, prepare=prepare, spaces=[((1, 2, 2), 2)], orderings=["raster"])
+    assert result.failed and "image [0, 0, 0, 0] drawn 755 times, expected 625.0" in result.detail, result.detail
+
+
+def test_a_failed_sampling_check_measures_rare_images_in_their_own_standard_deviation():
+    """The last value is 1 with probability 1/2001: images ending in 1 are expected 0.62 times (0.79 per
+    sd). Image [0, 0, 0, 1] drawn 30 times is 37 sd off, more than image 0's 1165 extra draws (33 sd):
+    it is the one named (a standard deviation of at least 1 would put it at 29)."""
+    q = 1 / 2001
+    expected = 10000 * 0.125 * (1 - q)
+    counts = [round(expected + 1165), 30] + [0] * 14
+    counts[2::2] = [round(expected - 1195 / 7)] * 7
+    counts[0] += 10000 - sum(counts)
+    model, prepare = fixed_counts(counts, bias=[0.0, 0.0, 0.0, -torch.log(torch.tensor(2000.0)).item()])
+    result = check_sampling(model, prepare=prepare, spaces=[((1, 2, 2), 2)], orderings=["raster"])
+    assert result.failed and "image [0, 0, 0, 1] drawn 30 times" in result.detail, result.detail
