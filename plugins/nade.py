@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from densreg.plugins.nade_states import StateLayout
 from densreg.registry import ConfigError, DensityModel, categorical_from_uniform, hookimpl
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
@@ -120,29 +121,74 @@ class BlockedNADE(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         codes, W, V, starts = ctx.saved_tensors
-        block = ctx.block
-        batch, (D, O, H) = codes.shape[0], V.shape
+        D = V.shape[0]
         xs, ws = BlockedNADE.positions(codes, W, D)
+
+        def hidden(k, s, e, work):  # the block's activations, recomputed from its first running sum
+            slots = work.unbind(0)
+            slots[0].copy_(starts[k])
+            BlockedNADE.running_sums(slots, xs, ws, s, e)
+            return ACTIVATIONS_[ctx.activation](work[:e - s])
+        return (None, *BlockedNADE.block_gradients(grad_out, codes, W, V, ctx.activation, ctx.block, hidden),
+                None, None, None)
+
+    @staticmethod
+    def block_gradients(grad_out, codes, W, V, activation, block, hidden):
+        """dW (D*J, H), dc (H,), dV (D, O, H) from grad_out (D, B, O), walking the blocks in reverse;
+        ``hidden(k, s, e, work)`` gives block k's activations (e - s, B, H) (it may fill ``work``)."""
+        batch, (D, O, H) = codes.shape[0], V.shape
+        xs, _ = BlockedNADE.positions(codes, W, D)
         dW, dV = torch.empty_like(W), torch.empty_like(V)
         dWs = dW.view(D, -1, H).unbind(0)
         work, grad, scratch = (codes.new_empty(block, batch, H) for _ in range(3))
-        slots = work.unbind(0)
         carry = codes.new_zeros(batch, H)  # sum of dL/da_t over the positions t after the current one
-        for k in reversed(range(len(starts))):
+        for k in reversed(range((D + block - 1) // block)):
             s = k * block
             e = min(s + block, D)
-            slots[0].copy_(starts[k])
-            BlockedNADE.running_sums(slots, xs, ws, s, e)
-            h = ACTIVATIONS_[ctx.activation](work[:e - s])
+            h = hidden(k, s, e, work)
             g = grad_out[s:e]  # (t, B, O)
             torch.bmm(g.transpose(1, 2), h, out=dV[s:e])
             da = torch.mul(g, V[s:e, 0, None], out=grad[:e - s]) if O == 1 else torch.bmm(g, V[s:e], out=grad[:e - s])
-            times_derivative_(da, h, ctx.activation, scratch[:e - s])
+            times_derivative_(da, h, activation, scratch[:e - s])
             for i in reversed(range(e - s)):
                 d = s + i
                 torch.mm(xs[d].t(), carry, out=dWs[d])
                 carry += da[i]
-        return None, dW, carry.sum(0), dV, None, None, None
+        return dW, carry.sum(0), dV
+
+
+class StateNADE(torch.autograd.Function):
+    """Binary NADE's pass by distinct states (``nade_states``), CPU: the same running sums and
+    activations as BlockedNADE, each computed once per state instead of once per position.
+
+    Inputs: codes (B, D) float 0/1 (not differentiated), W (D, H), c (H,), V (D, 1, H),
+    activation, backward block T, and whether grad mode was on at the call.
+    Output: logits without the bias, (D, B, 1), as BlockedNADE's.
+    Backward is BlockedNADE's, its blocks' activations gathered from the recomputed state table.
+    """
+
+    @staticmethod
+    def forward(ctx, codes, W, c, V, activation, block, grad_enabled):
+        layout = StateLayout(codes > 0)
+        table = ACTIVATIONS_[activation](layout.state_sums(W, c))
+        out = layout.logits(table, V[:, 0]).t().unsqueeze(-1)
+        if grad_enabled and any(ctx.needs_input_grad):
+            ctx.save_for_backward(codes, W, c, V)
+            ctx.layout, ctx.activation, ctx.block = layout, activation, block
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        codes, W, c, V = ctx.saved_tensors
+        layout, batch, H = ctx.layout, codes.shape[0], W.shape[1]
+        table = ACTIVATIONS_[ctx.activation](layout.state_sums(W, c))
+
+        def hidden(k, s, e, work):  # the block's activations, gathered from the state table
+            out = work[:e - s].view(-1, H)
+            return torch.index_select(table, 0, layout.row[s:e].flatten(), out=out).view(e - s, batch, H)
+        return (None, *BlockedNADE.block_gradients(grad_out, codes, W, V, ctx.activation, ctx.block, hidden),
+                None, None, None)
 
 
 class NADE(DensityModel):
@@ -223,21 +269,38 @@ class NADE(DensityModel):
         return (torch.bmm(h, self.V.transpose(1, 2)) + self.b[:, None]).transpose(0, 1)
 
     def conditional_logits(self, x):
-        """Eager: the blocked pass with recomputing backward (BlockedNADE); traced: the vectorised pass."""
+        """Eager: the blocked pass with recomputing backward (BlockedNADE, StateNADE); traced: the vectorised pass."""
         if torch.compiler.is_compiling():
             return self.traced_conditional_logits(x)
-        seq = self.to_sequence(self.validate(x))
+        logits = self.eager_logits(self.to_sequence(self.validate(x)))
+        if self.num_categories == 2:
+            return torch.stack([torch.zeros_like(logits), logits], dim=-1)
+        return logits
+
+    def eager_logits(self, seq: torch.Tensor) -> torch.Tensor:
+        """Values in generation order (B, D) -> logits with bias: of x_d = 1 (B, D) for binary data, else (B, D, K)."""
         D, K, H = self.num_positions, self.num_categories, self.hidden
         codes = self.input_codes(seq).reshape(seq.shape[0], -1)
         V = self.V.reshape(D, 1 if K == 2 else K, H)
         block = eager_block(seq.shape[0], H, D)
+        # binary data on CPU: each distinct running sum once (StateNADE); otherwise position by position
+        by_states = K == 2 and codes.device.type == "cpu" and codes.dtype in (torch.float32, torch.float64)
+        blocked = StateNADE if by_states else BlockedNADE
         with torch.autocast(codes.device.type, enabled=False):  # its products stay in the weights' dtype
-            logits = BlockedNADE.apply(codes, self.W.reshape(-1, H), self.c, V, self.activation, block,
-                                        torch.is_grad_enabled())  # (D, B, O)
+            logits = blocked.apply(codes, self.W.reshape(-1, H), self.c, V, self.activation, block,
+                                   torch.is_grad_enabled())  # (D, B, O)
         if K == 2:
-            logit = logits[..., 0] + self.b[:, None]  # (D, B)
-            return torch.stack([torch.zeros_like(logit), logit], dim=-1).transpose(0, 1)
+            return logits[..., 0].t() + self.b
         return (logits + self.b[:, None]).transpose(0, 1)
+
+    def conditional_log_probs(self, x):
+        """Binary data: log p(x_d) = -softplus(-+logit_d), from the one logit of x_d = 1 (the exported
+        graph's formula, and log_softmax's value without its (B, D, 2) tensor); otherwise the protocol's."""
+        if self.num_categories != 2 or torch.compiler.is_compiling():
+            return super().conditional_log_probs(x)
+        seq = self.to_sequence(self.validate(x))
+        logits = self.eager_logits(seq)
+        return -nn.functional.softplus((1 - 2 * seq).to(logits.dtype) * logits)
 
     def features(self, x):
         """act(c + sum_d W_d[x_d]): the H hidden units after seeing the whole image, (B, H) float.

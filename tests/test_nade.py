@@ -225,7 +225,7 @@ def test_backward_keeps_no_tensor_of_every_position():
     nodes, blocked = [logits.grad_fn], None
     while blocked is None:
         node = nodes.pop()
-        if type(node).__name__ == "BlockedNADEBackward":
+        if type(node).__name__ in ("BlockedNADEBackward", "StateNADEBackward"):
             blocked = node
         nodes += [n for n, _ in node.next_functions if n is not None]
     largest = max(t.numel() for t in blocked.saved_tensors)
@@ -319,11 +319,15 @@ def bytes_allocated_by_the_eager_pass(model, x, grad):
 
 
 @pytest.mark.parametrize("k", [2, 3])
-def test_the_eager_pass_allocates_two_workspaces_and_keeps_block_starts_only_to_train(k):
+def test_the_eager_pass_allocates_two_workspaces_and_keeps_block_starts_only_to_train(monkeypatch, k):
     """Memory: the forward allocates two (T, B, H) workspaces and the (D, B, O) logits; the (D/T, B, H)
     running sums at each block's start (what backward recomputes from) only when grad mode is on and
-    a parameter needs a gradient, not to score under no_grad nor for a frozen model."""
+    a parameter needs a gradient, not to score under no_grad nor for a frozen model. (Binary data
+    takes BlockedNADE off the CPU; here it is made to take it on the CPU too.)"""
+    import densreg.plugins.nade as nade_module
     from densreg.plugins.nade import eager_block
+
+    monkeypatch.setattr(nade_module, "StateNADE", nade_module.BlockedNADE)
 
     model = nade((1, 8, 8), k, hidden=64)
     x = torch.randint(0, k, (32, 1, 8, 8), generator=torch.Generator().manual_seed(14))
@@ -335,3 +339,89 @@ def test_the_eager_pass_allocates_two_workspaces_and_keeps_block_starts_only_to_
     assert bytes_allocated_by_the_eager_pass(model, x, grad=False) == scoring
     model.requires_grad_(False)
     assert bytes_allocated_by_the_eager_pass(model, x, grad=True) == scoring
+
+
+# -- the binary pass by distinct states (plugins/nade_states.py) ------------------------------
+def running_sums(seq, W, c):
+    """a_d for every position, (D, B, H): the running sum of BlockedNADE, float additions in position order."""
+    a = c.expand(seq.shape[0], -1).clone()
+    out = []
+    for d in range(seq.shape[1]):
+        out.append(a)
+        a = torch.addcmul(a, seq[:, d, None].to(W.dtype), W[d])
+    return torch.stack(out)
+
+
+def test_state_layout_bookkeeping_on_a_small_batch():
+    from densreg.plugins.nade_states import StateLayout
+
+    x = torch.tensor([[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 1, 1, 1, 1]], dtype=torch.bool)
+    layout = StateLayout(x)
+    # ones per image 3, 0, 1, 4: images by count (most first) 3, 0, 2, 1; rank k holds the images with >= k ones
+    assert layout.counts == [4, 3, 2, 2, 1] and layout.offsets == [0, 4, 7, 9, 11] and layout.states == 12
+    # image 0 (second by count) at positions 0..4 uses its states 0, 0, 1, 1, 2
+    assert layout.row[:, 0].tolist() == [1, 1, 5, 5, 8]
+    assert layout.row[:, 1].tolist() == [3] * 5 and layout.row[:, 2].tolist() == [2, 6, 6, 6, 6]
+    assert layout.row[:, 3].tolist() == [0, 0, 4, 7, 9]
+    # the row of rank k >= 1 adds the weight of the image's k-th one
+    assert layout.ones_at.tolist() == [1, 1, 0, 2, 3, 3, 4, 4]
+    # CSR: every (image, position) once, in row order, positions ascending within a row
+    pattern = torch.sparse_csr_tensor(layout.crow, layout.col, torch.arange(20.0), size=(12, 5),
+                                      check_invariants=True).to_dense()
+    for b in range(4):
+        for d in range(5):
+            assert pattern[layout.row[d, b], d] == layout.entry[b, d]
+    assert sorted(layout.entry.flatten().tolist()) == list(range(20))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_states_are_the_running_sums_bit_for_bit(dtype):
+    """Each state is the running sum's pre-activation exactly (the same float additions in the same
+    order), including images of no ones, all ones, and a last value 1 (an empty last state)."""
+    from densreg.plugins.nade_states import StateLayout
+
+    model = nade((1, 5, 7), 2, "snake", hidden=13).to(dtype)
+    x = torch.randint(0, 2, (9, 1, 5, 7), generator=torch.Generator().manual_seed(13))
+    x[0], x[1], x[2, 0, -1, -1] = 0, 1, 1
+    seq = model.to_sequence(x)
+    W, c = model.W.detach()[:, 0], model.c.detach()
+    layout = StateLayout(seq.bool())
+    table = layout.state_sums(W, c)
+    assert table.shape[0] >= layout.states and table.numel() % 64 == 0
+    assert torch.equal(table[layout.row], running_sums(seq, W, c))
+    # a second, smaller batch reuses the kept memory and still gets its own sums
+    small = StateLayout(seq[3:5].bool())
+    assert torch.equal(small.state_sums(W, c)[small.row], running_sums(seq[3:5], W, c))
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_state_pass_equals_the_blocked_pass(monkeypatch, activation):
+    """Binary data on CPU takes the pass by states; its log_prob and gradients are the per-position
+    pass's (float64, to rounding), on MNIST-like sparse images and on dense ones."""
+    import densreg.plugins.nade as nade_module
+
+    model = nade((1, 6, 6), 2, "random:4", hidden=10, activation=activation).double()
+    gen = torch.Generator().manual_seed(14)
+    x = torch.cat([(torch.rand(5, 1, 6, 6, generator=gen) < 0.13).long(), torch.randint(0, 2, (5, 1, 6, 6), generator=gen)])
+    results = []
+    for blocked in (nade_module.StateNADE, nade_module.BlockedNADE):
+        monkeypatch.setattr(nade_module, "StateNADE", blocked)
+        model.zero_grad()
+        value = model.log_prob(x)
+        value.sum().backward()
+        results.append((value.detach(), [p.grad.clone() for p in model.parameters()]))
+    (states, state_grads), (blocked, blocked_grads) = results
+    torch.testing.assert_close(states, blocked, atol=1e-11, rtol=0)
+    torch.testing.assert_close(states, reference_log_prob(model, x), atol=1e-10, rtol=0)
+    for mine, theirs in zip(state_grads, blocked_grads):
+        torch.testing.assert_close(mine, theirs, atol=1e-11, rtol=1e-10)
+
+
+def test_binary_log_probs_are_the_softmax_of_the_logits():
+    """The binary shortcut -softplus(-+logit) gives log_softmax((0, logit))[x] (float64 reference)."""
+    model = nade((1, 4, 4), 2, hidden=8)
+    x = torch.randint(0, 2, (6, 1, 4, 4), generator=torch.Generator().manual_seed(15))
+    with torch.no_grad():
+        logits = model.conditional_logits(x).double()
+        expected = torch.log_softmax(logits, -1).gather(-1, model.to_sequence(x).unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(model.conditional_log_probs(x).double(), expected, atol=1e-6, rtol=0)
