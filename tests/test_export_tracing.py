@@ -170,3 +170,29 @@ def test_features_of_several_layers_export_and_match_torch(name):
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"images": images.numpy()})[0], model.features(images).numpy(),
                                atol=1e-5)
+
+
+def scan_nesting(graph_module) -> list:
+    """The ``scan`` calls of a torch.export graph, each as the list of the scans in its body (recursively)."""
+    return [scan_nesting(getattr(graph_module, node.args[0].target)) for node in graph_module.graph.nodes
+            if node.op == "call_function" and node.target is torch.ops.higher_order.scan]
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_export_stacks_several_layers_into_one_scan_and_leaves_one_layer_alone(layers):
+    """torch.export of a Row LSTM's logits: 2 layers are one Scan over the stacked weights around the
+    layer's own Scan over rows; 1 layer is just its Scan over rows (no one-trip wrapper). The
+    exported program computes what torch computes."""
+    from densreg.export.exporter import ConditionalsGraph
+    from densreg.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("row-lstm", (1, 3, 4), 2, hidden=4, layers=layers, output_hidden=4).eval()
+    images = torch.randint(0, 2, (3, 1, 3, 4))
+    with torch.no_grad():
+        program = torch.export.export(ConditionalsGraph(model), (images,), strict=False,
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        assert scan_nesting(program.graph_module) == ([[]] if layers == 1 else [[[]]])
+        other = torch.randint(0, 2, (5, 1, 3, 4), generator=torch.Generator().manual_seed(1))
+        for got, expected in zip(program.module()(other), ConditionalsGraph(model)(other)):
+            torch.testing.assert_close(got, expected)

@@ -195,6 +195,7 @@ def test_spatial_features_are_maps_of_the_pixels_before(name):
     x = torch.randint(0, 2, (3, 1, height, width), generator=torch.Generator().manual_seed(1))
     feats = model.features(x)
     assert feats.shape == (3, 6 * height * width)
+    assert not feats.requires_grad  # computed without an autograd graph (the weights do require grad)
     maps = feats.reshape(3, 6, height, width)
     with torch.no_grad():  # the documented layout: the head applied to these maps gives the logits
         logits = model.head(maps).reshape(3, 1, 2, height, width).permute(0, 1, 3, 4, 2).reshape(3, -1, 2)
@@ -362,3 +363,68 @@ def test_values_enter_the_network_scaled_linearly_onto_minus_one_to_one(name, k)
     model = build(name, (1, 3, 4), k, layers=1)
     levels = torch.arange(k).reshape(1, 1, 1, k).expand(2, 1, 3, k)
     torch.testing.assert_close(model.scale(levels)[0, 0, 0], torch.linspace(-1, 1, k), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["row-lstm", "diagonal-bilstm"])
+def test_step_hands_the_layers_the_pixel_row_column_and_row_start(name):
+    """``step`` tells ``step_layers`` where it is as documented: row = d // (W*C), col = (d // C) % W
+    (0-dim int64) and new_row = (d is a row's first position), on a 2-channel image (W*C != W)."""
+    model = build(name, (2, 3, 4), 3)
+    seen = []
+    step_layers = model.step_layers
+
+    def spy(x, row, col, new_row, layer_state):
+        seen.append((row, col, new_row))
+        return step_layers(x, row, col, new_row, layer_state)
+
+    model.step_layers = spy
+    state, value = model.initial_state(2), torch.zeros(2, dtype=torch.int64)
+    with torch.no_grad():
+        for d in range(model.num_positions):
+            _, state = model.step(value, d, state)
+    for d, (row, col, new_row) in enumerate(seen):
+        assert row.dtype == col.dtype == torch.int64 and row.dim() == col.dim() == 0
+        assert (int(row), int(col), bool(new_row)) == (d // 8, (d // 2) % 4, d % 8 == 0)
+
+
+@pytest.mark.parametrize("name, widths", [("row-lstm", (2, 0, 1, 2, 0)), ("diagonal-bilstm", (0, 1, 1, 0, 0))])
+def test_step_state_has_the_documented_shapes(name, widths):
+    """The cached state (what an exported step takes and returns) is as ``initial_layer_state``
+    documents: the image's last 4 rows padded 3 columns each side, then per-layer caches (L, B,
+    hidden, W + extra), every size distinct; its caches start at zero."""
+    model = build(name, (2, 3, 4), 3, layers=3, hidden=5)
+    image, *caches = model.initial_state(6)
+    assert image.shape == (6, 2, 4, 4 + 6)
+    assert [tuple(c.shape) for c in caches] == [(3, 6, 5, 4 + extra) for extra in widths]
+    assert all(not t.any() for t in (image, *caches))
+
+
+@pytest.mark.parametrize("name", ["row-lstm", "diagonal-bilstm"])
+def test_output_layers_on_contiguous_and_strided_maps(name):
+    """``head``: maps (N, hidden, X, Y) -> logits (N, C*K, X, Y) in float64, the same on contiguous maps
+    (one batched GEMM per 1x1 layer, no convolution) and on a strided view (the convolutions,
+    reading the view in place: no copy)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    model = build(name, (3, 4, 5), 4, hidden=6, output_hidden=9).double()
+    maps = torch.randn(2, 4, 6, 5, dtype=torch.float64).permute(0, 2, 1, 3)  # (N, hidden, X, Y), strided
+    contiguous = maps.contiguous()
+    with torch.no_grad():
+        with Ops() as on_view:
+            strided = model.head(maps)
+        with Ops() as on_contiguous:
+            dense = model.head(contiguous)
+    assert dense.shape == strided.shape == (2, 12, 4, 5)
+    torch.testing.assert_close(dense, strided, atol=1e-12, rtol=0)
+    assert on_contiguous.names.count("baddbmm") == 2 and "convolution" not in on_contiguous.names
+    assert on_view.names.count("convolution") == 2 and "baddbmm" not in on_view.names
+    assert not {"clone", "contiguous", "copy_", "_to_copy"} & set(on_view.names)
