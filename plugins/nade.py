@@ -19,11 +19,8 @@ import math
 import torch
 from torch import nn
 
-from densreg.plugins.nade_states import StateLayout
+from densreg.plugins.nade_states import ACTIVATIONS, ACTIVATIONS_, StateLayout
 from densreg.registry import ConfigError, DensityModel, categorical_from_uniform, hookimpl
-
-ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
-ACTIVATIONS_ = {"sigmoid": torch.sigmoid_, "relu": torch.relu_}  # in place
 
 
 # Positions per block of the eager pass: at most MAX_BLOCK, fewer when a block's (T, B, H)
@@ -31,6 +28,10 @@ ACTIVATIONS_ = {"sigmoid": torch.sigmoid_, "relu": torch.relu_}  # in place
 # beat 2, 4 and 16 at batch 100 and 500).
 BLOCK_ELEMENTS = 2**22
 MAX_BLOCK = 8
+# Training takes the pass by states while the batch has at most this many states per (image,
+# position) (binarized MNIST: about 0.14); denser batches take the blocked pass, whose memory
+# does not grow with the number of ones.
+MAX_TRAINING_STATES = 0.25
 
 
 def block_size(d: int) -> int:
@@ -41,6 +42,18 @@ def block_size(d: int) -> int:
 def eager_block(batch: int, hidden: int, positions: int) -> int:
     """Positions T per block of the eager pass for ``batch`` images and ``hidden`` units (1..MAX_BLOCK)."""
     return max(1, min(MAX_BLOCK, positions, BLOCK_ELEMENTS // max(1, batch * hidden)))
+
+
+def state_layout(seq: torch.Tensor, codes: torch.Tensor) -> StateLayout | None:
+    """The batch's StateLayout when the pass by states applies to binary values ``seq`` (B, D) with
+    input codes ``codes`` (B, D): on CPU in float32/64, unless training on images so dense in ones
+    that the state tables would approach a (D, B, H) tensor (more than MAX_TRAINING_STATES per value)."""
+    if codes.device.type != "cpu" or codes.dtype not in (torch.float32, torch.float64):
+        return None
+    layout = StateLayout(seq > 0)
+    if torch.is_grad_enabled() and layout.states > seq.numel() * MAX_TRAINING_STATES:
+        return None
+    return layout
 
 
 def times_derivative_(grad: torch.Tensor, h: torch.Tensor, activation: str, work: torch.Tensor) -> torch.Tensor:
@@ -121,40 +134,29 @@ class BlockedNADE(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         codes, W, V, starts = ctx.saved_tensors
-        D = V.shape[0]
-        xs, ws = BlockedNADE.positions(codes, W, D)
-
-        def hidden(k, s, e, work):  # the block's activations, recomputed from its first running sum
-            slots = work.unbind(0)
-            slots[0].copy_(starts[k])
-            BlockedNADE.running_sums(slots, xs, ws, s, e)
-            return ACTIVATIONS_[ctx.activation](work[:e - s])
-        return (None, *BlockedNADE.block_gradients(grad_out, codes, W, V, ctx.activation, ctx.block, hidden),
-                None, None, None)
-
-    @staticmethod
-    def block_gradients(grad_out, codes, W, V, activation, block, hidden):
-        """dW (D*J, H), dc (H,), dV (D, O, H) from grad_out (D, B, O), walking the blocks in reverse;
-        ``hidden(k, s, e, work)`` gives block k's activations (e - s, B, H) (it may fill ``work``)."""
+        block = ctx.block
         batch, (D, O, H) = codes.shape[0], V.shape
-        xs, _ = BlockedNADE.positions(codes, W, D)
+        xs, ws = BlockedNADE.positions(codes, W, D)
         dW, dV = torch.empty_like(W), torch.empty_like(V)
         dWs = dW.view(D, -1, H).unbind(0)
         work, grad, scratch = (codes.new_empty(block, batch, H) for _ in range(3))
+        slots = work.unbind(0)
         carry = codes.new_zeros(batch, H)  # sum of dL/da_t over the positions t after the current one
-        for k in reversed(range((D + block - 1) // block)):
+        for k in reversed(range(len(starts))):
             s = k * block
             e = min(s + block, D)
-            h = hidden(k, s, e, work)
+            slots[0].copy_(starts[k])
+            BlockedNADE.running_sums(slots, xs, ws, s, e)
+            h = ACTIVATIONS_[ctx.activation](work[:e - s])
             g = grad_out[s:e]  # (t, B, O)
             torch.bmm(g.transpose(1, 2), h, out=dV[s:e])
             da = torch.mul(g, V[s:e, 0, None], out=grad[:e - s]) if O == 1 else torch.bmm(g, V[s:e], out=grad[:e - s])
-            times_derivative_(da, h, activation, scratch[:e - s])
+            times_derivative_(da, h, ctx.activation, scratch[:e - s])
             for i in reversed(range(e - s)):
                 d = s + i
                 torch.mm(xs[d].t(), carry, out=dWs[d])
                 carry += da[i]
-        return dW, carry.sum(0), dV
+        return None, dW, carry.sum(0), dV, None, None, None
 
 
 class StateNADE(torch.autograd.Function):
@@ -162,33 +164,26 @@ class StateNADE(torch.autograd.Function):
     activations as BlockedNADE, each computed once per state instead of once per position.
 
     Inputs: codes (B, D) float 0/1 (not differentiated), W (D, H), c (H,), V (D, 1, H),
-    activation, backward block T, and whether grad mode was on at the call.
-    Output: logits without the bias, (D, B, 1), as BlockedNADE's.
-    Backward is BlockedNADE's, its blocks' activations gathered from the recomputed state table.
+    activation, the batch's StateLayout, and whether grad mode was on at the call.
+    Output: logits without the bias, (D, B, 1), as BlockedNADE's. Backward recomputes the state
+    table and works on states too (``StateLayout.gradients``).
     """
 
     @staticmethod
-    def forward(ctx, codes, W, c, V, activation, block, grad_enabled):
-        layout = StateLayout(codes > 0)
+    def forward(ctx, codes, W, c, V, activation, layout, grad_enabled):
         table = ACTIVATIONS_[activation](layout.state_sums(W, c))
         out = layout.logits(table, V[:, 0]).t().unsqueeze(-1)
         if grad_enabled and any(ctx.needs_input_grad):
-            ctx.save_for_backward(codes, W, c, V)
-            ctx.layout, ctx.activation, ctx.block = layout, activation, block
+            ctx.save_for_backward(W, c, V)
+            ctx.layout, ctx.activation = layout, activation
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        codes, W, c, V = ctx.saved_tensors
-        layout, batch, H = ctx.layout, codes.shape[0], W.shape[1]
-        table = ACTIVATIONS_[ctx.activation](layout.state_sums(W, c))
-
-        def hidden(k, s, e, work):  # the block's activations, gathered from the state table
-            out = work[:e - s].view(-1, H)
-            return torch.index_select(table, 0, layout.row[s:e].flatten(), out=out).view(e - s, batch, H)
-        return (None, *BlockedNADE.block_gradients(grad_out, codes, W, V, ctx.activation, ctx.block, hidden),
-                None, None, None)
+        W, c, V = ctx.saved_tensors
+        dW, dc, dV = ctx.layout.gradients(grad_out[..., 0], W, c, V[:, 0], ctx.activation)
+        return None, dW, dc, dV.unsqueeze(1), None, None, None
 
 
 class NADE(DensityModel):
@@ -282,13 +277,11 @@ class NADE(DensityModel):
         D, K, H = self.num_positions, self.num_categories, self.hidden
         codes = self.input_codes(seq).reshape(seq.shape[0], -1)
         V = self.V.reshape(D, 1 if K == 2 else K, H)
-        block = eager_block(seq.shape[0], H, D)
-        # binary data on CPU: each distinct running sum once (StateNADE); otherwise position by position
-        by_states = K == 2 and codes.device.type == "cpu" and codes.dtype in (torch.float32, torch.float64)
-        blocked = StateNADE if by_states else BlockedNADE
+        layout = state_layout(seq, codes) if K == 2 else None
+        pass_, extra = (BlockedNADE, eager_block(seq.shape[0], H, D)) if layout is None else (StateNADE, layout)
         with torch.autocast(codes.device.type, enabled=False):  # its products stay in the weights' dtype
-            logits = blocked.apply(codes, self.W.reshape(-1, H), self.c, V, self.activation, block,
-                                   torch.is_grad_enabled())  # (D, B, O)
+            logits = pass_.apply(codes, self.W.reshape(-1, H), self.c, V, self.activation, extra,
+                                 torch.is_grad_enabled())  # (D, B, O)
         if K == 2:
             return logits[..., 0].t() + self.b
         return (logits + self.b[:, None]).transpose(0, 1)

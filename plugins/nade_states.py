@@ -20,6 +20,9 @@ import warnings
 
 import torch
 
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
+ACTIVATIONS_ = {"sigmoid": torch.sigmoid_, "relu": torch.relu_}  # in place
+
 # Rows of the state table are padded so that its size is a multiple of this many floats: the
 # activation then runs vectorised on every element (no scalar tail whose rounding could differ).
 TABLE_ALIGN = 64
@@ -29,16 +32,27 @@ KEEP_BYTES = 2**28
 _kept = threading.local()
 
 
-def table_memory(rows: int, columns: int, like: torch.Tensor) -> torch.Tensor:
+def table_memory(rows: int, columns: int, like: torch.Tensor, slot: int = 0) -> torch.Tensor:
     """An uninitialised (rows, columns) tensor of ``like``'s dtype and device, on memory reused
-    from the previous call in this thread when it is large enough (and at most KEEP_BYTES)."""
+    from the previous call in this thread with the same ``slot`` when it is large enough (and at
+    most KEEP_BYTES). Slot 0: the activations; slot 1: backward's state gradients."""
     numel = rows * columns
-    kept = getattr(_kept, "buffer", None)
-    if kept is None or kept.numel() < numel or kept.dtype != like.dtype or kept.device != like.device:
-        kept = like.new_empty(numel)
-        if numel * kept.element_size() <= KEEP_BYTES:
-            _kept.buffer = kept
-    return kept[:numel].view(rows, columns)
+    kept = getattr(_kept, "buffers", None)
+    if kept is None:
+        kept = _kept.buffers = {}
+    buffer = kept.get(slot)
+    if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
+        buffer = like.new_empty(numel)
+        if numel * buffer.element_size() <= KEEP_BYTES:
+            kept[slot] = buffer
+    return buffer[:numel].view(rows, columns)
+
+
+def csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
+    """A sparse CSR matrix from trusted indices (no invariant check, no beta-state warning)."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": only its matrix products are used
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
 
 class StateLayout:
@@ -84,6 +98,7 @@ class StateLayout:
         self.entry = self.crow[row] + torch.arange(positions, device=x.device) - start
         self.col = torch.empty(batch * positions, dtype=torch.long, device=x.device)
         self.col[self.entry.flatten()] = torch.arange(positions, device=x.device).repeat(batch)
+        self.by_position = None  # backward's (D, N) pattern, made when first needed
 
     def state_sums(self, W: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The pre-activation table S (N', H), N' >= N (padding rows at the end are zeros), from
@@ -105,9 +120,39 @@ class StateLayout:
         """Position d's logit without bias, act(S_{k(d)}) . V_d, for every image: (B, D), from the
         activated table (N', H) and V (D, H)."""
         batch, positions = self.entry.shape
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": only this kernel is used
-            warnings.simplefilter("ignore", UserWarning)
-            pattern = torch.sparse_csr_tensor(self.crow, self.col, hidden.new_zeros(batch * positions),
-                                              size=(self.states, positions), check_invariants=False)
+        pattern = csr(self.crow, self.col, hidden.new_zeros(batch * positions), (self.states, positions))
         values = torch.sparse.sampled_addmm(pattern, hidden[:self.states], V.t()).values()
         return values[self.entry]
+
+    def gradients(self, grad: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor, activation: str):
+        """dW (D, H), dc (H,), dV (D, H) from grad (D, B), the gradient of the logits ``logits`` returned.
+
+        With h_n = act(S_n) and u_n = sum of grad_{b,d} V_d over the positions d of state n:
+        dV_d = sum_b grad_{b,d} h_{k(b,d)}; dL/dS_n = u_n * act'(S_n); W_p reaches every state of
+        its image from the one it makes on, so dW_p sums the suffix sums R_k = sum_{k' >= k} dL/dS_k'
+        of the states it makes, and dc every image's R_0. Sparse matrix products over the (state,
+        position) pattern: no per-position loop and no (D, B, H) tensor.
+        """
+        batch, positions = self.entry.shape
+        hidden = ACTIVATIONS_[activation](self.state_sums(W, c))[:self.states]
+        values = grad.new_empty(batch * positions)
+        values[self.entry.flatten()] = grad.t().flatten()
+        u = table_memory(self.states, W.shape[1], W, slot=1)
+        torch.addmm(u, csr(self.crow, self.col, values, (self.states, positions)), V, beta=0, out=u)
+        if self.by_position is None:  # (D, N) pattern: position d's B states, columns ascending
+            cols, order = torch.sort(self.row, dim=1)
+            self.by_position = (torch.arange(0, batch * positions + 1, batch, device=grad.device), cols.flatten(),
+                                order + torch.arange(positions, device=grad.device)[:, None] * batch)
+        crow, cols, order = self.by_position
+        dV = V.new_empty(V.shape)
+        torch.addmm(dV, csr(crow, cols, grad.flatten()[order.flatten()], (positions, self.states)), hidden,
+                    beta=0, out=dV)
+        if activation == "sigmoid":
+            u.mul_(torch.addcmul(hidden, hidden, hidden, value=-1, out=hidden))  # h - h^2 = act'(S)
+        else:
+            u.mul_(hidden.gt_(0))
+        for k in reversed(range(1, len(self.counts))):  # R_{k-1} = dL/dS_{k-1} + R_k, image by image
+            n, previous, current = self.counts[k], self.offsets[k - 1], self.offsets[k]
+            u[previous:previous + n].add_(u[current:current + n])
+        dW = W.new_zeros(W.shape).index_add_(0, self.ones_at, u[batch:])
+        return dW, u[:batch].sum(0), dV

@@ -327,7 +327,7 @@ def test_the_eager_pass_allocates_two_workspaces_and_keeps_block_starts_only_to_
     import densreg.plugins.nade as nade_module
     from densreg.plugins.nade import eager_block
 
-    monkeypatch.setattr(nade_module, "StateNADE", nade_module.BlockedNADE)
+    monkeypatch.setattr(nade_module, "state_layout", lambda seq, codes: None)
 
     model = nade((1, 8, 8), k, hidden=64)
     x = torch.randint(0, k, (32, 1, 8, 8), generator=torch.Generator().manual_seed(14))
@@ -394,20 +394,33 @@ def test_states_are_the_running_sums_bit_for_bit(dtype):
     assert torch.equal(small.state_sums(W, c)[small.row], running_sums(seq[3:5], W, c))
 
 
+def eager_pass_of(log_prob):
+    """The name of the autograd node of the eager pass under ``log_prob`` (a tensor)."""
+    nodes = [log_prob.grad_fn]
+    while nodes:
+        node = nodes.pop()
+        if type(node).__name__ in ("BlockedNADEBackward", "StateNADEBackward"):
+            return type(node).__name__
+        nodes += [n for n, _ in node.next_functions if n is not None]
+    return None
+
+
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])
-def test_state_pass_equals_the_blocked_pass(monkeypatch, activation):
+@pytest.mark.parametrize("density", [0.13, 0.5])
+def test_state_pass_equals_the_blocked_pass(monkeypatch, activation, density):
     """Binary data on CPU takes the pass by states; its log_prob and gradients are the per-position
     pass's (float64, to rounding), on MNIST-like sparse images and on dense ones."""
     import densreg.plugins.nade as nade_module
 
+    monkeypatch.setattr(nade_module, "MAX_TRAINING_STATES", 1.0)  # the dense batch too
     model = nade((1, 6, 6), 2, "random:4", hidden=10, activation=activation).double()
-    gen = torch.Generator().manual_seed(14)
-    x = torch.cat([(torch.rand(5, 1, 6, 6, generator=gen) < 0.13).long(), torch.randint(0, 2, (5, 1, 6, 6), generator=gen)])
+    x = (torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(14)) < density).long()
     results = []
-    for blocked in (nade_module.StateNADE, nade_module.BlockedNADE):
-        monkeypatch.setattr(nade_module, "StateNADE", blocked)
+    for layout, node in ((nade_module.state_layout, "StateNADEBackward"), (lambda seq, codes: None, "BlockedNADEBackward")):
+        monkeypatch.setattr(nade_module, "state_layout", layout)
         model.zero_grad()
         value = model.log_prob(x)
+        assert eager_pass_of(value) == node
         value.sum().backward()
         results.append((value.detach(), [p.grad.clone() for p in model.parameters()]))
     (states, state_grads), (blocked, blocked_grads) = results
@@ -415,6 +428,23 @@ def test_state_pass_equals_the_blocked_pass(monkeypatch, activation):
     torch.testing.assert_close(states, reference_log_prob(model, x), atol=1e-10, rtol=0)
     for mine, theirs in zip(state_grads, blocked_grads):
         torch.testing.assert_close(mine, theirs, atol=1e-11, rtol=1e-10)
+
+
+def test_training_on_images_dense_in_ones_takes_the_blocked_pass():
+    """Training keeps the pass by states while its tables stay under a quarter of a (D, B, H) tensor:
+    a batch with more states per value takes the blocked pass (scoring always takes the states)."""
+    from densreg.plugins.nade import MAX_TRAINING_STATES
+
+    model = nade((1, 8, 8), 2, hidden=6)
+    gen = torch.Generator().manual_seed(16)
+    sparse = (torch.rand(10, 1, 8, 8, generator=gen) < 0.1).long()
+    dense = (torch.rand(10, 1, 8, 8, generator=gen) < 0.6).long()
+    for x, node in ((sparse, "StateNADEBackward"), (dense, "BlockedNADEBackward")):
+        states = len(x) + int(x.sum())
+        assert (states <= x.numel() * MAX_TRAINING_STATES) == (node == "StateNADEBackward")
+        assert eager_pass_of(model.log_prob(x)) == node
+    with torch.no_grad():  # scoring: the same values whichever pass the batch would train with
+        torch.testing.assert_close(model.log_prob(dense).double(), reference_log_prob(model, dense), atol=1e-4, rtol=0)
 
 
 def test_binary_log_probs_are_the_softmax_of_the_logits():
