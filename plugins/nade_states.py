@@ -29,6 +29,10 @@ TABLE_ALIGN = 64
 # The state table's memory is kept per thread between calls (up to this many bytes): writing
 # tens of MB of freshly mapped pages costs as much as the arithmetic on them.
 KEEP_BYTES = 2**28
+# The forward pass builds the state table this many floats at a time (8 MB of float32), so that its
+# memory stays bounded however many ones the batch has (measured on this CPU: 0.5-8 MB chunks
+# score as fast as one table; 0.5 MB ones are slower, their per-chunk calls dominate).
+CHUNK_ELEMENTS = 2**21
 _kept = threading.local()
 
 
@@ -46,6 +50,13 @@ def table_memory(rows: int, columns: int, like: torch.Tensor, slot: int = 0) -> 
         if numel * buffer.element_size() <= KEEP_BYTES:
             kept[slot] = buffer
     return buffer[:numel].view(rows, columns)
+
+
+def aligned_rows(rows: int, columns: int) -> int:
+    """The fewest rows >= ``rows`` whose (rows, columns) table has a multiple of TABLE_ALIGN elements."""
+    while rows * columns % TABLE_ALIGN:
+        rows += 1
+    return rows
 
 
 def csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
@@ -104,9 +115,7 @@ class StateLayout:
         """The pre-activation table S (N', H), N' >= N (padding rows at the end are zeros), from
         W (D, H) and c (H,): rank 0 is c, rank k adds W_{p_k} to rank k-1, in position order."""
         batch, hidden = self.counts[0], W.shape[1]
-        rows = self.states
-        while rows * hidden % TABLE_ALIGN:
-            rows += 1
+        rows = aligned_rows(self.states, hidden)
         table = table_memory(rows, hidden, W)
         table[:batch] = c
         table[self.states:] = 0
@@ -116,16 +125,42 @@ class StateLayout:
             table[current:current + n].add_(table[previous:previous + n])  # W_{p_k} + S_{k-1}
         return table
 
-    def logits(self, hidden: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-        """Position d's logit without bias, act(S_{k(d)}) . V_d, for every image: (B, D), from the
-        activated table (N', H) and V (D, H)."""
-        batch, positions = self.entry.shape
-        pattern = csr(self.crow, self.col, hidden.new_zeros(batch * positions), (self.states, positions))
-        values = torch.sparse.sampled_addmm(pattern, hidden[:self.states], V.t()).values()
+    def scores(self, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor, activation: str) -> torch.Tensor:
+        """Position d's logit without bias, act(S_{k(d)}) . V_d, for every image: (B, D), from W (D, H),
+        c (H,) and V (D, H). The state table is built, activated and read a range of ranks at a time
+        (CHUNK_ELEMENTS floats, or one rank when a rank is larger), so its memory does not grow with
+        the batch's number of ones; the same additions as ``state_sums``, so the same values."""
+        (batch, positions), hidden = self.entry.shape, W.shape[1]
+        limit = max(batch, CHUNK_ELEMENTS // hidden)
+        memory = table_memory(aligned_rows(limit, hidden) + batch, hidden, W)
+        chunk_memory, carry = memory[:-batch], memory[-batch:]  # carry: the previous chunk's last rank's sums
+        values = W.new_empty(batch * positions)
+        ranks, first = len(self.counts), 0
+        while first < ranks:
+            end = first + 1
+            while end < ranks and self.offsets[end] + self.counts[end] - self.offsets[first] <= limit:
+                end += 1
+            top, bottom = self.offsets[first], self.offsets[end - 1] + self.counts[end - 1]
+            chunk = chunk_memory[:aligned_rows(bottom - top, hidden)]
+            if first == 0:
+                chunk[:batch] = c
+            start = max(top, batch)
+            torch.index_select(W, 0, self.ones_at[start - batch:bottom - batch], out=chunk[start - top:bottom - top])
+            for k in range(max(first, 1), end):
+                n, current = self.counts[k], self.offsets[k] - top
+                previous = carry[:n] if k == first else chunk[self.offsets[k - 1] - top:][:n]
+                chunk[current:current + n].add_(previous)  # W_{p_k} + S_{k-1}
+            carry[:self.counts[end - 1]] = chunk[self.offsets[end - 1] - top:bottom - top]
+            ACTIVATIONS_[activation](chunk)
+            entries = slice(int(self.crow[top]), int(self.crow[bottom]))
+            pattern = csr(self.crow[top:bottom + 1] - self.crow[top], self.col[entries],
+                          values.new_zeros(entries.stop - entries.start), (bottom - top, positions))
+            values[entries] = torch.sparse.sampled_addmm(pattern, chunk[:bottom - top], V.t()).values()
+            first = end
         return values[self.entry]
 
     def gradients(self, grad: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor, activation: str):
-        """dW (D, H), dc (H,), dV (D, H) from grad (D, B), the gradient of the logits ``logits`` returned.
+        """dW (D, H), dc (H,), dV (D, H) from grad (D, B), the gradient of the logits ``scores`` returned.
 
         With h_n = act(S_n) and u_n = sum of grad_{b,d} V_d over the positions d of state n:
         dV_d = sum_b grad_{b,d} h_{k(b,d)}; dL/dS_n = u_n * act'(S_n); W_p reaches every state of

@@ -405,6 +405,26 @@ def eager_pass_of(log_prob):
     return None
 
 
+def test_scores_chunk_for_chunk_equal_one_table(monkeypatch):
+    """The forward builds the state table a range of ranks at a time: chunks of any size (a rank
+    or more, the sums carried across) give the logits of one whole table, bit for bit, and an
+    image's logits are its own in any batch."""
+    import densreg.plugins.nade_states as states_module
+
+    model = nade((1, 6, 7), 2, "snake", hidden=11)
+    x = (torch.rand(12, 42, generator=torch.Generator().manual_seed(17)) < 0.4)
+    W, c, V = model.W.detach()[:, 0], model.c.detach(), model.V.detach()
+    layout = states_module.StateLayout(x)
+    whole = layout.scores(W, c, V, "sigmoid")
+    table = torch.sigmoid(layout.state_sums(W, c))[layout.row]  # (D, B, H)
+    torch.testing.assert_close(whole, (table * V[:, None]).sum(-1).t(), atol=1e-6, rtol=0)
+    for elements in (11, 3 * 11 * 12, 10 * 11 * 12):
+        monkeypatch.setattr(states_module, "CHUNK_ELEMENTS", elements)
+        assert torch.equal(layout.scores(W, c, V, "sigmoid"), whole)
+        part = states_module.StateLayout(x[4:9])
+        assert torch.equal(part.scores(W, c, V, "sigmoid"), whole[4:9])
+
+
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])
 @pytest.mark.parametrize("density", [0.13, 0.5])
 def test_state_pass_equals_the_blocked_pass(monkeypatch, activation, density):
