@@ -16,6 +16,18 @@ from densreg.registry.protocol import at_position
 MAX_TABLE_ENTRIES = 50_000_000
 
 
+def table_fits(num_positions: int, num_categories: int, order: int) -> bool:
+    """Whether a Markov table of D * K^order * K entries (positions, contexts, levels) is within
+    MAX_TABLE_ENTRIES, decided exactly in whole numbers, one order at a time: a hostile order stops
+    at the first product over the limit (within 26 steps), K ** order itself is never computed."""
+    entries = num_positions * num_categories
+    for _ in range(order):
+        entries *= num_categories
+        if entries > MAX_TABLE_ENTRIES:
+            return False
+    return True
+
+
 def _log_normalized(counts: torch.Tensor, alpha: float) -> torch.Tensor:
     smoothed = counts.double() + alpha
     return (smoothed / smoothed.sum(-1, keepdim=True)).log().float()
@@ -79,8 +91,7 @@ class Markov(DensityModel):
             raise ConfigError(f"order must be >= 1 (order 0 is the bernoulli model), got {order}")
         if alpha < 0:
             raise ConfigError(f"alpha must be >= 0, got {alpha}")
-        if order * math.log(self.num_categories) > math.log(MAX_TABLE_ENTRIES / (self.num_positions * self.num_categories)):
-            # compared in logs: K ** order itself is astronomically large for a hostile order
+        if not table_fits(self.num_positions, self.num_categories, order):
             raise ConfigError(f"order {order} needs a table of {self.num_positions}x{self.num_categories}^{order}x"
                               f"{self.num_categories} entries, over the limit of {MAX_TABLE_ENTRIES}")
         contexts = self.num_categories ** order

@@ -157,6 +157,26 @@ def test_markov_table_limit_counts_positions_contexts_and_levels(monkeypatch, k,
         assert create_model("markov", (1, 2, 3), k, order=order).log_probs.numel() == 6 * k ** order * k
 
 
+@pytest.mark.parametrize("positions, k, order, fits", [
+    (128, 5, 7, True), (129, 5, 7, False), (12_500_000, 2, 1, True), (12_500_001, 2, 1, False),
+    (5000, 10, 3, True), (5001, 10, 3, False), (1, 2, 10**18, False)])
+def test_markov_table_limit_is_exact_at_50_million_entries(positions, k, order, fits):
+    """D * K^order * K <= 50 000 000 in whole numbers: a table of exactly the limit fits (the earlier
+    comparison in logs refused 5000 x 10^3 x 10 by rounding), one more position does not; decided
+    without building anything, and at once for a hostile order."""
+    from densreg.plugins.baselines import MAX_TABLE_ENTRIES, table_fits
+
+    assert MAX_TABLE_ENTRIES == 50_000_000
+    assert table_fits(positions, k, order) is fits
+
+
+def test_markov_refuses_a_table_one_position_over_the_limit():
+    from densreg.registry import ConfigError
+
+    with pytest.raises(ConfigError, match="over the limit of 50000000"):
+        create_model("markov", (3, 43, 1), 5, order=7)  # 129 x 5^7 x 5 entries
+
+
 def test_markov_context_does_not_depend_on_the_batch_size():
     model = create_model("markov", (1, 1, 6), 2, order=3)
     randomize(model, buffers=True)
