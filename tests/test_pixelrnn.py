@@ -428,3 +428,46 @@ def test_output_layers_on_contiguous_and_strided_maps(name):
     assert on_contiguous.names.count("baddbmm") == 2 and "convolution" not in on_contiguous.names
     assert on_view.names.count("convolution") == 2 and "baddbmm" not in on_view.names
     assert not {"clone", "contiguous", "copy_", "_to_copy"} & set(on_view.names)
+
+
+@pytest.mark.parametrize("channels, k", [(1, 2), (3, 4)])
+def test_row_lstm_inference_rows_equal_the_autograd_rows(channels, k):
+    """Without autograd the Row LSTM layer runs its in-place pass (one taps buffer, bias as a row of
+    ones, the LSTM on the gates in place): the same function as the autograd pass and as the
+    convolutions, in float64 to rounding; ``add_rows_`` adds it into its input, which it returns."""
+    model = create_model("row-lstm", (channels, 5, 6), k, layers=1, hidden=6).double()
+    randomize(model, 0)
+    layer = model.rnn[0]
+    x = torch.randn(3, 6, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rows = x.permute(2, 1, 0, 3).contiguous()  # (H, h, B, W)
+    expected = layer.forward_rows(rows)
+    assert expected.requires_grad  # the autograd pass
+    torch.testing.assert_close(per_row_conv_row_lstm(layer, x), expected.permute(2, 1, 0, 3), atol=1e-12, rtol=0)
+    with torch.no_grad():
+        got = layer.forward_rows(rows)
+        torch.testing.assert_close(got, expected.detach(), atol=1e-12, rtol=0)
+        summed = rows.clone()
+        assert layer.add_rows_(summed) is summed
+        torch.testing.assert_close(summed, rows + expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", SPATIAL)
+@pytest.mark.parametrize("shape, k", SHAPES)
+def test_inference_log_probs_equal_the_autograd_pass_and_the_softmax_of_the_logits(name, shape, k):
+    """Under no_grad the spatial models evaluate in place (residual sums, ReLU, Row LSTM rows) and take
+    the softmax in the output layers' layout: per-position log-probabilities equal those of the
+    autograd pass and the log_softmax of ``conditional_logits`` gathered at the values, in float64;
+    the caller's images are left as they were."""
+    model = build(name, shape, k, layers=3).double()
+    x = torch.randint(0, k, (4, *shape), generator=torch.Generator().manual_seed(3))
+    before = x.clone()
+    with_grad = model.conditional_log_probs(x)
+    assert with_grad.requires_grad
+    logits = model.conditional_logits(x)
+    by_softmax = torch.log_softmax(logits, -1).gather(-1, model.to_sequence(x).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(with_grad, by_softmax, atol=1e-12, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model.conditional_log_probs(x), by_softmax.detach(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(model.conditional_logits(x), logits.detach(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(model.log_prob(x), with_grad.sum(-1).detach(), atol=1e-12, rtol=0)
+    assert torch.equal(x, before)

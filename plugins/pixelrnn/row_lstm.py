@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import SpatialPixelRNN, lstm_cell, put, recur, take
+from .base import SpatialPixelRNN, eager_inference, lstm_cell, put, recur, take
 from .masks import MaskedConv2d
 
 KERNEL = 3
@@ -49,6 +49,8 @@ class RowLSTMLayer(nn.Module):
         elementwise passes run on contiguous memory. The rows run in ``recur`` (one ONNX Scan when
         exported).
         """
+        if eager_inference(x.device):
+            return self.evaluate_rows(x)
         height, hidden, batch, width = x.shape
         weight, bias = self.row_weights()
         bias = bias[:, None]
@@ -65,6 +67,40 @@ class RowLSTMLayer(nn.Module):
         zeros = x.new_zeros(hidden, batch * width)
         rows = recur(row, (zeros, torch.zeros_like(zeros)), (left, x))[1]  # eager: unbind, one stack in backward
         return rows.view(height, hidden, batch, width)
+
+    def evaluate_rows(self, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
+        """``forward_rows`` without autograd (eager inference): (H, h, B, W) -> (H, h, B, W);
+        ``residual``: x + forward_rows(x) instead, written into ``x`` (returned).
+
+        The same GEMM per row, on one taps buffer (5h + 1, B, W) kept across rows: its zero
+        padding columns are written once, the bias is its last row of ones (a column of the
+        weight), each row's inputs are copied in, the LSTM runs in place on the gates and writes
+        h into the buffer's "above" taps (then shifted into the other two) for the next row.
+        """
+        height, hidden, batch, width = x.shape
+        weight, bias = self.row_weights()
+        weight = torch.cat([weight, bias[:, None]], dim=1)  # (4h, 5h + 1)
+        taps = x.new_zeros(5 * hidden + 1, batch, width)  # left, pixel, above-left, above, above-right, ones
+        taps[-1] = 1
+        left, pixel, above_left, above, above_right = taps[:-1].split(hidden)
+        out = x if residual else x.new_empty(height, hidden, batch, width)
+        gates = x.new_empty(4 * hidden, batch * width)
+        c, tanh_c = x.new_zeros(hidden, batch * width), x.new_empty(hidden, batch * width)
+        for i in range(height):
+            left[..., 1:] = x[i, :, :, :-1]
+            pixel.copy_(x[i])
+            torch.mm(weight, taps.view(5 * hidden + 1, -1), out=gates)
+            in_gate, forget, output = gates[:3 * hidden].sigmoid_().chunk(3)
+            c.mul_(forget).addcmul_(in_gate, gates[3 * hidden:].tanh_())
+            torch.mul(output, torch.tanh(c, out=tanh_c), out=above.view(hidden, -1))  # this row's h
+            out[i].add_(above) if residual else out[i].copy_(above)
+            above_left[..., 1:] = above[..., :-1]
+            above_right[..., :-1] = above[..., 1:]
+        return out
+
+    def add_rows_(self, x: torch.Tensor) -> torch.Tensor:
+        """x + forward_rows(x) written into ``x`` (H, h, B, W) (eager inference: no autograd)."""
+        return self.evaluate_rows(x, residual=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, hidden, H, W) -> hidden states (B, hidden, H, W) (``forward_rows`` in the image layout)."""
