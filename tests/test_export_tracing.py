@@ -196,3 +196,38 @@ def test_export_stacks_several_layers_into_one_scan_and_leaves_one_layer_alone(l
         other = torch.randint(0, 2, (5, 1, 3, 4), generator=torch.Generator().manual_seed(1))
         for got, expected in zip(program.module()(other), ConditionalsGraph(model)(other)):
             torch.testing.assert_close(got, expected)
+
+
+class Branch(torch.nn.Module):
+    """``branch(pred, x + 1, x * 2)`` on a 0-dim bool ``pred`` and x (N,)."""
+
+    def forward(self, pred, x):
+        from densreg.plugins.pixelrnn.base import branch
+
+        return branch(pred, lambda t: t + 1, lambda t: t * 2, (x,))
+
+
+def test_branch_exports_both_ways_and_runs_one_in_eager():
+    """``branch`` (the Diagonal BiLSTM step's row-start pass): traced, a ``cond`` that keeps both branches,
+    so the program exported with pred True still takes the other one on False; in eager, a plain choice."""
+    x = torch.arange(3.0)
+    assert torch.equal(Branch()(torch.tensor(True), x), x + 1)
+    assert torch.equal(Branch()(torch.tensor(False), x), x * 2)
+    with torch.no_grad():
+        program = torch.export.export(Branch(), (torch.tensor(True), x), strict=False)
+    assert any(node.target is torch.ops.higher_order.cond for node in program.graph.nodes)
+    run = program.module()
+    assert torch.equal(run(torch.tensor(True), x), x + 1)
+    assert torch.equal(run(torch.tensor(False), x), x * 2)
+
+
+def test_rows_product_is_the_bias_plus_the_weight_times_each_map():
+    """rows_product(bias, weight, maps): bias + weight @ maps[n] for every n, (out,), (out, in), (N, in, M)
+    -> (N, out, M), every size distinct."""
+    from densreg.plugins.pixelrnn.base import rows_product
+
+    generator = torch.Generator().manual_seed(0)
+    bias, weight = torch.randn(4, generator=generator), torch.randn(4, 3, generator=generator)
+    maps = torch.randn(2, 3, 5, generator=generator)
+    expected = torch.stack([bias[:, None] + weight @ maps[n] for n in range(2)])
+    torch.testing.assert_close(rows_product(bias, weight, maps), expected)
