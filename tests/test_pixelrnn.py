@@ -471,3 +471,21 @@ def test_inference_log_probs_equal_the_autograd_pass_and_the_softmax_of_the_logi
         torch.testing.assert_close(model.conditional_logits(x), logits.detach(), atol=1e-12, rtol=0)
         torch.testing.assert_close(model.log_prob(x), with_grad.sum(-1).detach(), atol=1e-12, rtol=0)
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("channels, k, height, width", [(1, 2, 5, 7), (3, 4, 6, 4)])
+def test_diagonal_inference_rows_equal_the_autograd_rows(channels, k, height, width):
+    """Without autograd the Diagonal BiLSTM layer runs column by column on one taps buffer (no gate
+    tensor of the whole skewed image): the same function as the autograd pass, in float64 to
+    rounding, on images taller and wider than square; ``add_rows_`` adds it into its input."""
+    model = create_model("diagonal-bilstm", (channels, height, width), k, layers=1, hidden=6).double()
+    randomize(model, 0)
+    layer = model.rnn[0]
+    rows = torch.randn(height, 3, width, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = layer.forward_rows(rows)
+    assert expected.requires_grad  # the autograd pass
+    with torch.no_grad():
+        torch.testing.assert_close(layer.forward_rows(rows), expected.detach(), atol=1e-12, rtol=0)
+        summed = rows.clone()
+        assert layer.add_rows_(summed) is summed
+        torch.testing.assert_close(summed, rows + expected, atol=1e-12, rtol=0)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import SpatialPixelRNN, branch, lstm_cell, put, recur, take
+from .base import SpatialPixelRNN, branch, eager_inference, lstm_cell, put, recur, take
 from .masks import MaskedConv2d
 
 
@@ -85,6 +85,8 @@ class DiagonalBiLSTMLayer(nn.Module):
         skewed column's state step is then one batched GEMM (2, B*H, 2h) x (2, 2h, 4h). The columns
         run in ``recur`` (one ONNX Scan when exported).
         """
+        if eager_inference(x.device):
+            return self.evaluate_rows(x)
         height, batch, width, hidden = x.shape
         w_in, b_in = self.input_gates()  # (2, 4h, h), (2, 4h)
         columns = torch.stack([skew_rows(x), skew_rows(x.flip(2))], dim=1)  # (S, 2, B, H, h)
@@ -104,6 +106,51 @@ class DiagonalBiLSTMLayer(nn.Module):
         states = recur(column, (zeros, torch.zeros_like(zeros)), (gates_in, inside))[1]  # (S, 2, B, H, h)
         left, right = unskew_rows(states[:, 0], width), unskew_rows(states[:, 1], width).flip(2)
         return left + F.pad(right, (0, 0, 0, 0, 0, 0, 1, 0))[:height]  # right-to-left shifted down a row
+
+    def evaluate_rows(self, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
+        """``forward_rows`` without autograd (eager inference): (H, B, W, h) -> (H, B, W, h);
+        ``residual``: x + forward_rows(x) instead, written into ``x`` (returned).
+
+        No gate tensor of the whole skewed image (S * 2 * B*H * 4h floats, 79 MB at batch 100 and
+        28x28): each column's gates, input-to-state and state-to-state, come from one batched GEMM
+        (2, 4h, 3h + 1) x (2, 3h + 1, B*H) over a taps buffer kept across columns, [x, h above,
+        h beside, 1] per pixel (the bias as a row of ones; stored pixel-major, read transposed by
+        the GEMM), so that every gate comes out as a contiguous block and the LSTM runs in place
+        on it at full vector width; each column's h goes into the next column's taps and into the
+        (S, B, H, h) states of its direction.
+        """
+        height, batch, width, hidden = x.shape
+        w_in, b_in = self.input_gates()  # (2, 4h, h), (2, 4h)
+        weight = torch.cat([w_in, self.state_to_state, b_in[..., None]], dim=2)  # (2, 4h, 3h + 1)
+        columns = (skew_rows(x), skew_rows(x.flip(2)))  # (S, B, H, h) each, views of padded copies
+        inside = skew(x.new_ones(height, width)).t()  # (S, H): 1 inside the image
+        taps = x.new_zeros(2, batch, height, 3 * hidden + 1)  # [x, h above, h beside, 1] per pixel
+        taps[..., -1] = 1
+        x_tap, above, beside = taps[..., :-1].split(hidden, dim=-1)
+        states = [x.new_empty(len(inside), batch, height, hidden) for _ in range(2)]  # (S, B, H, h) per direction
+        gates = x.new_empty(2, 4 * hidden, batch, height)
+        c, tanh_c = x.new_zeros(2, hidden, batch, height), x.new_empty(2, hidden, batch, height)
+        for s, valid in enumerate(inside):
+            for direction in (0, 1):
+                x_tap[direction].copy_(columns[direction][s])
+            torch.bmm(weight, taps.view(2, -1, 3 * hidden + 1).transpose(1, 2), out=gates.view(2, 4 * hidden, -1))
+            in_gate, forget, output = gates[:, :3 * hidden].sigmoid_().chunk(3, dim=1)
+            c.mul_(forget).addcmul_(in_gate, gates[:, 3 * hidden:].tanh_()).mul_(valid)  # zero outside the image
+            # h into the taps (outside the image o * tanh(0) = 0)
+            torch.mul(output, torch.tanh(c, out=tanh_c), out=beside.permute(0, 3, 1, 2))
+            above[:, :, 1:] = beside[:, :, :-1]  # row i gets h(i-1) of this column
+            for direction in (0, 1):
+                states[direction][s] = beside[direction]
+        left, right = unskew_rows(states[0], width), unskew_rows(states[1], width)
+        out = x if residual else left.clone(memory_format=torch.contiguous_format)
+        if residual:
+            out.add_(left)
+        out[1:].add_(right[:-1].flip(2))  # right-to-left, mirrored back, shifted down a row
+        return out
+
+    def add_rows_(self, x: torch.Tensor) -> torch.Tensor:
+        """x + forward_rows(x) written into ``x`` (H, B, W, h) (eager inference: no autograd)."""
+        return self.evaluate_rows(x, residual=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, hidden, H, W) -> out (B, hidden, H, W) (``forward_rows`` in the image layout)."""
