@@ -23,12 +23,14 @@ import torch
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
 ACTIVATIONS_ = {"sigmoid": torch.sigmoid_, "relu": torch.relu_}  # in place
 
-# Rows of the state table are padded so that its size is a multiple of this many floats: the
-# activation then runs vectorised on every element (no scalar tail whose rounding could differ).
+# Rows of the state table are padded so that its size is a multiple of this many floats: on one
+# thread the activation then runs vectorised on every element (no scalar tail whose rounding could
+# differ with the row's place in the table).
 TABLE_ALIGN = 64
-# The state table's memory is kept per thread between calls (up to this many bytes): writing
-# tens of MB of freshly mapped pages costs as much as the arithmetic on them.
-KEEP_BYTES = 2**28
+# The state tables' memory is kept per thread between calls, up to this many bytes each (64 MB:
+# training batches up to about 250 binarized-MNIST images): writing tens of MB of freshly mapped
+# pages costs as much as the arithmetic on them.
+KEEP_BYTES = 2**26
 # The forward pass builds the state table this many floats at a time (8 MB of float32), so that its
 # memory stays bounded however many ones the batch has (measured on this CPU: 0.5-8 MB chunks
 # score as fast as one table; 0.5 MB ones are slower, their per-chunk calls dominate).
@@ -100,13 +102,11 @@ class StateLayout:
         self.counts, self.offsets = counts.tolist(), offsets.tolist()
         self.states = sum(self.counts)
         self.row = row.t().contiguous()
-        # the first position of each (image, position)'s state: one past the last one before it
-        steps = torch.arange(1, positions + 1, device=x.device).expand(batch, positions)
-        last = torch.where(x, steps, 0).cummax(1).values
-        start = torch.cat([last.new_zeros(batch, 1), last[:, :-1]], 1)
+        # each state's first position: 0 at rank 0, else one past the one that made it
+        first = torch.cat([self.ones_at.new_zeros(batch), self.ones_at + 1])
         lengths = torch.bincount(row.flatten(), minlength=self.states)
         self.crow = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-        self.entry = self.crow[row] + torch.arange(positions, device=x.device) - start
+        self.entry = (self.crow[:-1] - first)[row] + torch.arange(positions, device=x.device)
         self.col = torch.empty(batch * positions, dtype=torch.long, device=x.device)
         self.col[self.entry.flatten()] = torch.arange(positions, device=x.device).repeat(batch)
         self.by_position = None  # backward's (D, N) pattern, made when first needed
