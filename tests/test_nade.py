@@ -318,22 +318,25 @@ def bytes_allocated_by_the_eager_pass(model, x, grad):
     return sum(e.cpu_memory_usage for e in prof.events() if e.name == "aten::empty" and inside(e))
 
 
-@pytest.mark.parametrize("k", [2, 3])
-def test_the_eager_pass_allocates_two_workspaces_and_keeps_block_starts_only_to_train(monkeypatch, k):
+@pytest.mark.parametrize("k, block_elements, block", [(2, 2**22, 8), (3, 2**22, 8), (3, 2**12, 2)])
+def test_the_eager_pass_allocates_two_workspaces_and_keeps_block_starts_only_to_train(monkeypatch, k,
+                                                                                      block_elements, block):
     """Memory: the forward allocates two (T, B, H) workspaces and the (D, B, O) logits; the (D/T, B, H)
     running sums at each block's start (what backward recomputes from) only when grad mode is on and
-    a parameter needs a gradient, not to score under no_grad nor for a frozen model. (Binary data
-    takes BlockedNADE off the CPU; here it is made to take it on the CPU too.)"""
+    a parameter needs a gradient, not to score under no_grad nor for a frozen model. T follows the
+    batch: at most BLOCK_ELEMENTS floats per workspace (32 images x 64 units: 8 positions, or 2 under
+    a limit of 4096). (Binary data takes BlockedNADE off the CPU; here it is made to take it on the CPU too.)"""
     import densreg.plugins.nade as nade_module
     from densreg.plugins.nade import eager_block
 
     monkeypatch.setattr(nade_module, "state_layout", lambda seq, codes: None)
+    monkeypatch.setattr(nade_module, "BLOCK_ELEMENTS", block_elements)
 
     model = nade((1, 8, 8), k, hidden=64)
     x = torch.randint(0, k, (32, 1, 8, 8), generator=torch.Generator().manual_seed(14))
     B, D, H, O = 32, 64, 64, 1 if k == 2 else k
     T = eager_block(B, H, D)
-    assert T == 8
+    assert T == block
     scoring = 4 * (2 * T * B * H + D * B * O)  # float32
     assert bytes_allocated_by_the_eager_pass(model, x, grad=True) == scoring + 4 * (D // T) * B * H
     assert bytes_allocated_by_the_eager_pass(model, x, grad=False) == scoring
@@ -475,3 +478,47 @@ def test_binary_log_probs_are_the_softmax_of_the_logits():
         logits = model.conditional_logits(x).double()
         expected = torch.log_softmax(logits, -1).gather(-1, model.to_sequence(x).unsqueeze(-1)).squeeze(-1)
         torch.testing.assert_close(model.conditional_log_probs(x).double(), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("device, dtype, applies", [
+    ("cpu", torch.float32, True), ("cpu", torch.float64, True), ("cpu", torch.float16, False),
+    ("cpu", torch.bfloat16, False), ("meta", torch.float32, False), ("cuda", torch.float32, False),
+    ("aiu", torch.float32, False)])
+def test_the_pass_by_states_applies_on_cpu_in_float32_and_float64_only(device, dtype, applies):
+    """Any other device (whatever its type's name: "aiu" stands for an out-of-tree backend, seen only
+    through its codes' device type) or dtype keeps BlockedNADE."""
+    import types
+
+    from densreg.plugins.nade import state_layout
+
+    seq = torch.tensor([[0, 1, 1, 0]])
+    codes = seq.to(dtype) if device == "cpu" else types.SimpleNamespace(device=types.SimpleNamespace(type=device),
+                                                                          dtype=dtype)
+    with torch.no_grad():  # scoring: any number of states
+        assert (state_layout(seq, codes) is not None) is applies
+
+
+def test_training_takes_the_pass_by_states_up_to_a_quarter_state_per_value():
+    """B images with m ones in all have B + m states: up to MAX_TRAINING_STATES (a quarter) per value,
+    included, training takes the pass by states; one more one, the blocked pass."""
+    from densreg.plugins.nade import MAX_TRAINING_STATES
+
+    assert MAX_TRAINING_STATES == 0.25
+    model = nade((1, 2, 4), 2, hidden=6)  # 2 images x 8 values: up to 4 states, i.e. 2 ones
+    at_limit = torch.tensor([[1, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0, 0]]).reshape(2, 1, 2, 4)
+    over = at_limit.clone()
+    over[1, 0, 1, 3] = 1
+    assert eager_pass_of(model.log_prob(at_limit)) == "StateNADEBackward"
+    assert eager_pass_of(model.log_prob(over)) == "BlockedNADEBackward"
+
+
+def test_binary_log_probs_keep_their_precision_for_near_certain_values():
+    """-softplus(-logit) keeps log p(x = 1) = -exp(-40) for a logit of 40 (log_softmax of (0, 40) in
+    float32 rounds it to 0) and gives log p(x = 0) = -40."""
+    model = nade((1, 2, 3), 2, hidden=4)
+    with torch.no_grad():
+        model.V.zero_()
+        model.b.fill_(40.0)
+    x = torch.tensor([[1, 1, 1, 0, 0, 0]]).reshape(1, 1, 2, 3)
+    expected = torch.tensor([[-math.exp(-40.0)] * 3 + [-40.0 - math.exp(-40.0)] * 3], dtype=torch.float64)
+    torch.testing.assert_close(model.conditional_log_probs(x).double(), expected, rtol=1e-6, atol=0)
