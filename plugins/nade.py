@@ -44,14 +44,15 @@ def eager_block(batch: int, hidden: int, positions: int) -> int:
     return max(1, min(MAX_BLOCK, positions, BLOCK_ELEMENTS // max(1, batch * hidden)))
 
 
-def state_layout(seq: torch.Tensor, codes: torch.Tensor) -> StateLayout | None:
+def state_layout(seq: torch.Tensor, codes: torch.Tensor, training: bool = False) -> StateLayout | None:
     """The batch's StateLayout when the pass by states applies to binary values ``seq`` (B, D) with
-    input codes ``codes`` (B, D): on CPU in float32/64, unless training on images so dense in ones
-    that the state tables would approach a (D, B, H) tensor (more than MAX_TRAINING_STATES per value)."""
+    input codes ``codes`` (B, D): on CPU in float32/64, unless ``training`` (a gradient will be
+    needed) on images so dense in ones that the state tables would approach a (D, B, H) tensor
+    (more than MAX_TRAINING_STATES per value)."""
     if codes.device.type != "cpu" or codes.dtype not in (torch.float32, torch.float64):
         return None
     layout = StateLayout(seq > 0)
-    if torch.is_grad_enabled() and layout.states > seq.numel() * MAX_TRAINING_STATES:
+    if training and layout.states > seq.numel() * MAX_TRAINING_STATES:
         return None
     return layout
 
@@ -276,7 +277,8 @@ class NADE(DensityModel):
         D, K, H = self.num_positions, self.num_categories, self.hidden
         codes = self.input_codes(seq).reshape(seq.shape[0], -1)
         V = self.V.reshape(D, 1 if K == 2 else K, H)
-        layout = state_layout(seq, codes) if K == 2 else None
+        training = torch.is_grad_enabled() and any(p.requires_grad for p in (self.W, self.c, self.V))
+        layout = state_layout(seq, codes, training) if K == 2 else None
         pass_, extra = (BlockedNADE, eager_block(seq.shape[0], H, D)) if layout is None else (StateNADE, layout)
         with torch.autocast(codes.device.type, enabled=False):  # its products stay in the weights' dtype
             logits = pass_.apply(codes, self.W.reshape(-1, H), self.c, V, self.activation, extra,

@@ -329,7 +329,7 @@ def test_the_eager_pass_allocates_two_workspaces_and_keeps_block_starts_only_to_
     import densreg.plugins.nade as nade_module
     from densreg.plugins.nade import eager_block
 
-    monkeypatch.setattr(nade_module, "state_layout", lambda seq, codes: None)
+    monkeypatch.setattr(nade_module, "state_layout", lambda *args: None)
     monkeypatch.setattr(nade_module, "BLOCK_ELEMENTS", block_elements)
 
     model = nade((1, 8, 8), k, hidden=64)
@@ -439,7 +439,7 @@ def test_state_pass_equals_the_blocked_pass(monkeypatch, activation, density):
     model = nade((1, 6, 6), 2, "random:4", hidden=10, activation=activation).double()
     x = (torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(14)) < density).long()
     results = []
-    for layout, node in ((nade_module.state_layout, "StateNADEBackward"), (lambda seq, codes: None, "BlockedNADEBackward")):
+    for layout, node in ((nade_module.state_layout, "StateNADEBackward"), (lambda *args: None, "BlockedNADEBackward")):
         monkeypatch.setattr(nade_module, "state_layout", layout)
         model.zero_grad()
         value = model.log_prob(x)
@@ -468,6 +468,9 @@ def test_training_on_images_dense_in_ones_takes_the_blocked_pass():
         assert eager_pass_of(model.log_prob(x)) == node
     with torch.no_grad():  # scoring: the same values whichever pass the batch would train with
         torch.testing.assert_close(model.log_prob(dense).double(), reference_log_prob(model, dense), atol=1e-4, rtol=0)
+        scored = model.log_prob(dense)
+    model.requires_grad_(False)  # nothing to differentiate: grad mode scores with the states too
+    assert torch.equal(model.log_prob(dense), scored)
 
 
 def test_binary_log_probs_are_the_softmax_of_the_logits():
