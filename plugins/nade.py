@@ -172,7 +172,7 @@ class StateNADE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, codes, W, c, V, activation, layout, grad_enabled):
-        out = layout.scores(W, c, V[:, 0], activation).t().unsqueeze(-1)
+        out = layout.scores(W, c, V[:, 0], activation).unsqueeze(-1)
         if grad_enabled and any(ctx.needs_input_grad):
             ctx.save_for_backward(W, c, V)
             ctx.layout, ctx.activation = layout, activation

@@ -80,35 +80,37 @@ class StateLayout:
       ones_at: (N - B,) long, the position p_k whose weight row (B + i) adds
       row: (D, B) long, the state row that position d of image b uses
       crow, col, entry: the (N, D) pattern of (state, position) pairs in CSR form, and where
-        each (image, position) pair sits in it, (B, D) long
+        each (position, image) pair sits in it, (D, B) long
     """
 
     def __init__(self, x: torch.Tensor) -> None:
         batch, positions = x.shape
-        ones_int = x.long()
-        ones = ones_int.sum(1)
+        device = x.device
+        ones = x.sum(1)
         order = torch.argsort(ones, descending=True, stable=True)
         rank_of = torch.empty_like(order)
-        rank_of[order] = torch.arange(batch, device=x.device)
+        rank_of[order] = torch.arange(batch, device=device)
         top = int(ones.max()) if batch else 0
         counts = torch.bincount(ones, minlength=top + 1).flip(0).cumsum(0).flip(0)  # images with >= k ones
         offsets = counts.cumsum(0) - counts
-        before = ones_int.cumsum(1) - ones_int  # k(d), (B, D)
-        row = offsets[before] + rank_of[:, None]
-        image, position = x.nonzero(as_tuple=True)  # the one at (b, p) makes state before + 1 of image b
-        made = offsets[before[image, position] + 1] + rank_of[image] - batch
+        x = x.t()  # (D, B): position-major from here on, as the outputs
+        before = torch.zeros(positions, batch, dtype=torch.long, device=device)  # k(d): ones before d
+        torch.cumsum(x[:-1], 0, out=before[1:])
+        self.row = offsets[before] + rank_of
+        position, image = x.nonzero(as_tuple=True)  # the one at (p, b) makes state before + 1 of image b
+        made = offsets[before[position, image] + 1] + rank_of[image] - batch
         self.ones_at = torch.empty_like(position)
         self.ones_at[made] = position
         self.counts, self.offsets = counts.tolist(), offsets.tolist()
         self.states = sum(self.counts)
-        self.row = row.t().contiguous()
         # each state's first position: 0 at rank 0, else one past the one that made it
         first = torch.cat([self.ones_at.new_zeros(batch), self.ones_at + 1])
-        lengths = torch.bincount(row.flatten(), minlength=self.states)
+        lengths = torch.bincount(self.row.flatten(), minlength=self.states)
         self.crow = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-        self.entry = (self.crow[:-1] - first)[row] + torch.arange(positions, device=x.device)
-        self.col = torch.empty(batch * positions, dtype=torch.long, device=x.device)
-        self.col[self.entry.flatten()] = torch.arange(positions, device=x.device).repeat(batch)
+        steps = torch.arange(positions, device=device)
+        self.entry = (self.crow[:-1] - first)[self.row] + steps[:, None]
+        self.col = torch.empty(batch * positions, dtype=torch.long, device=device)
+        self.col[self.entry.flatten()] = steps.repeat_interleave(batch)
         self.by_position = None  # backward's (D, N) pattern, made when first needed
 
     def state_sums(self, W: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -126,11 +128,11 @@ class StateLayout:
         return table
 
     def scores(self, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor, activation: str) -> torch.Tensor:
-        """Position d's logit without bias, act(S_{k(d)}) . V_d, for every image: (B, D), from W (D, H),
+        """Position d's logit without bias, act(S_{k(d)}) . V_d, for every image: (D, B), from W (D, H),
         c (H,) and V (D, H). The state table is built, activated and read a range of ranks at a time
         (CHUNK_ELEMENTS floats, or one rank when a rank is larger), so its memory does not grow with
         the batch's number of ones; the same additions as ``state_sums``, so the same values."""
-        (batch, positions), hidden = self.entry.shape, W.shape[1]
+        (positions, batch), hidden = self.entry.shape, W.shape[1]
         limit = max(batch, CHUNK_ELEMENTS // hidden)
         memory = table_memory(aligned_rows(limit, hidden) + batch, hidden, W)
         chunk_memory, carry = memory[:-batch], memory[-batch:]  # carry: the previous chunk's last rank's sums
@@ -168,10 +170,10 @@ class StateLayout:
         of the states it makes, and dc every image's R_0. Sparse matrix products over the (state,
         position) pattern: no per-position loop and no (D, B, H) tensor.
         """
-        batch, positions = self.entry.shape
+        positions, batch = self.entry.shape
         hidden = ACTIVATIONS_[activation](self.state_sums(W, c))[:self.states]
         values = grad.new_empty(batch * positions)
-        values[self.entry.flatten()] = grad.t().flatten()
+        values[self.entry.flatten()] = grad.flatten()
         u = table_memory(self.states, W.shape[1], W, slot=1)
         torch.addmm(u, csr(self.crow, self.col, values, (self.states, positions)), V, beta=0, out=u)
         if self.by_position is None:  # (D, N) pattern: position d's B states, columns ascending

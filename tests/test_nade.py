@@ -373,7 +373,7 @@ def test_state_layout_bookkeeping_on_a_small_batch():
                                       check_invariants=True).to_dense()
     for b in range(4):
         for d in range(5):
-            assert pattern[layout.row[d, b], d] == layout.entry[b, d]
+            assert pattern[layout.row[d, b], d] == layout.entry[d, b]
     assert sorted(layout.entry.flatten().tolist()) == list(range(20))
 
 
@@ -420,12 +420,12 @@ def test_scores_chunk_for_chunk_equal_one_table(monkeypatch):
     layout = states_module.StateLayout(x)
     whole = layout.scores(W, c, V, "sigmoid")
     table = torch.sigmoid(layout.state_sums(W, c))[layout.row]  # (D, B, H)
-    torch.testing.assert_close(whole, (table * V[:, None]).sum(-1).t(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(whole, (table * V[:, None]).sum(-1), atol=1e-6, rtol=0)
     for elements in (11, 3 * 11 * 12, 10 * 11 * 12):
         monkeypatch.setattr(states_module, "CHUNK_ELEMENTS", elements)
         assert torch.equal(layout.scores(W, c, V, "sigmoid"), whole)
         part = states_module.StateLayout(x[4:9])
-        assert torch.equal(part.scores(W, c, V, "sigmoid"), whole[4:9])
+        assert torch.equal(part.scores(W, c, V, "sigmoid"), whole[:, 4:9])
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])
