@@ -16,7 +16,7 @@ def per_image_nll(model, images: torch.Tensor, batch_size: int | None = None, pr
                   across_ranks: bool = False, log_prob=None) -> torch.Tensor:
     """-log p(x) in nats for each image, (N, C, H, W) -> float64 (N,).
 
-    ``batch_size`` None: the device's evaluation batch (``performance.eval_batch_size``).
+    ``batch_size`` None: the device's evaluation batch for the model's kind (``performance.eval_batch_size``).
     ``across_ranks``: every rank of the process group (distributed.py) must call this; each
     scores its shard of the images and all get every result, in the input order.
     ``log_prob``: the function to call instead of ``model.log_prob`` (e.g. a compiled one).
@@ -24,7 +24,7 @@ def per_image_nll(model, images: torch.Tensor, batch_size: int | None = None, pr
     if across_ranks:
         return distributed.map_shards(lambda part: per_image_nll(model, part, batch_size, progress,
                                                                  log_prob=log_prob), images)
-    return _per_image_nll(model, images, batch_size or eval_batch_size(model.order.device), progress,
+    return _per_image_nll(model, images, batch_size or eval_batch_size(model.order.device, model), progress,
                           log_prob or model.log_prob)
 
 
@@ -50,7 +50,7 @@ def evaluate(model, images: torch.Tensor, batch_size: int | None = None, progres
         if not compile:
             return nll_summary(per_image_nll(model, images, batch_size, progress, across_ranks), model.num_positions)
         log_prob = compiled_log_prob(model, model.order.device)
-        batch_size = batch_size or eval_batch_size(model.order.device)
+        batch_size = batch_size or eval_batch_size(model.order.device, model)
         start = time.perf_counter()
         log_prob(images[:batch_size].to(model.order.device))  # compiles
         seconds = time.perf_counter() - start

@@ -22,9 +22,13 @@ from densreg.registry import ConfigError
 # (threads table); kinds not listed, and training and evaluation of every kind, use every core.
 SAMPLING_THREADS = {"bernoulli": 1, "markov": 1, "nade": 1, "pixelrnn": 1, "row-lstm": 1}
 TASKS = ("compute", "sample")
-# Evaluation batch per device type: on CPU the cache decides (the gate tensors of a batch of
-# 100 binarized-MNIST images stay in cache, 500 do not), on a GPU larger batches fill the device.
+# Evaluation batch per device type: on CPU the cache decides, on a GPU larger batches fill the device.
+# Measured with `benchmarks/eval_batch.py` (benchmarks/results/eval_batch.md, binarized-MNIST test
+# images, 1 thread, CPU time): on CPU row-lstm and diagonal-bilstm score fastest at 100 (1.2x and 1.6x
+# the images/s of batch 500), nade within a few percent of its best from 50 to 200; the plain pixelrnn
+# at 25 (1.4x batch 100: its nn.LSTM's input products, (B, D, 4h), leave the cache).
 EVAL_BATCH = {"cpu": 100, "cuda": 1024}
+CPU_EVAL_BATCH_BY_KIND = {"pixelrnn": 25}  # registry name -> the CPU batch where it differs
 PRECISIONS = ("float32", "bf16")
 
 _requested_threads: int | None = None  # set by --threads (CLI) or set_threads (Python)
@@ -79,9 +83,12 @@ def using_threads(model, threads: int | None = None, task: str = "compute"):
     return torch_threads(threads_for(model, threads, task))
 
 
-def eval_batch_size(device) -> int:
-    """Images per evaluation pass on ``device`` (a torch.device or a name)."""
-    return EVAL_BATCH.get(torch.device(device).type, EVAL_BATCH["cuda"])
+def eval_batch_size(device, model=None) -> int:
+    """Images per evaluation pass on ``device`` (a torch.device or a name) for ``model``'s kind (None: any)."""
+    kind = torch.device(device).type
+    if kind == "cpu" and getattr(model, "registry_name", None) in CPU_EVAL_BATCH_BY_KIND:
+        return CPU_EVAL_BATCH_BY_KIND[model.registry_name]
+    return EVAL_BATCH.get(kind, EVAL_BATCH["cuda"])
 
 
 def check_precision(precision: str, device) -> None:

@@ -390,7 +390,7 @@ class GradientRun:
             train_nll, rate = self.train_epoch()
             self.model.eval()
             # on fit's threads (using_threads above), not evaluate's own default
-            valid_nll = evaluate(self.model, self.valid, eval_batch_size(self.device), across_ranks=True,
+            valid_nll = evaluate(self.model, self.valid, eval_batch_size(self.device, self.model), across_ranks=True,
                                  threads=torch.get_num_threads())["nll_nats"] \
                 if self.valid is not None else train_nll
             self.epoch += 1

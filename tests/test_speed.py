@@ -99,6 +99,12 @@ def test_fit_validates_on_its_own_threads_not_the_evaluation_default(monkeypatch
 
 def test_eval_batch_per_device_gives_the_same_nll():
     assert performance.eval_batch_size("cpu") < performance.eval_batch_size("cuda")
+    plain = densreg.create_model("pixelrnn", (1, 2, 2), hidden=4)
+    row = densreg.create_model("row-lstm", (1, 2, 2), hidden=4, layers=1, output_hidden=4)
+    # measured (benchmarks/results/eval_batch.md): the plain pixelrnn scores fastest in smaller CPU batches
+    assert performance.eval_batch_size("cpu", plain) < performance.eval_batch_size("cpu", row) == \
+        performance.eval_batch_size("cpu") == performance.EVAL_BATCH["cpu"]
+    assert performance.eval_batch_size("cuda", plain) == performance.eval_batch_size("cuda")
     torch.manual_seed(0)
     model = densreg.create_model("nade", (1, 4, 4), hidden=6)
     x = torch.randint(0, 2, (250, 1, 4, 4))
@@ -163,6 +169,26 @@ def test_speed_benchmark_smoke(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--models", "nope"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown models" in bad.stderr
+
+
+def test_eval_batch_benchmark_smoke(tmp_path):
+    """benchmarks/eval_batch.py: one row per model, one cell per batch size, the fastest in bold, the device's
+    evaluation batch named; bad arguments exit 2 with a message."""
+    out = tmp_path / "eval_batch.md"
+    script = str(ROOT / "benchmarks" / "eval_batch.py")
+    done = subprocess.run([sys.executable, script, "--models", "row-lstm,nade", "--batches", "1,3", "--images", "3",
+                           "--reps", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "Load average" in text and "| model | batch 1 | batch 3 |" in text
+    assert f"(`performance.eval_batch_size`): row-lstm {performance.eval_batch_size('cpu')}, nade" in text
+    for name in ("row-lstm", "nade"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert row.count("**") == 2 and row.count("(") == 2
+    for args, message in ((["--models", "nope"], "unknown models"), (["--batches", "a,2"], "comma-separated integers"),
+                          (["--batches", "0"], "must be positive")):
+        bad = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr, args
 
 
 def test_compile_benchmark_break_even_and_bad_models():
