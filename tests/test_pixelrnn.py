@@ -4,6 +4,7 @@ short training run. Normalization, chain rule, causality by perturbation, step =
 conditional_logits (several rows, colour, K=256), sampling and the checkpoint round trip (layers 1
 and 2) are the conformance kit's checks in test_conformance.py::test_registered_models_pass."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -489,3 +490,17 @@ def test_diagonal_inference_rows_equal_the_autograd_rows(channels, k, height, wi
         summed = rows.clone()
         assert layer.add_rows_(summed) is summed
         torch.testing.assert_close(summed, rows + expected, atol=1e-12, rtol=0)
+
+
+def test_row_lstm_inference_pass_allocates_its_buffers_at_their_sizes():
+    """The in-place pass writes the gates (4h, B*W) and tanh(c) (h, B*W) into buffers it allocates at
+    exactly those sizes: torch never resizes an ``out=`` tensor (deprecated; it warns). h = 3 and
+    B = 7 > W = 5, so that a buffer of any other size would hold elements and be resized."""
+    model = create_model("row-lstm", (1, 4, 5), 2, layers=1, hidden=3).double()
+    randomize(model, 0)
+    layer = model.rnn[0]
+    rows = torch.randn(4, 3, 7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))  # (H, h, B, W)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = layer.forward_rows(rows)
+    torch.testing.assert_close(got, layer.forward_rows(rows).detach(), atol=1e-12, rtol=0)
