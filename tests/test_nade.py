@@ -525,3 +525,38 @@ def test_binary_log_probs_keep_their_precision_for_near_certain_values():
     x = torch.tensor([[1, 1, 1, 0, 0, 0]]).reshape(1, 1, 2, 3)
     expected = torch.tensor([[-math.exp(-40.0)] * 3 + [-40.0 - math.exp(-40.0)] * 3], dtype=torch.float64)
     torch.testing.assert_close(model.conditional_log_probs(x).double(), expected, rtol=1e-6, atol=0)
+
+
+def test_table_memory_is_reused_per_slot_dtype_and_device_and_kept_up_to_keep_bytes(monkeypatch):
+    """The state tables' memory: a request no larger than the slot's kept buffer (same dtype and device)
+    gets that buffer's memory; a larger one, another dtype or device, or another slot, new memory; a
+    buffer is kept for the next call only up to KEEP_BYTES (lowered here to 128 bytes: 32 floats)."""
+    import densreg.plugins.nade_states as states_module
+    from densreg.plugins.nade_states import table_memory
+
+    monkeypatch.setattr(states_module._kept, "buffers", {}, raising=False)
+    monkeypatch.setattr(states_module, "KEEP_BYTES", 128)
+    f32, f64, meta = torch.zeros(1), torch.zeros(1, dtype=torch.float64), torch.zeros(1, device="meta")
+    first = table_memory(4, 8, f32)
+    assert first.shape == (4, 8) and first.dtype == torch.float32
+    for rows in (4, 2):  # as large, smaller: the same memory
+        assert table_memory(rows, 8, f32).data_ptr() == first.data_ptr()
+    assert table_memory(4, 8, f32, slot=1).data_ptr() != first.data_ptr()
+    other = table_memory(4, 8, f64)
+    assert other.dtype == torch.float64 and other.data_ptr() != first.data_ptr()
+    assert table_memory(4, 8, meta).device.type == "meta"
+    assert table_memory(4, 8, f32).dtype == torch.float32  # the meta buffer replaced the float64 one
+    larger = table_memory(33, 1, f32)  # 132 bytes: new memory, not kept
+    assert larger.shape == (33, 1) and table_memory(33, 1, f32).data_ptr() != larger.data_ptr()
+    kept = table_memory(32, 1, f32)  # 128 bytes: kept
+    assert table_memory(32, 1, f32).data_ptr() == kept.data_ptr()
+
+
+@pytest.mark.parametrize("rows, columns, aligned", [(5, 10, 32), (1, 6, 32), (3, 64, 3), (7, 16, 8), (0, 5, 0)])
+def test_aligned_rows_is_the_fewest_rows_filling_whole_vectors(rows, columns, aligned):
+    """The state table's rows are padded to the fewest whose (rows, columns) table has a multiple of
+    TABLE_ALIGN (64) elements."""
+    from densreg.plugins.nade_states import TABLE_ALIGN, aligned_rows
+
+    assert TABLE_ALIGN == 64
+    assert aligned_rows(rows, columns) == aligned
