@@ -550,6 +550,8 @@ def test_table_memory_is_reused_per_slot_dtype_and_device_and_kept_up_to_keep_by
     assert larger.shape == (33, 1) and table_memory(33, 1, f32).data_ptr() != larger.data_ptr()
     kept = table_memory(32, 1, f32)  # 128 bytes: kept
     assert table_memory(32, 1, f32).data_ptr() == kept.data_ptr()
+    small = table_memory(2, 2, f32, slot=2)  # 16 bytes: kept
+    assert table_memory(2, 2, f32, slot=2).data_ptr() == small.data_ptr()
 
 
 @pytest.mark.parametrize("rows, columns, aligned", [(5, 10, 32), (1, 6, 32), (3, 64, 3), (7, 16, 8), (0, 5, 0)])
@@ -560,3 +562,12 @@ def test_aligned_rows_is_the_fewest_rows_filling_whole_vectors(rows, columns, al
 
     assert TABLE_ALIGN == 64
     assert aligned_rows(rows, columns) == aligned
+
+
+def test_an_empty_batch_has_one_empty_rank_and_no_states():
+    """StateLayout of no images: counts and offsets have the one rank of M = 0 ones, holding nothing."""
+    from densreg.plugins.nade_states import StateLayout
+
+    layout = StateLayout(torch.zeros(0, 6, dtype=torch.bool))
+    assert layout.counts == [0] and layout.offsets == [0] and layout.states == 0
+    assert layout.row.shape == (6, 0) and layout.crow.tolist() == [0]
