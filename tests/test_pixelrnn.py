@@ -492,14 +492,16 @@ def test_diagonal_inference_rows_equal_the_autograd_rows(channels, k, height, wi
         torch.testing.assert_close(summed, rows + expected, atol=1e-12, rtol=0)
 
 
-def test_row_lstm_inference_pass_allocates_its_buffers_at_their_sizes():
-    """The in-place pass writes the gates (4h, B*W) and tanh(c) (h, B*W) into buffers it allocates at
-    exactly those sizes: torch never resizes an ``out=`` tensor (deprecated; it warns). h = 3 and
-    B = 7 > W = 5, so that a buffer of any other size would hold elements and be resized."""
-    model = create_model("row-lstm", (1, 4, 5), 2, layers=1, hidden=3).double()
+@pytest.mark.parametrize("name", SPATIAL)
+def test_inference_pass_allocates_its_buffers_at_their_sizes(name):
+    """The in-place passes write the gates and tanh(c) into buffers allocated at exactly their sizes:
+    torch never resizes an ``out=`` tensor (deprecated; it warns). h = 3 and B = 7 > W = 5, so that
+    a buffer of any other size (or a view of another shape) would hold elements and be resized."""
+    model = create_model(name, (1, 4, 5), 2, layers=1, hidden=3).double()
     randomize(model, 0)
     layer = model.rnn[0]
-    rows = torch.randn(4, 3, 7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))  # (H, h, B, W)
+    shape = (4, 3, 7, 5) if name == "row-lstm" else (4, 7, 5, 3)  # the layer's rows layout of (H, h, B, W)
+    rows = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error")
         got = layer.forward_rows(rows)
