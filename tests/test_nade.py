@@ -571,3 +571,67 @@ def test_an_empty_batch_has_one_empty_rank_and_no_states():
     layout = StateLayout(torch.zeros(0, 6, dtype=torch.bool))
     assert layout.counts == [0] and layout.offsets == [0] and layout.states == 0
     assert layout.row.shape == (6, 0) and layout.crow.tolist() == [0]
+
+
+def test_scores_cut_the_table_into_the_largest_rank_ranges_of_at_most_chunk_elements(monkeypatch):
+    """scores() builds the state table greedily a range of whole ranks at a time: each range as long
+    as it stays within CHUNK_ELEMENTS // H rows (or the batch's B rows, if more), a range of exactly
+    that many included; its memory is one such range plus B carried rows, not the whole table, and
+    the logits are the whole table's bit for bit. Images with 4, 4, 2, 2 and 0 ones, H = 8, a chunk
+    of 64 floats (8 rows): ranks of 5, 4, 4, 2, 2 states go in chunks of 5, 4 + 4 and 2 + 2 rows."""
+    import densreg.plugins.nade_states as states_module
+
+    hidden, ones = 8, [4, 4, 2, 2, 0]
+    gen = torch.Generator().manual_seed(23)
+    x = torch.zeros(len(ones), 10, dtype=torch.bool)
+    for image, m in enumerate(ones):
+        x[image, torch.randperm(10, generator=gen)[:m]] = True
+    W, c, V = (torch.randn(shape, generator=gen) for shape in ((10, hidden), (hidden,), (10, hidden)))
+    layout = states_module.StateLayout(x)
+    assert layout.counts == [5, 4, 4, 2, 2] and layout.states == 17
+    whole = layout.scores(W, c, V, "sigmoid")  # CHUNK_ELEMENTS = 2**21: one chunk
+    chunk_rows, memory_rows = [], []
+    sampled_addmm, table_memory = torch.sparse.sampled_addmm, states_module.table_memory
+
+    def spy_addmm(pattern, *args, **kwargs):
+        chunk_rows.append(pattern.shape[0])
+        return sampled_addmm(pattern, *args, **kwargs)
+
+    def spy_memory(rows, columns, *args, **kwargs):
+        memory_rows.append(rows)
+        return table_memory(rows, columns, *args, **kwargs)
+
+    monkeypatch.setattr(torch.sparse, "sampled_addmm", spy_addmm)
+    monkeypatch.setattr(states_module, "table_memory", spy_memory)
+    assert torch.equal(layout.scores(W, c, V, "sigmoid"), whole) and chunk_rows == [17]
+    for elements, chunks in ((64, [5, 8, 4]), (8 * 5, [5, 4, 4, 4]), (8 * 6, [5, 4, 6, 2]), (8 * 9, [9, 8]),
+                             (8 * 16, [15, 2]), (8 * 17, [17])):
+        chunk_rows.clear(), memory_rows.clear()
+        monkeypatch.setattr(states_module, "CHUNK_ELEMENTS", elements)
+        assert torch.equal(layout.scores(W, c, V, "sigmoid"), whole), elements
+        assert chunk_rows == chunks, elements
+        limit = max(5, elements // hidden)
+        assert memory_rows == [states_module.aligned_rows(limit, hidden) + 5], elements
+
+
+def test_scoring_under_no_grad_takes_the_pass_by_states_however_dense_the_batch(monkeypatch):
+    """Only a pass that will be differentiated (grad mode on and a parameter needing a gradient) falls
+    back to BlockedNADE on images dense in ones; scoring under no_grad, or a frozen model, takes the
+    pass by states (spied: which autograd Function's apply runs)."""
+    import densreg.plugins.nade as nade_module
+
+    ran = []
+    for name in ("BlockedNADE", "StateNADE"):
+        function = getattr(nade_module, name)
+        monkeypatch.setattr(function, "apply", staticmethod(
+            lambda *args, _apply=function.apply, _name=name: ran.append(_name) or _apply(*args)))
+    model = nade((1, 8, 8), 2, hidden=6)
+    dense = (torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(16)) < 0.6).long()
+    model.log_prob(dense)
+    with torch.no_grad():
+        model.log_prob(dense)
+    model.requires_grad_(False)
+    model.log_prob(dense)
+    with torch.no_grad():
+        model.log_prob(dense)
+    assert ran == ["BlockedNADE", "StateNADE", "StateNADE", "StateNADE"]
