@@ -576,9 +576,10 @@ def test_an_empty_batch_has_one_empty_rank_and_no_states():
 def test_scores_cut_the_table_into_the_largest_rank_ranges_of_at_most_chunk_elements(monkeypatch):
     """scores() builds the state table greedily a range of whole ranks at a time: each range as long
     as it stays within CHUNK_ELEMENTS // H rows (or the batch's B rows, if more), a range of exactly
-    that many included; its memory is one such range plus B carried rows, not the whole table, and
-    the logits are the whole table's bit for bit. Images with 4, 4, 2, 2 and 0 ones, H = 8, a chunk
-    of 64 floats (8 rows): ranks of 5, 4, 4, 2, 2 states go in chunks of 5, 4 + 4 and 2 + 2 rows."""
+    that many included; its memory is one such range plus B carried rows, not the whole table; each
+    chunk is activated padded to whole vectors (aligned_rows) and no further; no warning; and the
+    logits are the whole table's bit for bit. Images with 4, 4, 2, 2 and 0 ones, H = 8, a chunk of
+    64 floats (8 rows): ranks of 5, 4, 4, 2, 2 states go in chunks of 5, 4 + 4 and 2 + 2 rows."""
     import densreg.plugins.nade_states as states_module
 
     hidden, ones = 8, [4, 4, 2, 2, 0]
@@ -590,8 +591,8 @@ def test_scores_cut_the_table_into_the_largest_rank_ranges_of_at_most_chunk_elem
     layout = states_module.StateLayout(x)
     assert layout.counts == [5, 4, 4, 2, 2] and layout.states == 17
     whole = layout.scores(W, c, V, "sigmoid")  # CHUNK_ELEMENTS = 2**21: one chunk
-    chunk_rows, memory_rows = [], []
-    sampled_addmm, table_memory = torch.sparse.sampled_addmm, states_module.table_memory
+    chunk_rows, activated_rows, memory_rows = [], [], []
+    sampled_addmm, table_memory, sigmoid_ = torch.sparse.sampled_addmm, states_module.table_memory, torch.sigmoid_
 
     def spy_addmm(pattern, *args, **kwargs):
         chunk_rows.append(pattern.shape[0])
@@ -601,16 +602,24 @@ def test_scores_cut_the_table_into_the_largest_rank_ranges_of_at_most_chunk_elem
         memory_rows.append(rows)
         return table_memory(rows, columns, *args, **kwargs)
 
+    def spy_sigmoid_(table):
+        activated_rows.append(table.shape[0])
+        return sigmoid_(table)
+
     monkeypatch.setattr(torch.sparse, "sampled_addmm", spy_addmm)
     monkeypatch.setattr(states_module, "table_memory", spy_memory)
-    assert torch.equal(layout.scores(W, c, V, "sigmoid"), whole) and chunk_rows == [17]
-    for elements, chunks in ((64, [5, 8, 4]), (8 * 5, [5, 4, 4, 4]), (8 * 6, [5, 4, 6, 2]), (8 * 9, [9, 8]),
-                             (8 * 16, [15, 2]), (8 * 17, [17])):
-        chunk_rows.clear(), memory_rows.clear()
-        monkeypatch.setattr(states_module, "CHUNK_ELEMENTS", elements)
-        assert torch.equal(layout.scores(W, c, V, "sigmoid"), whole), elements
+    monkeypatch.setitem(states_module.ACTIVATIONS_, "sigmoid", spy_sigmoid_)
+    for elements, chunks in ((None, [17]), (64, [5, 8, 4]), (8 * 5, [5, 4, 4, 4]), (8 * 6, [5, 4, 6, 2]),
+                             (8 * 9, [9, 8]), (8 * 16, [15, 2]), (8 * 17, [17])):
+        chunk_rows.clear(), activated_rows.clear(), memory_rows.clear()
+        if elements is not None:
+            monkeypatch.setattr(states_module, "CHUNK_ELEMENTS", elements)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. an out= tensor resized
+            assert torch.equal(layout.scores(W, c, V, "sigmoid"), whole), elements
         assert chunk_rows == chunks, elements
-        limit = max(5, elements // hidden)
+        assert activated_rows == [states_module.aligned_rows(rows, hidden) for rows in chunks], elements
+        limit = max(5, states_module.CHUNK_ELEMENTS // hidden)
         assert memory_rows == [states_module.aligned_rows(limit, hidden) + 5], elements
 
 
