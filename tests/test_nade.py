@@ -644,3 +644,23 @@ def test_scoring_under_no_grad_takes_the_pass_by_states_however_dense_the_batch(
     with torch.no_grad():
         model.log_prob(dense)
     assert ran == ["BlockedNADE", "StateNADE", "StateNADE", "StateNADE"]
+
+
+def test_a_lone_images_gradients_by_states_equal_the_blocked_pass():
+    """A batch of one image (B = 1: backward's (D, N) pattern has one state per position) trains with
+    the pass by states and gets the blocked pass's gradients (float64, to rounding)."""
+    import densreg.plugins.nade as nade_module
+
+    model = nade((1, 3, 4), 2, "snake", hidden=7).double()
+    x = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]]).reshape(1, 1, 3, 4)  # 3 states: trains by states
+    grads = []
+    for layout, node in ((nade_module.state_layout, "StateNADEBackward"), (lambda *args: None, "BlockedNADEBackward")):
+        model.zero_grad()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(nade_module, "state_layout", layout)
+            value = model.log_prob(x)
+            assert eager_pass_of(value) == node
+            value.sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for mine, theirs in zip(*grads):
+        torch.testing.assert_close(mine, theirs, atol=1e-12, rtol=1e-10)
