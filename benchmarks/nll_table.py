@@ -58,6 +58,10 @@ ROWS = {
     "row-lstm": dict(model="row-lstm", config={"hidden": 16, "layers": 5, "output_hidden": 32},
                      train=PIXELRNN_TRAIN,
                      reference=80.54, source="van den Oord et al. 2016, GPU, to convergence"),
+    "row-lstm-7": dict(model="row-lstm", config={"hidden": 16, "layers": 7, "output_hidden": 32},
+                       train=PIXELRNN_TRAIN, reference=80.54,
+                       source="van den Oord et al. 2016; grown from the row-lstm row after its 6th epoch by "
+                              "benchmarks/grow_pixelrnn.py, epochs here are after growing"),
     "diagonal-bilstm": dict(model="diagonal-bilstm", config={"hidden": 16, "layers": 2, "output_hidden": 32},
                             train=PIXELRNN_TRAIN,
                             reference=79.20, source="van den Oord et al. 2016, 7 layers, h=16, GPU"),
