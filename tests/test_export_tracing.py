@@ -91,6 +91,28 @@ def test_recur_runs_the_body_forward_and_backward_like_a_python_loop():
         torch.testing.assert_close(carry[0], xs.sum(0))
 
 
+def test_recur_steps_along_the_dim_given_for_each_input():
+    from densreg.plugins.pixelrnn.base import recur
+
+    torch.manual_seed(0)
+    stepped = torch.randn(2, 5, 3, requires_grad=True)  # steps along dim 1
+    plain = torch.randn(5, 4, requires_grad=True)  # steps along dim 0
+
+    def body(carry, x):  # a running product-sum mixing both inputs
+        total = carry[0] * 0.5 + x[0] * x[1][:3].sum()
+        return (total,), total
+
+    carry, ys = recur(body, (torch.zeros(2, 3),), (stepped, plain), dims=(1, 0))
+    expected_carry, expected_ys = recur(body, (torch.zeros(2, 3),), (stepped.transpose(0, 1), plain))
+    torch.testing.assert_close(ys, expected_ys, rtol=0, atol=0)
+    torch.testing.assert_close(carry[0], expected_carry[0], rtol=0, atol=0)
+    grads = torch.autograd.grad(ys.square().sum(), (stepped, plain))
+    expected = torch.autograd.grad(expected_ys.square().sum(), (stepped, plain))
+    for grad, want in zip(grads, expected):
+        torch.testing.assert_close(grad, want, rtol=0, atol=0)
+    assert grads[0].is_contiguous()  # stacked along dim 1 in place, not a transposed copy
+
+
 def _conditionals(name: str, height: int):
     from densreg.export.exporter import ConditionalsGraph, _to_onnx
     from densreg.registry import create_model

@@ -43,8 +43,10 @@ def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor, dim: int = 1) -> tuple[
     Returns (h, c), each ``gates`` with h along ``dim``.
     """
     hidden = gates.shape[dim] // 4
-    i, f, o = torch.sigmoid(gates.narrow(dim, 0, 3 * hidden)).chunk(3, dim)  # one pass over the three gates
-    c = f * c_prev + i * torch.tanh(gates.narrow(dim, 3 * hidden, hidden))
+    # split, not two narrows: its backward is one cat, theirs two zero-filled copies of gates and a sum
+    sigmoid_gates, cell = gates.split([3 * hidden, hidden], dim)
+    i, f, o = torch.sigmoid(sigmoid_gates).chunk(3, dim)  # one pass over the three gates
+    c = f * c_prev + i * torch.tanh(cell)
     return o * torch.tanh(c), c
 
 
@@ -72,8 +74,14 @@ def branch(pred: torch.Tensor, true_fn, false_fn, operands: tuple[torch.Tensor, 
     return true_fn(*operands) if bool(pred) else false_fn(*operands)
 
 
-def recur(body, init: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...], reverse: bool = False):
-    """Run ``body(carry, x) -> (carry, y)`` along dim 0 of ``xs``; returns (last carry, ys stacked on dim 0).
+def recur(body, init: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...], reverse: bool = False,
+          dims: tuple[int, ...] | None = None):
+    """Run ``body(carry, x) -> (carry, y)`` along dim 0 of ``xs`` (or along ``dims``, one per x);
+    returns (last carry, ys stacked on dim 0).
+
+    In eager mode the gradient of each x is stacked along its own dim: stepping along dim 1 of a
+    tensor laid out (N, steps, ...) spares the copy that a transposed view (steps, N, ...) would
+    cost its producer's backward.
 
     ``carry``, ``x`` and ``y`` are tuples of tensors (``y`` may be one tensor). Exported
     (torch.export, hence the dynamo ONNX exporter) it is torch's ``scan``, an ONNX Scan
@@ -82,8 +90,11 @@ def recur(body, init: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...], re
     Otherwise a plain Python loop (eager ``scan`` would compile its body with dynamo, and
     ``torch.compile`` unrolls the loop as before).
     """
+    dims = dims or (0,) * len(xs)
     if torch.compiler.is_exporting():
         from torch._higher_order_ops.scan import scan
+
+        xs = tuple(x.movedim(dim, 0) for x, dim in zip(xs, dims))
 
         def traced(carry, x):  # scan's outputs may not alias each other: y gets its own copy
             carry, y = body(carry, x)
@@ -91,7 +102,7 @@ def recur(body, init: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...], re
 
         return scan(traced, init, xs, reverse=reverse)
     carry, ys = init, []
-    steps = zip(*(x.unbind(0) for x in xs))
+    steps = zip(*(x.unbind(dim) for x, dim in zip(xs, dims)))
     for x in (reversed(list(steps)) if reverse else steps):
         carry, y = body(carry, x)
         ys.append(y)
