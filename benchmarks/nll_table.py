@@ -65,6 +65,11 @@ ROWS = {
     "diagonal-bilstm": dict(model="diagonal-bilstm", config={"hidden": 16, "layers": 2, "output_hidden": 32},
                             train=PIXELRNN_TRAIN,
                             reference=79.20, source="van den Oord et al. 2016, 7 layers, h=16, GPU"),
+    "diagonal-bilstm-4": dict(model="diagonal-bilstm", config={"hidden": 16, "layers": 4, "output_hidden": 32},
+                              train=PIXELRNN_TRAIN, reference=79.20,
+                              source="van den Oord et al. 2016, 7 layers, h=16, GPU; grown from the "
+                                     "diagonal-bilstm row after its 2nd epoch by benchmarks/grow_pixelrnn.py, "
+                                     "epochs here are after growing"),
 }
 
 
