@@ -27,7 +27,10 @@ from densreg.registry import api  # noqa: E402
 from densreg.registry.checkpoint import load_checkpoint  # noqa: E402
 
 GROWABLE = ("row-lstm", "diagonal-bilstm")
-TOLERANCE_NATS = 1e-4  # float32 sums in another order may differ in the last bits
+# The check catches a wrong growth (whole nats apart), not rounding: growing the 7-layer Row LSTM to
+# 9 layers once stopped at 1.45e-4 nats, and the same command passed at 0 a minute later (CPU
+# float32 GEMMs are not guaranteed bitwise reproducible from one run to the next).
+TOLERANCE_NATS = 1e-3
 
 
 def zero_cell_gates(tensor: torch.Tensor, hidden: int) -> None:
