@@ -7,7 +7,8 @@ log_prob images/s, eager and compiled interleaved in one process (medians of ``-
 the break-even: how many images a run must process before compiling has paid for itself
 (compile seconds / (1/eager rate - 1/compiled rate); "never" when compiled is not faster).
 This is exactly what ``densreg train/eval --compile`` run (``densreg.app.performance.compiled_log_prob``).
-Compiled and eager log_prob on the same batch are compared (max |difference|, nats).
+Compiled and eager are compared on the same batch and weights: log_prob (max |difference|, nats)
+and the training loss's gradient (cosine, and the largest difference over the largest entry).
 
 Compile times are cold: the inductor cache is a fresh temporary folder unless ``--warm-cache``
 (a second run with the same shapes reads its compiled kernels from ``TORCHINDUCTOR_CACHE_DIR``, and
@@ -62,6 +63,20 @@ def break_even(compile_s: float, eager: float, compiled: float) -> str:
     return "never" if saved_per_image <= 0 else f"{compile_s / saved_per_image:,.0f}"
 
 
+def gradient_agreement(model, compiled, images) -> tuple[float, float]:
+    """Cosine and max |difference| / max |eager entry| between the gradients of the mean NLL, eager
+    and compiled (all parameters flattened into one vector)."""
+    grads = []
+    for log_prob in (model.log_prob, compiled.log_prob):
+        model.zero_grad(set_to_none=True)
+        (-log_prob(images).mean()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    model.zero_grad(set_to_none=True)
+    eager, other = grads
+    cosine = torch.nn.functional.cosine_similarity(eager, other, dim=0).item()
+    return cosine, ((eager - other).abs().max() / eager.abs().max()).item()
+
+
 def bench_model(name: str, args) -> list[dict]:
     cfg, _, train_batch = MODELS[name]
     shape = (1, args.size, args.size)
@@ -79,7 +94,9 @@ def bench_model(name: str, args) -> list[dict]:
         seconds = measure(fns, args.reps, args.device)
         row = {"model": name, "metric": metric, "batch": unit, "compile_s": compile_s,
                "eager": unit / seconds["eager"], "compiled": unit / seconds["compiled"]}
-        if metric == "log_prob":
+        if metric == "train":
+            row["grad_cosine"], row["grad_max_rel"] = gradient_agreement(model.train(), compiled, train_x)
+        else:
             with torch.no_grad():
                 row["max_diff"] = (compiled.log_prob(eval_x) - model.log_prob(eval_x)).abs().max().item()
         rows.append(row)
@@ -104,14 +121,15 @@ def markdown(rows, args, loads, seconds: float) -> str:
         f"{'with the usual (warm) inductor cache' if args.warm_cache else 'cold (a fresh inductor cache)'}.",
         "",
         "| model | metric | batch | compile s | eager img/s | compiled img/s | compiled ÷ eager | break-even images | "
-        "max \\|Δ log_prob\\| nats |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "max \\|Δ log_prob\\| nats | gradient cosine (max \\|Δ\\| / max \\|entry\\|) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         diff = f"{r['max_diff']:.1e}" if "max_diff" in r else "-"
+        grad = f"{r['grad_cosine']:.7f} ({r['grad_max_rel']:.1e})" if "grad_cosine" in r else "-"
         lines.append(f"| {r['model']} | {r['metric']} | {r['batch']} | {r['compile_s']:.1f} | {r['eager']:,.1f} | "
                      f"{r['compiled']:,.1f} | {r['compiled'] / r['eager']:.2f}× | "
-                     f"{break_even(r['compile_s'], r['eager'], r['compiled'])} | {diff} |")
+                     f"{break_even(r['compile_s'], r['eager'], r['compiled'])} | {diff} | {grad} |")
     return "\n".join(lines) + "\n"
 
 

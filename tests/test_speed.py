@@ -205,6 +205,27 @@ def test_compile_benchmark_break_even_and_bad_models():
     assert bad.returncode == 2 and "unknown models" in bad.stderr
 
 
+def test_compile_benchmark_gradient_agreement_measures_the_difference():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from compile import gradient_agreement
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    torch.manual_seed(0)
+    model = densreg.create_model("nade", (1, 3, 3), hidden=5)
+    x = torch.randint(0, 2, (6, 1, 3, 3))
+
+    def stand_in(log_prob):  # plays the compiled model: only its log_prob is used
+        return type("Compiled", (), {"log_prob": staticmethod(log_prob)})
+
+    assert gradient_agreement(model, stand_in(model.log_prob), x) == pytest.approx((1.0, 0.0))
+    # twice the loss: the same direction, every entry off by itself (the largest by the largest)
+    assert gradient_agreement(model, stand_in(lambda images: 2 * model.log_prob(images)), x) == pytest.approx((1.0, 1.0))
+    cosine, relative = gradient_agreement(model, stand_in(lambda images: model.log_prob(1 - images)), x)
+    assert cosine < 0.99 and relative > 0.01
+    assert all(p.grad is None for p in model.parameters())
+
+
 @pytest.mark.slow  # about a minute: two cold compiles of a tiny NADE
 def test_compile_benchmark_smoke(tmp_path):
     out = tmp_path / "compile.md"
@@ -214,6 +235,9 @@ def test_compile_benchmark_smoke(tmp_path):
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     assert "| nade | train | 100 |" in text and "| nade | log_prob | 8 |" in text and "cold (a fresh inductor cache)" in text
+    train_row = next(line for line in text.splitlines() if line.startswith("| nade | train"))
+    cosine = float(train_row.split("|")[-2].split()[0])  # the gradient column: "cosine (max rel. difference)"
+    assert 0.999 < cosine <= 1.0 + 1e-6
 
 
 def run_gpu_sh(tmp_path, **env):
