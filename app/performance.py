@@ -111,9 +111,25 @@ def recurrent(model) -> bool:
 
 def compiled_log_prob(model, device, log_prob=None):
     """``torch.compile`` of ``log_prob`` (default ``model.log_prob``): mode "reduce-overhead" (CUDA
-    graphs) for the recurrent models on CUDA, the default mode otherwise. Compiles on the first call."""
+    graphs) for the recurrent models on CUDA, the default mode otherwise. Compiles on the first call,
+    for that call's batch shape only (``FirstShapeCompiled``)."""
+    log_prob = log_prob or model.log_prob
     mode = "reduce-overhead" if torch.device(device).type == "cuda" and recurrent(model) else None
-    return torch.compile(log_prob or model.log_prob, mode=mode, dynamic=False)
+    return FirstShapeCompiled(torch.compile(log_prob, mode=mode, dynamic=False), log_prob)
+
+
+class FirstShapeCompiled:
+    """Runs ``compiled`` on batches shaped like the first one it is called with and ``eager`` on any
+    other: an epoch's last, smaller batch would otherwise compile a second graph (4 minutes for the
+    Diagonal BiLSTM on CPU, benchmarks/results/compile.md) to be used once per epoch."""
+
+    def __init__(self, compiled, eager) -> None:
+        self.compiled, self.eager, self.shape = compiled, eager, None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.shape is None:
+            self.shape = images.shape
+        return (self.compiled if images.shape == self.shape else self.eager)(images)
 
 
 class CompileTimer:

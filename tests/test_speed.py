@@ -155,6 +155,30 @@ def test_compiled_evaluation_matches_and_reports_its_compile_time():
     assert abs(compiled["nll_nats"] - plain["nll_nats"]) < 1e-4
 
 
+def test_compiled_training_runs_its_compiled_graph_on_full_batches_only(monkeypatch):
+    shapes = []
+
+    def recording_compile(fn, **options):  # stands in for torch.compile: records what the "graph" runs on
+        assert options == {"mode": None, "dynamic": False}
+
+        def graph(images):
+            shapes.append(tuple(images.shape))
+            return fn(images)
+        return graph
+
+    monkeypatch.setattr(performance.torch, "compile", recording_compile)
+    torch.manual_seed(0)
+    model = densreg.create_model("nade", (1, 3, 3), hidden=4)
+    x = torch.randint(0, 2, (25, 1, 3, 3))
+    metrics = densreg.fit(model, x, x, epochs=2, batch_size=10, compile=True)
+    assert shapes == [(10, 1, 3, 3)] * 4  # two full batches per epoch; each epoch's last 5 images run eager
+    assert metrics["compile_seconds"] > 0
+    compiled = performance.compiled_log_prob(model, "cpu")
+    torch.testing.assert_close(compiled(x[:3]), model.log_prob(x[:3]), rtol=0, atol=0)
+    torch.testing.assert_close(compiled(x[:7]), model.log_prob(x[:7]), rtol=0, atol=0)
+    assert shapes[-1] == (3, 1, 3, 3) and len(shapes) == 5  # the first call's shape is the compiled one
+
+
 def test_speed_benchmark_smoke(tmp_path):
     out = tmp_path / "speed.md"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--quick", "--size", "4",
