@@ -120,8 +120,9 @@ def compiled_log_prob(model, device, log_prob=None):
 
 class FirstShapeCompiled:
     """Runs ``compiled`` on batches shaped like the first one it is called with and ``eager`` on any
-    other: an epoch's last, smaller batch would otherwise compile a second graph (4 minutes for the
-    Diagonal BiLSTM on CPU, benchmarks/results/compile.md) to be used once per epoch."""
+    other: an epoch's last, smaller batch would otherwise compile a second graph, to be used once per
+    epoch (the first graph of a Diagonal BiLSTM training step takes 4 minutes on CPU,
+    benchmarks/results/compile.md)."""
 
     def __init__(self, compiled, eager) -> None:
         self.compiled, self.eager, self.shape = compiled, eager, None
