@@ -65,7 +65,9 @@ class TrainingOptions:
     cuda if available, else cpu); precision: "float32", or "bf16" (the forward pass under
     bf16 autocast, weights and Adam in float32); threads: torch threads (None: the measured
     default of the model kind, see densreg.app.performance); compile: torch.compile the
-    log-likelihood (its compile time is reported as compile_seconds).
+    log-likelihood (its compile time is reported as compile_seconds); ema: keep an exponential
+    moving average of the weights, moved toward them by (1 - ema) after every Adam step (e.g.
+    0.999); validation, the checkpoint and the fitted model then use the averaged weights (None: off).
     """
 
     epochs: int = 20
@@ -81,6 +83,7 @@ class TrainingOptions:
     precision: str = "float32"
     threads: int | None = None
     compile: bool = False
+    ema: float | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -104,6 +107,7 @@ class TrainingOptions:
         need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "> 0")
         need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
         need(self.threads is None or positive_int(self.threads), "threads", ">= 1")
+        need(self.ema is None or 0 <= self.ema < 1, "ema", "in [0, 1)")
         need(self.device is None or is_device(self.device), "device", "a torch device such as cpu, cuda or cuda:1")
 
     def replace(self, **changes) -> "TrainingOptions":
@@ -118,7 +122,7 @@ class TrainingOptions:
 INIT_FROM_DATA = 10000  # training images given to a model's optional init_from_data before the first epoch
 
 # what a resumed run takes from the interrupted one unless given again (max_minutes is per call)
-INHERITED = ("epochs", "batch_size", "lr", "weight_decay", "clip_grad", "patience", "lr_decay", "precision")
+INHERITED = ("epochs", "batch_size", "lr", "weight_decay", "clip_grad", "patience", "lr_decay", "precision", "ema")
 
 
 class RunPaths(NamedTuple):
@@ -231,6 +235,17 @@ def _check_optimizer_tensors(model, tensors: dict[str, torch.Tensor]) -> None:
                              f"{list(shapes[int(parts[1])])}")
 
 
+def _averaged_weights(model, tensors: dict[str, torch.Tensor], device) -> list[torch.Tensor] | None:
+    """The moving-average weights ``ema.I`` of a resume state, one per parameter I (None: not averaged)."""
+    if "ema.0" not in tensors:
+        return None
+    averaged = [tensors[f"ema.{i}"].to(device) for i, _ in enumerate(model.parameters())]
+    for i, (weight, param) in enumerate(zip(averaged, model.parameters())):
+        if weight.shape != param.shape:
+            raise ValueError(f"averaged weight ema.{i} has shape {list(weight.shape)}, expected {list(param.shape)}")
+    return averaged
+
+
 def _load_optimizer(optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
@@ -264,12 +279,14 @@ class GradientRun:
         self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.log: list[dict] = []
         self.paths = run_paths(out) if out is not None else None
+        self.averaged: list[torch.Tensor] | None = None  # the moving average of the parameters (option ema)
 
     # -- persistence ----------------------------------------------------------
     def save_state(self) -> None:
         optim_tensors, groups = _optimizer_tensors(self.optimizer)
         tensors = {**optim_tensors, **{f"best.{k}": v for k, v in self.best_state.items()},
                    "rng.shuffle": self.shuffle.get_state(), "rng.torch": torch.get_rng_state()}
+        tensors.update({f"ema.{i}": weight for i, weight in enumerate(self.averaged or [])})
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         resume = {"epoch": self.epoch, "best": self.best, "log": self.log, "param_groups": groups,
@@ -312,6 +329,7 @@ class GradientRun:
             self.best_state = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")}
             self.model.load_state_dict(self.best_state, strict=True)  # checks the best weights' names and shapes
             self.model.load_state_dict(model_state, strict=True)
+            self.averaged = _averaged_weights(self.model, tensors, self.device)
             self.shuffle.set_state(tensors["rng.shuffle"])
             torch.set_rng_state(tensors["rng.torch"])
             if "rng.cuda" in tensors and self.device.type == "cuda":
@@ -335,7 +353,24 @@ class GradientRun:
         compiled = {"compile_seconds": timer.seconds} if isinstance(timer, CompileTimer) else {}
         return {"train_nll_nats": best_entry.get("train_nll", math.nan),
                 "valid_nll_nats": best_entry.get("valid_nll", math.nan),
-                "epochs": self.epoch, "best_epoch": self.best["epoch"], **compiled, **self.extra_metrics}
+                "epochs": self.epoch, "best_epoch": self.best["epoch"], **compiled,
+                **({"ema": self.opts.ema} if self.averaged is not None else {}), **self.extra_metrics}
+
+    @contextmanager
+    def averaged_weights_in_model(self):
+        """For the duration, the model holds the moving-average weights (nothing changes without ema)."""
+        if self.averaged is None:
+            yield
+            return
+        params = [p.detach() for p in self.model.parameters()]
+        live = [p.clone() for p in params]
+        for param, weight in zip(params, self.averaged):
+            param.copy_(weight)
+        try:
+            yield
+        finally:
+            for param, weight in zip(params, live):
+                param.copy_(weight)
 
     def train_epoch(self) -> tuple[float, float]:
         """One pass over the shuffled training set; returns (mean train NLL, images/s)."""
@@ -361,6 +396,8 @@ class GradientRun:
             if opts.clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
             self.optimizer.step()
+            if self.averaged is not None:
+                torch._foreach_lerp_(self.averaged, [p.detach() for p in model.parameters()], 1 - opts.ema)
             total += float(nll_sum.detach()) if len(index) else 0.0
             seen += len(index)
             rate = seen * self.world.size / max(time.perf_counter() - start, 1e-9)
@@ -380,6 +417,8 @@ class GradientRun:
         self.log_prob = distributed.log_prob_function(self.model, self.device)
         if self.opts.compile:
             self.log_prob = CompileTimer(compiled_log_prob(self.model, self.device, self.log_prob))
+        if self.opts.ema is not None and self.averaged is None:  # a new run, or one resumed without averaging
+            self.averaged = [p.detach().clone() for p in self.model.parameters()]
         opts = self.opts
         stopped = "epochs"
         while self.epoch < opts.epochs:
@@ -388,23 +427,24 @@ class GradientRun:
                 break
             epoch_start = time.perf_counter()
             train_nll, rate = self.train_epoch()
-            self.model.eval()
-            # on fit's threads (using_threads above), not evaluate's own default
-            valid_nll = evaluate(self.model, self.valid, eval_batch_size(self.device, self.model), across_ranks=True,
-                                 threads=torch.get_num_threads())["nll_nats"] \
-                if self.valid is not None else train_nll
-            self.epoch += 1
-            entry = {"epoch": self.epoch, "train_nll": train_nll, "valid_nll": valid_nll,
-                     "seconds": time.perf_counter() - epoch_start, "images": len(self.train), "images_per_s": rate,
-                     "lr": self.optimizer.param_groups[0]["lr"], "processes": self.world.size}
-            self.log.append(entry)
-            if valid_nll < self.best["valid_nll_nats"]:
-                self.best = {"valid_nll_nats": valid_nll, "epoch": self.epoch, "bad_epochs": 0}
-                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                if self.paths and self.world.leader:
-                    save_checkpoint(self.paths.checkpoint, self.model, self.name, metrics=self.metrics())
-            else:
-                self.best["bad_epochs"] += 1
+            with self.averaged_weights_in_model():  # validation and the best weights: the averaged ones
+                self.model.eval()
+                # on fit's threads (using_threads above), not evaluate's own default
+                valid_nll = evaluate(self.model, self.valid, eval_batch_size(self.device, self.model),
+                                     across_ranks=True, threads=torch.get_num_threads())["nll_nats"] \
+                    if self.valid is not None else train_nll
+                self.epoch += 1
+                entry = {"epoch": self.epoch, "train_nll": train_nll, "valid_nll": valid_nll,
+                         "seconds": time.perf_counter() - epoch_start, "images": len(self.train), "images_per_s": rate,
+                         "lr": self.optimizer.param_groups[0]["lr"], "processes": self.world.size}
+                self.log.append(entry)
+                if valid_nll < self.best["valid_nll_nats"]:
+                    self.best = {"valid_nll_nats": valid_nll, "epoch": self.epoch, "bad_epochs": 0}
+                    self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    if self.paths and self.world.leader:
+                        save_checkpoint(self.paths.checkpoint, self.model, self.name, metrics=self.metrics())
+                else:
+                    self.best["bad_epochs"] += 1
             if self.paths and self.world.leader:
                 self.save_state()
             if self.progress:

@@ -92,6 +92,73 @@ def test_resume_ends_where_an_uninterrupted_run_ends(digits, tmp_path):
         assert a["valid_nll"] == pytest.approx(b["valid_nll"], abs=1e-6)
 
 
+def test_ema_zero_is_the_plain_run(digits, tmp_path):
+    train, valid = digits
+    plain, averaged = small_nade(), small_nade()
+    a = fit(plain, train, valid, epochs=2, batch_size=64, lr=5e-3)
+    b = fit(averaged, train, valid, epochs=2, batch_size=64, lr=5e-3, ema=0.0)  # the average is the weights
+    assert a["valid_nll_nats"] == b["valid_nll_nats"] and b["ema"] == 0.0 and "ema" not in a
+    for key, value in plain.state_dict().items():
+        assert torch.equal(averaged.state_dict()[key], value), key
+
+
+def test_ema_validates_and_keeps_the_averaged_weights(digits, tmp_path):
+    train, valid = digits
+    model = small_nade()
+    out = tmp_path / "ema.safetensors"
+    decay = 0.9
+    metrics = fit(model, train, valid, epochs=1, batch_size=100, lr=5e-2, seed=1, out=out, ema=decay)
+    live, _ = load_checkpoint(run_paths(out)[2])  # the resume state holds the trained (live) weights
+    # replay the three Adam steps, moving the average after each: average <- average + (1 - decay) (weights - average)
+    replay = small_nade()
+    optimizer = torch.optim.Adam(replay.parameters(), lr=5e-2)
+    expected = [p.detach().clone() for p in replay.parameters()]
+    for batch in torch.randperm(len(train), generator=torch.Generator().manual_seed(1)).split(100):
+        optimizer.zero_grad()
+        (-replay.log_prob(train[batch].long()).mean()).backward()
+        optimizer.step()
+        expected = [e.lerp(p.detach(), 1 - decay) for e, p in zip(expected, replay.parameters())]
+    for got, want, trained, replayed in zip(model.parameters(), expected, live.parameters(), replay.parameters()):
+        torch.testing.assert_close(got.detach(), want, atol=1e-6, rtol=0)
+        torch.testing.assert_close(trained.detach(), replayed.detach(), atol=1e-6, rtol=0)
+        assert not torch.equal(got.detach(), trained.detach())  # the average is not the trained weights
+    assert metrics["valid_nll_nats"] == pytest.approx(evaluate(model, valid)["nll_nats"], abs=1e-6)
+    saved, info = load_checkpoint(out)
+    assert info.metrics["ema"] == decay
+    for key, value in model.state_dict().items():
+        assert torch.equal(saved.state_dict()[key], value), key
+
+
+def test_resume_continues_the_moving_average(digits, tmp_path):
+    train, valid = digits
+    options = dict(batch_size=64, lr=5e-3, seed=3, ema=0.95)
+    whole = small_nade()
+    fit(whole, train, valid, epochs=3, out=tmp_path / "whole.safetensors", **options)
+    part = small_nade()
+    fit(part, train, valid, epochs=1, out=tmp_path / "part.safetensors", **options)
+    resumed = small_nade(seed=99)
+    metrics = fit(resumed, train, valid, epochs=3, out=tmp_path / "part.safetensors", resume=True)  # ema inherited
+    assert metrics["ema"] == 0.95
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, atol=1e-6, rtol=0)
+    # a run trained without averaging continues with it: the average starts from the resumed weights
+    plain = tmp_path / "plain.safetensors"
+    fit(small_nade(), train, valid, epochs=1, out=plain, batch_size=64)
+    later = fit(small_nade(seed=5), train, valid, epochs=2, out=plain, resume=True, ema=0.9)
+    assert later["ema"] == 0.9 and later["epochs"] == 2
+    with safe_open(str(run_paths(plain)[2]), framework="pt") as handle:
+        assert "extra.ema.0" in set(handle.keys())
+
+
+def test_ema_out_of_range_is_refused(digits, tmp_path):
+    train, valid = digits
+    with pytest.raises(ConfigError, match=r"ema must be in \[0, 1\), got 1.0"):
+        fit(small_nade(), train, valid, epochs=1, ema=1.0)
+    result = CliRunner().invoke(cli, ["train", "nade", "--dataset", "digits", "--out", str(tmp_path / "x.safetensors"),
+                                      "--ema", "1"])
+    assert result.exit_code == 2 and "--ema" in result.output and not (tmp_path / "x.safetensors").exists()
+
+
 def test_resume_state_is_safetensors_with_adam_state(digits, tmp_path):
     train, valid = digits
     out = tmp_path / "run.safetensors"

@@ -58,6 +58,9 @@ DEFAULTS = TrainingOptions()
 @click.option("--compile", is_flag=True, help="torch.compile the log-likelihood (compile time is reported). On CPU it pays only for long "
                    "row-lstm runs (1.27x after a compile of many minutes); NADE is faster without it "
                    "(benchmarks/results/compile.md).")
+@click.option("--ema", type=click.FloatRange(min=0, max=1, max_open=True), default=DEFAULTS.ema, show_default="off",
+              help="Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); "
+                   "validation, the best checkpoint and the fitted model use the averaged weights.")
 @threads_option
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run of --out from its last epoch (OUT stem + .last.safetensors); "
