@@ -363,3 +363,17 @@ def test_shards_split_any_count_evenly_without_overlap():
     assert sorted(torch.cat(parts).tolist()) == batch.tolist() and [len(p) for p in parts] == [51, 50]
     assert distributed.without_option(["train", "--nproc", "2", "--out", "x", "--nproc=4"], "--nproc") == \
         ["train", "--out", "x"]
+
+
+@pytest.mark.parametrize("body, code, stdout, stderr", [
+    ("print('done')", 0, "done\n", ""),
+    ("print('partial'); sys.exit(3)", 3, "partial\n", ""),
+    ("sys.exit('Error: bad input')", 1, "", "Error: bad input\n"),
+])
+def test_a_launched_command_exits_with_its_code_and_output_but_without_shutdown(body, code, stdout, stderr):
+    # an atexit handler stands for interpreter shutdown, where Gloo's threads could abort the process
+    script = ("import atexit, sys\nfrom densreg.app.launcher import run_then_exit\n"
+              "atexit.register(lambda: print('shutdown ran'))\n"
+              f"def command():\n    {body}\nrun_then_exit(command)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (code, stdout, stderr)

@@ -17,6 +17,7 @@ import traceback
 
 import click
 
+from densreg.app.launcher import launched, run_then_exit
 from densreg.registry import DensregError, __version__, limits
 
 from .common import ARGV_KEY
@@ -132,4 +133,6 @@ def main(argv=None) -> None:
             traceback.print_exception(exc)
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+    if launched():  # a torchrun worker: exits without interpreter shutdown (see run_then_exit)
+        run_then_exit(lambda: cli.main(args=args, prog_name="densreg"))
     cli.main(args=args, prog_name="densreg")
