@@ -70,7 +70,7 @@ def gradient_agreement(model, compiled, images) -> tuple[float, float]:
     for log_prob in (model.log_prob, compiled.log_prob):
         model.zero_grad(set_to_none=True)
         (-log_prob(images).mean()).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double())
     model.zero_grad(set_to_none=True)
     eager, other = grads
     cosine = torch.nn.functional.cosine_similarity(eager, other, dim=0).item()
@@ -82,12 +82,12 @@ def bench_model(name: str, args) -> list[dict]:
     shape = (1, args.size, args.size)
     torch.manual_seed(0)
     model = create_model(name, shape, 2, **cfg).to(args.device)
-    compiled = Compiled(model, args.device)
     images = torch.randint(0, 2, (max(train_batch, args.eval_batch), *shape), device=args.device)
     train_x, eval_x = images[:train_batch], images[:args.eval_batch]
     rows = []
     for metric, unit, make in (("train", train_batch, lambda m: train_step_fn(m.train(), train_x, False)),
                                ("log_prob", args.eval_batch, lambda m: log_prob_fn(m.eval(), eval_x))):
+        compiled = Compiled(model, args.device)  # one per metric: it compiles for its first batch shape only
         fns = {"eager": make(model), "compiled": make(compiled)}
         compile_s = first_call_seconds(fns["compiled"])  # compiles (the graph of this grad mode and batch)
         print(f"{name} {metric}: compiled in {compile_s:.1f} s (load {load_average()})", flush=True)
