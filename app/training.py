@@ -381,6 +381,7 @@ class GradientRun:
         order = torch.randperm(len(self.train), generator=self.shuffle).to(self.device)  # the same on every rank
         batches = order.split(opts.batch_size)
         total, seen, start = 0.0, 0, time.perf_counter()
+        weights = [p.detach() for p in model.parameters()]  # views: the moving average follows them in place
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", unit="batch", leave=False,
                    disable=None if self.progress else True)  # None: no bar unless stderr is a terminal
         for batch in bar:
@@ -397,7 +398,7 @@ class GradientRun:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
             self.optimizer.step()
             if self.averaged is not None:
-                torch._foreach_lerp_(self.averaged, [p.detach() for p in model.parameters()], 1 - opts.ema)
+                torch._foreach_lerp_(self.averaged, weights, 1 - opts.ema)
             total += float(nll_sum.detach()) if len(index) else 0.0
             seen += len(index)
             rate = seen * self.world.size / max(time.perf_counter() - start, 1e-9)
