@@ -1,12 +1,16 @@
-"""Continue a trained Row LSTM or Diagonal BiLSTM with more layers (issue 12, item 7).
+"""Continue a trained Row LSTM or Diagonal BiLSTM with more layers, or a Row LSTM with wider
+layers (issue 12, item 7).
 
     python benchmarks/grow_pixelrnn.py --from models/row-lstm-mnist.safetensors --layers 7 \\
         --data binarized_mnist.npz --out models/row-lstm7-mnist.safetensors --max-minutes 120
+    python benchmarks/grow_pixelrnn.py --from models/row-lstm7-mnist.safetensors --hidden 32 ...
 
-The new model keeps every weight of the checkpoint; its extra residual layers are appended
-after the trained ones with their cell-candidate gate weights at zero, so each starts with
-c = 0 and h = 0 and adds nothing: the grown model's log-likelihoods equal the checkpoint's
-(checked on the valid split before training; a mismatch stops the script). Training then
+The new model keeps every weight of the checkpoint. Extra residual layers are appended after
+the trained ones with their cell-candidate gate weights at zero, so each starts with c = 0 and
+h = 0 and adds nothing. Extra hidden units (``--hidden``) start from fresh random weights and
+feed only themselves: every weight from a new channel into a trained unit or into the output
+layers starts at zero (and learns from there). Either way the grown model's log-likelihoods
+equal the checkpoint's (checked on the valid split before training; a mismatch stops the script). Training then
 runs through ``fit`` like ``densreg train``, writing OUT, its log and its resume state, so
 ``densreg train MODEL --dataset binarized-mnist --out OUT --resume`` continues it later.
 """
@@ -27,6 +31,7 @@ from densreg.registry import api  # noqa: E402
 from densreg.registry.checkpoint import load_checkpoint  # noqa: E402
 
 GROWABLE = ("row-lstm", "diagonal-bilstm")
+WIDENABLE = ("row-lstm",)  # its layers are two convolutions with gates along dim 0 (row_lstm.py)
 # The check catches a wrong growth (whole nats apart), not rounding: growing the 7-layer Row LSTM to
 # 9 layers once stopped at 1.45e-4 nats, and the same command passed at 0 a minute later (CPU
 # float32 GEMMs are not guaranteed bitwise reproducible from one run to the next).
@@ -40,6 +45,49 @@ def zero_cell_gates(tensor: torch.Tensor, hidden: int) -> None:
     dim = next(d for d, size in enumerate(tensor.shape) if size % (4 * hidden) == 0)
     for block in range(tensor.shape[dim] // (4 * hidden)):
         tensor.narrow(dim, block * 4 * hidden + 3 * hidden, hidden).zero_()
+
+
+def old_positions(old: int, new: int, hidden: int, wider: int) -> torch.Tensor:
+    """Where the ``old`` entries of a dimension sit once it has ``new``: a dimension of 4 * hidden
+    gates becomes 4 * wider (each gate's trained units first in its block), one of hidden
+    channels becomes wider (trained channels first); any other size is unchanged."""
+    if old == new:
+        return torch.arange(old)
+    if (old, new) == (4 * hidden, 4 * wider):
+        return (torch.arange(4)[:, None] * wider + torch.arange(hidden)).flatten()
+    if (old, new) == (hidden, wider):
+        return torch.arange(hidden)
+    raise ValueError(f"cannot widen a dimension of {old} to {new} (hidden {hidden} -> {wider})")
+
+
+def widened(model, hidden: int):
+    """A copy of the Row LSTM ``model`` with ``hidden`` channels per layer, equal to it as a density.
+
+    Each parameter of the new model starts from its fresh initialization; the trained entries
+    are copied to their places (``old_positions``), and the entries through which a new channel
+    reaches a trained output (dim 0 kept, dim 1 a new channel) are zeroed.
+    """
+    if model.registry_name not in WIDENABLE:
+        raise SystemExit(f"error: only {', '.join(WIDENABLE)} widens; this is {model.registry_name}")
+    config = model.config()
+    old_hidden = config["hidden"]
+    if hidden <= old_hidden:
+        raise SystemExit(f"error: --hidden {hidden} must exceed the checkpoint's {old_hidden}")
+    config = {**config, "hidden": hidden}
+    shape, categories = config.pop("event_shape"), config.pop("num_categories")
+    new = api.create_model(model.registry_name, tuple(shape), categories, **config)
+    old_params, new_params = dict(model.named_parameters()), dict(new.named_parameters())
+    assert old_params.keys() == new_params.keys(), (old_params.keys(), new_params.keys())
+    with torch.no_grad():
+        for name, param in new_params.items():
+            trained = old_params[name]
+            index = [old_positions(o, n, old_hidden, hidden) for o, n in zip(trained.shape, param.shape)]
+            param[torch.meshgrid(*index, indexing="ij")] = trained
+            if param.dim() >= 2 and trained.shape[1] != param.shape[1]:
+                new_inputs = torch.ones(param.shape[1], dtype=torch.bool)
+                new_inputs[index[1]] = False
+                param[index[0][:, None], new_inputs.nonzero()[:, 0]] = 0
+    return new
 
 
 def grown(model, layers: int):
@@ -66,7 +114,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", required=True, help="trained row-lstm or diagonal-bilstm checkpoint")
-    parser.add_argument("--layers", type=int, required=True, help="layers of the grown model (more than the checkpoint's)")
+    parser.add_argument("--layers", type=int, help="layers of the grown model (more than the checkpoint's)")
+    parser.add_argument("--hidden", type=int, help="channels per layer of the widened model (more than the checkpoint's; row-lstm)")
     parser.add_argument("--out", required=True, help="checkpoint the grown run writes (.safetensors)")
     parser.add_argument("--dataset", default="binarized-mnist")
     parser.add_argument("--data", default=None, help="path to the dataset's files")
@@ -76,29 +125,38 @@ def main(argv=None) -> None:
     parser.add_argument("--lr-decay", type=float, default=0.95)
     parser.add_argument("--clip-grad", type=float, default=5.0)
     parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--ema", type=float, default=None, help="moving average of the weights (as densreg train --ema)")
     parser.add_argument("--max-minutes", type=float, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.layers is None and args.hidden is None:
+        parser.error("give --layers, --hidden or both")
 
     model, info = load_checkpoint(args.source)
     if model.registry_name not in GROWABLE:
         raise SystemExit(f"error: {args.source} holds {model.registry_name!r}; only {', '.join(GROWABLE)} grow")
     torch.manual_seed(args.seed)
-    new = grown(model, args.layers)
+    new = model
+    if args.hidden is not None:
+        new = widened(new, args.hidden)
+    if args.layers is not None:
+        new = grown(new, args.layers)
     valid = api.load_split(args.dataset, "valid", args.data)
     with torch.no_grad():
         probe = valid[:200]
         gap = float((new.eval().log_prob(probe) - model.log_prob(probe)).abs().max())
     if not gap <= TOLERANCE_NATS:
         raise SystemExit(f"error: the grown model's log_prob differs from the checkpoint's by {gap:.3g} nats")
-    print(f"grew {args.source} from {len(model.rnn)} to {args.layers} layers "
-          f"(log_prob unchanged: max difference {gap:.2g} nats on 200 valid images)", file=sys.stderr)
+    before, after = model.config(), new.config()
+    print(f"grew {args.source} from {before['layers']} layers of {before['hidden']} to {after['layers']} of "
+          f"{after['hidden']} (log_prob unchanged: max difference {gap:.2g} nats on 200 valid images)",
+          file=sys.stderr)
     train = api.load_split(args.dataset, "train", args.data)
-    options = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "lr_decay", "clip_grad", "patience",
+    options = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "lr_decay", "clip_grad", "patience", "ema",
                                              "max_minutes", "threads", "seed") if getattr(args, k) is not None}
     result = fit(new.train(), train, valid, out=args.out, progress=True, name=info.model,
-                 metrics={"dataset": args.dataset, "grown_from": f"{args.source} ({len(model.rnn)} layers)"},
+                 metrics={"dataset": args.dataset, "grown_from": f"{args.source} ({before['layers']} layers, hidden {before['hidden']})"},
                  **options)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in result.items()), file=sys.stderr)
 
