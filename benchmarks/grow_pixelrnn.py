@@ -10,8 +10,8 @@ the trained ones with their cell-candidate gate weights at zero, so each starts 
 h = 0 and adds nothing. Extra hidden units (``--hidden``) start from fresh random weights and
 feed only themselves: every weight from a new channel into a trained unit or into the output
 layers starts at zero (and learns from there). Either way the grown model's log-likelihoods
-equal the checkpoint's (checked on the valid split before training; a mismatch stops the script). Training then
-runs through ``fit`` like ``densreg train``, writing OUT, its log and its resume state, so
+equal the checkpoint's (checked on the valid split before training; a mismatch stops the
+script). Training then runs through ``fit`` like ``densreg train``, writing OUT, its log and its resume state, so
 ``densreg train MODEL --dataset binarized-mnist --out OUT --resume`` continues it later.
 """
 
@@ -47,6 +47,11 @@ def zero_cell_gates(tensor: torch.Tensor, hidden: int) -> None:
         tensor.narrow(dim, block * 4 * hidden + 3 * hidden, hidden).zero_()
 
 
+def resized(model, **changes):
+    """A freshly initialized model of ``model``'s kind and config, with ``changes`` to the config."""
+    return api.create_model(model.registry_name, **{**model.config(), **changes})
+
+
 def old_positions(old: int, new: int, hidden: int, wider: int) -> torch.Tensor:
     """Where the ``old`` entries of a dimension sit once it has ``new``: a dimension of 4 * hidden
     gates becomes 4 * wider (each gate's trained units first in its block), one of hidden
@@ -69,13 +74,10 @@ def widened(model, hidden: int):
     """
     if model.registry_name not in WIDENABLE:
         raise SystemExit(f"error: only {', '.join(WIDENABLE)} widens; this is {model.registry_name}")
-    config = model.config()
-    old_hidden = config["hidden"]
+    old_hidden = model.config()["hidden"]
     if hidden <= old_hidden:
         raise SystemExit(f"error: --hidden {hidden} must exceed the checkpoint's {old_hidden}")
-    config = {**config, "hidden": hidden}
-    shape, categories = config.pop("event_shape"), config.pop("num_categories")
-    new = api.create_model(model.registry_name, tuple(shape), categories, **config)
+    new = resized(model, hidden=hidden)
     old_params, new_params = dict(model.named_parameters()), dict(new.named_parameters())
     assert old_params.keys() == new_params.keys(), (old_params.keys(), new_params.keys())
     with torch.no_grad():
@@ -83,10 +85,8 @@ def widened(model, hidden: int):
             trained = old_params[name]
             index = [old_positions(o, n, old_hidden, hidden) for o, n in zip(trained.shape, param.shape)]
             param[torch.meshgrid(*index, indexing="ij")] = trained
-            if param.dim() >= 2 and trained.shape[1] != param.shape[1]:
-                new_inputs = torch.ones(param.shape[1], dtype=torch.bool)
-                new_inputs[index[1]] = False
-                param[index[0][:, None], new_inputs.nonzero()[:, 0]] = 0
+            if param.dim() >= 2 and trained.shape[1] != param.shape[1]:  # the new channels follow the trained
+                param[index[0][:, None], trained.shape[1]:] = 0
     return new
 
 
@@ -95,13 +95,11 @@ def grown(model, layers: int):
     old_layers = len(model.rnn)
     if layers <= old_layers:
         raise SystemExit(f"error: --layers {layers} must exceed the checkpoint's {old_layers} layers")
-    config = {**model.config(), "layers": layers}
-    shape, categories = config.pop("event_shape"), config.pop("num_categories")
-    new = api.create_model(model.registry_name, tuple(shape), categories, **config)
+    new = resized(model, layers=layers)
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected, unexpected
     assert all(name.startswith("rnn.") and int(name.split(".")[1]) >= old_layers for name in missing), missing
-    hidden = config["hidden"]
+    hidden = model.config()["hidden"]
     with torch.no_grad():
         for layer in new.rnn[old_layers:]:
             for name, param in layer.named_parameters():
@@ -115,7 +113,8 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", required=True, help="trained row-lstm or diagonal-bilstm checkpoint")
     parser.add_argument("--layers", type=int, help="layers of the grown model (more than the checkpoint's)")
-    parser.add_argument("--hidden", type=int, help="channels per layer of the widened model (more than the checkpoint's; row-lstm)")
+    parser.add_argument("--hidden", type=int,
+                        help="channels per layer of the widened model (more than the checkpoint's; row-lstm)")
     parser.add_argument("--out", required=True, help="checkpoint the grown run writes (.safetensors)")
     parser.add_argument("--dataset", default="binarized-mnist")
     parser.add_argument("--data", default=None, help="path to the dataset's files")
@@ -125,7 +124,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lr-decay", type=float, default=0.95)
     parser.add_argument("--clip-grad", type=float, default=5.0)
     parser.add_argument("--patience", type=int, default=4)
-    parser.add_argument("--ema", type=float, default=None, help="moving average of the weights (as densreg train --ema)")
+    parser.add_argument("--ema", type=float, default=None,
+                        help="moving average of the weights (as densreg train --ema)")
     parser.add_argument("--max-minutes", type=float, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -156,7 +156,8 @@ def main(argv=None) -> None:
     options = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "lr_decay", "clip_grad", "patience", "ema",
                                              "max_minutes", "threads", "seed") if getattr(args, k) is not None}
     result = fit(new.train(), train, valid, out=args.out, progress=True, name=info.model,
-                 metrics={"dataset": args.dataset, "grown_from": f"{args.source} ({before['layers']} layers, hidden {before['hidden']})"},
+                 metrics={"dataset": args.dataset,
+                          "grown_from": f"{args.source} ({before['layers']} layers, hidden {before['hidden']})"},
                  **options)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in result.items()), file=sys.stderr)
 

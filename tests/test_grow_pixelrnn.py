@@ -1,4 +1,5 @@
-"""benchmarks/grow_pixelrnn.py: a grown (deeper or wider) Row LSTM / Diagonal BiLSTM is the same density, and its new weights learn."""
+"""benchmarks/grow_pixelrnn.py: a grown (deeper or wider) Row LSTM / Diagonal BiLSTM is the same density,
+and its new weights learn."""
 
 import importlib.util
 from pathlib import Path
