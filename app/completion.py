@@ -14,7 +14,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from densreg.export.format import draw_numpy
 from densreg.registry.datasets import levels_to_8bit
 from densreg.registry.errors import ConfigError
 
@@ -69,7 +68,7 @@ def complete(model, images, keep: int, samples: int = 4, seed: int | None = 0, n
     values = np.empty((rows, positions), dtype=np.int64)
     for d in tqdm(range(positions), desc="completing", unit="value", disable=not progress, leave=False):
         logits, state = stepper.step(value, d, state)
-        value = kept[:, d] if d < keep else draw_numpy(logits, noise[:, d])
+        value = kept[:, d] if d < keep else model.family.draw_numpy((logits,), noise[:, d])
         values[:, d] = value
     flat = np.empty_like(values)
     flat[:, order] = values

@@ -269,7 +269,7 @@ class GradientRun:
         self.name = name
         self.extra_metrics = dict(extra_metrics or {})
         small = 2 <= model.num_categories <= 256  # keep the data compact (uint8) on the device
-        dtype = torch.float32 if model.continuous else torch.uint8 if small else torch.int64
+        dtype = torch.float32 if not model.family.discrete else torch.uint8 if small else torch.int64
         self.train = train.to(dtype).to(self.device)
         self.valid = valid.to(dtype) if valid is not None and len(valid) else None
         self.optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -388,7 +388,7 @@ class GradientRun:
             index = distributed.split_batch(batch, self.world)
             part = index if len(index) else batch[:1]  # an empty part still joins DDP's all-reduce, weighted 0
             with autocast(opts.precision, self.device):
-                values = self.train[part] if model.continuous else self.train[part].long()
+                values = self.train[part] if not model.family.discrete else self.train[part].long()
                 nll_sum = -self.log_prob(values).float().sum()
             # DDP averages gradients over ranks: scaled so the result is d(mean NLL over the global batch)
             loss = nll_sum * (self.world.size / len(batch) if len(index) else 0.0)

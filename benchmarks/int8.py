@@ -54,7 +54,7 @@ def measure(folder: Path, images: np.ndarray, n_samples: int, tmp: Path) -> dict
     else:
         noise = np.random.default_rng(0).random((n_samples, model.num_positions))
         ours = model.sample(n_samples, noise=noise).reshape(n_samples, -1)[:, model.order]
-        theirs = step_loop(step, model.state_specs, model._initial, noise)
+        theirs = step_loop(step, model.family, model.state_specs, model._initial, noise)
         row.update(same_images=float((ours == theirs).all(1).mean()), same_values=float((ours == theirs).mean()))
     return row
 

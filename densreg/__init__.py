@@ -23,7 +23,7 @@ _EXPORTS = {
         "ModelSpec", "PluginError", "RuntimeLoadError", "SavedModelInfo", "State", "UnknownNameError",
         "__version__", "at_position", "categorical_from_uniform", "create_model", "get_dataset", "hookimpl",
         "list_datasets", "list_models", "list_plugins", "load_checkpoint", "load_split", "make_ordering",
-        "MixtureParams", "model_spec", "register_plugin", "save_checkpoint", "unregister_plugin", "validate_images"),
+        "MixtureParams", "Categorical", "Family", "GaussianMixture", "model_spec", "register_plugin", "save_checkpoint", "unregister_plugin", "validate_images"),
     "densreg.app.training": ("TrainingOptions", "fit"),
     "densreg.app.evaluation": ("evaluate",),
     "densreg.app.scoring": ("score_images",),

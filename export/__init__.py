@@ -9,7 +9,7 @@ or its runtime never imports torch.
 
 from densreg.registry.errors import ExportError, RuntimeLoadError
 
-_EXPORTER = ("export_model", "parity_check", "ConditionalsGraph", "StepGraph", "draw_graph")
+_EXPORTER = ("export_model", "parity_check", "ConditionalsGraph", "StepGraph")
 
 
 def __getattr__(name):

@@ -30,178 +30,43 @@ import onnxruntime as ort
 from densreg.registry.atomic import is_utf8_path
 from densreg.registry.errors import ConfigError, DataError, RuntimeLoadError
 from densreg.registry.limits import check_event_shape
-from densreg.registry.datasets import validate_real_images
+from densreg.registry.families import Family
 from densreg.registry.saved import VALUE_KINDS, SavedModelInfo
 from densreg.registry.version import __version__
 
 from . import format as fmt
 from . import legacy
 from . import manifest as manifest_file
-from .protoscan import check_external_data
+from .sessions import (CPU, CUDA, DEFAULT_SAMPLING_THREADS, DEFAULT_SCORING_THREADS, PROVIDER_CHOICES, open_session,
+                       resolve_providers, resolve_threads, runtime_info, session_options, usable_providers)
 
-CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
-PROVIDER_CHOICES = ("auto", "cuda", "cpu")
 ENGINES = ("steps", "graph")
-# Intra-op threads when neither ``threads`` nor OMP_NUM_THREADS says: measured on 2 shared cores,
-# sampling (D small calls) is fastest on one thread; whole-image scoring gains from a second one.
-DEFAULT_SAMPLING_THREADS, DEFAULT_SCORING_THREADS = 1, 2
 
 
-def resolve_threads(threads: int | None, default: int) -> int:
-    """``threads`` if given, else $OMP_NUM_THREADS if a positive integer, else ``default`` (capped at the cores)."""
-    if threads is not None:
-        if int(threads) < 1:
-            raise RuntimeLoadError(f"threads must be at least 1, got {threads}")
-        return int(threads)
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, min(default, os.cpu_count() or 1))
-
-
-def session_options(threads: int | None = None, default: int = DEFAULT_SAMPLING_THREADS) -> ort.SessionOptions:
-    """Full graph optimisation, intra-op threads from ``resolve_threads``, quiet logs."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = resolve_threads(threads, default)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: a CUDA provider that fails to load is handled here
-    return options
-
-
-def _open_session(path: Path, providers: list[str], options: ort.SessionOptions,
-                  external: set[str]) -> ort.InferenceSession:
-    """A session on ``path`` once its external data is known to be among the folder's ``external`` files."""
-    if not path.is_file():
-        raise RuntimeLoadError(f"{path.parent} is not a complete densreg export: {path.name} is missing")
-    check_external_data(path, external)
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuntimeLoadError(f"{path} is not a loadable ONNX model (truncated or corrupt?): {first}") from exc
-
-
-def runtime_info() -> dict:
-    """onnxruntime version, device, the providers it lists and those that actually load."""
-    usable = usable_providers()
-    return {"onnxruntime": ort.__version__, "device": ort.get_device(),
-            "available_providers": ort.get_available_providers(), "usable_providers": usable,
-            "default_provider": usable[0] if usable else None}
-
-
-_USABLE: list[str] | None = None
-
-
-def usable_providers() -> list[str]:
-    """Providers (of CUDA and CPU) that can really create a session here, CUDA first; cached."""
-    global _USABLE
-    if _USABLE is None:
-        probe = _probe_model()
-        usable = []
-        ort.set_default_logger_severity(4)  # a provider that fails to load logs an error: expected here
-        for provider in (CUDA, CPU):
-            if provider not in ort.get_available_providers():
-                continue
-            try:
-                options = session_options(1)
-                options.log_severity_level = 4
-                session = ort.InferenceSession(probe, sess_options=options, providers=[provider])
-                if session.get_providers()[0] == provider:
-                    usable.append(provider)
-            except Exception:  # noqa: BLE001 - a provider that fails to load is simply not usable
-                continue
-        ort.set_default_logger_severity(2)  # onnxruntime's default
-        _USABLE = usable
-    return list(_USABLE)
-
-
-def _probe_model() -> bytes:
-    """A serialized one-node ONNX model (Identity on a float vector), built without the onnx package."""
-    def varint(n):
-        out = bytearray()
-        while True:
-            byte, n = n & 0x7F, n >> 7
-            out.append(byte | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
-    def field_bytes(number, payload):
-        return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-    def field_int(number, value):
-        return varint(number << 3) + varint(value)
-
-    tensor_type = field_int(1, 1) + field_bytes(2, field_bytes(1, field_bytes(2, b"n")))  # float, shape [n]
-    value_info = lambda name: field_bytes(1, name) + field_bytes(2, field_bytes(1, tensor_type))  # noqa: E731
-    node = field_bytes(1, b"x") + field_bytes(2, b"y") + field_bytes(4, b"Identity")
-    graph = field_bytes(1, node) + field_bytes(2, b"probe") + field_bytes(11, value_info(b"x")) \
-        + field_bytes(12, value_info(b"y"))
-    opset = field_bytes(1, b"") + field_int(2, 18)
-    return field_int(1, 8) + field_bytes(7, graph) + field_bytes(8, opset)  # ir_version 8
-
-
-def resolve_providers(provider: str) -> list[str]:
-    """'auto' (CUDA if it loads, else CPU), 'cuda' (must load) or 'cpu' -> providers list."""
-    if provider not in PROVIDER_CHOICES:
-        raise RuntimeLoadError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
-    usable = usable_providers()
-    if provider == "cpu" or (provider == "auto" and CUDA not in usable):
-        return [CPU]
-    if CUDA not in usable:
-        raise RuntimeLoadError(f"the CUDA provider does not load here (onnxruntime {ort.__version__}, usable "
-                               f"providers: {', '.join(usable) or 'none'}); use provider 'cpu' or 'auto'")
-    return [CUDA, CPU]
-
-
-def step_loop(session: ort.InferenceSession, state_specs: list[dict], initial: list[np.ndarray],
+def step_loop(session: ort.InferenceSession, family: Family, state_specs: list[dict], initial: list[np.ndarray],
               noise: np.ndarray) -> np.ndarray:
-    """Ancestral sampling by D calls of a step.onnx session, numpy state on the host, the draw in
-    numpy float64: noise (n, D) -> values int64 (n, D) in generation order."""
-    n, d_total = noise.shape
+    """Ancestral sampling by D calls of a step.onnx session, numpy state on the host, the family's draw in
+    numpy float64: noise of ``family.noise_shape(n, D)`` -> values (n, D) in generation order, int64 levels
+    or float64 real values (each fed back to the next step in the family's ``numpy_dtype``)."""
+    n, d_total = noise.shape[:2]
     inputs = {i.name for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
-    names = [s["name"] for s in state_specs]
+    names, n_params = [s["name"] for s in state_specs], len(family.param_names)
     feed = {name: a for name, a in zip(names, tile_initial(state_specs, initial, n)) if name in inputs}
     has_value, has_position = "value" in inputs, "position" in inputs
-    value = np.zeros(n, dtype=np.int64)
-    values = np.empty((n, d_total), dtype=np.int64)
+    value = np.zeros(n, dtype=family.numpy_dtype)
+    values = np.empty((n, d_total), dtype=np.int64 if family.discrete else np.float64)
     for d in range(d_total):
         if has_value:
             feed["value"] = value
         if has_position:
             feed["position"] = np.array(d, dtype=np.int64)
-        logits, *state = session.run(outputs, feed)
-        for name, array in zip(names, state):
+        out = session.run(outputs, feed)
+        for name, array in zip(names, out[n_params:]):
             if name in feed:
                 feed[name] = array
-        value = fmt.draw_numpy(logits, noise[:, d])
-        values[:, d] = value
-    return values
-
-
-def continuous_step_loop(session: ort.InferenceSession, state_specs: list[dict], initial: list[np.ndarray],
-                         noise: np.ndarray) -> np.ndarray:
-    """``step_loop`` for a model of real values: noise (n, D, 3) -> values float64 (n, D) in generation order;
-    the draw is ``format.draw_mixture_numpy`` and each drawn value goes back to the step as float32."""
-    n, d_total = noise.shape[:2]
-    inputs = {i.name for i in session.get_inputs()}
-    outputs = [o.name for o in session.get_outputs()]
-    names = [s["name"] for s in state_specs]
-    feed = {name: a for name, a in zip(names, tile_initial(state_specs, initial, n)) if name in inputs}
-    value = np.zeros(n, dtype=np.float32)
-    values = np.empty((n, d_total), dtype=np.float64)
-    for d in range(d_total):
-        if "value" in inputs:
-            feed["value"] = value
-        if "position" in inputs:
-            feed["position"] = np.array(d, dtype=np.int64)
-        logits, means, log_scales, *state = session.run(outputs, feed)
-        for name, array in zip(names, state):
-            if name in feed:
-                feed[name] = array
-        values[:, d] = fmt.draw_mixture_numpy(logits, means, log_scales, noise[:, d])
-        value = values[:, d].astype(np.float32)
+        values[:, d] = family.draw_numpy(tuple(out[:n_params]), family.noise_column(noise, d))
+        value = values[:, d].astype(family.numpy_dtype)
     return values
 
 
@@ -251,12 +116,12 @@ class ExportedModel:
         providers = resolve_providers(provider)
         external = {fmt.WEIGHTS} & set(manifest["files"])
         scoring, sampling = session_options(threads, DEFAULT_SCORING_THREADS), session_options(threads)
-        self.conditionals = _open_session(self.path / fmt.CONDITIONALS, providers, scoring, external)
-        self.step_session = _open_session(self.path / fmt.STEP, providers, sampling, external)
-        self.value_kind = self.info.value_kind  # "continuous": real values, mixture parameters, no draw.onnx
-        self.continuous = self.value_kind == "continuous"
-        self.draw_session = None if self.continuous else _open_session(self.path / fmt.DRAW, providers, sampling,
-                                                                        external)
+        self.conditionals = open_session(self.path / fmt.CONDITIONALS, providers, scoring, external)
+        self.step_session = open_session(self.path / fmt.STEP, providers, sampling, external)
+        self.family = fmt.family_of(manifest)
+        self.value_kind = self.family.value_kind
+        self.draw_session = open_session(self.path / fmt.DRAW, providers, sampling, external) \
+            if self.family.has_onnx_draw else None  # else the numpy draw, on the host
         self._sample_session = None  # sample.onnx opens on first use (engine="graph")
         self._features_session = None  # features.onnx too
         self._scoring_options = scoring
@@ -265,7 +130,7 @@ class ExportedModel:
         self.provider = self.step_session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
-        self.io_binding = self.io_binding and not self.continuous  # real values: the numpy draw on the host
+        self.io_binding = self.io_binding and self.draw_session is not None
         self.name = self.info.model
         self.event_shape = self.info.event_shape
         self.num_categories = self.info.num_categories
@@ -315,7 +180,7 @@ class ExportedModel:
             if self.legacy:
                 raise RuntimeLoadError(f"{self.path} is a format-1 export without {fmt.SAMPLE}; re-export it for "
                                        "engine='graph'")
-            session = _open_session(self.path / fmt.SAMPLE, self._providers, self._sampling_options, self._external)
+            session = open_session(self.path / fmt.SAMPLE, self._providers, self._sampling_options, self._external)
             self._check_export_ids(session)
             self._sample_session = session
         return self._sample_session
@@ -346,7 +211,7 @@ class ExportedModel:
         """
         self.require_features()
         if self._features_session is None:
-            session = _open_session(self.path / fmt.FEATURES, self._providers, self._scoring_options, self._external)
+            session = open_session(self.path / fmt.FEATURES, self._providers, self._scoring_options, self._external)
             self._check_export_ids(session)
             self._features_session = session
         x = self.validate(x)
@@ -363,36 +228,23 @@ class ExportedModel:
     def validate(self, x) -> np.ndarray:
         """Images (B, C, H, W) with integer values 0..K-1 -> int64 (real values: finite float32); DataError
         otherwise."""
-        if self.continuous:
-            return validate_real_images(x, self.event_shape)
-        x = np.asarray(x)
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.event_shape:
-            raise DataError(f"expected images of shape (B, {', '.join(map(str, self.event_shape))}), "
-                            f"got shape {x.shape}")
-        if x.dtype.kind not in "iub":
-            if x.dtype.kind != "f" or not np.isfinite(x).all() or not (x == np.round(x)).all():
-                raise DataError(f"images must hold integers 0..{self.num_categories - 1}, got dtype {x.dtype} "
-                                "with non-integer values")
-        if x.size and (x.min() < 0 or x.max() >= self.num_categories):
-            raise DataError(f"image values must lie in 0..{self.num_categories - 1}; got values from {x.min()} "
-                            f"to {x.max()}")
-        return np.ascontiguousarray(x, dtype=np.int64)
+        return self.family.graph_input(x, self.event_shape)
 
     def _run_conditionals(self, x, outputs):
         return self.conditionals.run(outputs, {"images": self.validate(x)})
 
     def conditional_logits(self, x) -> np.ndarray:
         """Logits of every conditional, float32 (B, D, K) in generation order."""
-        if self.continuous:
-            raise DataError(f"{self.name} models real values: its conditionals are mixtures (conditional_params)")
+        if self.family.param_names != ("logits",):
+            raise DataError(f"{self.name}'s conditionals are a {self.family.describe()}, not logits: use "
+                            "conditional_params")
         return self._run_conditionals(x, ["logits"])[0]
 
-    def conditional_params(self, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A model of real values: the mixture of every conditional, (log weights, means, log_scales), each
-        float32 (B, D, M) in generation order."""
-        if not self.continuous:
-            raise DataError(f"{self.name} models values 0..K-1: its conditionals are logits (conditional_logits)")
-        return tuple(self._run_conditionals(x, ["logits", "means", "log_scales"]))
+    def conditional_params(self, x):
+        """The family's parameters of every conditional, each float32 (B, D, P) in generation order (as the
+        family packs them: the logits alone for ``Categorical``; (log weights, means, log_scales) for a
+        Gaussian mixture)."""
+        return self.family.pack(tuple(self._run_conditionals(x, list(self.family.param_names))))
 
     def log_prob(self, x) -> np.ndarray:
         """Exact log-likelihood in nats, float32 (B,)."""
@@ -425,15 +277,13 @@ class ExportedModel:
 
     def _check_step(self, value, position, state) -> np.ndarray:
         value = np.asarray(value)
-        if self.continuous:
-            if value.ndim != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all():
-                raise DataError(f"step value must be a 1-D array of finite real values (B,), got {value.dtype} "
-                                f"of shape {value.shape}")
-        elif value.ndim != 1 or value.dtype.kind not in "iu":
-            raise DataError(f"step value must be a 1-D integer array (B,), got {value.dtype} of shape {value.shape}")
-        if not self.continuous and value.size and (value.min() < 0 or value.max() >= self.num_categories):
-            raise DataError(f"step values must lie in 0..{self.num_categories - 1}; got {value.min()} to "
-                            f"{value.max()}")
+        if value.ndim != 1 or value.dtype.kind not in ("iu" if self.family.discrete else "iuf"):
+            raise DataError(f"step value must be a 1-D array (B,) of {self.family.value_meaning()}, got "
+                            f"{value.dtype} of shape {value.shape}")
+        try:
+            value = self.family.graph_input(value.reshape(-1, 1, 1, 1), (1, 1, 1)).reshape(-1)
+        except DataError as exc:
+            raise DataError(f"step values: {exc}") from None
         if not isinstance(position, (int, np.integer)) or not 0 <= position < self.num_positions:
             raise DataError(f"step position must be an integer 0..{self.num_positions - 1}, got {position!r}")
         if len(state) != len(self.state_specs):
@@ -444,7 +294,7 @@ class ExportedModel:
             if list(a.shape) != expected or a.dtype != np.dtype(spec["dtype"]):
                 raise DataError(f"step state {spec['name']} must be {spec['dtype']} of shape {tuple(expected)}, "
                                 f"got {a.dtype} of shape {a.shape}")
-        return value.astype(np.float32 if self.continuous else np.int64, copy=False)
+        return value.astype(self.family.numpy_dtype, copy=False)
 
     def step(self, value: np.ndarray, position: int, state: list[np.ndarray]):
         """One ``step.onnx`` call: value (B,) int64 (x at order[position-1], zeros at 0), position
@@ -455,13 +305,12 @@ class ExportedModel:
         feed = {"value": value, "position": self._positions[position],
                 **{s["name"]: a for s, a in zip(self.state_specs, state)}}
         out = self.step_session.run(None, {k: v for k, v in feed.items() if k in self._step_inputs})
-        if self.continuous:
-            return tuple(out[:3]), out[3:]
-        return out[0], out[1:]
+        count = len(self.family.param_names)
+        return self.family.pack(tuple(out[:count])), out[count:]
 
     def noise_shape(self, n: int) -> tuple[int, ...]:
-        """(n, D); (n, D, 3) for a model of real values (three uniforms per value)."""
-        return (n, self.num_positions, 3) if self.continuous else (n, self.num_positions)
+        """The family's noise for ``n`` samples: (n, D), or (n, D, w) where a draw takes w > 1 uniforms."""
+        return self.family.noise_shape(n, self.num_positions)
 
     def _noise(self, n: int, seed, noise) -> np.ndarray:
         if noise is None:
@@ -472,13 +321,13 @@ class ExportedModel:
         return noise
 
     def sample(self, n: int, seed: int | None = None, noise=None, engine: str = "steps") -> np.ndarray:
-        """Exact ancestral samples, int64 (n, C, H, W).
+        """Exact ancestral samples (n, C, H, W): int64 levels, or float32 real values.
 
-        ``noise`` (n, D) uniform in [0, 1) fixes the draw; otherwise it is
-        ``numpy.random.default_rng(seed).random((n, D))`` (pass the same array to
-        torch's ``model.sample(noise=torch.from_numpy(noise))`` for the same images).
-        ``engine``: "steps" (a Python loop over step.onnx; IOBinding on CUDA) or "graph"
-        (one call of sample.onnx); both draw the same images.
+        ``noise`` of ``noise_shape(n)`` ((n, D): one uniform in [0, 1) per value for a categorical model)
+        fixes the draw; otherwise it is ``numpy.random.default_rng(seed).random(noise_shape(n))`` (pass
+        the same array to torch's ``model.sample(noise=torch.from_numpy(noise))`` for the same images).
+        ``engine``: "steps" (a Python loop over step.onnx; IOBinding on CUDA) or "graph" (one call of
+        sample.onnx, for families with an ONNX draw); both draw the same images.
         """
         n = int(n)
         if n < 1:
@@ -486,23 +335,19 @@ class ExportedModel:
         if engine not in ENGINES:
             raise DataError(f"unknown sampling engine {engine!r}; expected one of {', '.join(ENGINES)}")
         noise = self._noise(n, seed, noise)
-        if self.continuous:  # real values: the step loop with the numpy mixture draw, float32 (n, C, H, W)
-            if engine == "graph":
-                raise DataError(f"{self.name} models real values: its export has no sample.onnx; use engine='steps'")
-            values = continuous_step_loop(self.step_session, self.state_specs, self._initial, noise)
-            flat = np.empty_like(values)
-            flat[:, self.order] = values
-            return flat.reshape(n, *self.event_shape).astype(np.float32)
+        if engine == "graph" and not self.family.has_onnx_draw:
+            raise DataError(f"{self.name}'s export has no {fmt.SAMPLE} (its {self.family.name} family has no ONNX "
+                            "draw); use engine='steps'")
         if engine == "graph":
             return self.sample_session.run(["images"], {"noise": noise})[0]
         values = self._sample_bound(noise) if self.io_binding else self._sample_host(noise)
         flat = np.empty_like(values)
         flat[:, self.order] = values
-        return flat.reshape(n, *self.event_shape)
+        return flat.reshape(n, *self.event_shape).astype(self.family.numpy_dtype, copy=False)
 
     def _sample_host(self, noise: np.ndarray) -> np.ndarray:
         """Step loop with numpy state on the host (fastest on CPU); the draw in numpy float64."""
-        return step_loop(self.step_session, self.state_specs, self._initial, noise)
+        return step_loop(self.step_session, self.family, self.state_specs, self._initial, noise)
 
     def _sample_bound(self, noise: np.ndarray) -> np.ndarray:
         """Step loop through IOBinding: state, logits and the drawn value stay on ``self.device``.

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from .catalog import DEFAULT_EVENT_SHAPE, Catalog, Dataset, ModelSpec, check_config
-from .datasets import validate_real_images
 from .errors import ConfigError, DataError, UnknownNameError
+from .families import Categorical
 from .limits import check_event_shape, check_memory
 from .plugin_manager import PluginHost, PluginInfo
 from .protocol import DensityModel, validate_images
@@ -95,18 +95,19 @@ def create_model(name: str, event_shape=DEFAULT_EVENT_SHAPE, num_categories: int
 
 
 def is_continuous(spec: ModelSpec) -> bool:
-    """Whether the registered factory models real values (a ContinuousDensityModel, ``continuous = True``)."""
-    return bool(getattr(spec.factory, "continuous", False))
+    """Whether the registered factory models real values only (every family it declares is a real one)."""
+    return not any(family.discrete for family in getattr(spec.factory, "families", (Categorical,)))
 
 
 def check_value_kind(spec: ModelSpec, num_categories) -> None:
-    """ConfigError when a model of real values meets K levels, or a categorical model meets real values (K = 0)."""
-    if is_continuous(spec) and num_categories != 0:
-        raise ConfigError(f"model {spec.name!r} models real values, but these data have K={num_categories} levels: "
-                          "use a continuous dataset (`densreg datasets` marks them) or a categorical model")
-    if not is_continuous(spec) and num_categories == 0:
-        raise ConfigError(f"model {spec.name!r} models values 0..K-1, but these data are real-valued (continuous): "
-                          "use a continuous model such as rnade or gaussian-mixture")
+    """ConfigError when none of the model's families fits the data: K levels (values 0..K-1) or real values
+    (K = 0); the first family's own message says what to use instead."""
+    declared = getattr(spec.factory, "families", (Categorical,))
+    if not any(family.discrete == (num_categories != 0) for family in declared):
+        try:
+            declared[0].for_data(num_categories)
+        except ConfigError as exc:
+            raise ConfigError(f"model {spec.name!r} {exc}") from None
 
 
 def model_bytes(spec: ModelSpec, event_shape, num_categories: int, config: dict) -> int | None:
@@ -145,8 +146,6 @@ def load_split(name: str, split: str = "train", data: str | None = None, downloa
     dataset = get_dataset(name)
     array = dataset.load_split(split, data, download)
     try:
-        if dataset.continuous:
-            return torch.from_numpy(validate_real_images(array, dataset.event_shape))
         return validate_images(array, dataset.event_shape, dataset.num_categories)
     except DataError as exc:
         raise DataError(f"dataset {dataset.name!r}, split {split!r}: {exc}") from exc

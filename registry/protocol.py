@@ -1,145 +1,115 @@
 """The density-model protocol every densreg model follows.
 
-A model factorises p(x) over the D = C*H*W values of an image by the chain rule
-in a fixed ``ordering``:  log p(x) = sum_d log p(x_{o(d)} | x_{o(<d)}).
-Subclasses implement ``conditional_logits`` (one teacher-forced pass) and,
-where the model allows a cheaper one than recomputing the prefix, the
-incremental pair ``initial_state`` / ``step``. Everything else (log_prob,
-per-pixel scores, sampling) is derived here.
+A model factorises p(x) over the D = C*H*W values of an image by the chain rule in a fixed
+``ordering``:  log p(x) = sum_d log p(x_{o(d)} | x_{o(<d)}). For each position d it maps the
+values before d to the parameters of a one-dimensional distribution whose meaning its
+**family** owns (``registry.families``: ``Categorical(K)`` for values 0..K-1,
+``GaussianMixture(M)`` for real values, ...).
+
+A subclass implements the teacher-forced pass, ``conditional_params`` (every position's
+parameters at once; a categorical model may implement ``conditional_logits`` instead) and,
+where it is cheaper than recomputing the prefix, ``initial_state`` / ``step``. Everything else
+(log_prob, per-value scores, validation, sampling) is written here once, for every family.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from abc import ABCMeta
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from .datasets import validate_real_images
 from .errors import ConfigError, DataError
+from .families import Categorical, Family, GaussianMixture, inverse_cdf
 from .limits import check_event_shape
 from .orderings import make_ordering
 
 State = tuple[torch.Tensor, ...]
+WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)  # torch cannot compare these: checked in numpy
+
+
+def validate_values(x: Any, event_shape: tuple[int, int, int], family: Family) -> torch.Tensor:
+    """Check a batch of values at the boundary and return it as a tensor (B, C, H, W): int64 for a discrete
+    family, floating (float64 kept, else float32) for a real one.
+
+    Raises DataError (a ValueError) naming what was expected and what came: a wrong rank or shape, or
+    values the family refuses (outside 0..K-1, non-integer, NaN or infinite). Nothing is cast silently.
+    """
+    if isinstance(x, torch.Tensor) and x.dtype in WIDE_UNSIGNED:
+        x = x.cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(family.check_values(x, event_shape))
+    if not isinstance(x, torch.Tensor):
+        noun = "images" if family.discrete else "real values"
+        raise DataError(f"expected a tensor or numpy array of {noun}, got {type(x).__name__}")
+    expected = tuple(event_shape)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        noun = "images" if family.discrete else "values"
+        raise DataError(f"expected {noun} of shape (B, {', '.join(map(str, expected))}), got shape {tuple(x.shape)}")
+    if torch.compiler.is_compiling():
+        # Tracing for ONNX export (or torch.compile): the value checks branch on data, which a traced
+        # graph cannot do. Shapes were checked above; the exported runtime validates values itself.
+        return x.to(torch.int64) if family.discrete else x
+    return family.check_tensor_values(x)
 
 
 def validate_images(x: Any, event_shape: tuple[int, int, int], num_categories: int) -> torch.Tensor:
-    """Check a batch of images at the boundary and return it as int64 (B, C, H, W).
-
-    Raises DataError (a ValueError) naming what was expected and what came: a wrong
-    rank or shape, values outside 0..K-1, non-integer or NaN values. Float input is
-    accepted only when every value is already a whole number; nothing is cast silently.
-    ``num_categories`` 0 means real values: ``validate_real``.
-    """
-    if num_categories == 0:
-        return validate_real(x, event_shape)
-    if isinstance(x, torch.Tensor) and x.dtype in (torch.uint16, torch.uint32, torch.uint64):
-        x = x.cpu().numpy()  # torch has no comparisons for these: check them in numpy
-    if isinstance(x, np.ndarray):
-        x = _from_numpy(x, num_categories)
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"expected a tensor or numpy array of images, got {type(x).__name__}")
-    expected = tuple(event_shape)
-    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-        raise DataError(
-            f"expected images of shape (B, {', '.join(map(str, expected))}), got shape {tuple(x.shape)}"
-        )
-    if x.is_complex():
-        raise DataError(f"expected integer values 0..{num_categories - 1}, got complex dtype {x.dtype}")
-    if torch.compiler.is_compiling():
-        # Tracing for ONNX export (or torch.compile): the value checks below branch on
-        # data, which a traced graph cannot do. Shapes were checked above; the exported
-        # runtime validates values itself.
-        return x.to(torch.int64)
-    if x.is_floating_point():
-        if not bool(torch.isfinite(x).all()):
-            raise DataError("images contain NaN or infinite values; expected integers 0..K-1")
-        if not bool((x == torch.round(x)).all()):
-            raise DataError(f"images contain non-integer values; expected integers 0..{num_categories - 1}")
-    if x.numel():  # compared as Python numbers: uint8 >= 256 in torch wraps 256 to 0
-        lo, hi = x.min().item(), x.max().item()
-        if lo < 0 or hi >= num_categories:
-            raise DataError(f"image values must lie in 0..{num_categories - 1}; got values from {lo} to {hi}")
-    return x.to(torch.int64)
-
-
-def validate_real(x: Any, event_shape: tuple[int, int, int]) -> torch.Tensor:
-    """Check a batch of real-valued images (B, C, H, W) and return it as a float tensor.
-
-    Integer and float input are accepted (float64 stays float64, anything else becomes
-    float32); DataError for a wrong rank or shape, NaN or infinite values, or a non-numeric dtype.
-    """
-    if isinstance(x, np.ndarray):
-        if x.dtype == np.float64:
-            x = torch.from_numpy(np.ascontiguousarray(x))
-        else:
-            return torch.from_numpy(validate_real_images(x, event_shape))
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"expected a tensor or numpy array of real values, got {type(x).__name__}")
-    expected = tuple(event_shape)
-    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-        raise DataError(f"expected values of shape (B, {', '.join(map(str, expected))}), got shape {tuple(x.shape)}")
-    if x.is_complex():
-        raise DataError(f"expected real values, got complex dtype {x.dtype}")
-    if x.dtype != torch.float64:
-        x = x.to(torch.float32)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
-        raise DataError("values contain NaN or infinite entries; expected finite real numbers")
-    return x
-
-
-def _from_numpy(x: np.ndarray, num_categories: int) -> torch.Tensor:
-    """A numpy batch as a tensor torch can compare: native byte order, contiguous, and wide unsigned
-    integers (which torch cannot compare) range-checked here and widened to int64."""
-    if x.dtype.kind not in "biufc":
-        raise DataError(f"expected integer values 0..{num_categories - 1}, got an array of dtype {x.dtype}")
-    x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
-    if x.dtype.kind == "u" and x.dtype.itemsize > 1:
-        if x.size and x.max() >= num_categories:
-            raise DataError(f"image values must lie in 0..{num_categories - 1}; got values up to {x.max()}")
-        x = x.astype(np.int64)
-    return torch.from_numpy(x)
+    """``validate_values`` for data with K = ``num_categories`` levels (values 0..K-1 -> int64), or real
+    values where K is 0 (the data's convention; models speak of families)."""
+    return validate_values(x, event_shape, GaussianMixture() if num_categories == 0 else Categorical(num_categories))
 
 
 def categorical_from_uniform(logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw: logits (B, K), noise uniform in [0, 1) (B,) -> int64 (B,).
-
-    Deterministic given the noise, so torch and onnxruntime samplers fed the same
-    noise draw the same values.
-    """
-    cdf = torch.cumsum(torch.softmax(logits.double(), dim=-1), dim=-1)
-    value = (cdf < noise.double().unsqueeze(-1)).sum(-1)
-    return value.clamp(max=logits.shape[-1] - 1)
+    """Inverse-CDF draw: logits (B, K), noise uniform in [0, 1) (B,) -> int64 (B,) (``Categorical``'s draw)."""
+    return inverse_cdf(logits, noise)
 
 
 def at_position(table: torch.Tensor, position) -> torch.Tensor:
     """``table[position]`` along dim 0 for an int or a 0-dim int64 tensor ``position``.
 
-    Written with ``index_select`` so it traces for export (indexing with a 0-dim
-    tensor would call ``int()`` on it).
+    Written with ``index_select`` so it traces for export (indexing with a 0-dim tensor would call
+    ``int()`` on it).
     """
     index = torch.as_tensor(position, dtype=torch.int64, device=table.device).reshape(1)
     return table.index_select(0, index).squeeze(0)
 
 
-class DensityModel(nn.Module):
-    """Base class: an exact autoregressive density over images (C, H, W) with K levels.
+class DensityModel(nn.Module, metaclass=ABCMeta):
+    """Base class: an exact autoregressive density over images (C, H, W).
 
-    Attributes: ``event_shape`` (C, H, W); ``num_categories`` K; ``ordering`` (its
-    name); buffer ``order`` (D,) int64, the flat index generated at each step.
-    Set ``closed_form = True`` and implement ``fit_closed_form`` when maximum
-    likelihood has a closed form (fit by counting, not gradient descent).
+    What the registry, the CLI and the training loop read is declared here:
+
+    - ``registry_name``, ``description``: the default name and one line for ``densreg models``;
+    - ``families``: the family classes the model can emit (the first is its default; ``family`` in the
+      constructor picks another); the registry matches them against the data (levels or real values);
+    - ``closed_form``: fitted by ``fit_closed_form`` (counting, EM), not gradient descent;
+    - ``init_from_data(x)``: called by training with up to 10,000 training images before the first epoch;
+    - ``features(x)``: learned features, where ``has_features``.
+
+    Attributes: ``event_shape`` (C, H, W); ``family``; ``num_categories`` (K of the data, 0 for real
+    values); ``ordering`` (its name); buffer ``order`` (D,) int64, the flat index generated at each step.
     """
 
-    closed_form: bool = False
-    continuous: bool = False  # True: real values with mixture-of-Gaussians conditionals (ContinuousDensityModel)
-    description: str = ""
+    registry_name: ClassVar[str | None] = None
+    description: ClassVar[str] = ""
+    closed_form: ClassVar[bool] = False
+    families: ClassVar[tuple[type[Family], ...]] = (Categorical,)
 
-    def __init__(self, event_shape, num_categories: int = 2, ordering: str = "raster") -> None:
+    def __init__(self, event_shape, num_categories: int = 2, ordering: str = "raster",
+                 family: Family | None = None) -> None:
         super().__init__()
-        shape, num_categories = check_event_shape(event_shape, num_categories, continuous=self.continuous)
+        if family is None:
+            try:
+                family = self.families[0].for_data(num_categories)
+            except ConfigError as exc:
+                raise ConfigError(f"{type(self).__name__} {exc}") from None
+        shape, num_categories = check_event_shape(event_shape, num_categories, continuous=not family.discrete)
+        if family.discrete and family.num_categories != num_categories:
+            raise ConfigError(f"family {family!r} does not model data with K = {num_categories} levels")
+        self.family = family
         self.event_shape = shape
         self.num_categories = num_categories
         self.ordering = str(ordering)
@@ -153,24 +123,38 @@ class DensityModel(nn.Module):
 
     @property
     def value_kind(self) -> str:
-        """"categorical" (values 0..K-1) or "continuous" (real values); checkpoints and exports record it."""
-        return "continuous" if self.continuous else "categorical"
+        """"categorical" (values 0..K-1) or "continuous" (real values), from the family; files record it."""
+        return self.family.value_kind
+
+    @property
+    def value_dtype(self) -> torch.dtype:
+        """The dtype of values: int64 for a discrete family; else the floating dtype of the parameters (float32
+        if there are none)."""
+        if self.family.discrete:
+            return torch.int64
+        for tensor in (*self.parameters(), *self.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the class defines ``features``."""
+        return type(self).features is not DensityModel.features
 
     def config(self) -> dict[str, Any]:
         """JSON-able constructor arguments; subclasses add theirs to this dict."""
-        return {
-            "event_shape": list(self.event_shape),
-            "num_categories": self.num_categories,
-            "ordering": self.ordering,
-        }
+        return {"event_shape": list(self.event_shape), "num_categories": self.num_categories,
+                "ordering": self.ordering}
 
     def free_parameters(self) -> int:
         """Number of free parameters (default: elements of trainable parameters)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def validate(self, x: Any) -> torch.Tensor:
-        """``validate_images`` for this model's shape, moved to its device."""
-        return validate_images(x, self.event_shape, self.num_categories).to(self.order.device)
+        """``validate_values`` for this model's shape and family, on its device (real values in its dtype)."""
+        x = validate_values(x, self.event_shape, self.family)
+        return x.to(self.order.device, self.value_dtype)
 
     def to_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> values in generation order (B, D)."""
@@ -182,19 +166,31 @@ class DensityModel(nn.Module):
         return flat.reshape(seq.shape[0], *self.event_shape)
 
     # -- density ------------------------------------------------------------
-    def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of every conditional p(x_{o(d)} | x_{o(<d)}): (B, C, H, W) -> (B, D, K).
+    def conditional_params(self, x: torch.Tensor):
+        """The family's parameters of every conditional p(x_{o(d)} | x_{o(<d)}): values (B, C, H, W) ->
+        tensors (B, D, P) in generation order (``family.pack`` form: the logits alone for ``Categorical``).
 
-        Position d must depend on x_{o(<d)} only.
+        Position d must depend on x_{o(<d)} only. Default: ``conditional_logits`` for a categorical model.
         """
-        raise NotImplementedError
+        if type(self).conditional_logits is DensityModel.conditional_logits:
+            raise NotImplementedError(f"{type(self).__name__} implements neither conditional_params nor "
+                                      "conditional_logits")
+        return self.conditional_logits(x)
+
+    def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every conditional of a categorical model: (B, C, H, W) -> (B, D, K). Default: the
+        logits of ``conditional_params``."""
+        if not isinstance(self.family, Categorical) or \
+                type(self).conditional_params is DensityModel.conditional_params:
+            raise NotImplementedError(f"{type(self).__name__} emits {self.family.describe()}, not logits: "
+                                      "use conditional_params")
+        return self.conditional_params(x)
 
     def conditional_log_probs(self, x: Any) -> torch.Tensor:
-        """log p(x_{o(d)} | x_{o(<d)}) in nats, (B, D) in generation order."""
+        """log p(x_{o(d)} | x_{o(<d)}) in nats (log densities for real values), (B, D) in generation order."""
         x = self.validate(x)
-        logits = self.conditional_logits(x)
-        log_p = torch.log_softmax(logits, dim=-1)
-        return log_p.gather(-1, self.to_sequence(x).unsqueeze(-1)).squeeze(-1)
+        params = self.family.unpack(self.conditional_params(x))
+        return self.family.log_prob(params, self.to_sequence(x))
 
     def log_prob(self, x: Any) -> torch.Tensor:
         """Exact log-likelihood in nats, (B, C, H, W) -> (B,)."""
@@ -211,62 +207,81 @@ class DensityModel(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} has no learned features")
 
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Set data-dependent buffers (e.g. a standardization) from training values (N, C, H, W) before
+        gradient training starts. Default: nothing."""
+
     # -- incremental interface ------------------------------------------------
     def initial_state(self, batch_size: int) -> State:
-        """State before position 0. Default: the prefix of values drawn so far (B, D)."""
-        return (torch.zeros(batch_size, self.num_positions, dtype=torch.int64, device=self.order.device),)
+        """State before position 0. Default: the prefix of values drawn so far (B, D), zeros."""
+        return (torch.zeros(batch_size, self.num_positions, dtype=self.value_dtype, device=self.order.device),)
 
-    def step(self, value: torch.Tensor, position, state: State) -> tuple[torch.Tensor, State]:
-        """Logits (B, K) of the conditional at ``position`` d, and the new state.
+    def step(self, value: torch.Tensor, position, state: State):
+        """The family's parameters (B, P) of the conditional at ``position`` d (``pack`` form: logits (B, K)
+        for a categorical model), and the new state.
 
-        ``value`` (B,) int64 is x at generation position d-1 (ignored, pass zeros, at
-        d = 0); ``position`` is an int or a 0-dim int64 tensor. The default recomputes
-        the whole prefix (O(D) per step); models override it with a cached step.
+        ``value`` (B,) is x at generation position d-1 (ignored, pass zeros, at d = 0); ``position`` is an
+        int or a 0-dim int64 tensor. The default recomputes the whole prefix (O(D) per step); models
+        override it with a cached step.
         """
         return self.recompute_step(value, position, state)
 
-    def recompute_step(self, value: torch.Tensor, position, state: State) -> tuple[torch.Tensor, State]:
-        """The naive step: write ``value`` into the prefix and re-run ``conditional_logits``.
+    def recompute_step(self, value: torch.Tensor, position, state: State):
+        """The naive step: write ``value`` into the prefix and re-run ``conditional_params``.
 
-        Written without ``int(position)`` or branches on it, so it exports with a
-        0-dim tensor ``position`` (a one-hot mask writes the value; at d = 0 it matches nothing).
+        Written without ``int(position)`` or branches on it, so it exports with a 0-dim tensor
+        ``position`` (a one-hot mask writes the value; at d = 0 it matches nothing).
         """
         (prefix,) = state
         position = torch.as_tensor(position, dtype=torch.int64, device=prefix.device)
         previous = torch.arange(prefix.shape[1], device=prefix.device) == position - 1
-        prefix = torch.where(previous, value.unsqueeze(-1), prefix)
-        logits = self.conditional_logits(self.from_sequence(prefix))
-        return at_position(logits.transpose(0, 1), position), (prefix,)
+        prefix = torch.where(previous, value.to(prefix.dtype).unsqueeze(-1), prefix)
+        params = self.family.unpack(self.conditional_params(self.from_sequence(prefix)))
+        return self.family.pack(tuple(at_position(t.transpose(0, 1), position) for t in params)), (prefix,)
 
     # -- sampling -----------------------------------------------------------
+    def noise_shape(self, n: int) -> tuple[int, ...]:
+        """The uniform noise ``n`` samples take: (n, D), or (n, D, w) for a family that draws with w > 1."""
+        return self.family.noise_shape(n, self.num_positions)
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                naive: bool = False) -> torch.Tensor:
-        """Exact ancestral samples, int64 (n, C, H, W).
+        """Exact ancestral samples (n, C, H, W): int64 for a discrete family, the model's float dtype for real values.
 
-        ``noise`` (n, D) uniform in [0, 1) fixes the draw (one value per position);
-        otherwise it is drawn from ``generator``. ``naive=True`` re-runs the full
-        conditional network for every position (for benchmarks and checks).
+        ``noise`` of ``noise_shape(n)``, uniform in [0, 1), fixes the draw; otherwise it is drawn from
+        ``generator`` (float64). ``naive=True`` re-runs the full conditional network for every position
+        (for benchmarks and checks).
         """
-        device = self.order.device
+        device, family = self.order.device, self.family
         if noise is None:
-            noise = torch.rand(n, self.num_positions, generator=generator, dtype=torch.float64)
+            noise = torch.rand(self.noise_shape(n), generator=generator, dtype=torch.float64)
         noise = noise.to(device)
         if naive:
-            state = DensityModel.initial_state(self, n)
-            step = self.recompute_step
+            state, step = DensityModel.initial_state(self, n), self.recompute_step
         else:
-            state = self.initial_state(n)
-            step = self.step
-        values = torch.zeros(n, self.num_positions, dtype=torch.int64, device=device)
-        value = torch.zeros(n, dtype=torch.int64, device=device)
+            state, step = self.initial_state(n), self.step
+        values = torch.zeros(n, self.num_positions, dtype=self.value_dtype, device=device)
+        value = torch.zeros(n, dtype=self.value_dtype, device=device)
         for d in range(self.num_positions):
-            logits, state = step(value, d, state)
-            value = categorical_from_uniform(logits, noise[:, d])
+            params, state = step(value, d, state)
+            value = family.draw(family.unpack(params), family.noise_column(noise, d)).to(self.value_dtype)
             values[:, d] = value
         return self.from_sequence(values)
 
     # -- closed-form fitting --------------------------------------------------
     def fit_closed_form(self, x: torch.Tensor) -> dict[str, float]:
-        """Maximum-likelihood fit by counting on int64 images (N, C, H, W); returns metrics."""
+        """Maximum-likelihood fit (counting, EM) on validated values (N, C, H, W); returns metrics."""
         raise NotImplementedError(f"{type(self).__name__} has no closed-form fit")
+
+
+class ContinuousDensityModel(DensityModel):
+    """A model of real values with mixture-of-Gaussians conditionals: ``DensityModel`` with
+    ``families = (GaussianMixture,)`` (the style before families; still supported). It implements
+    ``conditional_params`` returning ``MixtureParams`` of (B, D, M) each."""
+
+    families = (GaussianMixture,)
+
+    def __init__(self, event_shape, num_categories: int = 0, ordering: str = "raster",
+                 family: Family | None = None) -> None:
+        super().__init__(event_shape, num_categories, ordering, family)

@@ -15,7 +15,7 @@ from densreg.registry import (CheckpointError, ConfigError, DataError, Dataset, 
                               load_checkpoint, register_plugin, save_checkpoint, unregister_plugin)
 from densreg.registry.checkpoint import read_header
 from densreg.registry.conformance import random_values, run_check
-from densreg.registry.mixtures import mixture_from_uniform, mixture_log_density
+from densreg.registry.families import GaussianMixture as MixtureFamily, mixture_log_density
 from densreg.registry.testing import single_torch_thread  # noqa: F401 - autouse fixture
 from densreg.plugins.continuous import RNADE, GaussianMixture
 
@@ -31,9 +31,9 @@ def test_mixture_density_and_draw_by_hand():
     assert float(mixture_log_density(params, x)) == pytest.approx(math.log(by_hand), abs=1e-6)
     # u0 = 0.2 < 0.25 picks component 0; Box-Muller with u1 = 1 - e^-2, u2 = 0: z = 2
     noise = torch.tensor([[0.2, 1 - math.exp(-2), 0.0]], dtype=torch.float64)
-    assert float(mixture_from_uniform(params, noise)) == pytest.approx(-1.0 + 2.0, abs=1e-6)
+    assert float(MixtureFamily().draw(params, noise)) == pytest.approx(-1.0 + 2.0, abs=1e-6)
     noise[0, 0] = 0.3  # component 1: 2 + 0.5 * 2
-    assert float(mixture_from_uniform(params, noise)) == pytest.approx(3.0, abs=1e-6)
+    assert float(MixtureFamily().draw(params, noise)) == pytest.approx(3.0, abs=1e-6)
 
 
 def test_gaussian_mixture_density_is_the_full_covariance_mixture():

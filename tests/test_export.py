@@ -184,7 +184,7 @@ def test_graphs_are_lean_and_convertible(exported, name, case, tmp_path):
     """No debug metadata or build paths, weights stored once, and quantize_dynamic and onnxruntime's
     float16 converter run on every graph (the float16 graph loads)."""
     from onnxruntime.quantization import quantize_dynamic
-    from densreg.export.exporter import _to_float16
+    from densreg.export.tracing import to_float16 as _to_float16
 
     _, report, _ = exported(name, case)
     folder = report["dir"]

@@ -114,7 +114,7 @@ def test_recur_steps_along_the_dim_given_for_each_input():
 
 
 def _conditionals(name: str, height: int):
-    from densreg.export.exporter import ConditionalsGraph, _to_onnx
+    from densreg.export.tracing import ConditionalsGraph, to_onnx as _to_onnx
     from densreg.registry import create_model
 
     torch.manual_seed(0)
@@ -179,7 +179,7 @@ def test_features_of_several_layers_export_and_match_torch(name):
     import numpy as np
     import onnxruntime as ort
 
-    from densreg.export.exporter import _features
+    from densreg.export.exporter import features_graph as _features
     from densreg.registry import create_model
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from densreg.export import exporter
+from densreg.export import parity as exporter
 from densreg.registry import create_model
 from densreg.plugins.baselines import Markov
 from densreg.registry.conformance import randomize
@@ -83,7 +83,7 @@ class Step:
 @pytest.fixture
 def check(monkeypatch):
     """parity_check with the stand-ins in place of onnxruntime sessions."""
-    monkeypatch.setattr(exporter, "_session", lambda graph: graph)
+    monkeypatch.setattr(exporter, "session", lambda graph: graph)
     return exporter.parity_check
 
 
@@ -91,8 +91,8 @@ def test_a_faithful_export_reports_zero_everywhere_and_feeds_the_step_the_images
     model = markov()
     conditionals, step = Conditionals(model), Step(model, 3)
     report = check(model, conditionals, step, batch=3, seed=5)
-    assert report == {"conditionals_logits": 0.0, "log_prob": pytest.approx(0.0, abs=1e-5), "pixel_log_prob": 0.0,
-                      "step_logits": 0.0, "max_abs_diff": 0.0}  # log_prob: float32 rounding of the pixel sum
+    assert report == {"conditionals_params": 0.0, "log_prob": pytest.approx(0.0, abs=1e-5), "pixel_log_prob": 0.0,
+                      "step_params": 0.0, "max_abs_diff": 0.0}  # log_prob: float32 rounding of the pixel sum
     images = drawn_images(model, 3, 5)
     assert len(conditionals.seen) == 1 and np.array_equal(conditionals.seen[0], images.numpy())
     # teacher forcing: zeros at position 0, then the value generated at d - 1, for every position
@@ -105,9 +105,9 @@ def test_a_faithful_export_reports_zero_everywhere_and_feeds_the_step_the_images
 def test_the_largest_logit_difference_is_reported(check, field, index, amount):
     model = markov()
     report = check(model, Conditionals(model, logits=(index, amount)), Step(model, 2), batch=2)
-    assert report["conditionals_logits"] == pytest.approx(abs(amount), rel=1e-3)
-    assert report["max_abs_diff"] == report["conditionals_logits"]
-    assert report["step_logits"] == report["pixel_log_prob"] == 0.0 and report["log_prob"] < 1e-5
+    assert report["conditionals_params"] == pytest.approx(abs(amount), rel=1e-3)
+    assert report["max_abs_diff"] == report["conditionals_params"]
+    assert report["step_params"] == report["pixel_log_prob"] == 0.0 and report["log_prob"] < 1e-5
 
 
 @pytest.mark.parametrize("amount", [-0.25, 20.0])  # 20 nats: more than any image's -log_prob here
@@ -115,7 +115,7 @@ def test_a_log_prob_difference_is_reported_while_the_logits_agree(check, amount)
     model = markov()
     report = check(model, Conditionals(model, log_prob=((1,), amount)), Step(model, 2), batch=2)
     assert report["log_prob"] == pytest.approx(abs(amount), rel=1e-5)  # also its distance from the pixel sum
-    assert report["conditionals_logits"] == report["pixel_log_prob"] == report["max_abs_diff"] == 0.0
+    assert report["conditionals_params"] == report["pixel_log_prob"] == report["max_abs_diff"] == 0.0
 
 
 def test_a_log_prob_difference_is_reported_when_the_pixels_agree_with_it(check):
@@ -135,7 +135,7 @@ def test_pixel_log_probs_that_do_not_sum_to_log_prob_are_a_log_prob_difference(c
     report = check(model, Conditionals(model, pixel=(pixel, 0.01)), Step(model, 2), batch=2)
     assert report["pixel_log_prob"] == pytest.approx(0.01, rel=1e-4)
     assert report["log_prob"] == pytest.approx(0.01 * model.num_positions, rel=1e-4)
-    assert report["conditionals_logits"] == report["max_abs_diff"] == report["step_logits"] == 0.0
+    assert report["conditionals_params"] == report["max_abs_diff"] == report["step_params"] == 0.0
 
 
 @pytest.mark.parametrize("position, positions, amount, reported", [
@@ -146,8 +146,8 @@ def test_step_differences_are_found_at_the_positions_checked(check, position, po
     model = markov()
     step = Step(model, 2, position=position, amount=amount)
     report = check(model, Conditionals(model), step, batch=2, positions=positions)
-    assert report["step_logits"] == pytest.approx(reported, rel=1e-5)
-    assert report["max_abs_diff"] == report["step_logits"] and report["conditionals_logits"] == 0.0
+    assert report["step_params"] == pytest.approx(reported, rel=1e-5)
+    assert report["max_abs_diff"] == report["step_params"] and report["conditionals_params"] == 0.0
     assert report["log_prob"] < 1e-5 and report["pixel_log_prob"] == 0.0
     assert step.positions == list(range(model.num_positions if positions is None else positions))
 
@@ -203,7 +203,7 @@ def test_a_features_difference_is_reported_relative_to_the_features_scale(check,
     index = tuple(int(i) for i in (model.to_sequence(images) == 2).nonzero()[0])  # a feature of value 2 * scale
     report = check(model, Conditionals(model), Step(model, 2), features=Features(model, index, amount))
     assert report["features"] == pytest.approx(reported, rel=1e-5)
-    assert report["max_abs_diff"] == report["conditionals_logits"] == report["step_logits"] == 0.0
+    assert report["max_abs_diff"] == report["conditionals_params"] == report["step_params"] == 0.0
     assert "features" not in check(model, Conditionals(model), Step(model, 2))
 
 

@@ -150,7 +150,7 @@ def test_wide_unsigned_numpy_images_are_range_checked_and_widened(dtype):
     x = validate_images(np.array([[[[0, 1], [1, 0]]]], dtype=dtype), (1, 2, 2), 2)
     assert x.dtype == torch.int64 and x.tolist() == [[[[0, 1], [1, 0]]]]
     for too_big in (2, 7):
-        with pytest.raises(DataError, match=rf"values must lie in 0\.\.1; got values up to {too_big}$"):
+        with pytest.raises(DataError, match=rf"values must lie in 0\.\.1; got values from 0 to {too_big}$"):
             validate_images(np.array([[[[0, 1], [too_big, 0]]]], dtype=dtype), (1, 2, 2), 2)
     empty = validate_images(np.zeros((0, 1, 2, 2), dtype=dtype), (1, 2, 2), 2)
     assert empty.dtype == torch.int64 and empty.shape == (0, 1, 2, 2)

@@ -21,8 +21,8 @@ import densreg
 
 from densreg.export import RuntimeLoadError, export_model
 from densreg.export import format as fmt
-from densreg.export.exporter import draw_graph
 from densreg.export.manifest import file_digest
+from densreg.registry.families import Categorical
 from densreg.export.runtime import CPU, CUDA, ExportedModel, runtime_info, usable_providers
 from densreg.registry import DataError, DensregError, __version__, categorical_from_uniform, create_model
 from densreg.app.cli import cli
@@ -137,8 +137,8 @@ def test_draws_agree_with_categorical_from_uniform(k):
     noise = rng.random(4000)
     noise[:10] = [0.0, 0.2, 0.4, 0.6, 0.8, 0.999999, 0.5, 0.3, 0.1, 0.9]
     expected = categorical_from_uniform(torch.from_numpy(logits), torch.from_numpy(noise)).numpy()
-    session = ort.InferenceSession(draw_graph().SerializeToString(), providers=["CPUExecutionProvider"])
-    for got in (fmt.draw_numpy(logits, noise), session.run(None, {"logits": logits, "noise": noise})[0]):
+    session = ort.InferenceSession(Categorical(3).onnx_draw(18, 10).SerializeToString(), providers=["CPUExecutionProvider"])
+    for got in (Categorical(logits.shape[-1]).draw_numpy((logits,), noise), session.run(None, {"logits": logits, "noise": noise})[0]):
         assert got.dtype == np.int64
         cdf = np.cumsum(torch.softmax(torch.from_numpy(logits).double(), -1).numpy(), -1)[:, :-1]
         differ = got != expected

@@ -67,7 +67,7 @@ def noise(n, d, seed=0):
 def test_the_loop_draws_what_torch_draws_from_the_same_noise(name, config):
     m = model(name, **config)
     session, u = StepSession(m, 7), noise(7, m.num_positions)
-    values = step_loop(session, session.specs(), session.initial, u)
+    values = step_loop(session, m.family, session.specs(), session.initial, u)
     assert values.dtype == np.int64 and values.shape == (7, m.num_positions)
     expected = m.to_sequence(m.sample(7, noise=torch.from_numpy(u))).numpy()
     assert np.array_equal(values, expected)
@@ -80,14 +80,14 @@ def test_a_step_without_value_or_position_inputs_is_fed_only_its_state():
     m = model(order=1)
     session, u = StepSession(m, 4), noise(4, m.num_positions, 1)
     session.inputs = ["value", *session.names]  # no position input: the stand-in counts the calls
-    values = step_loop(session, session.specs(), session.initial, u)
+    values = step_loop(session, m.family, session.specs(), session.initial, u)
     assert np.array_equal(values, m.to_sequence(m.sample(4, noise=torch.from_numpy(u))).numpy())
 
 
 def test_a_stateless_step_draws_each_position_from_its_own_table():
     m = model("bernoulli")
     session, u = StepSession(m, 5, inputs=["position"]), noise(5, m.num_positions, 2)
-    values = step_loop(session, [], [], u)
+    values = step_loop(session, m.family, [], [], u)
     logits = m.log_probs.numpy()
     cdf = np.cumsum(np.exp(logits.astype(np.float64)) / np.exp(logits.astype(np.float64)).sum(-1, keepdims=True), -1)
     assert np.array_equal(values, (cdf[None] < u[..., None]).sum(-1).clip(max=2))

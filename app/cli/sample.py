@@ -37,9 +37,8 @@ def sample(checkpoint, num, out, seed, npz_path, nrow):
     # noise, samples and the sampler's per-step work (about 33 bytes per value measured), then the grid
     need = num * math.prod(info.event_shape) * 48 + grid_bytes(num, info.event_shape, nrow)
     check_memory(need, f"sampling {num} images of {shape}", "lower -n")
-    continuous = info.value_kind == "continuous"  # real values: three uniforms per value, a grey-scale grid
-    noise_shape = (num, math.prod(info.event_shape), *((3,) if continuous else ()))
-    noise = np.random.default_rng(seed).random(noise_shape)
+    discrete = model.family.discrete  # real values: a grey-scale grid
+    noise = np.random.default_rng(seed).random(model.noise_shape(num))  # the family's uniforms per value
     if isinstance(model, ExportedModel):  # an export in onnxruntime: torch is never imported
         samples = model.sample(num, noise=noise)
     else:
@@ -49,7 +48,7 @@ def sample(checkpoint, num, out, seed, npz_path, nrow):
 
         with using_threads(model, task="sample"):
             samples = model.sample(num, noise=torch.from_numpy(noise)).cpu().numpy()
-    if continuous:
+    if not discrete:
         samples = samples.astype(np.float32)
         png = grid_png(real_to_levels(samples), 256, nrow=nrow)
     else:

@@ -1,7 +1,7 @@
 """Built-in models of real-valued data (mixture-of-Gaussians conditionals): ``rnade`` and ``gaussian-mixture``.
 
 Registered through the same ``register_models`` hook a third-party plugin uses (entry point
-``continuous``); both are ``ContinuousDensityModel`` subclasses (densreg.registry.continuous).
+``continuous``); both are ``DensityModel`` subclasses whose family is ``GaussianMixture``.
 """
 
 from densreg.registry import hookimpl

@@ -22,26 +22,25 @@ import math
 
 import torch
 
-from densreg.registry import ConfigError, ContinuousDensityModel, MixtureParams
-from densreg.registry.mixtures import LOG_SQRT_2PI
+from densreg.registry import ConfigError, DensityModel, MixtureParams
+from densreg.registry.families import GaussianMixture as MixtureFamily
+from densreg.registry.families.gaussian_mixture import LOG_SQRT_2PI
 
-MAX_COMPONENTS = 1 << 10
 MAX_POSITIONS = 4096  # D x D covariances
 
 
-class GaussianMixture(ContinuousDensityModel):
+class GaussianMixture(DensityModel):
     """Full-covariance mixture of Gaussians, fit by EM in closed form; conditionals exact mixtures."""
 
     registry_name = "gaussian-mixture"
     description = "Full-covariance mixture of Gaussians fit by EM (closed form); exact mixture conditionals"
     closed_form = True
+    families = (MixtureFamily,)
 
     def __init__(self, event_shape=(1, 1, 63), num_categories: int = 0, ordering: str = "raster",
                  components: int = 10, iterations: int = 100, tolerance: float = 1e-4, reg: float = 1e-6,
                  seed: int = 0) -> None:
-        super().__init__(event_shape, num_categories, ordering)
-        if not isinstance(components, int) or isinstance(components, bool) or not 1 <= components <= MAX_COMPONENTS:
-            raise ConfigError(f"components must be an integer from 1 to {MAX_COMPONENTS}, got {components!r}")
+        super().__init__(event_shape, num_categories, ordering, MixtureFamily(components))
         if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
             raise ConfigError(f"iterations must be a positive integer, got {iterations!r}")
         if not tolerance >= 0 or not reg >= 0:

@@ -28,22 +28,23 @@ import math
 import torch
 from torch import nn
 
-from densreg.registry import ConfigError, ContinuousDensityModel, MixtureParams, mixture_log_density
+from densreg.registry import ConfigError, DensityModel, MixtureParams, mixture_log_density
+from densreg.registry.families import GaussianMixture
 
 ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 MAX_HIDDEN, MAX_COMPONENTS = 1 << 16, 1 << 10
 MIN_LOG_SCALE = -10.0  # floor of the log-scales on the standardized scale, see standardized_mixture
 
 
-class RNADE(ContinuousDensityModel):
+class RNADE(DensityModel):
     """Real-valued NADE with mixture-of-Gaussians conditionals (Uria et al. 2013)."""
 
     registry_name = "rnade"
     description = "RNADE: NADE's shared hidden layer with a mixture of Gaussians per real value (Uria et al. 2013)"
+    families = (GaussianMixture,)
 
     def __init__(self, event_shape=(1, 1, 63), num_categories: int = 0, ordering: str = "raster",
                  hidden: int = 100, components: int = 10, activation: str = "relu", rescale: bool = False) -> None:
-        super().__init__(event_shape, num_categories, ordering)
         for key, value, most in (("hidden", hidden, MAX_HIDDEN), ("components", components, MAX_COMPONENTS)):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
                 raise ConfigError(f"{key} must be an integer from 1 to {most}, got {value!r}")
@@ -51,6 +52,7 @@ class RNADE(ContinuousDensityModel):
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if not isinstance(rescale, bool):
             raise ConfigError(f"rescale must be true or false, got {rescale!r}")
+        super().__init__(event_shape, num_categories, ordering, GaussianMixture(components))
         self.hidden, self.components, self.activation, self.rescale = hidden, components, activation, rescale
         D, H, M = self.num_positions, hidden, components
         self.W = nn.Parameter(torch.randn(D, H) / math.sqrt(max(D, 1)))

@@ -1,0 +1,1 @@
+"""The conformance checks, one module per kind of check (see ``registry.conformance``)."""
