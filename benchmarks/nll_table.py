@@ -30,7 +30,8 @@ from densreg.registry import api, load_checkpoint
 from densreg.registry.atomic import atomic_write_bytes
 from densreg.registry.errors import UnknownNameError
 from densreg.app.evaluation import nll_summary, per_image_nll
-from densreg.app.training import fit, run_paths
+from densreg.app.run_files import run_paths
+from densreg.app.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

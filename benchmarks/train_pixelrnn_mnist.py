@@ -33,7 +33,8 @@ from densreg.app.cli.common import parse_set_options
 from densreg.registry.atomic import atomic_write_bytes
 from densreg.app.evaluation import evaluate
 from densreg.app.images import image_grid
-from densreg.app.training import fit, run_paths
+from densreg.app.run_files import run_paths
+from densreg.app.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

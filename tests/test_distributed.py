@@ -34,7 +34,8 @@ from safetensors import safe_open
 
 from densreg.app import distributed
 from densreg.app.cli import cli
-from densreg.app.training import fit, run_paths
+from densreg.app.run_files import run_paths
+from densreg.app.training import fit
 from densreg.registry import ConfigError, create_model, load_checkpoint, load_split
 
 if not torch.distributed.is_available():

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from densreg.app.cli import cli
-from densreg.app.training import run_paths
+from densreg.app.run_files import run_paths
 from densreg.registry import CheckpointError, ConfigError, DataError, create_model, load_checkpoint, save_checkpoint
 from densreg.registry import checkpoint, limits
 from densreg.registry.atomic import atomic_write_bytes

@@ -75,7 +75,7 @@ def test_threads_option_on_every_computing_command(tmp_path):
 def test_fit_validates_on_its_own_threads_not_the_evaluation_default(monkeypatch):
     # fit(threads=1) once scored each epoch's validation set on every core (evaluate's default), which on a
     # shared machine made rnade's epochs several times slower than its training steps
-    from densreg.app import training
+    from densreg.app import gradient_run, training
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(performance, "cpu_cores", lambda: 3)
@@ -86,7 +86,8 @@ def test_fit_validates_on_its_own_threads_not_the_evaluation_default(monkeypatch
         seen.append(performance.threads_for(args[0], kwargs.get("threads")))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "evaluate", spy)
+    monkeypatch.setattr(training, "evaluate", spy)  # closed form
+    monkeypatch.setattr(gradient_run, "evaluate", spy)  # each epoch of gradient training
     x = torch.randint(0, 2, (20, 1, 2, 2))
     for name, config, epochs in (("nade", {"hidden": 3}, {"epochs": 2}), ("bernoulli", {}, {})):
         seen.clear()  # gradient-trained (once per epoch), then closed form (once)

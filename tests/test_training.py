@@ -15,10 +15,11 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from densreg.registry import CheckpointError, ConfigError, create_model, load_checkpoint, load_split
-from densreg.app import training
+from densreg.app import gradient_run, training
 from densreg.app.cli import cli
 from densreg.app.evaluation import evaluate
-from densreg.app.training import fit, run_paths
+from densreg.app.run_files import run_paths
+from densreg.app.training import fit
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +54,17 @@ def test_short_training_lowers_valid_nll(digits, tmp_path):
 def test_early_stopping_keeps_the_best_weights(digits, tmp_path, monkeypatch):
     train, valid = digits
     scores = iter([30.0, 25.0, 27.0, 28.0, 26.0, 20.0])
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: {"nll_nats": next(scores)})
+    monkeypatch.setattr(gradient_run, "evaluate", lambda *a, **k: {"nll_nats": next(scores)})
     model = small_nade()
     best_weights = {}
-    real_save = training.save_checkpoint
+    real_save = gradient_run.save_checkpoint
 
     def spy(path, m, *args, **kwargs):
         if path == tmp_path / "run.safetensors":
             best_weights.update({k: v.clone() for k, v in m.state_dict().items()})
         return real_save(path, m, *args, **kwargs)
 
-    monkeypatch.setattr(training, "save_checkpoint", spy)
+    monkeypatch.setattr(gradient_run, "save_checkpoint", spy)
     metrics = fit(model, train, valid, epochs=6, patience=2, lr=1e-2, out=tmp_path / "run.safetensors")
     assert metrics["epochs"] == 4 and metrics["best_epoch"] == 2 and metrics["stopped"] == "patience"
     assert metrics["valid_nll_nats"] == 25.0

@@ -75,7 +75,7 @@ def _evaluate(world, checkpoint, dataset, data_path, download, split, batch_size
 
     from densreg.app import distributed
     from densreg.app.evaluation import evaluate, nll_summary
-    from densreg.app.training import default_device
+    from densreg.app.training_options import default_device
     from densreg.registry import api
 
     model, info = load_model_or_export(checkpoint)

@@ -12,7 +12,9 @@ from click.core import ParameterSource
 
 from densreg.app import distributed
 from densreg.app.ood import perturb_images
-from densreg.app.training import TrainingOptions, default_device, fit, locked_run, run_paths
+from densreg.app.run_files import locked_run, run_paths
+from densreg.app.training import TrainingOptions, fit
+from densreg.app.training_options import default_device
 from densreg.registry import CheckpointError, ConfigError, api, hookimpl
 from densreg.registry.checkpoint import parse_info, read_header
 

@@ -1,0 +1,92 @@
+"""The options of a gradient-training run (``TrainingOptions``), their checks and the default device."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+import torch
+
+from densreg.registry import ConfigError
+
+from .performance import PRECISIONS
+
+
+@dataclass
+class TrainingOptions:
+    """Hyperparameters of a gradient-training run; ``densreg train`` shows these defaults.
+
+    epochs: most passes over the training set; batch_size: images per Adam step; lr: Adam's
+    learning rate, multiplied by lr_decay after every epoch; weight_decay: Adam's L2 term;
+    clip_grad: maximum gradient norm (None: no clipping); patience: epochs without a better
+    validation NLL before stopping; max_minutes: stop after the epoch that crosses this budget
+    (counted per call, None: no budget); seed: shuffling order; device: torch device (None:
+    cuda if available, else cpu); precision: "float32", or "bf16" (the forward pass under
+    bf16 autocast, weights and Adam in float32); threads: torch threads (None: the measured
+    default of the model kind, see densreg.app.performance); compile: torch.compile the
+    log-likelihood (its compile time is reported as compile_seconds); ema: keep an exponential
+    moving average of the weights, moved toward them by (1 - ema) after every Adam step (e.g.
+    0.999); validation, the checkpoint and the fitted model then use the averaged weights (None: off).
+    """
+
+    epochs: int = 20
+    batch_size: int = 100
+    lr: float = 5e-3
+    lr_decay: float = 0.95
+    weight_decay: float = 0.0
+    clip_grad: float | None = None
+    patience: int = 5
+    max_minutes: float | None = None
+    seed: int = 0
+    device: str | None = None
+    precision: str = "float32"
+    threads: int | None = None
+    compile: bool = False
+    ema: float | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first option out of range."""
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        def positive_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        need(positive_int(self.epochs), "epochs", ">= 1")
+        need(positive_int(self.batch_size), "batch_size", ">= 1")
+        need(positive_int(self.patience), "patience", ">= 1")
+        need(self.lr > 0, "lr", "> 0")
+        need(0 < self.lr_decay <= 1, "lr_decay", "in (0, 1]")
+        need(self.weight_decay >= 0, "weight_decay", ">= 0")
+        need(self.clip_grad is None or self.clip_grad > 0, "clip_grad", "> 0")
+        need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "> 0")
+        need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
+        need(self.threads is None or positive_int(self.threads), "threads", ">= 1")
+        need(self.ema is None or 0 <= self.ema < 1, "ema", "in [0, 1)")
+        need(self.device is None or is_device(self.device), "device", "a torch device such as cpu, cuda or cuda:1")
+
+    def replace(self, **changes) -> "TrainingOptions":
+        """A checked copy with ``changes``; unknown names raise ConfigError listing the accepted ones."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}; "
+                              f"accepted: {', '.join(f.name for f in fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+
+def is_device(name) -> bool:
+    """Whether torch can parse ``name`` as a device (whether it exists here is checked when used)."""
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+def default_device() -> str:
+    """The device of the option ``device=None``: "cuda" if available, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
