@@ -4,11 +4,13 @@ runtime imports (RUNTIME_MODULES), so a deployment box gets neither torch nor th
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-PACKAGE_DIRS = {"densreg": "../densreg", "densreg.registry": "../registry", "densreg.export": "../export"}
+PACKAGE_DIRS = {"densreg": "../densreg", "densreg.registry": "../registry",
+                "densreg.registry.families": "../registry/families", "densreg.export": "../export"}
 RUNTIME_MODULES = {
     "densreg": {"__init__"},
     "densreg.registry": {"__init__", "atomic", "datasets", "errors", "lazy", "limits", "saved", "version"},
-    "densreg.export": {"__init__", "format", "legacy", "manifest", "protoscan", "runtime"},
+    "densreg.registry.families": {"__init__", "base", "categorical", "gaussian_mixture"},
+    "densreg.export": {"__init__", "format", "legacy", "manifest", "protoscan", "runtime", "sessions"},
 }
 
 

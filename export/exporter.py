@@ -136,15 +136,17 @@ def trace(model: DensityModel, name: str, opset: int):
     return conditionals, step, features, specs, features_entry
 
 
-def check_parity(report: dict, name: str, atol: float, log_prob_atol: float) -> None:
+def check_parity(report: dict, name: str, family, atol: float, log_prob_atol: float) -> None:
     """ExportError (one line) unless the parameters, log_prob and features are within tolerance (NaN fails)."""
     if report["max_abs_diff"] <= atol and report["log_prob"] <= log_prob_atol and report.get("features", 0.0) <= atol:
         return
+    what = "logits" if family.param_names == ("logits",) else "parameters"
+    scale = "" if family.discrete else " (relative to max(1, |value|))"
     features = f", {report['features']:.3g} (features)" if "features" in report else ""
     raise ExportError(f"export of model {name!r} fails its parity check: onnxruntime differs from torch by "
-                      f"{report['conditionals_params']:.3g} (conditional parameters), {report['step_params']:.3g} "
-                      f"(step), {report['log_prob']:.3g} nats (log_prob){features}; tolerances {atol:g} (relative "
-                      f"to max(1, |value|)) and {log_prob_atol:g} nats")
+                      f"{report['conditionals_params']:.3g} (conditional {what}), {report['step_params']:.3g} "
+                      f"(step {what}), {report['log_prob']:.3g} nats (log_prob){features}; tolerances {atol:g}{scale} "
+                      f"and {log_prob_atol:g} nats")
 
 
 def sampling_graphs(model: DensityModel, step, specs, initial, opset: int, name: str) -> dict:
@@ -202,7 +204,7 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
         if parity:
             report = run_parity(parity_check, name, model, conditionals, step, positions=parity_positions,
                                 features=features)
-            check_parity(report, name, atol, log_prob_atol)
+            check_parity(report, name, model.family, atol, log_prob_atol)
         initial = [fmt.decode_array(s["initial"]) for s in specs]
         sampling = sampling_graphs(model, step, specs, initial, opset, name)
         try:

@@ -278,12 +278,12 @@ class ExportedModel:
     def _check_step(self, value, position, state) -> np.ndarray:
         value = np.asarray(value)
         if value.ndim != 1 or value.dtype.kind not in ("iu" if self.family.discrete else "iuf"):
-            raise DataError(f"step value must be a 1-D array (B,) of {self.family.value_meaning()}, got "
-                            f"{value.dtype} of shape {value.shape}")
+            kind = "integer" if self.family.discrete else "real"
+            raise DataError(f"step value must be a 1-D {kind} array (B,), got {value.dtype} of shape {value.shape}")
         try:
             value = self.family.graph_input(value.reshape(-1, 1, 1, 1), (1, 1, 1)).reshape(-1)
         except DataError as exc:
-            raise DataError(f"step values: {exc}") from None
+            raise DataError(f"step value: {exc}") from None
         if not isinstance(position, (int, np.integer)) or not 0 <= position < self.num_positions:
             raise DataError(f"step position must be an integer 0..{self.num_positions - 1}, got {position!r}")
         if len(state) != len(self.state_specs):

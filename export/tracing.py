@@ -261,7 +261,7 @@ def to_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
         return proto
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        half = convert_floatto_float16(proto, keep_io_types=True, disable_shape_infer=True)
+        half = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
     nodes = loop.topological(list(half.graph.node))  # the converter appends its input casts last
     del half.graph.node[:]
     half.graph.node.extend(nodes)

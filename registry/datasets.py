@@ -65,18 +65,25 @@ class Dataset:
                 "labelled": self.labels is not None}
 
 
+def numeric_batch(x, event_shape: tuple[int, int, int], values: str, items: str) -> np.ndarray:
+    """``x`` as an array of a numeric (not complex) dtype and shape (N, C, H, W); DataError saying what was
+    expected (``values``, ``items`` such as "images of shape (B") otherwise."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"expected {values}, got an array of dtype {x.dtype}")
+    expected = tuple(int(s) for s in event_shape)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise DataError(f"expected {items}, {', '.join(map(str, expected))}), got shape {tuple(x.shape)}")
+    return x
+
+
 def validate_real_images(x, event_shape: tuple[int, int, int]) -> np.ndarray:
     """Check a batch of real-valued items at the boundary -> float32 (N, C, H, W), a new array.
 
     DataError (one line) for a non-numeric or complex dtype, a wrong rank or shape, NaN or
     infinite values, or values float32 cannot hold.
     """
-    x = np.asarray(x)
-    if x.dtype.kind not in "biuf":
-        raise DataError(f"expected real values, got an array of dtype {x.dtype}")
-    expected = tuple(int(s) for s in event_shape)
-    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-        raise DataError(f"expected items of shape (N, {', '.join(map(str, expected))}), got shape {tuple(x.shape)}")
+    x = numeric_batch(x, event_shape, "real values", "items of shape (N")
     with np.errstate(over="ignore"):
         values = x.astype(np.float32)
     if not np.isfinite(values).all():

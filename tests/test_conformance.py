@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from densreg.registry import ConfigError, DensityModel, UnknownNameError, create_model, hookimpl, list_models
 from densreg.registry import register_plugin, unregister_plugin
 from densreg.app.cli import cli
-from densreg.registry.conformance import (CHECKS, NO_EXPORTER, SAMPLING_SIZE, _spread_out, all_images, check_causality,
+from densreg.registry.conformance import (CHECKS, NO_EXPORTER, SAMPLING_SIZE, spread_out, all_images, check_causality,
                                           check_chain_rule,
                                           check_normalization, check_round_trip, check_sampling, check_step,
                                           chi_square, image_index, randomize, run_checks, tolerance)
@@ -655,7 +655,7 @@ def test_chi_square_pools_cells_below_five_expected_with_the_next_smallest():
 
 
 class ImageTable(torch.nn.Module):
-    """An unnormalised law over the 16 images of 1x2x2 K=2, one logit each: what ``_spread_out`` reads
+    """An unnormalised law over the 16 images of 1x2x2 K=2, one logit each: what ``spread_out`` reads
     (parameters, log_prob)."""
 
     def __init__(self, counts):
@@ -672,9 +672,9 @@ class ImageTable(torch.nn.Module):
     ([9000, 990] + [10 / 14] * 14, 0.5),  # two
     ([5000, 4006, 986.6, 5] + [0.2] * 12, 1.0),  # four, the fourth exactly 5 times (bit for bit): counted
 ])
-def test_spread_out_flattens_a_law_until_four_cells_are_expected_five_times(counts, scale):
+def testspread_out_flattens_a_law_until_four_cells_are_expected_five_times(counts, scale):
     table, images = ImageTable(counts), all_images((1, 2, 2), 2)
-    probs, used = _spread_out(table, images)
+    probs, used = spread_out(table, images)
     assert used == scale and torch.allclose(table.logits, torch.tensor(counts, dtype=torch.float64).log() * scale)
     law = torch.tensor(counts, dtype=torch.float64) ** scale
     torch.testing.assert_close(probs, law / law.sum())  # normalised
@@ -781,7 +781,7 @@ def test_a_failed_sampling_check_names_the_image_furthest_off_in_standard_deviat
     model = FlattensTheLaw((1, 2, 2), 2, "snake")  # as the check builds it: the first space, snake order
     randomize(model, 0)
     images = all_images((1, 2, 2), 2)
-    probs, _ = _spread_out(model, images)
+    probs, _ = spread_out(model, images)
     drawn = model.sample(SAMPLING_SIZE, generator=torch.Generator().manual_seed(0))
     counts = torch.bincount(image_index(drawn, 2), minlength=16).double()
     expected = probs * SAMPLING_SIZE
@@ -973,11 +973,11 @@ def test_step_probes_the_documented_images():
 
 def test_the_sampling_check_fails_below_alpha_only(monkeypatch):
     """The verdict of the chi-square test: p exactly 1e-3 passes, the next float below fails."""
-    from densreg.registry import conformance
+    from densreg.registry.checks import sampling
 
-    alpha = conformance.SAMPLING_ALPHA
+    alpha = sampling.SAMPLING_ALPHA
     for p, passed in ((alpha, True), (float(torch.nextafter(torch.tensor(alpha), torch.tensor(0.0))), False)):
-        monkeypatch.setattr(conformance, "chi_square", lambda counts, expected, p=p: (30.0, 15, p))
+        monkeypatch.setattr(sampling, "chi_square", lambda counts, expected, p=p: (30.0, 15, p))
         assert check_sampling(ExactSampler, spaces=[((1, 2, 2), 2)]).passed is passed
 
 

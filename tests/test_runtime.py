@@ -506,8 +506,8 @@ def test_step_refuses_out_of_range_values_positions_and_bad_state(export_dir):
     model, out = export_dir  # K = 3, D = 24
     m = ExportedModel(out, provider="cpu")
     state, value = m.initial_state(2), np.zeros(2, dtype=np.int64)
-    cases = [((np.array([0, 3]), 0, state), "step values must lie in 0..2; got 0 to 3"),
-             ((np.array([-1, 0]), 0, state), "step values must lie in 0..2"),
+    cases = [((np.array([0, 3]), 0, state), "step value: image values must lie in 0..2; got values from 0 to 3"),
+             ((np.array([-1, 0]), 0, state), "step value: image values must lie in 0..2"),
              ((value, 24, state), "step position must be an integer 0..23, got 24"),
              ((value, -1, state), "step position must be an integer 0..23"),
              ((value, 10000, state), "got 10000"),

@@ -24,8 +24,7 @@ import math
 
 import torch
 
-from ..families import Categorical
-from .subject import (CheckFailed, Subject, all_images, dtype_note, describe, in_float64, notes_of, random_values,
+from .subject import (CheckFailed, Subject, method_name, all_images, dtype_note, describe, in_float64, notes_of, random_values,
                       space, tolerance, where, wide_variants)
 
 NORMALIZATION_SPACES = {True: (((1, 2, 3), 2), ((1, 2, 2), 3)), False: (((1, 1, 1), 0), ((1, 1, 2), 0))}
@@ -33,15 +32,6 @@ CHAIN_SPACES = {True: NORMALIZATION_SPACES[True], False: (((1, 2, 3), 0),)}
 CAUSALITY_SPACES = {True: (((1, 2, 3), 2), ((1, 2, 2), 3)), False: (((1, 2, 3), 0),)}
 STEP_SPACES = {True: (((1, 2, 3), 2), ((1, 2, 3), 3)), False: (((1, 2, 3), 0),)}
 NORMALIZATION_TOL = {True: 1e-5, False: 1e-4}
-
-
-def method_name(model) -> str:
-    """How the author named the teacher-forced pass: conditional_logits or conditional_params."""
-    from ..protocol import DensityModel
-
-    overrides_logits = type(model).conditional_logits is not DensityModel.conditional_logits
-    return "conditional_logits" if isinstance(model.family, Categorical) and overrides_logits else \
-        "conditional_params"
 
 
 def expect_params(model, x) -> tuple:
@@ -57,11 +47,10 @@ def expect_params(model, x) -> tuple:
         what = "(B, D, K)" if name == "conditional_logits" else "(B, D, P)"
         raise CheckFailed(f"{name} returned {tuple(params[0].shape)}, expected {what} = {expected}")
     for param_name, tensor in zip(family.param_names, params):
-        bad = tensor.isnan() | (tensor == math.inf)
-        if param_name != "logits":
-            bad = bad | (tensor == -math.inf)
-        if bool(bad.any()):
-            raise CheckFailed(f"{name} returned NaN or infinite values (in {param_name})")
+        if param_name == "logits" and bool((tensor.isnan() | (tensor == math.inf)).any()):  # -inf: probability 0
+            raise CheckFailed(f"{name} returned NaN or +inf values" + ("" if len(params) == 1 else " in logits"))
+        if param_name != "logits" and not bool(tensor.isfinite().all()):
+            raise CheckFailed(f"{name} returned NaN or infinite values in {param_name}")
     return params
 
 
@@ -257,7 +246,8 @@ def step(subject: Subject) -> str:
                         raise CheckFailed(f"step at position {d} with the position given as {kind} raised "
                                           f"{describe(exc)}") from exc
                     if tuple(got.shape) != tuple(expected[:, d].shape):
-                        raise CheckFailed(f"step returned parameters of shape {tuple(got.shape[:-1])}, expected "
+                        what = "logits" if family.param_names == ("logits",) else "parameters"
+                        raise CheckFailed(f"step returned {what} of shape {tuple(got.shape[:-1])}, expected "
                                           f"(B, {'K' if family.discrete else 'P'}) = {tuple(expected[:, d].shape[:-1])}")
                     if [tuple(t.shape) for t in state] != shapes:
                         raise CheckFailed(f"the state changed shape from {shapes} to {[tuple(t.shape) for t in state]}"

@@ -270,6 +270,13 @@ def notes_of(subject) -> str:
     return f" (not run on {count} refused space/ordering pairs, e.g. {places[0]}: {message})"
 
 
+def method_name(model) -> str:
+    """How the author named the teacher-forced pass: conditional_logits or conditional_params."""
+    overrides_logits = type(model).conditional_logits is not DensityModel.conditional_logits
+    return "conditional_logits" if isinstance(model.family, Categorical) and overrides_logits else \
+        "conditional_params"
+
+
 def in_float64(model) -> tuple[DensityModel, str]:
     """A float64 copy of ``model`` for the comparisons, and "" ; or ``model`` itself and why
     it stays in its own dtype (the copy raises, or its logits do not come out in float64)."""
@@ -281,7 +288,7 @@ def in_float64(model) -> tuple[DensityModel, str]:
     except Exception as exc:  # noqa: BLE001 - any failure means: compare in the model's dtype
         return model, f"the model does not run in float64 ({describe(exc)})"
     if probe.dtype != torch.float64:
-        return model, f"the conditionals of model.double() come out in {probe.dtype}"
+        return model, f"{method_name(model)} of model.double() come out in {probe.dtype}"
     return wide, ""
 
 

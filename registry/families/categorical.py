@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets import numeric_batch
 from ..errors import ConfigError, DataError
 from ..limits import MAX_CATEGORIES
 from .base import Family
@@ -76,7 +77,7 @@ class Categorical(Family):
         if self.k != 2:
             return self.log_prob(params, x)
         z = (1 - 2 * x).to(logits.dtype) * (logits[..., 1] - logits[..., 0])
-        return -(z.clamp(min=0) + (-z.abs()).exp().log1p())
+        return -(z.relu() + (-z.abs()).exp().log1p())
 
     def draw(self, params, noise):
         (logits,) = self.unpack(params)
@@ -105,12 +106,7 @@ class Categorical(Family):
 
     def check_values(self, x, event_shape) -> np.ndarray:
         """Integer images (B, C, H, W), values 0..K-1 -> int64; float input only when every value is whole."""
-        x = np.asarray(x)
-        if x.dtype.kind not in "biuf":
-            raise DataError(f"expected integer values 0..{self.k - 1}, got an array of dtype {x.dtype}")
-        expected = tuple(int(s) for s in event_shape)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise DataError(f"expected images of shape (B, {', '.join(map(str, expected))}), got shape {x.shape}")
+        x = numeric_batch(x, event_shape, f"integer values 0..{self.k - 1}", "images of shape (B")
         if x.dtype.kind == "f":
             if not np.isfinite(x).all():
                 raise DataError("images contain NaN or infinite values; expected integers 0..K-1")

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..datasets import validate_real_images
+from ..datasets import numeric_batch, validate_real_images
 from ..errors import ConfigError, DataError
 from .base import Family, check_positive_int
 from .categorical import inverse_cdf
@@ -148,9 +148,7 @@ class GaussianMixture(Family):
         x = np.asarray(x)
         if x.dtype != np.float64:
             return validate_real_images(x, event_shape)
-        expected = tuple(int(s) for s in event_shape)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise DataError(f"expected values of shape (B, {', '.join(map(str, expected))}), got shape {x.shape}")
+        x = numeric_batch(x, event_shape, "real values", "values of shape (B")
         if not np.isfinite(x).all():
             raise DataError("values contain NaN or infinite entries; expected finite real numbers")
         return np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
