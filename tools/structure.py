@@ -1,8 +1,8 @@
 """The shape of the tree: modules and lines per top-level folder, the import graph, its cycles and
 layering breaches. Prints a table and writes it to benchmarks/results/structure.md.
 
-    python benchmarks/structure.py                 # this checkout
-    python benchmarks/structure.py --tree DIR      # another checkout (e.g. a git worktree of an old commit)
+    python tools/structure.py                 # this checkout
+    python tools/structure.py --tree DIR      # another checkout (e.g. a git worktree of an old commit)
 
 Folders map to packages as in pyproject.toml: X/ is densreg.X, densreg/ is densreg. An import
 edge is drawn from a module to the module it names; a name a lazy package (densreg,
@@ -21,6 +21,7 @@ from pathlib import Path
 PACKAGES = {"densreg": "densreg", "registry": "densreg.registry", "app": "densreg.app",
             "plugins": "densreg.plugins", "export": "densreg.export"}
 COUNTED = (*PACKAGES, "tests")
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "structure.md"
 # (importer prefix, forbidden prefixes, only at module level?): the core never imports the
 # application, a plugin or the public face, and the exporter only inside a function (the
 # conformance kit's export check); the exporter never imports the application or a plugin.
@@ -147,7 +148,7 @@ def render(result: dict, tree: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "structure.md")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     text = render(analyse(args.tree.resolve()), args.tree.resolve())
     print(text, end="")
