@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def grow_module():
-    spec = importlib.util.spec_from_file_location("grow_pixelrnn", ROOT / "benchmarks" / "grow_pixelrnn.py")
+    spec = importlib.util.spec_from_file_location("grow_pixelrnn", ROOT / "plugins" / "pixelrnn" / "surgery.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
