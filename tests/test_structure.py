@@ -101,7 +101,7 @@ def test_the_analysis_finds_cycles_and_breaches_at_every_level(bad_tree):
         "densreg.registry.e -> densreg.__init__",
         "densreg.registry.heavy -> sklearn",
     ]  # not: typed (TYPE_CHECKING), export.__init__'s lazy exporter (a parent package of the runtime)
-    text = render(result, bad_tree)
+    text = render(result, "a bad tree")
     assert "| registry/ | 11 |" in text and "densreg.registry.f -> densreg.registry.h (in a function)" in text
     assert "densreg.plugins.p -> torch (via densreg.export.runtime -> densreg.plugins.p)" in text
 

@@ -292,8 +292,9 @@ def cycle_edges(graph: dict, found: list[list[str]]) -> list[list[str]]:
     return out
 
 
-def render(result: dict, tree: Path) -> str:
-    lines = [f"# Structure of {tree.name}", "", "| folder | modules | lines | longest module | its lines |",
+def render(result: dict, label: str) -> str:
+    """The Markdown table of ``analyse``'s result for the tree called ``label``."""
+    lines = [f"# Structure of {label}", "", "| folder | modules | lines | longest module | its lines |",
              "|---|---|---|---|---|"]
     lines += [f"| {folder}/ | {f['modules']} | {f['lines']} | {f['longest'][0]} | {f['longest'][1]} |"
               for folder, f in result["folders"].items()]
@@ -315,10 +316,11 @@ def render(result: dict, tree: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument("--tree", type=Path, default=None, help="the checkout to measure (default: this one)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    text = render(analyse(args.tree.resolve()), args.tree.resolve())
+    tree = (args.tree or Path(__file__).resolve().parents[1]).resolve()
+    text = render(analyse(tree), f"`{args.tree}`" if args.tree else "this checkout")
     print(text, end="")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
