@@ -62,12 +62,12 @@ ROWS = {
     "row-lstm-7": dict(model="row-lstm", config={"hidden": 16, "layers": 7, "output_hidden": 32},
                        train=PIXELRNN_TRAIN, reference=80.54,
                        source="van den Oord et al. 2016; grown from the row-lstm row after its 6th epoch by "
-                              "benchmarks/grow_pixelrnn.py, epochs here are after growing; from the 32nd epoch "
+                              "densreg grow, epochs here are after growing; from the 32nd epoch "
                               "trained with --ema 0.9995 (0.9998 from the 38th), these weights are the moving average"),
     "row-lstm-7w32": dict(model="row-lstm", config={"hidden": 32, "layers": 7, "output_hidden": 32},
                           train=PIXELRNN_TRAIN, reference=80.54,
                           source="van den Oord et al. 2016; the row-lstm-7 row after its 41st epoch widened to "
-                                 "h=32 by benchmarks/grow_pixelrnn.py --hidden 32 (the same density at first), then "
+                                 "h=32 by densreg grow --hidden 32 (the same density at first), then "
                                  "trained at lr 3e-4 with --ema 0.9995; epochs here are after widening"),
     "diagonal-bilstm": dict(model="diagonal-bilstm", config={"hidden": 16, "layers": 2, "output_hidden": 32},
                             train=PIXELRNN_TRAIN,
@@ -75,7 +75,7 @@ ROWS = {
     "diagonal-bilstm-4": dict(model="diagonal-bilstm", config={"hidden": 16, "layers": 4, "output_hidden": 32},
                               train=PIXELRNN_TRAIN, reference=79.20,
                               source="van den Oord et al. 2016, 7 layers, h=16, GPU; grown from the "
-                                     "diagonal-bilstm row after its 2nd epoch by benchmarks/grow_pixelrnn.py, "
+                                     "diagonal-bilstm row after its 2nd epoch by densreg grow, "
                                      "epochs here are after growing"),
 }
 

@@ -361,7 +361,7 @@ def test_non_utf8_export_folders_are_refused_up_front(tmp_path):
         ExportedModel(odd, provider="cpu")
 
 
-# -- C.17: more hostile cases found by benchmarks/hostile.py -----------------------------------------------
+# -- C.17: more hostile cases found by the catalogue (test_hostile_catalogue.py) ---------------------------
 
 def test_nan_weights_are_refused_on_load(tmp_path):
     model = create_model("bernoulli", (1, 2, 2))

@@ -1,9 +1,9 @@
-"""Mutation testing of the core and the models with cosmic-ray (issue 17): a benchmark, not CI.
+"""Mutation testing of the core and the models with cosmic-ray (issue 17): a tool, not CI.
 
-    python benchmarks/mutation.py                         # every file listed in pyproject.toml
-    python benchmarks/mutation.py registry/orderings.py   # one file (or several)
-    python benchmarks/mutation.py --report                # rewrite the results table only, run nothing
-    python benchmarks/mutation.py --reset FILE            # forget FILE's results and start over
+    python tools/mutation.py                         # every file listed in pyproject.toml
+    python tools/mutation.py registry/orderings.py   # one file (or several)
+    python tools/mutation.py --report                # rewrite the results table only, run nothing
+    python tools/mutation.py --reset FILE            # forget FILE's results and start over
 
 Configuration: ``[tool.densreg.mutation]`` in pyproject.toml (per file: the fast test subset
 that exercises it, optionally the functions to mutate; the per-mutant timeout; the operators
@@ -12,7 +12,7 @@ place, runs the file's tests, and puts the file back; this script refuses a file
 uncommitted changes, restores it itself on any exit, and checks ``git diff`` afterwards.
 
 Incremental: each file's session (cosmic-ray's sqlite work database) lives in
-``benchmarks/mutation_sessions/`` (not committed). A rerun does only pending mutants; if the
+``tools/mutation_sessions/`` (not committed). A rerun does only pending mutants; if the
 file's tests changed, the survivors are retested; if the file itself changed, the mutants killed
 before on lines that did not change keep their verdict and the rest runs again (``--reset``
 starts over). Speed: torch (and hypothesis, whose pytest plugin would import and assertion-rewrite
@@ -29,7 +29,7 @@ import annotations``).
 Writes ``benchmarks/results/mutation.md``: per file, mutants generated, killed, timed out,
 incompetent, survived, pending and the score (a file whose session is not in this checkout keeps
 the row and survivors it had in the report, marked "earlier run"); then every mutant that survived a run, with the
-test that kills it now or the reason it is equivalent (``benchmarks/mutation_equivalents.toml``).
+test that kills it now or the reason it is equivalent (``tools/mutation_equivalents.toml``).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SESSIONS = ROOT / "benchmarks" / "mutation_sessions"
+SESSIONS = ROOT / "tools" / "mutation_sessions"
 RESULTS = ROOT / "benchmarks" / "results" / "mutation.md"
-EQUIVALENTS = ROOT / "benchmarks" / "mutation_equivalents.toml"
+EQUIVALENTS = ROOT / "tools" / "mutation_equivalents.toml"
 SERVER_FAILED = "mutation fork server failed"
 # (hypothesis is preloaded: rewriting warnings for it are expected)
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore::pytest.PytestAssertRewriteWarning"]
@@ -472,11 +472,11 @@ def write_report(config: dict) -> str:
     text = "\n".join([
         "# Mutation testing",
         "",
-        "`python benchmarks/mutation.py [FILE ...]` (cosmic-ray 8.7, configuration in pyproject.toml "
+        "`python tools/mutation.py [FILE ...]` (cosmic-ray 8.7, configuration in pyproject.toml "
         "`[tool.densreg.mutation]`). Killed: a test of the file's subset failed; timed out: the subset ran past "
         f"{config['timeout']} s (counted as killed in the score); incompetent: cosmic-ray could not run the mutant; "
         "score = (killed + timed out) / (killed + timed out + survived); equivalent mutants are listed in "
-        "`benchmarks/mutation_equivalents.toml` with their reason (a reason starting \"accepted\" marks a mutant that is "
+        "`tools/mutation_equivalents.toml` with their reason (a reason starting \"accepted\" marks a mutant that is "
         "not equivalent but left alive, and counts as a survivor). Operators left out (every file): "
         f"{', '.join(f'`{e}`' for e in config.get('exclude-operators', []))}; mutants inside annotations are left "
         "out too (never evaluated under `from __future__ import annotations`).",
