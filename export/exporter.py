@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from densreg.registry.api import describe_model
 from densreg.registry.atomic import atomic_write_folder, check_target, is_utf8_path
 from densreg.registry.errors import DensregError, ExportError
 from densreg.registry.protocol import DensityModel
@@ -248,7 +249,7 @@ def describe_export(model: DensityModel, name: str, specs: list[dict], opset: in
     """The manifest's content, but for its list of files. ``family`` is the family's spec (a Gaussian
     mixture's M measured); ``value_kind``, ``num_categories``, ``value_range`` and ``components`` say the
     same for clients written before families."""
-    info = SavedModelInfo.describe(model, name)
+    info = describe_model(model, name)
     family = components(model, model.family)
     return {
         "export_id": export_id,

@@ -12,6 +12,8 @@ from .errors import ConfigError, DataError, UnknownNameError
 from .families import Categorical
 from .limits import check_event_shape, check_memory
 from .plugin_manager import PluginHost, PluginInfo
+from .saved import SavedModelInfo
+from .version import __version__
 from .protocol import DensityModel, validate_images
 
 _catalog: Catalog | None = None
@@ -152,3 +154,14 @@ def load_split(name: str, split: str = "train", data: str | None = None, downloa
         return validate_images(array, dataset.event_shape, dataset.num_categories)
     except DataError as exc:
         raise DataError(f"dataset {dataset.name!r}, split {split!r}: {exc}") from exc
+
+
+def describe_model(model: DensityModel, name: str, **more) -> SavedModelInfo:
+    """The description of a live model registered as ``name`` (bare or ``plugin:model``), by this densreg:
+    the name is resolved in the registry to record its plugin, distribution and version; a name the
+    registry does not know is kept as given. ``more`` fills the format's own fields."""
+    bare, plugin, distribution, version = plugin_of(name)
+    return SavedModelInfo(model=bare, config=model.config(), event_shape=tuple(model.event_shape),
+                          num_categories=int(model.num_categories), ordering=model.ordering,
+                          densreg_version=__version__, value_kind=model.value_kind, plugin=plugin,
+                          distribution=distribution, distribution_version=version, **more)

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from safetensors.torch import save as save_bytes
 
+from .api import create_model, describe_model, model_spec
 from .atomic import atomic_write_bytes
 from .errors import CheckpointError, ConfigError, UnknownNameError
 from .limits import check_memory
@@ -76,7 +77,7 @@ def verify_hash(path, metadata: dict[str, str], weights: dict[str, torch.Tensor]
 def save_checkpoint(path, model, name: str, metrics: dict | None = None, extra: dict | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``model`` (registered as ``name``) to ``path`` atomically."""
-    info = SavedModelInfo.describe(model, name)
+    info = describe_model(model, name)
     metadata = {"format": FORMAT, **info.model_metadata(), "metrics": json.dumps(metrics or {}),
                 "extra": json.dumps(extra or {})}
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -262,7 +263,6 @@ def saved_model_name(path, info: SavedModelInfo) -> str:
     """The registry name that rebuilds the model saved at ``path``: its qualified name when the file
     records its plugin, else the bare name (built-ins win a clash). CheckpointError, naming the
     distribution to install, when that plugin is not installed."""
-    from .api import model_spec
 
     try:
         model_spec(info.qualified_name)
@@ -288,7 +288,6 @@ def load_checkpoint(path, device: str | torch.device = "cpu"):
     Bounded: the header is read and checked first, the model is built from its checked
     description, and only weights whose names and shapes match that model are read.
     """
-    from .api import create_model  # the registry is only needed to rebuild
 
     table, metadata = read_header(path)
     info = parse_info(path, metadata)

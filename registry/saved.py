@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .limits import check_event_shape
-from .version import __version__
 
 
 @dataclass
@@ -59,19 +58,6 @@ class SavedModelInfo:
         return f"plugin {self.plugin!r}" + (f" (distribution {dist})" if dist else "")
 
     KEYS = ("model", "config", "event_shape", "num_categories", "ordering")  # required in every saved model
-
-    @classmethod
-    def describe(cls, model, name: str, **more) -> "SavedModelInfo":
-        """The description of a live ``DensityModel`` registered as ``name`` (bare or
-        ``plugin:model``), by this densreg: the name is resolved in the registry to record its
-        plugin, distribution and version; a name the registry does not know is kept as given."""
-        from .api import plugin_of  # the registry is torch-side; this module stays torch-free
-
-        bare, plugin, distribution, version = plugin_of(name)
-        return cls(model=bare, config=model.config(), event_shape=tuple(model.event_shape),
-                   num_categories=int(model.num_categories), ordering=model.ordering,
-                   densreg_version=__version__, value_kind=getattr(model, "value_kind", "categorical"),
-                   plugin=plugin, distribution=distribution, distribution_version=version, **more)
 
     def model_metadata(self) -> dict[str, str]:
         """The shared keys as metadata strings."""
