@@ -43,7 +43,8 @@ class ConditionalsGraph(torch.nn.Module):
 
     def forward(self, images):
         family = self.model.family
-        params = family.normalized(tuple(t.to(torch.float32) for t in family.unpack(self.model.conditional_params(images))))
+        raw = family.unpack(self.model.conditional_params(images))
+        params = family.normalized(tuple(t.to(torch.float32) for t in raw))
         values = self.model.to_sequence(images)
         log_p = family.export_log_prob(params, values if family.discrete else values.to(torch.float32))
         pixel = log_p.index_select(1, self.inverse_order).reshape(images.shape)  # generation -> image layout

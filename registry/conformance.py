@@ -43,10 +43,11 @@ by the Rosenblatt transform. The checks live in ``registry.checks``: ``density``
 chain_rule, causality, step), ``sampling``, ``files`` (round_trip, export), ``subject`` (the model
 under test, random parameters, tolerances).
 
-chain_rule, causality and step compare on a float64 copy of the model, within 1e-8 times
-the logits' scale (max(1, |logits|); a difference of exactly the tolerance passes): float64
-rounding sits about six orders below that and a real defect (>= 1e-3) five orders above. A model that does not run in float64 is compared
-in its own dtype within sqrt(eps) times that scale (3.5e-4 in float32), and the detail says so.
+chain_rule, causality and step compare on a float64 copy of the model, within 1e-8 times the
+parameters' scale (max(1, |value|); a difference of exactly the tolerance passes): float64 rounding
+sits about six orders below that and a real defect (>= 1e-3) five orders above. A model that does
+not run in float64 is compared in its own dtype within sqrt(eps) times that scale (3.5e-4 in
+float32), and the detail says so.
 Every check runs on each tiny space the model accepts (K=2 and K=3); round_trip and export
 on the first one it accepts.
 

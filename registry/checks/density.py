@@ -24,8 +24,8 @@ import math
 
 import torch
 
-from .subject import (CheckFailed, Subject, method_name, all_images, dtype_note, describe, in_float64, notes_of, random_values,
-                      space, tolerance, where, wide_variants)
+from .subject import (CheckFailed, Subject, all_images, describe, dtype_note, in_float64, method_name, notes_of,
+                      random_values, space, tolerance, where, wide_variants)
 
 NORMALIZATION_SPACES = {True: (((1, 2, 3), 2), ((1, 2, 2), 3)), False: (((1, 1, 1), 0), ((1, 1, 2), 0))}
 CHAIN_SPACES = {True: NORMALIZATION_SPACES[True], False: (((1, 2, 3), 0),)}
@@ -247,8 +247,9 @@ def step(subject: Subject) -> str:
                                           f"{describe(exc)}") from exc
                     if tuple(got.shape) != tuple(expected[:, d].shape):
                         what = "logits" if family.param_names == ("logits",) else "parameters"
+                        letter = "K" if family.discrete else "P"
                         raise CheckFailed(f"step returned {what} of shape {tuple(got.shape[:-1])}, expected "
-                                          f"(B, {'K' if family.discrete else 'P'}) = {tuple(expected[:, d].shape[:-1])}")
+                                          f"(B, {letter}) = {tuple(expected[:, d].shape[:-1])}")
                     if [tuple(t.shape) for t in state] != shapes:
                         raise CheckFailed(f"the state changed shape from {shapes} to {[tuple(t.shape) for t in state]}"
                                           f" at position {d}: the state must be a tuple of fixed-shape tensors (for "
