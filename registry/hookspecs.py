@@ -1,6 +1,8 @@
 """The hooks a densreg plugin may implement (entry-point group ``densreg``).
 
-A plugin is a plain module with ``@hookimpl`` functions named after these specs.
+A plugin is a plain module with ``@hookimpl`` functions named after these specs. Each
+implementation is called with only the arguments it declares, so a spec may gain an argument
+without breaking the plugins written before it.
 """
 
 import pluggy

@@ -50,9 +50,21 @@ def _selected_names() -> set[str] | None:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """``Type: first line of the message``."""
+    """``Type: first line of the message``; for pluggy's validation errors (an implementation that
+    declares an argument the hookspec lacks) every line, joined by "; "."""
     lines = str(exc).strip().splitlines()
+    if isinstance(exc, pluggy.PluginValidationError):
+        lines = ["; ".join(lines)]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def declared_arguments(impl: pluggy.HookImpl, hook_name: str, kwargs: dict) -> list:
+    """The values of the arguments ``impl`` declares (pluggy's ``HookImpl.argnames``), in its order."""
+    missing = [name for name in impl.argnames if name not in kwargs]
+    if missing:  # pluggy refuses such an implementation at registration; kept for hand-made calls
+        raise TypeError(f"{hook_name} implementation takes {', '.join(map(repr, missing))}, "
+                        f"which densreg does not pass (it passes {', '.join(map(repr, kwargs))})")
+    return [kwargs[name] for name in impl.argnames]
 
 
 BUILTIN_DISTRIBUTION = "densreg"  # its plugins load first and win a bare-name clash
@@ -121,13 +133,17 @@ class PluginHost:
 
     def call_each(self, hook_name: str, make_kwargs, after=None) -> None:
         """Call ``hook_name`` plugin by plugin, in registration order, so that a failure is
-        attributed to its plugin; ``make_kwargs(info)`` gives each call's arguments and
-        ``after(info)``, if given, runs after each call (failed or not)."""
+        attributed to its plugin; ``make_kwargs(info)`` gives each call's arguments (every
+        argument of the hookspec) and ``after(info)``, if given, runs after each call (failed or not).
+
+        Each implementation gets only the arguments it declares, as pluggy's own calls do, so a
+        hook can gain an argument without breaking the plugins written before it.
+        """
         caller = getattr(self.pm.hook, hook_name)
         for impl in caller.get_hookimpls():  # registration order
             info = self.infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
             try:
-                impl.function(**make_kwargs(info))
+                impl.function(*declared_arguments(impl, hook_name, make_kwargs(info)))
             except BaseException as exc:  # noqa: BLE001 - a broken plugin must not take the others down
                 self.fail(info, exc, f"run {hook_name}")
             finally:
