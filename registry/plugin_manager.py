@@ -70,6 +70,15 @@ def declared_arguments(impl: pluggy.HookImpl, hook_name: str, kwargs: dict) -> l
 BUILTIN_DISTRIBUTION = "densreg"  # its plugins load first and win a bare-name clash
 
 
+def provenance(ep) -> tuple[str, str]:
+    """(distribution, version) of entry point ``ep``, ("", "") without one; its metadata is parsed
+    once (``dist.name`` and ``dist.version`` parse it at each access)."""
+    if ep.dist is None:
+        return "", ""
+    metadata = ep.dist.metadata
+    return metadata.get("Name") or "", metadata.get("Version") or ""
+
+
 class PluginHost:
     """A pluggy manager plus what we learned while loading each plugin."""
 
@@ -97,26 +106,24 @@ class PluginHost:
         imports neither torch nor a model plugin).
         """
         wanted = _selected_names()
-        found = sorted(entry_points(group=GROUP),  # densreg's own first, so a namesake cannot displace them
-                       key=lambda ep: (ep.dist.name if ep.dist else "") != BUILTIN_DISTRIBUTION)
+        found = [(ep, *provenance(ep)) for ep in entry_points(group=GROUP) if wanted is None or ep.name in wanted]
+        found.sort(key=lambda item: item[1] != BUILTIN_DISTRIBUTION)  # densreg's own first: no namesake displaces them
         if builtin is not None:
-            found = [ep for ep in found if ep.name == builtin and ep.dist and ep.dist.name == BUILTIN_DISTRIBUTION]
-        for ep in found:
-            if wanted is not None and ep.name not in wanted:
-                continue
+            found = [item for item in found if item[0].name == builtin and item[1] == BUILTIN_DISTRIBUTION]
+        for ep, dist, version in found:
             if ep.name in self.infos:  # same name from two distributions: keep the first, report the second
-                dist = ep.dist.name if ep.dist else ""
-                other = self.infos[ep.name]
-                clash = PluginInfo(name=f"{ep.name}@{dist}", distribution=dist,
-                                   version=ep.dist.version if ep.dist else "")
-                self.infos[clash.name] = clash
-                self.clashes.append(f"plugin name {ep.name!r} of {dist or 'an unnamed distribution'} is already "
-                                    f"used by {other.distribution or 'another plugin'}; {dist}'s plugin is not loaded")
-                self.fail(clash, RuntimeError(
-                    f"entry point name {ep.name!r} is already used by {other.distribution}"), "load")
-                continue
-            self.register_module(ep.name, ep.load, ep.dist.name if ep.dist else "",
-                                 ep.dist.version if ep.dist else "")
+                self.refuse_namesake(ep.name, dist, version)
+            else:
+                self.register_module(ep.name, ep.load, dist, version)
+
+    def refuse_namesake(self, name: str, dist: str, version: str) -> None:
+        """Record (as a clash and a load error) that ``dist``'s entry point ``name`` is already taken."""
+        other = self.infos[name]
+        clash = PluginInfo(name=f"{name}@{dist}", distribution=dist, version=version)
+        self.infos[clash.name] = clash
+        self.clashes.append(f"plugin name {name!r} of {dist or 'an unnamed distribution'} is already "
+                            f"used by {other.distribution or 'another plugin'}; {dist}'s plugin is not loaded")
+        self.fail(clash, RuntimeError(f"entry point name {name!r} is already used by {other.distribution}"), "load")
 
     def register_module(self, name: str, load, distribution: str = "", version: str = "") -> PluginInfo:
         """Import a plugin (``load()`` returns the module or object) and register its hooks."""

@@ -116,7 +116,7 @@ def fake_entry_points(*specs):
 def test_entry_point_that_fails_to_import(monkeypatch):
     monkeypatch.delenv("DENSREG_STRICT_PLUGINS", raising=False)
     monkeypatch.setattr(plugin_manager, "entry_points", fake_entry_points(
-        ("good", "densreg.plugins.baselines"), ("bad", "densreg_no_such_module_xyz")))
+        ("good", "densreg.plugins.baselines_plugin"), ("bad", "densreg_no_such_module_xyz")))
     host = PluginHost()
     host.load_entry_points()
     assert host.infos["good"].error is None
