@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from densreg.registry import ConfigError, DensityModel, hookimpl
+from densreg.registry import ConfigError, DensityModel
 from densreg.registry.protocol import at_position
 
 MAX_TABLE_ENTRIES = 50_000_000
@@ -135,9 +135,3 @@ class Markov(DensityModel):
         (ctx,) = state
         ctx = value + self.num_categories * (ctx % (self.num_contexts // self.num_categories))
         return at_position(self.log_probs, position)[ctx], (ctx,)
-
-
-@hookimpl
-def register_models(register):
-    register(Bernoulli)
-    register(Markov)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from densreg.plugins.nade_states import ACTIVATIONS, ACTIVATIONS_, StateLayout
-from densreg.registry import ConfigError, DensityModel, categorical_from_uniform, hookimpl
+from densreg.registry import ConfigError, DensityModel, categorical_from_uniform
 
 
 # Positions per block of the eager pass: at most MAX_BLOCK, fewer when a block's (T, B, H)
@@ -364,8 +364,3 @@ class NADE(DensityModel):
         V = self.V.index_select(0, position)[0]
         b = self.b.index_select(0, position)[0]
         return self.output_logits(h, V, b), (s,)
-
-
-@hookimpl
-def register_models(register):
-    register(NADE)

@@ -1,10 +1,14 @@
-"""The Python API, in the spirit of timm: list, create and load models by name."""
+"""The Python API, in the spirit of timm: list, create and load models by name.
+
+Listing (``list_models``, ``model_spec``, ``list_plugins``, ``list_datasets``) imports no
+torch: importing this module does not, and the built-in plugins register their models by
+import path. What creates (``create_model``, ``load_split``, ``model_bytes``) imports torch
+and the protocol when called.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .catalog import DEFAULT_EVENT_SHAPE, Catalog, Dataset, ModelSpec, check_config
 from .datasets import validate_real_images
@@ -14,7 +18,11 @@ from .limits import check_event_shape, check_memory
 from .plugin_manager import PluginHost, PluginInfo
 from .saved import SavedModelInfo
 from .version import __version__
-from .protocol import DensityModel, validate_images
+
+if TYPE_CHECKING:
+    import torch
+
+    from .protocol import DensityModel
 
 _catalog: Catalog | None = None
 _extra_plugins: dict[str, Any] = {}
@@ -78,6 +86,8 @@ def create_model(name: str, event_shape=DEFAULT_EVENT_SHAPE, num_categories: int
     ``config`` overrides the model's defaults; unknown keys or wrongly typed values
     raise ConfigError.
     """
+    from .protocol import DensityModel  # torch: imported to create, never to list
+
     spec = model_spec(name)
     config = check_config(spec.factory, config)
     for key in ("event_shape", "num_categories"):
@@ -116,6 +126,8 @@ def check_value_kind(spec: ModelSpec, num_categories) -> None:
 def model_bytes(spec: ModelSpec, event_shape, num_categories: int, config: dict) -> int | None:
     """Bytes of the parameters and buffers model ``spec`` would allocate, measured by building it on
     torch's meta device (no memory used); None when the factory cannot build on the meta device."""
+    import torch
+
     try:
         with torch.device("meta"):
             model = spec.factory(event_shape=tuple(event_shape), num_categories=int(num_categories), **config)
@@ -146,6 +158,10 @@ def get_dataset(name: str) -> Dataset:
 def load_split(name: str, split: str = "train", data: str | None = None, download: bool = False) -> torch.Tensor:
     """Images of one split as int64 (N, C, H, W), validated against the dataset's shape and K;
     for a continuous dataset, finite float32 values (N, C, H, W)."""
+    import torch
+
+    from .protocol import validate_images
+
     dataset = get_dataset(name)
     array = dataset.load_split(split, data, download)
     try:

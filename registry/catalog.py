@@ -4,11 +4,17 @@ A name is unqualified (``markov``) or qualified by its plugin (``baselines:marko
 When two plugins register one name, a built-in (distribution ``densreg``) keeps the
 unqualified name; between third parties it is ambiguous and the error says which
 plugins clash. Each stays reachable by its qualified name.
+
+A model registered by import path (``register("pkg.model:MyModel", name=..., description=...)``)
+is listed from its name and description alone; its module is imported on first use, so
+listing imports no torch.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import importlib.util
 import inspect
 import math
 import sys
@@ -16,30 +22,93 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .datasets import Dataset
-from .errors import ConfigError, UnknownNameError
-from .plugin_manager import BUILTIN_DISTRIBUTION, PluginHost, PluginInfo
+from .errors import ConfigError, PluginError, UnknownNameError
+from .plugin_manager import BUILTIN_DISTRIBUTION, PluginHost, PluginInfo, describe_exception, strict_plugins
 
 DEFAULT_EVENT_SHAPE = (1, 28, 28)
 
 
 @dataclass
 class ModelSpec:
-    """A registered model: its factory and where it came from."""
+    """A registered model: its factory, or the import path of one, and where it came from.
+
+    ``target`` is the factory itself or ``"module:attribute"``, imported on first use of
+    ``factory`` (listing never imports it).
+    """
 
     name: str
-    factory: Callable[..., Any]
+    target: Callable[..., Any] | str
     description: str
     plugin: str
     distribution: str = ""
     version: str = ""
+    _loaded: Callable[..., Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def qualified_name(self) -> str:
         return f"{self.plugin}:{self.name}"
 
+    @property
+    def factory(self) -> Callable[..., Any]:
+        """The factory, imported on first use when registered by import path (see ``load``)."""
+        return self.load()
+
+    def load(self) -> Callable[..., Any]:
+        """The factory; an import path is imported once, and a failure is a PluginError of one
+        line naming the model, its plugin and the path."""
+        if self._loaded is None:
+            self._loaded = self.target if not isinstance(self.target, str) else self._import()
+        return self._loaded
+
+    def _import(self) -> Callable[..., Any]:
+        try:
+            factory = import_target(self.target)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever the plugin's module raises
+            raise PluginError(f"model {self.name!r} of plugin {self.plugin} ({self.provenance}) cannot be "
+                              f"imported from {self.target!r}: {describe_exception(exc)}") from exc
+        if not callable(factory):
+            raise PluginError(f"model {self.name!r} of plugin {self.plugin} ({self.provenance}): "
+                              f"{self.target!r} is a {type(factory).__name__}, not a factory")
+        return factory
+
+    @property
+    def provenance(self) -> str:
+        """``distribution version``, or "in-process"."""
+        return f"{self.distribution} {self.version}".strip() or "in-process"
+
     def as_dict(self) -> dict:
         return {"name": self.name, "qualified_name": self.qualified_name, "plugin": self.plugin,
                 "distribution": self.distribution, "version": self.version, "description": self.description}
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """``"pkg.module:Class"`` -> ("pkg.module", "Class"); ConfigError for any other shape."""
+    module, sep, attribute = target.partition(":")
+    if not sep or not module.strip() or not attribute.strip() or ":" in attribute:
+        raise ConfigError(f"bad import path {target!r}: expected 'module:attribute', "
+                          "e.g. 'densreg_mymodel.model:MyModel'")
+    return module.strip(), attribute.strip()
+
+
+def import_target(target: str) -> Any:
+    """The object an import path ``"module:attribute"`` (``attribute`` may be dotted) names."""
+    module, attribute = split_target(target)
+    value = importlib.import_module(module)
+    for part in attribute.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_target(target: str, name: str) -> None:
+    """ConfigError when the module of model ``name``'s import path ``target`` is not installed:
+    looked up without executing it (only its parent packages are imported)."""
+    module, _ = split_target(target)
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a parent package is missing
+        found = None
+    if found is None:
+        raise ConfigError(f"model {name!r}: its import path {target!r} names no installed module {module!r}")
 
 
 @dataclass
@@ -59,13 +128,10 @@ class Catalog:
 
     def _model_registrar(self, info: PluginInfo):
         def register(factory, name: str | None = None, description: str | None = None) -> None:
-            name = name or getattr(factory, "registry_name", None)
-            if not name or ":" in name:
-                raise ConfigError(f"a model needs a name without ':' (got {name!r})")
-            doc = description or getattr(factory, "description", "") or (inspect.getdoc(factory) or "")
-            spec = ModelSpec(name, factory, doc.strip().splitlines()[0] if doc.strip() else "",
-                             info.name, info.distribution, info.version)
-            self.models.setdefault(name, []).append(spec)
+            """``factory``: a callable (a DensityModel subclass), or the import path of one,
+            ``"module:attribute"``, imported on first use; an import path needs ``name``."""
+            spec = model_spec_of(factory, name, description, info)
+            self.models.setdefault(spec.name, []).append(spec)
         return register
 
     def _dataset_registrar(self, info: PluginInfo):
@@ -137,6 +203,25 @@ class Catalog:
         return lines + list(self.host.clashes)
 
 
+def model_spec_of(factory, name: str | None, description: str | None, info: PluginInfo) -> ModelSpec:
+    """The ModelSpec of one ``register`` call by plugin ``info``; ConfigError for a bad name or
+    import path. Under DENSREG_STRICT_PLUGINS an import path is imported at once."""
+    lazy = isinstance(factory, str)
+    name = name or (None if lazy else getattr(factory, "registry_name", None))
+    if lazy and not name:
+        raise ConfigError(f"model {factory!r} is registered by import path: give its name=")
+    if not name or ":" in name:
+        raise ConfigError(f"a model needs a name without ':' (got {name!r})")
+    if lazy:
+        check_target(factory, name)
+    doc = description or ("" if lazy else getattr(factory, "description", "") or inspect.getdoc(factory) or "")
+    spec = ModelSpec(name, factory, doc.strip().splitlines()[0] if doc.strip() else "",
+                     info.name, info.distribution, info.version)
+    if lazy and strict_plugins():
+        spec.load()  # strict mode: a path that does not import fails now, not at first use
+    return spec
+
+
 def _check_value(key: str, value: Any, default: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"bad value for {key!r}: {value!r} is not a finite number")
@@ -196,8 +281,8 @@ def find_dataset(name: str) -> Dataset:
     """Dataset ``name``, without importing torch when it is one of densreg's own: their plugin is
     loaded alone first (a built-in keeps its bare name whatever else is installed). Any other
     name is looked up among every plugin: in ``api``'s catalog when this process has it (it
-    holds in-process plugins), else in a new one (model plugins import torch; where torch is
-    missing they are reported as failed to load)."""
+    holds in-process plugins), else in a new one (a third-party plugin may import torch; where
+    torch is missing it is reported as failed to load)."""
     host = PluginHost()
     host.load_entry_points(builtin=BUILTIN_DATASETS)
     try:

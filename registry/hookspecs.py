@@ -1,6 +1,8 @@
 """The hooks a densreg plugin may implement (entry-point group ``densreg``).
 
-A plugin is a plain module with ``@hookimpl`` functions named after these specs.
+A plugin is a plain module with ``@hookimpl`` functions named after these specs. Each
+implementation is called with only the arguments it declares, so a spec may gain an argument
+without breaking the plugins written before it.
 """
 
 import pluggy
@@ -14,7 +16,9 @@ def register_models(register):
     """Add models: call ``register(factory, name=..., description=...)`` once per model.
 
     ``factory(event_shape=(C, H, W), num_categories=K, **config)`` returns a
-    ``DensityModel``; a ``DensityModel`` subclass is itself such a factory.
+    ``DensityModel``; a ``DensityModel`` subclass is itself such a factory. Or pass its import
+    path, ``"package.module:MyModel"``, with ``name`` (and ``description``): it is imported on
+    first use, so listing imports no torch.
     """
 
 

@@ -50,12 +50,33 @@ def _selected_names() -> set[str] | None:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """``Type: first line of the message``."""
+    """``Type: first line of the message``; for pluggy's validation errors (an implementation that
+    declares an argument the hookspec lacks) every line, joined by "; "."""
     lines = str(exc).strip().splitlines()
+    if isinstance(exc, pluggy.PluginValidationError):
+        lines = ["; ".join(lines)]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+def declared_arguments(impl: pluggy.HookImpl, hook_name: str, kwargs: dict) -> list:
+    """The values of the arguments ``impl`` declares (pluggy's ``HookImpl.argnames``), in its order."""
+    missing = [name for name in impl.argnames if name not in kwargs]
+    if missing:  # pluggy refuses such an implementation at registration; kept for hand-made calls
+        raise TypeError(f"{hook_name} implementation takes {', '.join(map(repr, missing))}, "
+                        f"which densreg does not pass (it passes {', '.join(map(repr, kwargs))})")
+    return [kwargs[name] for name in impl.argnames]
+
+
 BUILTIN_DISTRIBUTION = "densreg"  # its plugins load first and win a bare-name clash
+
+
+def provenance(ep) -> tuple[str, str]:
+    """(distribution, version) of entry point ``ep``, ("", "") without one; its metadata is parsed
+    once (``dist.name`` and ``dist.version`` parse it at each access)."""
+    if ep.dist is None:
+        return "", ""
+    metadata = ep.dist.metadata
+    return metadata.get("Name") or "", metadata.get("Version") or ""
 
 
 class PluginHost:
@@ -85,26 +106,24 @@ class PluginHost:
         imports neither torch nor a model plugin).
         """
         wanted = _selected_names()
-        found = sorted(entry_points(group=GROUP),  # densreg's own first, so a namesake cannot displace them
-                       key=lambda ep: (ep.dist.name if ep.dist else "") != BUILTIN_DISTRIBUTION)
+        found = [(ep, *provenance(ep)) for ep in entry_points(group=GROUP) if wanted is None or ep.name in wanted]
+        found.sort(key=lambda item: item[1] != BUILTIN_DISTRIBUTION)  # densreg's own first: no namesake displaces them
         if builtin is not None:
-            found = [ep for ep in found if ep.name == builtin and ep.dist and ep.dist.name == BUILTIN_DISTRIBUTION]
-        for ep in found:
-            if wanted is not None and ep.name not in wanted:
-                continue
+            found = [item for item in found if item[0].name == builtin and item[1] == BUILTIN_DISTRIBUTION]
+        for ep, dist, version in found:
             if ep.name in self.infos:  # same name from two distributions: keep the first, report the second
-                dist = ep.dist.name if ep.dist else ""
-                other = self.infos[ep.name]
-                clash = PluginInfo(name=f"{ep.name}@{dist}", distribution=dist,
-                                   version=ep.dist.version if ep.dist else "")
-                self.infos[clash.name] = clash
-                self.clashes.append(f"plugin name {ep.name!r} of {dist or 'an unnamed distribution'} is already "
-                                    f"used by {other.distribution or 'another plugin'}; {dist}'s plugin is not loaded")
-                self.fail(clash, RuntimeError(
-                    f"entry point name {ep.name!r} is already used by {other.distribution}"), "load")
-                continue
-            self.register_module(ep.name, ep.load, ep.dist.name if ep.dist else "",
-                                 ep.dist.version if ep.dist else "")
+                self.refuse_namesake(ep.name, dist, version)
+            else:
+                self.register_module(ep.name, ep.load, dist, version)
+
+    def refuse_namesake(self, name: str, dist: str, version: str) -> None:
+        """Record (as a clash and a load error) that ``dist``'s entry point ``name`` is already taken."""
+        other = self.infos[name]
+        clash = PluginInfo(name=f"{name}@{dist}", distribution=dist, version=version)
+        self.infos[clash.name] = clash
+        self.clashes.append(f"plugin name {name!r} of {dist or 'an unnamed distribution'} is already "
+                            f"used by {other.distribution or 'another plugin'}; {dist}'s plugin is not loaded")
+        self.fail(clash, RuntimeError(f"entry point name {name!r} is already used by {other.distribution}"), "load")
 
     def register_module(self, name: str, load, distribution: str = "", version: str = "") -> PluginInfo:
         """Import a plugin (``load()`` returns the module or object) and register its hooks."""
@@ -121,13 +140,17 @@ class PluginHost:
 
     def call_each(self, hook_name: str, make_kwargs, after=None) -> None:
         """Call ``hook_name`` plugin by plugin, in registration order, so that a failure is
-        attributed to its plugin; ``make_kwargs(info)`` gives each call's arguments and
-        ``after(info)``, if given, runs after each call (failed or not)."""
+        attributed to its plugin; ``make_kwargs(info)`` gives each call's arguments (every
+        argument of the hookspec) and ``after(info)``, if given, runs after each call (failed or not).
+
+        Each implementation gets only the arguments it declares, as pluggy's own calls do, so a
+        hook can gain an argument without breaking the plugins written before it.
+        """
         caller = getattr(self.pm.hook, hook_name)
         for impl in caller.get_hookimpls():  # registration order
             info = self.infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
             try:
-                impl.function(**make_kwargs(info))
+                impl.function(*declared_arguments(impl, hook_name, make_kwargs(info)))
             except BaseException as exc:  # noqa: BLE001 - a broken plugin must not take the others down
                 self.fail(info, exc, f"run {hook_name}")
             finally:

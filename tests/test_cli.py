@@ -133,3 +133,17 @@ def test_plugins_can_add_commands():
     finally:
         unregister_plugin("commands-plugin")
         cli.commands.pop("hello-test", None)
+
+
+def test_help_shows_each_builtin_command_as_its_module_would():
+    """`densreg --help` takes the short help of a command whose module is not loaded from
+    BUILTIN_COMMANDS: it must shorten exactly as the command's own help does."""
+    import click
+
+    from densreg.app import cli as package
+
+    package.load_builtins()
+    for name, (_, text) in package.BUILTIN_COMMANDS.items():
+        stand_in, command = click.Command(name, help=text), package.cli.commands[name]
+        for limit in (10, 30, 45, 60, 80, 200):
+            assert stand_in.get_short_help_str(limit) == command.get_short_help_str(limit), (name, limit)

@@ -1,14 +1,17 @@
-"""The plugin registry: entry points, throwaway plugins, clashes, broken plugins, strict mode."""
+"""The plugin registry: entry points, throwaway plugins, clashes, broken plugins, strict mode, and
+hooks that gain an argument without breaking the plugins written before."""
 
 import types
 from importlib.metadata import EntryPoint
 
+import pluggy
 import pytest
 import torch
 
 import densreg.registry.plugin_manager as plugin_manager
 from densreg.registry import (ConfigError, PluginError, UnknownNameError, create_model, get_catalog, hookimpl,
                               list_models, list_plugins, register_plugin, unregister_plugin)
+from densreg.registry.catalog import Catalog
 from densreg.registry.plugin_manager import PluginHost
 from densreg.plugins.baselines import Bernoulli
 
@@ -113,7 +116,7 @@ def fake_entry_points(*specs):
 def test_entry_point_that_fails_to_import(monkeypatch):
     monkeypatch.delenv("DENSREG_STRICT_PLUGINS", raising=False)
     monkeypatch.setattr(plugin_manager, "entry_points", fake_entry_points(
-        ("good", "densreg.plugins.baselines"), ("bad", "densreg_no_such_module_xyz")))
+        ("good", "densreg.plugins.baselines_plugin"), ("bad", "densreg_no_such_module_xyz")))
     host = PluginHost()
     host.load_entry_points()
     assert host.infos["good"].error is None
@@ -150,3 +153,53 @@ def test_a_factory_failing_on_a_config_is_a_config_error():
             create_model("sized", (1, 2, 2), size=-3)
     finally:
         unregister_plugin("sized")
+
+
+# -- a hook that gains an argument --------------------------------------------------------
+def newer_hookspecs() -> types.ModuleType:
+    """densreg's hookspecs, with ``register_models`` grown an argument (``aliases``)."""
+    hookspec = pluggy.HookspecMarker("densreg")
+    module = types.ModuleType("newer_hookspecs")
+
+    def register_models(register, aliases):
+        """Add models; ``aliases(name, alias)`` is new."""
+
+    module.register_models = hookspec(register_models)
+    module.register_datasets = plugin_manager.hookspecs.register_datasets
+    module.register_commands = plugin_manager.hookspecs.register_commands
+    return module
+
+
+def test_an_older_plugin_loads_after_a_hook_gains_an_argument(monkeypatch):
+    monkeypatch.setattr(plugin_manager, "hookspecs", newer_hookspecs())
+    calls = []
+    older = types.SimpleNamespace(register_models=hookimpl(lambda register: calls.append(("older", register))))
+    newer = types.SimpleNamespace(register_models=hookimpl(
+        lambda aliases, register: calls.append(("newer", register, aliases))))
+    host = PluginHost()
+    host.register_module("older", lambda: older)
+    host.register_module("newer", lambda: newer)
+    host.call_each("register_models", lambda info: {"register": f"register-{info.name}", "aliases": "aliases"})
+    assert calls == [("older", "register-older"), ("newer", "register-newer", "aliases")]
+    assert not host.failed()
+
+
+def test_a_plugin_newer_than_its_densreg_is_refused_in_one_line():
+    newer = types.SimpleNamespace(register_models=hookimpl(lambda register, aliases: None))
+    info = PluginHost().register_module("newer", lambda: newer)
+    assert info.error.startswith("load: PluginValidationError: Plugin 'newer' for hook 'register_models'; ")
+    assert "{'aliases'} are declared in the hookimpl but can not be found in the hookspec" in info.error
+    assert "\n" not in info.error
+
+
+def test_an_argument_densreg_does_not_pass_fails_that_plugin_only(monkeypatch):
+    monkeypatch.delenv("DENSREG_STRICT_PLUGINS", raising=False)
+    monkeypatch.setattr(plugin_manager, "hookspecs", newer_hookspecs())
+    host = PluginHost()
+    host.register_module("newer", lambda: types.SimpleNamespace(
+        register_models=hookimpl(lambda register, aliases: None)))
+    host.register_module("older", lambda: types.SimpleNamespace(register_models=hookimpl(lambda register: None)))
+    catalog = Catalog.from_host(host)  # passes ``register`` alone
+    assert host.infos["older"].error is None and catalog.models == {}
+    assert host.infos["newer"].error == ("run register_models: TypeError: register_models implementation takes "
+                                         "'aliases', which densreg does not pass (it passes 'register')")

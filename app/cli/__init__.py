@@ -22,12 +22,32 @@ from densreg.registry import DensregError, __version__, limits
 
 from .common import ARGV_KEY
 
-# Built-in commands by the module that registers them (its ``register_commands``), imported only
-# when one of its commands runs, so `densreg sample EXPORT_DIR` never imports torch.
-COMMAND_MODULES = {"plugins": "listing", "models": "listing", "datasets": "listing", "info": "listing",
-                   "train": "train", "eval": "evaluate", "score": "score", "sample": "sample",
-                   "complete": "complete", "features": "features", "plot": "plot", "check": "check",
-                   "export": "export", "runtime": "export"}
+# Built-in commands: the module that registers each (its ``register_commands``), imported only
+# when one of its commands runs, so `densreg sample EXPORT_DIR` never imports torch; and the
+# first paragraph of its help, which `densreg --help` shortens as click does, without importing
+# any of them (tests/test_cli.py keeps each equal to the command's own).
+BUILTIN_COMMANDS = {
+    "check": ("check", "Check that MODEL honours the density-model contract, on tiny images."),
+    "complete": ("complete", "Complete images from their first values, sampling the rest exactly from "
+                             "p(x_rest | x_kept)."),
+    "datasets": ("listing", "List registered datasets: shape C,H,W, dimension (values per item) and number "
+                            "of levels K, or \"continuous\" for real-valued data."),
+    "eval": ("evaluate", "NLL (nats per image) and bits/dim of a checkpoint (or an export folder) on a "
+                         "dataset split."),
+    "export": ("export", "Export a checkpoint to an ONNX folder a serving team can run with onnxruntime and "
+                         "numpy alone, check it, and compare onnxruntime with torch."),
+    "features": ("features", "Write a model's features of a dataset split (or of --images) to an .npz archive."),
+    "info": ("listing", "Show a model's config with defaults and its free-parameter count."),
+    "models": ("listing", "List registered models, optionally filtered by a glob PATTERN (e.g. 'mark*')."),
+    "plot": ("plot", "Draw train and valid NLL per epoch from training logs (STEM.log.jsonl), or images as "
+                     "a grid."),
+    "plugins": ("listing", "List installed plugins: distribution, version, hooks, load errors."),
+    "runtime": ("export", "onnxruntime version, device, and the providers listed and actually usable."),
+    "sample": ("sample", "Draw exact samples from a checkpoint (or an export folder) and write an image grid."),
+    "score": ("score", "Score images by how anomalous they are under a checkpoint or an export folder."),
+    "train": ("train", "Fit MODEL on a dataset's train split and write a checkpoint."),
+}
+COMMAND_MODULES = {name: module for name, (module, _) in BUILTIN_COMMANDS.items()}
 # Built-in commands that use no plugin's command: main() loads no plugin for them, so on an
 # export folder they run without torch.
 WITHOUT_PLUGINS = ("eval", "sample", "runtime", "score", "complete", "features")
@@ -44,6 +64,17 @@ class DensregGroup(click.Group):
         if name not in self.commands and name in COMMAND_MODULES:
             load_builtin(COMMAND_MODULES[name])
         return self.commands.get(name)
+
+    def format_commands(self, ctx, formatter):
+        """The commands with their short help, as click writes them, without importing the
+        module of a built-in command that has not run (its help comes from BUILTIN_COMMANDS)."""
+        commands = [(name, self.commands.get(name) or click.Command(name, help=BUILTIN_COMMANDS[name][1]))
+                    for name in self.list_commands(ctx)]
+        commands = [(name, command) for name, command in commands if not command.hidden]
+        if commands:
+            limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in commands])
 
     def parse_args(self, ctx, args):
         ctx.meta[ARGV_KEY] = list(args)  # the arguments as given, which `train --nproc` passes to torchrun
@@ -96,23 +127,32 @@ def load_builtins() -> None:
 
 def add_plugin_commands(host) -> None:
     """Run every plugin's ``register_commands(cli)``; a command name already taken (a built-in,
-    or an earlier plugin's) keeps its first owner, and the clash is recorded in ``host.clashes``."""
+    loaded or not, or an earlier plugin's) keeps its first owner, and the clash is recorded in
+    ``host.clashes``. No built-in command module is imported."""
     taken: dict = {}
-    load_builtins()  # the built-ins own their names before any plugin registers
 
     def before(info):
         taken.clear()
+        taken.update(dict.fromkeys(COMMAND_MODULES))  # None: a built-in whose module is not loaded yet
         taken.update(cli.commands)
         return {"cli": cli}
 
     def after(info):
         for name, command in taken.items():
             if cli.commands.get(name) is not command:
-                cli.commands[name] = command
+                restore_command(name, command)
                 host.clashes.append(f"command {name!r} of plugin {info.name} ({info.distribution or 'in-process'}) "
                                     f"is already a densreg command; the plugin's is ignored")
 
     host.call_each("register_commands", before, after)
+
+
+def restore_command(name: str, command) -> None:
+    """Give ``name`` back to ``command``; None: to the built-in that registers it when first used."""
+    if command is None:
+        del cli.commands[name]
+    else:
+        cli.commands[name] = command
 
 
 def main(argv=None) -> None:
@@ -124,7 +164,7 @@ def main(argv=None) -> None:
     if next((a for a in args if not a.startswith("-")), None) in WITHOUT_PLUGINS:
         cli.main(args=args, prog_name="densreg")
         return
-    from densreg.registry import api  # imports torch
+    from densreg.registry import api  # no torch: the built-in plugins register models by import path
 
     try:
         add_plugin_commands(api.get_catalog().host)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
@@ -94,6 +93,8 @@ def download_mnist(dest: Path, base_url: str | None = None, checksums: dict[str,
 
     A file whose content does not match its checksum is deleted and DataError raised.
     """
+    import urllib.request  # with tqdm, imported to download, not to list the datasets
+
     from tqdm import tqdm
 
     dest.mkdir(parents=True, exist_ok=True)

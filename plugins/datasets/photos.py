@@ -11,7 +11,6 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from densreg.registry.errors import DataError
 
@@ -28,6 +27,8 @@ def photo_folder() -> Path:
 def read_photo(name: str, mode: str, short_side: int | None = None) -> np.ndarray:
     """Photo ``name`` of skimage/data as uint8, (H, W) for mode "L" (Pillow's ITU-R 601 luma) or
     (H, W, 3) for "RGB"; with ``short_side`` resized (Lanczos) so its shorter side has that many pixels."""
+    from PIL import Image  # imported when a photo is read, not to list the datasets
+
     matches = sorted(photo_folder().glob(f"{name}.*"))
     if not matches:
         raise DataError(f"scikit-image's photo {name!r} is missing from {photo_folder()}; "
