@@ -118,13 +118,26 @@ class Catalog:
     host: PluginHost
     models: dict[str, list[ModelSpec]] = field(default_factory=dict)
     datasets: dict[str, list[Dataset]] = field(default_factory=dict)
+    checks: dict[str, Callable[..., str]] = field(default_factory=dict)
 
     @classmethod
     def from_host(cls, host: PluginHost) -> "Catalog":
         catalog = cls(host)
         host.call_each("register_models", lambda info: {"register": catalog._model_registrar(info)})
         host.call_each("register_datasets", lambda info: {"register": catalog._dataset_registrar(info)})
+        host.call_each("register_checks", lambda info: {"register": catalog._check_registrar(info)})
         return catalog
+
+    def _check_registrar(self, info: PluginInfo):
+        def register(name: str, check: Callable[..., str]) -> None:
+            """A conformance check ``check(subject) -> str`` named ``name``; the first plugin to take a name
+            keeps it (ConfigError for the next)."""
+            if not isinstance(name, str) or not name or not callable(check):
+                raise ConfigError(f"register_checks needs a name and a callable, got {name!r} and {check!r}")
+            if name in self.checks:
+                raise ConfigError(f"conformance check {name!r} is already registered")
+            self.checks[name] = check
+        return register
 
     def _model_registrar(self, info: PluginInfo):
         def register(factory, name: str | None = None, description: str | None = None) -> None:

@@ -78,6 +78,7 @@ from .checks.files import EXPORT_TOL, NO_EXPORTER, export, round_trip
 from .checks.sampling import SAMPLING_ALPHA, SAMPLING_SIZE, chi_square, ks_p_value, rosenblatt, sampling, spread_out
 from .checks.subject import (DEFAULT_ORDERINGS, FLOAT64_TOL, CheckFailed, CheckSkipped, Subject, all_images,
                              describe, image_index, in_float64, random_images, random_values, randomize, tolerance)
+from .api import get_catalog
 from .errors import ConfigError
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -119,6 +120,12 @@ CHECKS: dict[str, Callable[[Subject], str]] = {
 }
 
 
+def all_checks() -> dict[str, Callable[[Subject], str]]:
+    """``CHECKS``, then the checks plugins add under other names (``register_checks``)."""
+    added = get_catalog().checks
+    return {**CHECKS, **{name: check for name, check in added.items() if name not in CHECKS}}
+
+
 @contextmanager
 def one_torch_thread(threads: int = 1):
     """Run torch with ``threads`` intra-op threads (default single-threaded) for the duration: on
@@ -144,13 +151,14 @@ def run_check(name: str, model: str | Callable, config: dict | None = None, *,
     of ``(event_shape, K)``) replaces every check's tiny spaces; ``threads`` is torch's thread
     count while the check runs.
     """
-    if name not in CHECKS:
-        raise ConfigError(f"unknown check {name!r}; checks: {', '.join(CHECKS)}")
+    checks = all_checks()
+    if name not in checks:
+        raise ConfigError(f"unknown check {name!r}; checks: {', '.join(checks)}")
     subject = model if isinstance(model, Subject) else Subject(model, config, prepare, orderings, spaces)
     start = time.perf_counter()
     try:
         with one_torch_thread(threads):
-            status, detail = PASSED, CHECKS[name](subject)
+            status, detail = PASSED, checks[name](subject)
     except CheckFailed as exc:
         status, detail = FAILED, str(exc)
     except CheckSkipped as exc:
@@ -162,11 +170,12 @@ def run_check(name: str, model: str | Callable, config: dict | None = None, *,
 
 def run_checks(model: str | Callable, config: dict | None = None, *, checks=None, skip=(),
                prepare: Callable | None = None, orderings=None, spaces=None, threads: int = 1) -> list[CheckResult]:
-    """Run ``checks`` (default: all of ``CHECKS`` but those in ``skip``) and return their results."""
-    names = list(checks or CHECKS)
-    unknown = [n for n in [*names, *skip] if n not in CHECKS]
+    """Run ``checks`` (default: every check, ``all_checks``, but those in ``skip``) and return their results."""
+    known = all_checks()
+    names = list(checks or known)
+    unknown = [n for n in [*names, *skip] if n not in known]
     if unknown:
-        raise ConfigError(f"unknown check {unknown[0]!r}; checks: {', '.join(CHECKS)}")
+        raise ConfigError(f"unknown check {unknown[0]!r}; checks: {', '.join(known)}")
     subject = Subject(model, config, prepare, orderings, spaces)
     return [run_check(n, subject, threads=threads) for n in names if n not in skip]
 
@@ -206,7 +215,7 @@ def check_export(model, config=None, **options) -> CheckResult:
     return run_check("export", model, config, **options)
 
 
-__all__ = ["CHECKS", "CheckFailed", "CheckResult", "CheckSkipped", "DEFAULT_ORDERINGS", "EXPORT_TOL", "FLOAT64_TOL",
+__all__ = ["CHECKS", "all_checks", "CheckFailed", "CheckResult", "CheckSkipped", "DEFAULT_ORDERINGS", "EXPORT_TOL", "FLOAT64_TOL",
            "NORMALIZATION_TOL", "NO_EXPORTER", "SAMPLING_ALPHA", "SAMPLING_SIZE", "Subject", "all_images",
            "check_causality", "check_chain_rule", "check_export", "check_normalization", "check_round_trip",
            "check_sampling", "check_step", "chi_square", "image_index", "in_float64", "ks_p_value", "one_torch_thread",

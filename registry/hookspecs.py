@@ -28,5 +28,11 @@ def register_datasets(register):
 
 
 @hookspec
+def register_checks(register):
+    """Add conformance checks: call ``register(name, check)``; ``check(subject)`` returns what passed and raises
+    ``CheckFailed`` or ``CheckSkipped`` (``densreg.registry.conformance``). densreg's exporter adds ``export``."""
+
+
+@hookspec
 def register_commands(cli):
     """Add commands to the ``densreg`` click group: ``cli.add_command(command)`` (built-ins do the same)."""

@@ -2,10 +2,11 @@
 
 - ``round_trip``: save_checkpoint, load_checkpoint through the registry: same class and config, the
   checkpoint records the model's value kind, same log_prob and same samples for the same noise.
-- ``export``: ``densreg.export.export_model`` with parity, then the onnxruntime model's log_prob
-  (1e-4 nats for a discrete family, 1e-3 for a real one) and samples for the same noise (identical
-  values, or within 1e-3 for real values; at most 2 of 200 may differ: a value drawn right at a CDF
-  boundary may legitimately differ). Skipped when the exporter is absent.
+- ``export``: the check the exporter's plugin registers (``register_checks``; ``densreg.export.check``):
+  ``export_model`` with parity, then the onnxruntime model's log_prob (1e-4 nats for a discrete
+  family, 1e-3 for a real one) and samples for the same noise (identical values, or within 1e-3 for
+  real values; at most 2 of 200 may differ: a value drawn right at a CDF boundary may legitimately
+  differ). Skipped when no plugin provides it. The core never imports the exporter.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import types
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..api import register_plugin, unregister_plugin
@@ -28,7 +28,7 @@ ROUND_TRIP_SPACES = {True: (((1, 2, 3), 2), ((1, 2, 2), 3)), False: (((1, 2, 3),
 EXPORT_TOL = 1e-4  # nats, discrete families
 EXPORT_LOG_PROB_TOL = {True: EXPORT_TOL, False: 1e-3}  # nats per image
 EXPORT_SAMPLE_TOL = 1e-3  # real values, absolute per value
-NO_EXPORTER = "densreg.export has no exporter in this installation"
+NO_EXPORTER = "no plugin provides the export check (densreg.export's plugin 'export' is not loaded)"
 
 
 def probes(model, shape, k: int, seed: int) -> torch.Tensor:
@@ -107,42 +107,10 @@ def round_trip(subject: Subject) -> str:
 
 
 def export(subject: Subject) -> str:
-    try:
-        from densreg.export import export_model
-        from densreg.export.runtime import ExportedModel
-    except ImportError as exc:
-        raise CheckSkipped(NO_EXPORTER) from exc
-    shape, k, ordering, model = subject.first_accepted(subject.spaces_or(ROUND_TRIP_SPACES))
-    discrete = model.family.discrete
-    x = probes(model, shape, k, seed=6)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "export"
-        try:
-            info = export_model(model, folder, name=subject.label.replace(":", "-"), parity=True)
-        except Exception as exc:
-            raise CheckFailed(f"export_model failed on {space(shape, k, ordering)}: {describe(exc)} (export needs a "
-                              "step that works with a 0-dim tensor position: no int(position), .item(), Python if "
-                              "on tensor values or data-dependent shapes; and state tensors with one batch axis, "
-                              "whose shapes depend only on the batch size; see PLUGINS.md)") from exc
-        reported = (info or {}).get("max_abs_diff")
-        runtime = ExportedModel(folder)
-        with torch.no_grad():
-            expected = model.log_prob(x).double().numpy()
-        diff = float(np.abs(np.asarray(runtime.log_prob(x.numpy()), dtype=np.float64) - expected).max())
-        tol = EXPORT_LOG_PROB_TOL[discrete]
-        if not diff <= tol:
-            raise CheckFailed(f"log_prob in onnxruntime differs from torch by {diff:.3g} nats on "
-                              f"{space(shape, k, ordering)} (tolerance {tol:g})")
-        noise = noise_for(model, 200, seed=6)
-        ours = model.sample(200, noise=noise).double().numpy().reshape(200, -1)
-        theirs = np.asarray(runtime.sample(200, noise=noise.numpy()), dtype=np.float64).reshape(200, -1)
-        with np.errstate(invalid="ignore"):  # a random model's value may overflow: then both must
-            same = (theirs == ours) | (np.isnan(theirs) & np.isnan(ours))
-            differs = ~same if discrete else ~(np.abs(theirs - ours) <= EXPORT_SAMPLE_TOL) & ~same
-        mismatched = int(differs.any(-1).sum())
-        if mismatched > 2:  # a value drawn right at a CDF boundary may legitimately differ
-            within = "" if discrete else f" by more than {EXPORT_SAMPLE_TOL:g}"
-            raise CheckFailed(f"{mismatched} of 200 samples drawn in onnxruntime differ from torch's{within} for the "
-                              "same noise: the exported step does not reproduce the torch step")
-    return (f"onnxruntime ({runtime.provider}) log_prob within {diff:.1e} nats (exporter's parity {reported}); "
-            f"samples for the same noise agree ({mismatched} of 200 differ)")
+    """The exporter's check, registered by its plugin (``register_checks``); skipped where none is loaded."""
+    from ..api import get_catalog
+
+    check = get_catalog().checks.get("export")
+    if check is None:
+        raise CheckSkipped(NO_EXPORTER)
+    return check(subject)
