@@ -21,6 +21,7 @@ from torch import nn
 
 from densreg.plugins.nade_states import ACTIVATIONS, ACTIVATIONS_, StateLayout
 from densreg.registry import ConfigError, DensityModel, categorical_from_uniform
+from densreg.registry.protocol import step_positions
 
 
 # Positions per block of the eager pass: at most MAX_BLOCK, fewer when a block's (T, B, H)
@@ -355,8 +356,7 @@ class NADE(DensityModel):
 
     def step(self, value, position, state):
         (s,) = state
-        position = torch.as_tensor(position, dtype=torch.int64, device=self.W.device).reshape(1)
-        previous = torch.clamp(position - 1, min=0)
+        position, previous = step_positions(position, self.W.device)
         w_prev = self.W.index_select(0, previous)[0]  # (K-1, H)
         onehot = nn.functional.one_hot(value, self.num_categories)[:, 1:].to(s.dtype)  # (B, K-1)
         s = torch.where(position > 0, s + onehot @ w_prev, s)

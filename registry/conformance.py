@@ -180,39 +180,23 @@ def run_checks(model: str | Callable, config: dict | None = None, *, checks=None
     return [run_check(n, subject, threads=threads) for n in names if n not in skip]
 
 
-def check_normalization(model, config=None, **options) -> CheckResult:
-    """sum exp(log_prob) over every image of tiny spaces is 1 (1e-5)."""
-    return run_check("normalization", model, config, **options)
+def _single(name: str, doc: str) -> Callable[..., CheckResult]:
+    """``check_NAME(model, config=None, **options)``: ``run_check(NAME, ...)``, documented by ``doc``."""
+    def check(model, config=None, **options) -> CheckResult:
+        return run_check(name, model, config, **options)
+
+    check.__name__ = check.__qualname__ = f"check_{name}"
+    check.__doc__ = doc
+    return check
 
 
-def check_chain_rule(model, config=None, **options) -> CheckResult:
-    """log_prob equals the sum of log-softmax conditionals (1e-4 nats)."""
-    return run_check("chain_rule", model, config, **options)
-
-
-def check_causality(model, config=None, **options) -> CheckResult:
-    """The conditional at d ignores values at d and after."""
-    return run_check("causality", model, config, **options)
-
-
-def check_step(model, config=None, **options) -> CheckResult:
-    """Teacher-forced step equals conditional_logits (1e-5), int and tensor positions."""
-    return run_check("step", model, config, **options)
-
-
-def check_sampling(model, config=None, **options) -> CheckResult:
-    """Sample frequencies match exp(log_prob) (chi-square, p >= 1e-3)."""
-    return run_check("sampling", model, config, **options)
-
-
-def check_round_trip(model, config=None, **options) -> CheckResult:
-    """Checkpoint save and load through the registry keeps config, log_prob and samples."""
-    return run_check("round_trip", model, config, **options)
-
-
-def check_export(model, config=None, **options) -> CheckResult:
-    """ONNX export parity (skipped without densreg.export)."""
-    return run_check("export", model, config, **options)
+check_normalization = _single("normalization", "sum (or integral) of exp(log_prob) over tiny spaces is 1.")
+check_chain_rule = _single("chain_rule", "log_prob equals the sum of the family's log-probabilities of the conditionals.")
+check_causality = _single("causality", "The conditional at d ignores values at d and after.")
+check_step = _single("step", "Teacher-forced step equals conditional_params, int and tensor positions.")
+check_sampling = _single("sampling", "Samples follow exp(log_prob) (chi-square, or the Rosenblatt transform).")
+check_round_trip = _single("round_trip", "Checkpoint save and load through the registry keeps config, log_prob and samples.")
+check_export = _single("export", "ONNX export parity (skipped without the exporter's plugin).")
 
 
 __all__ = ["CHECKS", "all_checks", "CheckFailed", "CheckResult", "CheckSkipped", "DEFAULT_ORDERINGS", "EXPORT_TOL", "FLOAT64_TOL",

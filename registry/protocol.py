@@ -67,6 +67,13 @@ def categorical_from_uniform(logits: torch.Tensor, noise: torch.Tensor) -> torch
     return inverse_cdf(logits, noise)
 
 
+def step_positions(position, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``position`` (an int or a 0-dim int64 tensor) and the one before it (0 at position 0), each as an int64
+    tensor of shape (1,) on ``device``: what a cached step indexes its weights with (``index_select``)."""
+    position = torch.as_tensor(position, dtype=torch.int64, device=device).reshape(1)
+    return position, torch.clamp(position - 1, min=0)
+
+
 def at_position(table: torch.Tensor, position) -> torch.Tensor:
     """``table[position]`` along dim 0 for an int or a 0-dim int64 tensor ``position``.
 

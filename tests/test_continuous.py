@@ -21,6 +21,8 @@ from densreg.plugins.continuous import RNADE, GaussianMixture
 
 SMALL = {"hidden": 6, "components": 3}
 
+from blockers import SERVING_BOX, blocker
+
 
 def test_mixture_density_and_draw_by_hand():
     params = MixtureParams(torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([[-1.0, 2.0]]),
@@ -263,14 +265,7 @@ def test_cli_trains_evaluates_and_checks_continuous_models(tmp_path, patches_dat
 
 
 # -- export (issue 15 item 6) -----------------------------------------------------------------
-NO_TORCH = """
-import importlib.abc, sys
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "onnx", "onnxscript", "safetensors", "click"}:
-            raise ImportError(f"{name} is blocked: a serving box has onnxruntime and numpy only")
-sys.meta_path.insert(0, Blocker())
-"""
+NO_TORCH = blocker(SERVING_BOX)
 
 
 @pytest.fixture(scope="module", params=["rnade", "gaussian-mixture"])

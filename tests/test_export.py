@@ -40,6 +40,8 @@ CHEAP = {"markov"}
 SLOW_EVEN_SMALL = {"diagonal-bilstm"}
 MODELS = list_models()
 
+from blockers import blocker
+
 
 
 def perturb(model: DensityModel, seed: int = 0) -> DensityModel:  # not the kit's randomize: keeps the init scale
@@ -148,14 +150,7 @@ def test_export_parity_and_manifest(exported, name, case):
             ort_model.features(random_images(model, 2).numpy())
 
 
-NO_TORCH_NO_DENSREG = """
-import importlib.abc, sys
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "densreg", "onnx", "onnxscript"}:
-            raise ImportError(f"{name} is blocked: a serving box has onnxruntime and numpy only")
-sys.meta_path.insert(0, Blocker())
-"""
+NO_TORCH_NO_DENSREG = blocker(("torch", "densreg", "onnx", "onnxscript"))
 
 
 @pytest.mark.parametrize("name,case", params(["small"]))

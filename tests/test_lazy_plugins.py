@@ -3,6 +3,7 @@ module is imported on first use, a broken path is a one-line error naming its pl
 built-in command names stay the built-ins' before their modules load."""
 
 import json
+from contextlib import contextmanager
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from densreg.registry import (PluginError, create_model, get_catalog, hookimpl, 
 from densreg.registry.catalog import Catalog
 from densreg.registry.plugin_manager import PluginHost
 
-KNOWN_PLUGINS = "baselines,continuous,datasets,nade,pixelrnn,mixture"  # densreg's own and the example's
+KNOWN_PLUGINS = "baselines,continuous,datasets,export,nade,pixelrnn,mixture"  # densreg's own and the example's
 # Runs the CLI in a fresh interpreter, then prints which heavy packages it imported.
 HEAVY_CHECK = textwrap.dedent("""
     import sys
@@ -40,6 +41,16 @@ def test_listing_imports_neither_torch_nor_sklearn(args):
                             env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "heavy: []", result.stdout[-300:]
+
+
+@contextmanager
+def installed(plugin, name: str):
+    """``plugin`` registered in-process as ``name`` for the block."""
+    register_plugin(plugin, name)
+    try:
+        yield
+    finally:
+        unregister_plugin(name)
 
 
 def test_builtin_models_are_registered_by_import_path_matching_their_classes():
@@ -90,33 +101,26 @@ def lazy_module(tmp_path, monkeypatch):
 
 
 def test_model_module_is_imported_on_first_use(lazy_module):
-    try:
-        register_plugin(lazy_plugin(f"{lazy_module}:Lazy"), "lazy")
+    with installed(lazy_plugin(f"{lazy_module}:Lazy"), "lazy"):
         assert "lazy-model" in list_models()
         assert model_spec("lazy-model").description == "a lazily imported model"
         assert lazy_module not in sys.modules  # listed, not imported
         assert type(create_model("lazy-model", (1, 2, 2))).__name__ == "Lazy"
         assert lazy_module in sys.modules
-    finally:
-        unregister_plugin("lazy")
 
 
 def test_missing_module_fails_the_plugin_at_registration(monkeypatch):
     monkeypatch.delenv("DENSREG_STRICT_PLUGINS", raising=False)
-    try:
-        register_plugin(lazy_plugin("densreg_no_such_module_xyz:Model", "ghost"), "ghosts")
+    with installed(lazy_plugin("densreg_no_such_module_xyz:Model", "ghost"), "ghosts"):
         info = {p.name: p for p in list_plugins()}["ghosts"]
         assert info.error == ("run register_models: ConfigError: model 'ghost': its import path 'densreg_no_such_"
                               "module_xyz:Model' names no installed module 'densreg_no_such_module_xyz'")
         assert "markov" in list_models()  # the rest keeps working
-    finally:
-        unregister_plugin("ghosts")
 
 
 def test_missing_attribute_is_a_one_line_error_naming_the_plugin_at_first_use(monkeypatch):
     monkeypatch.delenv("DENSREG_STRICT_PLUGINS", raising=False)
-    try:
-        register_plugin(lazy_plugin("densreg.plugins.baselines:NoSuchModel", "ghost"), "ghosts")
+    with installed(lazy_plugin("densreg.plugins.baselines:NoSuchModel", "ghost"), "ghosts"):
         assert "ghost" in list_models()
         with pytest.raises(PluginError, match=r"^model 'ghost' of plugin ghosts \(in-process\) cannot be imported "
                                               r"from 'densreg.plugins.baselines:NoSuchModel': AttributeError: "):
@@ -126,8 +130,6 @@ def test_missing_attribute_is_a_one_line_error_naming_the_plugin_at_first_use(mo
         result = CliRunner().invoke(cli, ["info", "ghost"])
         assert result.exit_code == 1 and result.output.count("\n") == 1
         assert result.output.startswith("Error: model 'ghost' of plugin ghosts (in-process) cannot be imported")
-    finally:
-        unregister_plugin("ghosts")
 
 
 def test_strict_mode_imports_the_paths_at_registration(monkeypatch):
@@ -158,14 +160,11 @@ def test_bad_registrations_by_import_path(monkeypatch, target, name, message):
 
 
 def test_a_lazy_name_clash_is_reported_like_any_other(lazy_module):
-    try:
-        register_plugin(lazy_plugin(f"{lazy_module}:Lazy", "shared-lazy"), "one")
+    with installed(lazy_plugin(f"{lazy_module}:Lazy", "shared-lazy"), "one"):
         register_plugin(lazy_plugin(f"{lazy_module}:Lazy", "shared-lazy"), "two")
         assert get_catalog().clashes()["model:shared-lazy"] == ["one (in-process)", "two (in-process)"]
         assert {"one:shared-lazy", "two:shared-lazy"} <= set(list_models())
         assert lazy_module not in sys.modules
-    finally:
-        unregister_plugin("one")
         unregister_plugin("two")
 
 

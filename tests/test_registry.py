@@ -165,8 +165,8 @@ def newer_hookspecs() -> types.ModuleType:
         """Add models; ``aliases(name, alias)`` is new."""
 
     module.register_models = hookspec(register_models)
-    module.register_datasets = plugin_manager.hookspecs.register_datasets
-    module.register_commands = plugin_manager.hookspecs.register_commands
+    for name in ("register_datasets", "register_commands", "register_checks"):  # the other specs as they are
+        setattr(module, name, getattr(plugin_manager.hookspecs, name))
     return module
 
 

@@ -27,6 +27,8 @@ from densreg.export.runtime import CPU, CUDA, ExportedModel, runtime_info, usabl
 from densreg.registry import DataError, DensregError, __version__, categorical_from_uniform, create_model
 from densreg.app.cli import cli
 
+from blockers import SERVING_BOX, blocker
+
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
@@ -40,14 +42,7 @@ def export_dir(tmp_path_factory):
     return model, out
 
 
-BLOCKER = """
-import importlib.abc, sys
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "onnx", "onnxscript", "safetensors", "click"}:
-            raise ImportError(f"{name} is blocked: a deployment box has onnxruntime and numpy only")
-sys.meta_path.insert(0, Blocker())
-"""
+BLOCKER = blocker(SERVING_BOX, "a deployment box has onnxruntime and numpy only")
 
 
 def test_runtime_without_torch(export_dir, tmp_path):
@@ -371,23 +366,22 @@ def set_metadata(path, **changes):
     onnx.save(proto, path)
 
 
-TORCH_BLOCKER = """
-import importlib.abc, sys
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "torch":
-            raise ImportError(f"{name} is blocked")
-sys.meta_path.insert(0, Blocker())
-"""
+TORCH_BLOCKER = blocker(("torch",), "torch")
 
 
-def test_cli_sample_and_runtime_on_an_export_never_import_torch(tmp_path):
-    model = create_model("markov", (1, 3, 4), 3, order=1, ordering="snake")
+def markov_export_without_torch(tmp_path, shape, k, order, seed):
+    """A Markov model with random tables, its export in tmp_path/export, and a torch blocker in tmp_path."""
+    model = create_model("markov", shape, k, order=order, ordering="snake")
     with torch.no_grad():
-        model.log_probs.copy_(torch.randn(model.log_probs.shape, generator=torch.Generator().manual_seed(2)))
+        model.log_probs.copy_(torch.randn(model.log_probs.shape, generator=torch.Generator().manual_seed(seed)))
     out = tmp_path / "export"
     export_model(model, out)
     (tmp_path / "sitecustomize.py").write_text(TORCH_BLOCKER)
+    return model, out
+
+
+def test_cli_sample_and_runtime_on_an_export_never_import_torch(tmp_path):
+    model, out = markov_export_without_torch(tmp_path, (1, 3, 4), 3, order=1, seed=2)
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     run = lambda *args: subprocess.run([sys.executable, "-m", "densreg", *map(str, args)],  # noqa: E731
                                        capture_output=True, text=True, env=env, timeout=120)
@@ -405,12 +399,7 @@ def test_cli_sample_and_runtime_on_an_export_never_import_torch(tmp_path):
 def test_cli_eval_on_an_export_never_imports_torch(tmp_path):
     """`densreg eval EXPORT_DIR --dataset NAME`: the built-in dataset is read with numpy and scored in
     onnxruntime; the NLL is the torch model's on the same split, and bad input is one line, exit 1."""
-    model = create_model("markov", (1, 8, 8), 2, order=2, ordering="snake")
-    with torch.no_grad():
-        model.log_probs.copy_(torch.randn(model.log_probs.shape, generator=torch.Generator().manual_seed(4)))
-    out = tmp_path / "export"
-    export_model(model, out)
-    (tmp_path / "sitecustomize.py").write_text(TORCH_BLOCKER)
+    model, out = markov_export_without_torch(tmp_path, (1, 8, 8), 2, order=2, seed=4)
     # not strict: an unknown name is looked up in every plugin, whose load errors would be listed
     # beside it instead of ending the command; with torch blocked none fails, as models register
     # by import path

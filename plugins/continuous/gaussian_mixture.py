@@ -23,6 +23,7 @@ import math
 import torch
 
 from densreg.registry import ConfigError, DensityModel, MixtureParams
+from densreg.registry.protocol import step_positions
 from densreg.registry.families import GaussianMixture as MixtureFamily
 from densreg.registry.families.gaussian_mixture import LOG_SQRT_2PI
 
@@ -87,8 +88,8 @@ class GaussianMixture(DensityModel):
 
     def step(self, value, position, state):
         prefix, logits = state
-        position = torch.as_tensor(position, dtype=torch.int64, device=self.means.device).reshape(1)
-        previous, seen = torch.clamp(position - 1, min=0), position > 0
+        position, previous = step_positions(position, self.means.device)
+        seen = position > 0
         at_prev = (torch.arange(self.num_positions, device=prefix.device) == previous) & seen  # (D,)
         prefix = torch.where(at_prev, value.to(prefix.dtype).unsqueeze(-1), prefix)
         centred = prefix.unsqueeze(1) - self.means  # (B, M, D); beyond d-1 multiplied by zeros of P

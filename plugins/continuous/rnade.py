@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from densreg.registry import ConfigError, DensityModel, MixtureParams, mixture_log_density
+from densreg.registry.protocol import step_positions
 from densreg.registry.families import GaussianMixture
 
 ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
@@ -147,8 +148,7 @@ class RNADE(DensityModel):
 
     def step(self, value, position, state):
         (s,) = state
-        position = torch.as_tensor(position, dtype=torch.int64, device=self.W.device).reshape(1)
-        previous = torch.clamp(position - 1, min=0)
+        position, previous = step_positions(position, self.W.device)
         w_prev = self.W.index_select(0, previous)  # (1, H)
         loc, log_scale = self.loc.index_select(0, previous), self.log_scale.index_select(0, previous)
         u = (value.to(s.dtype) - loc) * torch.exp(-log_scale)  # the previous value, standardized
