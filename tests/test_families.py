@@ -152,3 +152,79 @@ def test_a_model_that_writes_neither_pass_says_so():
     with pytest.raises(NotImplementedError, match="neither conditional_params nor conditional_logits"):
         Empty((1, 1, 2), 2).log_prob(torch.zeros(1, 1, 1, 2, dtype=torch.int64))
     assert issubclass(Empty, DensityModel) and isinstance(Categorical(2), Family)
+
+
+class LogitBernoulli(Family):
+    """A family written here, as a plugin author would: one logit per binary value, p(1) = sigmoid(logit),
+    drawn as 1 iff u < sigmoid(logit). Nothing in the kit, the exporter or the runtime knows it."""
+
+    name = "test-logit-bernoulli"
+    discrete = True
+    param_names = ("logit",)
+    noise_width = 1
+    noise_rule = "noise = numpy.random.default_rng(seed).random((n, D))"
+    draw_rule = "value = 1 iff noise < sigmoid(logit), in float64"
+    param_size = 1
+    num_categories = 2
+
+    def spec(self):
+        return {"name": self.name}
+
+    @classmethod
+    def for_data(cls, num_categories):
+        if num_categories != 2:
+            raise ConfigError("models binary values only")
+        return cls()
+
+    def log_prob(self, params, x):
+        z = (1 - 2 * x).to(params[0].dtype) * params[0][..., 0]  # log sigmoid(+-logit) = -softplus(z)
+        return -(z.relu() + (-z.abs()).exp().log1p())
+
+    def draw(self, params, noise):
+        return (noise[..., 0].double() < params[0][..., 0].double().sigmoid()).long()
+
+    def draw_numpy(self, params, noise):
+        return (noise[:, 0] < 1 / (1 + np.exp(-params[0][:, 0].astype(np.float64)))).astype(np.int64)
+
+    def check_values(self, x, event_shape):
+        return Categorical(2).check_values(x, event_shape)
+
+    def check_tensor_values(self, x):
+        return Categorical(2).check_tensor_values(x)
+
+    numpy_dtype = np.dtype(np.int64)
+
+
+class LogitChain(DensityModel):
+    """Binary values, each with a logit that depends on the value before it (an order-1 chain)."""
+
+    families = (LogitBernoulli,)
+
+    def __init__(self, event_shape=(1, 2, 3), num_categories: int = 2, ordering: str = "raster") -> None:
+        super().__init__(event_shape, num_categories, ordering)
+        self.weight = torch.nn.Parameter(torch.zeros(self.num_positions, 2))
+
+    def conditional_params(self, x):
+        previous = torch.nn.functional.pad(self.to_sequence(x)[:, :-1], (1, 0))
+        return self.weight[torch.arange(self.num_positions, device=x.device), previous].unsqueeze(-1)  # (B, D, 1)
+
+
+def test_a_new_family_needs_no_change_in_the_kit_the_exporter_or_the_runtime(tmp_path):
+    register_family(LogitBernoulli)
+    try:
+        results = run_checks(LogitChain)  # every check, export and the torch-free runtime included
+        assert [r.name for r in results if not r.passed] == [], [(r.name, r.detail) for r in results]
+        model = LogitChain()
+        assert model.family == LogitBernoulli() and model.noise_shape(4) == (4, 6)
+        from densreg.export import export_model
+        from densreg.export.runtime import ExportedModel
+
+        with torch.no_grad():
+            model.weight.copy_(torch.randn(6, 2, generator=torch.Generator().manual_seed(0)))
+        export_model(model, tmp_path / "export")
+        exported = ExportedModel(tmp_path / "export", provider="cpu")
+        assert exported.manifest["family"] == {"name": "test-logit-bernoulli"}
+        noise = np.random.default_rng(3).random((50, 6))
+        assert np.array_equal(exported.sample(50, noise=noise), model.sample(50, noise=torch.from_numpy(noise)).numpy())
+    finally:
+        FAMILIES.pop(LogitBernoulli.name, None)
