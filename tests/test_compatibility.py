@@ -3,12 +3,17 @@
 ``tests/fixtures/densreg-0.1.0/`` holds a checkpoint and an export folder of each value kind (a
 NADE on 1x3x3 binary images and an RNADE on 1x1x4 real values, random parameters), and the
 log-probabilities and samples 0.1.0 computed for fixed inputs and noise (``expected.safetensors``;
-``written_by.py.txt`` is the script that wrote them). Also: a third-party model written in the
-style before families (``conditional_logits`` only; ``ContinuousDensityModel``) passes the kit.
+``written_by.py.txt`` is the script that wrote them), and the example plugin's package as 0.1.0 shipped
+it (``densreg_mixture_0_1_0``). Also: a third-party model written in the style before families
+(``conditional_logits`` only; ``ContinuousDensityModel``) passes the kit.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +91,18 @@ def test_a_plugin_model_written_before_families_passes_the_kit(factory):
     assert all(r.passed for r in results), [(r.name, r.detail) for r in results if not r.passed]
     model = factory()
     assert model.family == (Categorical(2) if factory is OldStyleCategorical else GaussianMixture())
+
+
+def test_the_example_plugin_as_0_1_0_shipped_it_passes_densreg_check(tmp_path):
+    """``densreg_mixture_0_1_0`` is examples/densreg-mixture's package as released with 0.1.0 (registering the
+    class itself, importing torch at the top), installed here through an entry point of its own."""
+    dist = tmp_path / "old_mixture-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: old-mixture\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[densreg]\nold-mixture = densreg_mixture_0_1_0.plugin\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{FIXTURES}", "DENSREG_STRICT_PLUGINS": "1"}
+    run = subprocess.run([sys.executable, "-m", "densreg", "check", "old-mixture:mixture", "--set", "components=2",
+                          "--set", "iterations=3", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    statuses = {r["name"]: r["status"] for r in json.loads(run.stdout)["results"]}
+    assert statuses == {name: "passed" for name in statuses} and "export" in statuses, statuses
