@@ -37,19 +37,24 @@ class StepSession:
     def get_inputs(self):
         return [SimpleNamespace(name=n) for n in self.inputs]
 
+    def output_names(self):
+        return [*self.model.family.param_names, *(f"new_{n}" for n in self.names)]
+
     def get_outputs(self):
-        return [SimpleNamespace(name=n) for n in ["logits", *(f"new_{n}" for n in self.names)]]
+        return [SimpleNamespace(name=n) for n in self.output_names()]
 
     def run(self, outputs, feed):
-        assert outputs == ["logits", *(f"new_{n}" for n in self.names)]
+        assert outputs == self.output_names()
         assert set(feed) == set(self.inputs), sorted(feed)
+        assert "value" not in feed or feed["value"].dtype == self.model.family.numpy_dtype
         d = int(feed["position"]) if "position" in feed else len(self.positions)
         self.positions.append(d)
         value = torch.from_numpy(feed["value"]) if "value" in feed else torch.zeros(self.batch, dtype=torch.int64)
         state = tuple(torch.from_numpy(feed[n]) for n in self.names)
+        family = self.model.family
         with torch.no_grad():
-            logits, state = self.model.step(value, torch.tensor(d), state)
-        return [logits.numpy(), *(s.numpy() for s in state)]
+            out, state = self.model.step(value.to(self.model.value_dtype), torch.tensor(d), state)
+        return [*(p.numpy() for p in family.unpack(family.params(out))), *(s.numpy() for s in state)]
 
 
 def model(name="markov", ordering="random:3", **config):
@@ -102,3 +107,16 @@ def test_tile_initial_repeats_one_row_along_each_states_batch_axis():
     assert all(np.array_equal(tiled[1][:, i], b[:, 0]) for i in range(4))
     assert np.array_equal(tiled[2], c)
     assert all(t.flags.c_contiguous for t in tiled)  # onnxruntime takes contiguous arrays
+
+
+def test_the_loop_draws_real_values_as_torch_does_feeding_them_back_as_float32():
+    """A Gaussian-mixture model: three uniforms per value, the numpy draw, values fed back as float32."""
+    m = create_model("rnade", (1, 2, 3), 0, hidden=6, components=3, ordering="snake")
+    randomize(m)
+    m.eval()
+    session = StepSession(m, 5)
+    u = np.random.default_rng(4).random((5, m.num_positions, 3))
+    values = step_loop(session, m.family, session.specs(), session.initial, u)
+    assert values.dtype == np.float64 and values.shape == (5, m.num_positions)
+    expected = m.to_sequence(m.sample(5, noise=torch.from_numpy(u))).double().numpy()
+    assert np.allclose(values, expected, atol=1e-5, rtol=0) and len(np.unique(values.round(3))) > 20
