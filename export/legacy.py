@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from densreg.registry.errors import RuntimeLoadError
 
 from . import format as fmt
@@ -67,3 +69,16 @@ def manifest_of(folder: Path) -> dict | None:
         }
     except (KeyError, ValueError, TypeError) as exc:
         raise RuntimeLoadError(f"{path}: export metadata is incomplete or invalid: {exc}") from exc
+
+
+def pixel_log_probs(logits: np.ndarray, x: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Per-value log-probabilities in nats from a format-1 folder's logits (it has no pixel_log_prob output):
+    logits (B, D, K) in generation order, images int64 (B, C, H, W), order (D,) -> float32 (B, C, H, W)."""
+    logits = logits.astype(np.float64)
+    top = logits.max(-1, keepdims=True)
+    log_norm = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
+    seq = x.reshape(len(x), -1)[:, order]
+    chosen = np.take_along_axis(logits, seq[..., None], -1)[..., 0] - log_norm
+    flat = np.empty_like(chosen)
+    flat[:, order] = chosen
+    return flat.reshape(x.shape).astype(np.float32)

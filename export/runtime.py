@@ -252,17 +252,10 @@ class ExportedModel:
 
     def pixel_log_probs(self, x) -> np.ndarray:
         """log p(x_i | values before it) in nats, float32 (B, C, H, W) in image layout."""
-        if not self.legacy:
-            return self._run_conditionals(x, ["pixel_log_prob"])[0]
-        x = self.validate(x)  # format 1 has no pixel_log_prob output: from the logits
-        logits = self.conditional_logits(x).astype(np.float64)
-        top = logits.max(-1, keepdims=True)
-        log_norm = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
-        seq = x.reshape(len(x), -1)[:, self.order]
-        chosen = np.take_along_axis(logits, seq[..., None], -1)[..., 0] - log_norm
-        flat = np.empty_like(chosen)
-        flat[:, self.order] = chosen
-        return flat.reshape(x.shape).astype(np.float32)
+        if self.legacy:  # format 1 has no pixel_log_prob output
+            x = self.validate(x)
+            return legacy.pixel_log_probs(self.conditional_logits(x), x, self.order)
+        return self._run_conditionals(x, ["pixel_log_prob"])[0]
 
     def nll(self, x, batch_size: int = 500) -> np.ndarray:
         """-log p(x) in nats per image, float64 (N,), in batches of ``batch_size``."""

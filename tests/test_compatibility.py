@@ -1,6 +1,6 @@
 """Files written by densreg 0.1.0 (before families) still load and give the same numbers.
 
-``tests/fixtures/densreg-0.1.0/`` holds a checkpoint and an export folder of each value kind (a
+``tests/data/densreg-0.1.0/`` holds a checkpoint and an export folder of each value kind (a
 NADE on 1x3x3 binary images and an RNADE on 1x1x4 real values, random parameters), and the
 log-probabilities and samples 0.1.0 computed for fixed inputs and noise (``expected.safetensors``;
 ``written_by.py.txt`` is the script that wrote them), and the example plugin's package as 0.1.0 shipped
@@ -26,7 +26,7 @@ from densreg.registry import ContinuousDensityModel, DensityModel, MixtureParams
 from densreg.registry.conformance import run_checks
 from densreg.registry.families import Categorical, GaussianMixture
 
-FIXTURES = Path(__file__).parent / "fixtures" / "densreg-0.1.0"
+FIXTURES = Path(__file__).parent / "data" / "densreg-0.1.0"
 CASES = {"nade": ("nade-3x3", "nade_images"), "rnade": ("rnade-1x4", "rnade_values")}
 
 
