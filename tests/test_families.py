@@ -29,6 +29,7 @@ def test_categorical_log_prob_is_the_log_softmax_entry_and_its_export_form_agree
     x = torch.tensor([1, 2])
     expected = torch.log_softmax(logits, -1)[torch.arange(2), x]
     assert torch.equal(Categorical(3).log_prob((logits,), x), expected)
+    assert torch.equal(Categorical(3).export_log_prob((logits,), x), expected)  # K > 2: the same computation
     binary = torch.tensor([[0.5, -1.5], [2.0, 0.0], [-30.0, 30.0]], dtype=torch.float64)
     for value in (0, 1):
         x = torch.full((3,), value)
