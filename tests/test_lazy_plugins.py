@@ -46,8 +46,8 @@ def test_listing_imports_neither_torch_nor_sklearn(args):
 @contextmanager
 def installed(plugin, name: str):
     """``plugin`` registered in-process as ``name`` for the block."""
-    register_plugin(plugin, name)
     try:
+        register_plugin(plugin, name)  # inside: a registration that raises (strict mode) is undone too
         yield
     finally:
         unregister_plugin(name)
@@ -93,6 +93,7 @@ def lazy_plugin(target: str, name: str = "lazy-model", description: str = "a laz
 @pytest.fixture
 def lazy_module(tmp_path, monkeypatch):
     """The name of a fresh module, importable but not imported, holding class ``Lazy``."""
+    monkeypatch.delenv("DENSREG_STRICT_PLUGINS", raising=False)  # strict mode imports paths at registration
     name = f"densreg_lazy_{os.getpid()}_{tmp_path.name}".replace("-", "_")
     (tmp_path / f"{name}.py").write_text(LAZY_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -160,12 +161,11 @@ def test_bad_registrations_by_import_path(monkeypatch, target, name, message):
 
 
 def test_a_lazy_name_clash_is_reported_like_any_other(lazy_module):
-    with installed(lazy_plugin(f"{lazy_module}:Lazy", "shared-lazy"), "one"):
-        register_plugin(lazy_plugin(f"{lazy_module}:Lazy", "shared-lazy"), "two")
+    with installed(lazy_plugin(f"{lazy_module}:Lazy", "shared-lazy"), "one"), \
+            installed(lazy_plugin(f"{lazy_module}:Lazy", "shared-lazy"), "two"):
         assert get_catalog().clashes()["model:shared-lazy"] == ["one (in-process)", "two (in-process)"]
         assert {"one:shared-lazy", "two:shared-lazy"} <= set(list_models())
         assert lazy_module not in sys.modules
-        unregister_plugin("two")
 
 
 # -- commands: a plugin cannot take a built-in name, even one whose module is not loaded ----
