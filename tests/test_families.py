@@ -229,3 +229,65 @@ def test_a_new_family_needs_no_change_in_the_kit_the_exporter_or_the_runtime(tmp
         assert np.array_equal(exported.sample(50, noise=noise), model.sample(50, noise=torch.from_numpy(noise)).numpy())
     finally:
         FAMILIES.pop(LogitBernoulli.name, None)
+
+
+# -- the edges of the draws and checks (each kills a mutant of tools/mutation.py that the rest let live) --------
+def test_the_numpy_draws_break_ties_and_clamp_as_torch_does():
+    """u exactly at a cdf value takes the lower level; seven equal levels leave the float64 cdf below
+    1 - 2**-53, so that u draws the last level, never K; huge logits do not overflow."""
+    cases = [(np.log(np.array([[0.25, 0.25, 0.5]] * 2)), np.array([0.25, 0.5])),
+             (np.log(np.array([[0.5, 0.5]] * 2)), np.array([0.5, 0.5 + 2 ** -53])),
+             (np.zeros((2, 7)), np.array([1 - 2 ** -53, 0.5])),
+             (np.array([[800.0, 0.0, -800.0], [-800.0, 800.0, 0.0]]), np.array([0.9, 0.9]))]
+    for logits, u in cases:
+        k = logits.shape[-1]
+        torch_draw = Categorical(k).draw((torch.from_numpy(logits),), torch.from_numpy(u)[:, None]).numpy()
+        assert Categorical(k).draw_numpy((logits,), u[:, None]).tolist() == torch_draw.tolist()
+        means = np.zeros_like(logits)  # the mixture's component draw is the same inverse CDF
+        chosen = GaussianMixture(k).draw_numpy((logits, means + np.arange(k), means), np.stack([u, u, u * 0], -1))
+        z = np.sqrt(-2 * np.log1p(-u)) * np.cos(0.0)
+        assert np.allclose(chosen, torch_draw + z)
+    assert Categorical(7).draw_numpy((np.zeros((1, 7)),), np.array([[1 - 2 ** -53]])).tolist() == [6]
+    assert Categorical(2).draw_numpy((np.zeros((2, 2)),), np.array([[0.5], [0.5 + 2 ** -53]])).tolist() == [0, 1]
+
+
+def test_categorical_value_checks_at_their_edges():
+    shape = (1, 1, 2)
+    with pytest.raises(DataError, match=r"non-integer values; expected integers 0\.\.2$"):
+        Categorical(3).check_values(np.array([[[[0.6, 1.0]]]]), shape)  # rounds up: caught all the same
+    assert Categorical(3).check_values(np.array([[[[True, False]]]]), shape).tolist() == [[[[1, 0]]]]
+    with pytest.raises(DataError, match=r"non-integer values; expected integers 0\.\.2$"):
+        Categorical(3).check_tensor_values(torch.tensor([[[[0.6, 1.0]]]]))
+
+
+def test_real_value_checks_give_float32_unless_float64_came():
+    shape = (1, 1, 2)
+    assert GaussianMixture().check_values(np.array([[[[1, 2]]]], dtype=np.int64), shape).dtype == np.float32
+    assert GaussianMixture().check_values(np.array([[[[1, 2]]]], dtype=np.float32), shape).dtype == np.float32
+    assert GaussianMixture().check_tensor_values(torch.ones(1, 1, 1, 2, dtype=torch.float16)).dtype == torch.float32
+    assert GaussianMixture().check_tensor_values(torch.ones(1, 1, 1, 2, dtype=torch.float64)).dtype == torch.float64
+    assert GaussianMixture().check_tensor_values(torch.ones(1, 1, 1, 2, dtype=torch.int64)).dtype == torch.float32
+
+
+def test_the_mixture_views_work_on_the_last_axis_of_any_rank():
+    params = MixtureParams(*(t.reshape(4, 2, 3) for t in mixture(8)))  # (B, D, M)
+    logits, means, log_scales = GaussianMixture(3).normalized(params)
+    assert torch.allclose(logits.exp().sum(-1), torch.ones(4, 2, dtype=torch.float64))
+    assert torch.equal(means, params.means) and torch.equal(log_scales, params.log_scales)
+    view = GaussianMixture(3).comparable(params)
+    weights = torch.softmax(params.logits, -1)
+    assert view.shape == (4, 2, 3, 3)
+    assert torch.equal(view, torch.stack([weights, weights * params.means, weights * params.log_scales], -1))
+
+
+def test_integration_points_span_twelve_sigmas_and_integrate_a_gaussian_exactly():
+    means, log_scales = torch.tensor([[5.0], [-2.0]], dtype=torch.float64), torch.tensor([[math.log(0.5)], [0.0]],
+                                                                                            dtype=torch.float64)
+    nodes, weights = GaussianMixture(1).integration_points((torch.zeros(2, 1, dtype=torch.float64), means, log_scales))
+    scales = log_scales.exp()
+    # the outermost Gauss-Legendre node of [mu - 12 sigma, mu - 8 sigma] lies 0.135 sigma inside it
+    assert torch.all(((nodes.min(-1).values - (means - 12 * scales)[:, 0]) / scales[:, 0] - 0.135).abs() < 0.01)
+    assert torch.all((((means + 12 * scales)[:, 0] - nodes.max(-1).values) / scales[:, 0] - 0.135).abs() < 0.01)
+    assert torch.allclose(weights.sum(-1), 24 * scales[:, 0])
+    density = torch.exp(-0.5 * ((nodes - means) / scales) ** 2) / (scales * math.sqrt(2 * math.pi))
+    assert torch.allclose((density * weights).sum(-1), torch.ones(2, dtype=torch.float64), atol=1e-10, rtol=0)
