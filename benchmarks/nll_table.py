@@ -43,6 +43,12 @@ PIXELRNN_TRAIN = {"epochs": 20, "batch_size": 32, "lr": 2e-3, "lr_decay": 0.85, 
                   "max_minutes": 60}
 
 # label -> model, config, training budget (gradient models), reference figure (nats) and its source
+def spatial(model: str, hidden: int, layers: int, reference: float, source: str) -> dict:
+    """A row of a spatial PixelRNN (output layers of 32 units) trained as PIXELRNN_TRAIN says."""
+    return dict(model=model, config={"hidden": hidden, "layers": layers, "output_hidden": 32}, train=PIXELRNN_TRAIN,
+                reference=reference, source=source)
+
+
 ROWS = {
     "bernoulli": dict(model="bernoulli", config={}, train={}, reference=205.8,
                       source="add-one counting; README reference"),
@@ -56,27 +62,19 @@ ROWS = {
     "pixelrnn": dict(model="pixelrnn", config={"hidden": 64, "layers": 1, "position_embedding": True},
                      train=PIXELRNN_TRAIN,
                      reference=None, source=""),
-    "row-lstm": dict(model="row-lstm", config={"hidden": 16, "layers": 5, "output_hidden": 32},
-                     train=PIXELRNN_TRAIN,
-                     reference=80.54, source="van den Oord et al. 2016, GPU, to convergence"),
-    "row-lstm-7": dict(model="row-lstm", config={"hidden": 16, "layers": 7, "output_hidden": 32},
-                       train=PIXELRNN_TRAIN, reference=80.54,
-                       source="van den Oord et al. 2016; grown from the row-lstm row after its 6th epoch by "
-                              "densreg grow, epochs here are after growing; from the 32nd epoch "
-                              "trained with --ema 0.9995 (0.9998 from the 38th), these weights are the moving average"),
-    "row-lstm-7w32": dict(model="row-lstm", config={"hidden": 32, "layers": 7, "output_hidden": 32},
-                          train=PIXELRNN_TRAIN, reference=80.54,
-                          source="van den Oord et al. 2016; the row-lstm-7 row after its 41st epoch widened to "
-                                 "h=32 by densreg grow --hidden 32 (the same density at first), then "
-                                 "trained at lr 3e-4 with --ema 0.9995; epochs here are after widening"),
-    "diagonal-bilstm": dict(model="diagonal-bilstm", config={"hidden": 16, "layers": 2, "output_hidden": 32},
-                            train=PIXELRNN_TRAIN,
-                            reference=79.20, source="van den Oord et al. 2016, 7 layers, h=16, GPU"),
-    "diagonal-bilstm-4": dict(model="diagonal-bilstm", config={"hidden": 16, "layers": 4, "output_hidden": 32},
-                              train=PIXELRNN_TRAIN, reference=79.20,
-                              source="van den Oord et al. 2016, 7 layers, h=16, GPU; grown from the "
-                                     "diagonal-bilstm row after its 2nd epoch by densreg grow, "
-                                     "epochs here are after growing"),
+    "row-lstm": spatial("row-lstm", 16, 5, 80.54, "van den Oord et al. 2016, GPU, to convergence"),
+    "row-lstm-7": spatial("row-lstm", 16, 7, 80.54,
+                          "van den Oord et al. 2016; grown from the row-lstm row after its 6th epoch by densreg grow, "
+                          "epochs here are after growing; from the 32nd epoch trained with --ema 0.9995 (0.9998 from "
+                          "the 38th), these weights are the moving average"),
+    "row-lstm-7w32": spatial("row-lstm", 32, 7, 80.54,
+                             "van den Oord et al. 2016; the row-lstm-7 row after its 41st epoch widened to h=32 by "
+                             "densreg grow --hidden 32 (the same density at first), then trained at lr 3e-4 with "
+                             "--ema 0.9995; epochs here are after widening"),
+    "diagonal-bilstm": spatial("diagonal-bilstm", 16, 2, 79.20, "van den Oord et al. 2016, 7 layers, h=16, GPU"),
+    "diagonal-bilstm-4": spatial("diagonal-bilstm", 16, 4, 79.20,
+                                 "van den Oord et al. 2016, 7 layers, h=16, GPU; grown from the diagonal-bilstm row "
+                                 "after its 2nd epoch by densreg grow, epochs here are after growing"),
 }
 
 

@@ -7,9 +7,15 @@ first use. Names and descriptions equal the classes' own (tests/test_lazy_plugin
 from densreg.registry import hookimpl
 
 
+MODELS = {  # name: (import path, description)
+    "bernoulli": ("densreg.plugins.baselines:Bernoulli",
+                  "Independent Bernoulli/categorical per value, fit by counting (add-alpha smoothing)"),
+    "markov": ("densreg.plugins.baselines:Markov",
+               "Markov chain of order k along the ordering (AR-k table), fit by counting"),
+}
+
+
 @hookimpl
 def register_models(register):
-    register("densreg.plugins.baselines:Bernoulli", name="bernoulli",
-             description="Independent Bernoulli/categorical per value, fit by counting (add-alpha smoothing)")
-    register("densreg.plugins.baselines:Markov", name="markov",
-             description="Markov chain of order k along the ordering (AR-k table), fit by counting")
+    for name, (target, description) in MODELS.items():
+        register(target, name=name, description=description)

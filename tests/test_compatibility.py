@@ -4,7 +4,7 @@
 NADE on 1x3x3 binary images and an RNADE on 1x1x4 real values, random parameters), and the
 log-probabilities and samples 0.1.0 computed for fixed inputs and noise (``expected.safetensors``;
 ``written_by.py.txt`` is the script that wrote them), and the example plugin's package as 0.1.0 shipped
-it (``densreg_mixture_0_1_0``). Also: a third-party model written in the style before families
+it (``densreg_mixture_0_1_0/*.py.txt``, installed into a temporary folder by the test). Also: a third-party model written in the style before families
 (``conditional_logits`` only; ``ContinuousDensityModel``) passes the kit.
 """
 
@@ -96,11 +96,15 @@ def test_a_plugin_model_written_before_families_passes_the_kit(factory):
 def test_the_example_plugin_as_0_1_0_shipped_it_passes_densreg_check(tmp_path):
     """``densreg_mixture_0_1_0`` is examples/densreg-mixture's package as released with 0.1.0 (registering the
     class itself, importing torch at the top), installed here through an entry point of its own."""
+    package = tmp_path / "densreg_mixture_0_1_0"  # kept as .py.txt: the tree holds no second copy of its code
+    package.mkdir()
+    for source in (FIXTURES / "densreg_mixture_0_1_0").glob("*.py.txt"):
+        (package / source.name.removesuffix(".txt")).write_text(source.read_text())
     dist = tmp_path / "old_mixture-0.1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: old-mixture\nVersion: 0.1.0\n")
     (dist / "entry_points.txt").write_text("[densreg]\nold-mixture = densreg_mixture_0_1_0.plugin\n")
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{FIXTURES}", "DENSREG_STRICT_PLUGINS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "DENSREG_STRICT_PLUGINS": "1"}
     run = subprocess.run([sys.executable, "-m", "densreg", "check", "old-mixture:mixture", "--set", "components=2",
                           "--set", "iterations=3", "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
