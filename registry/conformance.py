@@ -12,7 +12,8 @@ whose ``detail`` tells the author what is wrong.
     for result in run_checks("markov", {"order": 2}):
         print(result.name, result.status, result.detail)
 
-The checks (``CHECKS``, in this order):
+The checks (``CHECKS``, in this order; as run on a discrete family, see the module docstrings of
+``registry.checks`` for real values):
 
 - ``normalization``: sum of exp(log_prob) over every image of 1x2x3 (K=2) and 1x2x2
   (K=3) is 1 within 1e-5.
@@ -22,7 +23,7 @@ The checks (``CHECKS``, in this order):
   suffix at once (redrawn from 0..K-1), on 4 probe images drawn by
   ``torch.randint(0, K, (4, C, H, W))`` from a generator seeded with 1 (the suffixes from the
   same generator), so a verdict is reproducible.
-- ``step``: under teacher forcing, ``step`` equals ``conditional_logits``, with
+- ``step``: under teacher forcing, ``step`` equals ``conditional_params``, with
   ``position`` an int and a 0-dim int64 tensor; the state keeps its shapes. Probes: 3 images
   drawn as for causality with seed 2.
 - ``sampling``: 10000 samples on 1x2x2 (K=2) and 1x1x3 (K=3) follow exp(log_prob):
@@ -34,7 +35,9 @@ The checks (``CHECKS``, in this order):
 - ``round_trip``: save_checkpoint, load_checkpoint through the registry: same config,
   same log_prob and same samples for the same noise.
 - ``export``: ``densreg.export.export_model`` with parity, then the onnxruntime
-  model's log_prob and samples against torch (skipped when the exporter is absent).
+  model's log_prob and samples against torch: the check the exporter's plugin registers
+  (``register_checks``), skipped when none is loaded. Plugins may add checks of their own
+  the same way (``all_checks``).
 
 Every check is written once for every family (``registry.families``): the kind of the model's family
 picks the tiny spaces (K >= 2 levels, or real values with K = 0) and the two kind-specific
