@@ -238,7 +238,8 @@ def test_the_numpy_draws_break_ties_and_clamp_as_torch_does():
     cases = [(np.log(np.array([[0.25, 0.25, 0.5]] * 2)), np.array([0.25, 0.5])),
              (np.log(np.array([[0.5, 0.5]] * 2)), np.array([0.5, 0.5 + 2 ** -53])),
              (np.zeros((2, 7)), np.array([1 - 2 ** -53, 0.5])),
-             (np.array([[800.0, 0.0, -800.0], [-800.0, 800.0, 0.0]]), np.array([0.9, 0.9]))]
+             (np.array([[800.0, 0.0, -800.0], [-800.0, 800.0, 0.0]]), np.array([0.9, 0.9])),
+             (np.array([[400.0, 399.0, 0.0]] * 2), np.array([0.9, 0.5]))]  # exp(l + max) would overflow
     for logits, u in cases:
         k = logits.shape[-1]
         torch_draw = Categorical(k).draw((torch.from_numpy(logits),), torch.from_numpy(u)[:, None]).numpy()
@@ -264,6 +265,7 @@ def test_real_value_checks_give_float32_unless_float64_came():
     shape = (1, 1, 2)
     assert GaussianMixture().check_values(np.array([[[[1, 2]]]], dtype=np.int64), shape).dtype == np.float32
     assert GaussianMixture().check_values(np.array([[[[1, 2]]]], dtype=np.float32), shape).dtype == np.float32
+    assert GaussianMixture().check_values(np.array([[[[1, 2]]]], dtype=np.longdouble), shape).dtype == np.float32
     assert GaussianMixture().check_tensor_values(torch.ones(1, 1, 1, 2, dtype=torch.float16)).dtype == torch.float32
     assert GaussianMixture().check_tensor_values(torch.ones(1, 1, 1, 2, dtype=torch.float64)).dtype == torch.float64
     assert GaussianMixture().check_tensor_values(torch.ones(1, 1, 1, 2, dtype=torch.int64)).dtype == torch.float32
