@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import types
 
 import numpy as np
@@ -202,6 +203,63 @@ def test_normalization_check_catches_an_unnormalized_density():
     assert result.failed and "integrates to 1.01" in result.detail
     result = run_check("chain_rule", Heavy, SMALL)  # log_prob no longer the sum of its conditionals
     assert result.failed and "differs from the chain rule" in result.detail
+
+
+def test_normalization_integrates_two_dimensions_and_catches_an_error_only_there():
+    assert run_check("normalization", RNADE, SMALL).passed
+
+    class HeavyInTwoDimensions(RNADE):
+        def log_prob(self, x):
+            return super().log_prob(x) + (0.01 if self.num_positions == 2 else 0.0)
+
+    result = run_check("normalization", HeavyInTwoDimensions, SMALL)
+    assert result.failed and "integrates to 1.01" in result.detail and "over R^2 (1x1x2 K=0" in result.detail
+
+
+def spoiled(change):
+    """The gaussian-mixture model with its conditional_params passed through ``change(params) -> params`` (its
+    log_prob is the protocol's, from conditional_params)."""
+    class Spoiled(GaussianMixture):
+        def conditional_params(self, x):
+            return change(super().conditional_params(x))
+
+    return Spoiled
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p._replace(means=p.means + math.inf), "conditional_params returned NaN or infinite values in means"),
+    (lambda p: p._replace(log_scales=p.log_scales * math.nan), "NaN or infinite values in log_scales"),
+    (lambda p: p._replace(logits=p.logits + math.inf), r"conditional_params returned NaN or \+inf values in logits"),
+    (lambda p: MixtureParams(*(t[:, :-1] for t in p)), r"conditional_params returned \(16, 5, 3\), expected \(B, D, P\)"),
+    (lambda p: (p.logits, p.means), "returned tuple: gaussian-mixture parameters are 3 tensors"),
+])
+def test_the_kit_names_what_is_wrong_with_real_parameters(change, message):
+    untouched = dict(prepare=lambda model, seed: None)  # its EM fit would read the spoiled parameters
+    result = run_check("chain_rule", spoiled(change), {"components": 3}, **untouched)
+    assert result.failed and re.search(message, result.detail), result.detail
+    no_weight = spoiled(lambda p: p._replace(logits=p.logits.index_fill(-1, torch.tensor([2]), -math.inf)))
+    assert run_check("chain_rule", no_weight, {"components": 3}, **untouched).passed  # -inf log weight: weight 0
+
+
+def test_the_kit_perturbs_values_as_documented():
+    """Causality probes: a discrete value becomes (x + 1) mod K, a suffix is redrawn from 0..K-1; a real value
+    moves by N(0.5, 1), a real suffix is redrawn from N(0, 4); each from the generator it is given."""
+    from densreg.registry.checks.density import changed_at
+
+    real, discrete = create_model("rnade", (1, 1, 4), 0, **SMALL), create_model("markov", (1, 1, 4), 3)
+    seq = torch.tensor([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    got = changed_at(real, seq, 2, 0, torch.Generator().manual_seed(7))
+    moved = seq.clone()
+    moved[:, 2] += torch.randn(2, generator=torch.Generator().manual_seed(7)) + 0.5
+    assert torch.equal(got, moved)
+    got = changed_at(real, seq, slice(1, None), 0, torch.Generator().manual_seed(8))
+    redrawn = seq.clone()
+    redrawn[:, 1:] = torch.randn(2, 3, generator=torch.Generator().manual_seed(8)) * 2
+    assert torch.equal(got, redrawn)
+    levels = torch.tensor([[0, 1, 2, 2]])
+    assert changed_at(discrete, levels, 2, 3, torch.Generator()).tolist() == [[0, 1, 0, 2]]
+    got = changed_at(discrete, levels, slice(2, None), 3, torch.Generator().manual_seed(9))
+    assert torch.equal(got[:, 2:], torch.randint(0, 3, (1, 2), generator=torch.Generator().manual_seed(9)))
 
 
 def test_fit_trains_rnade_and_em_fits_the_mixture():
