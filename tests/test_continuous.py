@@ -241,6 +241,28 @@ def test_the_kit_names_what_is_wrong_with_real_parameters(change, message):
     assert run_check("chain_rule", no_weight, {"components": 3}, **untouched).passed  # -inf log weight: weight 0
 
 
+def test_a_model_whose_family_leaves_m_open_is_checked_on_the_m_it_returns():
+    """A ContinuousDensityModel (GaussianMixture() without M): the kit reads M off the parameters, here 2 on
+    D = 6 values; a second tensor that is not a tensor is named."""
+    from densreg.registry import ContinuousDensityModel
+
+    class TwoComponents(ContinuousDensityModel):
+        def __init__(self, event_shape=(1, 2, 3), num_categories: int = 0, ordering: str = "raster") -> None:
+            super().__init__(event_shape, num_categories, ordering)
+            self.weights = torch.nn.Parameter(torch.zeros(self.num_positions, 3, 2))
+
+        def conditional_params(self, x):
+            previous = torch.nn.functional.pad(self.to_sequence(self.validate(x))[:, :-1], (1, 0)).unsqueeze(-1)
+            logits, means, log_scales = (self.weights[:, i] * (1 + 0.1 * previous) for i in range(3))
+            return MixtureParams(logits, means + 0.5 * previous, log_scales)
+
+    assert TwoComponents().family.param_size is None
+    assert run_check("chain_rule", TwoComponents).passed
+    broken = spoiled(lambda p: (p.logits, p.means, 0.5))
+    result = run_check("chain_rule", broken, {"components": 3}, prepare=lambda model, seed: None)
+    assert result.failed and "conditional_params returned tuple" in result.detail, result.detail
+
+
 def test_the_kit_perturbs_values_as_documented():
     """Causality probes: a discrete value becomes (x + 1) mod K, a suffix is redrawn from 0..K-1; a real value
     moves by N(0.5, 1), a real suffix is redrawn from N(0, 4); each from the generator it is given."""
