@@ -263,6 +263,21 @@ def test_a_model_whose_family_leaves_m_open_is_checked_on_the_m_it_returns():
     assert result.failed and "conditional_params returned tuple" in result.detail, result.detail
 
 
+@pytest.mark.parametrize("n, shift", [(40, 0.0), (400, 0.0), (400, 0.03), (3000, 0.02)])
+def test_the_kolmogorov_smirnov_test_is_the_textbook_one(n, shift):
+    """The statistic is scipy's two-sided D_n; the p-value is Kolmogorov's limit law at Stephens' corrected
+    (sqrt(n) + 0.12 + 0.11 / sqrt(n)) D_n (scipy.special.kolmogorov, an independent implementation)."""
+    from scipy import special, stats
+
+    from densreg.registry.checks.sampling import ks_p_value
+
+    u = (torch.rand(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64) + shift).clamp(max=1.0)
+    stat, p = ks_p_value(u)
+    assert stat == pytest.approx(stats.kstest(u.numpy(), "uniform").statistic, abs=1e-12)
+    lam = (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)) * stat
+    assert p == pytest.approx(min(1.0, float(special.kolmogorov(lam))), abs=1e-12)
+
+
 def test_the_kit_perturbs_values_as_documented():
     """Causality probes: a discrete value becomes (x + 1) mod K, a suffix is redrawn from 0..K-1; a real value
     moves by N(0.5, 1), a real suffix is redrawn from N(0, 4); each from the generator it is given."""
