@@ -278,6 +278,21 @@ def test_the_kolmogorov_smirnov_test_is_the_textbook_one(n, shift):
     assert p == pytest.approx(min(1.0, float(special.kolmogorov(lam))), abs=1e-12)
 
 
+def test_the_kits_real_probe_values_follow_their_documented_recursion():
+    """random_values: noise N(0, 0.6^2) from a generator seeded with ``seed``, the first value offset by -1 or +1
+    (uniform below 0.5: -1), then each value 0.8 times the previous one plus its noise (flat C, H, W order)."""
+    values = random_values((1, 2, 2), 5, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    noise = torch.randn(5, 4, generator=gen) * 0.6
+    expected = noise.clone()
+    expected[:, 0] += torch.where(torch.rand(5, generator=gen) < 0.5, -1.0, 1.0)
+    for j in range(1, 4):
+        expected[:, j] = 0.8 * expected[:, j - 1] + noise[:, j]
+    assert torch.equal(values, expected.reshape(5, 1, 2, 2))
+    assert random_values((1, 1, 3)).shape == (200, 1, 1, 3)
+    assert torch.equal(random_values((1, 1, 3)), random_values((1, 1, 3), 200, seed=0))
+
+
 def test_the_kit_perturbs_values_as_documented():
     """Causality probes: a discrete value becomes (x + 1) mod K, a suffix is redrawn from 0..K-1; a real value
     moves by N(0.5, 1), a real suffix is redrawn from N(0, 4); each from the generator it is given."""
