@@ -108,7 +108,7 @@ class Family(ABC):
     def comparable(self, params: tuple):
         """What the kit compares between two computations of the same conditionals: a tensor
         (..., P, n). Default: the parameters stacked on a new last axis."""
-        return _stack(tuple(params))
+        return stack_last(tuple(params))
 
     # -- values ----------------------------------------------------------------------------
     @abstractmethod
@@ -177,7 +177,7 @@ class Family(ABC):
         return f"values 0..{self.num_categories - 1}" if self.discrete else "real values (finite)"
 
 
-def _stack(tensors: tuple):
+def stack_last(tensors: tuple):
     """Tensors of one shape (...) stacked on a new last axis -> (..., n), with tensor methods only (keeps
     gradients)."""
     out = tensors[0].new_empty(*tensors[0].shape, len(tensors))

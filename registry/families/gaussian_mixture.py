@@ -22,7 +22,7 @@ import numpy as np
 
 from ..datasets import numeric_batch, validate_real_images
 from ..errors import ConfigError, DataError
-from .base import Family, check_positive_int
+from .base import Family, check_positive_int, stack_last
 from .categorical import inverse_cdf
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -103,9 +103,7 @@ class GaussianMixture(Family):
         weight counts by its weight alone, the rest in proportion to what they add to the density."""
         logits, means, log_scales = params
         weights = logits.softmax(-1)
-        out = weights.new_empty(*weights.shape, 3)
-        out[..., 0], out[..., 1], out[..., 2] = weights, weights * means, weights * log_scales
-        return out
+        return stack_last((weights, weights * means, weights * log_scales))
 
     def log_prob(self, params, x):
         return mixture_log_density(tuple(params), x)
