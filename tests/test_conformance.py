@@ -519,7 +519,7 @@ class PaddedLogits(Linear):
 @pytest.mark.parametrize("pad", [1, -1])
 def test_logits_of_the_wrong_shape_fail_even_a_causal_model(pad):
     result = check_causality(PaddedLogits, {"pad": pad})
-    assert result.failed and f"returned (4, 6, {2 + pad})" in result.detail  # the shape it returned
+    assert result.failed and f"returned (4, 6, {2 + pad}), expected (B, D, K) = (4, 6, 2)" in result.detail
 
 
 @pytest.mark.parametrize("bad, named", [(float("nan"), "NaN"), (float("inf"), "+inf")])
@@ -533,6 +533,7 @@ def test_nan_or_infinite_logits_are_named(bad, named):
     for check in (check_chain_rule, check_causality, check_step):
         result = check(Bad)
         assert result.failed and named in result.detail, result.detail
+        assert "conditional_logits returned NaN or +inf values" in result.detail and " in logits" not in result.detail
 
 
 @pytest.mark.parametrize("shape", [(-1, 1), (-1, 2)])

@@ -44,7 +44,7 @@ def expect_params(model, x) -> tuple:
         raise CheckFailed(f"{name} returned {type(raw).__name__}: {exc}") from exc
     expected = (x.shape[0], model.num_positions, family.param_size or params[0].shape[-1])
     if tuple(params[0].shape) != expected:
-        what = "(B, D, K)" if name == "conditional_logits" else "(B, D, P)"
+        what = "(B, D, K)" if family.discrete else "(B, D, P)"
         raise CheckFailed(f"{name} returned {tuple(params[0].shape)}, expected {what} = {expected}")
     for param_name, tensor in zip(family.param_names, params):
         if param_name == "logits" and bool((tensor.isnan() | (tensor == math.inf)).any()):  # -inf: probability 0
@@ -246,8 +246,7 @@ def step(subject: Subject) -> str:
                         raise CheckFailed(f"step at position {d} with the position given as {kind} raised "
                                           f"{describe(exc)}") from exc
                     if tuple(got.shape) != tuple(expected[:, d].shape):
-                        what = "logits" if family.param_names == ("logits",) else "parameters"
-                        letter = "K" if family.discrete else "P"
+                        what, letter = ("logits", "K") if family.discrete else ("parameters", "P")
                         raise CheckFailed(f"step returned {what} of shape {tuple(got.shape[:-1])}, expected "
                                           f"(B, {letter}) = {tuple(expected[:, d].shape[:-1])}")
                     if [tuple(t.shape) for t in state] != shapes:

@@ -1,0 +1,188 @@
+"""The conformance kit on real values, check by check: the statistics of the sampling check (Kolmogorov's
+law, the pair test), what each check reports on a correct model, and which defect each part of a check
+catches on its own, named as documented (the gradient part of causality, the pair part of sampling)."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from densreg.registry import ContinuousDensityModel, MixtureParams
+from densreg.registry.checks.sampling import (PAIR_BINS, REAL_SAMPLING_SIZE, SAMPLING_ALPHA, kolmogorov_sf,
+                                              ks_p_value, pair_independence)
+from densreg.registry.conformance import run_check
+from densreg.registry.testing import single_torch_thread  # noqa: F401 - autouse fixture
+
+
+def test_kolmogorovs_law_matches_scipy_on_both_sides_of_the_switch():
+    from scipy import special
+
+    for lam in [0.0005, 0.002, 0.01, 0.1, 0.3, 0.5, 0.8, 0.99, 0.999999, 1.0, 1.000001, 1.2, 1.7, 2.5, 4.0]:
+        assert kolmogorov_sf(lam) == pytest.approx(float(special.kolmogorov(lam)), abs=1e-13), lam
+    assert kolmogorov_sf(0.0) == 1.0
+
+
+def test_a_perfectly_even_sample_gets_p_one_not_the_truncated_series_value():
+    """50000 values (i + 0.5) / n: D_n = 1 / (2n), lam = 0.0022, where 100 terms of the alternating series
+    gave p = 0.096."""
+    n = REAL_SAMPLING_SIZE
+    stat, p = ks_p_value((torch.arange(n, dtype=torch.float64) + 0.5) / n)
+    assert stat == pytest.approx(0.5 / n) and p == 1.0
+
+
+def test_the_pair_test_is_pearsons_on_an_8x8_grid_with_1_in_the_last_bin():
+    from scipy import stats
+
+    gen = torch.Generator().manual_seed(5)
+    n = 1001  # not a multiple of 64: the expected count is fractional
+    a, b = torch.rand(n, generator=gen, dtype=torch.float64), torch.rand(n, generator=gen, dtype=torch.float64)
+    a[:7], b[3:10] = 1.0, 0.0  # exactly 1: the last bin (numpy's closed right edge), not a ninth row
+    counts, _, _ = np.histogram2d(a.numpy(), b.numpy(), bins=PAIR_BINS, range=[[0, 1], [0, 1]])
+    expected = stats.chisquare(counts.reshape(-1))
+    stat, dof, p = pair_independence(a, b)
+    assert (stat, dof) == (pytest.approx(expected.statistic, rel=1e-12), PAIR_BINS ** 2 - 1)
+    assert p == pytest.approx(expected.pvalue, rel=1e-9)
+
+
+class Normals(ContinuousDensityModel):
+    """D independent N(shift, 1) values (one component): conditionals that ignore the prefix, so a sampler's
+    defect is only what ``defect`` makes it:
+
+    - "reuse": position 2 reuses position 1's noise (every value uniform, positions 1 and 2 dependent);
+    - "wide": every value drawn 10% too wide;
+    - "shape+1" / "shape-1": one value too many / too few; "int": rounded to integers.
+
+    Each call of ``sample`` records its generator's seed in ``seeds``.
+    """
+
+    defect, seeds = "", []
+
+    def __init__(self, event_shape=(1, 1, 3), num_categories: int = 0, ordering: str = "raster") -> None:
+        super().__init__(event_shape, num_categories, ordering)
+        self.shift = torch.nn.Parameter(torch.zeros(()))
+
+    def conditional_params(self, x):
+        seq = self.to_sequence(self.validate(x))
+        zeros = torch.zeros(*seq.shape, 1, dtype=seq.dtype)
+        return MixtureParams(zeros, zeros + self.shift, zeros)
+
+    def sample(self, n, generator=None, noise=None):
+        self.seeds.append(generator.initial_seed())
+        if self.defect == "reuse" and self.num_positions >= 3:
+            noise = torch.rand(self.noise_shape(n), generator=generator, dtype=torch.float64)
+            noise[:, 2] = noise[:, 1]
+        x = super().sample(n, generator=generator, noise=noise)
+        if self.defect == "wide":
+            return (x - self.shift.detach()) * 1.1 + self.shift.detach()
+        if self.defect in ("shape+1", "shape-1"):
+            return torch.cat([x, x], -1) if self.defect == "shape+1" else x[..., 1:]
+        return x.round().long() if self.defect == "int" else x
+
+
+def normals(defect: str = ""):
+    return type(f"Normals{defect}", (Normals,), {"defect": defect, "seeds": []})
+
+
+def test_a_correct_sampler_passes_with_the_documented_tests_at_bonferroni_shares():
+    """1x1x1: one KS test at alpha; 1x1x3: three KS and two pair tests (63 dof) at alpha / 5; sampled with a
+    generator seeded 0 (reproducible)."""
+    model = normals()
+    result = run_check("sampling", model)
+    assert result.passed, result.detail
+    one, three = re.fullmatch(r"1x1x1: 1 Kolmogorov-Smirnov tests, smallest p = (\S+) >= 0.001; "
+                              r"1x1x3: 3 Kolmogorov-Smirnov tests, 2 pair chi-square tests of 63 dof, "
+                              r"smallest p = (\S+) >= 0.0002", result.detail).groups()
+    assert SAMPLING_ALPHA < float(one) <= 1 and SAMPLING_ALPHA / 5 < float(three) <= 1
+    assert model.seeds == [0, 0]
+
+
+def test_noise_reused_between_two_positions_is_caught_by_the_pair_test_alone():
+    result = run_check("sampling", normals("reuse"))
+    assert result.failed and "1x1x3 K=0" in result.detail, result.detail
+    assert "the conditional CDF values at positions 1 and 2 are not independent uniforms" in result.detail
+    assert "p = 0 < 0.0002" in result.detail
+
+
+def test_a_sampler_too_wide_is_named_by_its_kolmogorov_smirnov_test():
+    result = run_check("sampling", normals("wide"))
+    assert result.failed and "do not follow the model's conditionals at position 0 (c=0, h=0, w=0)" in result.detail
+    assert "Kolmogorov-Smirnov statistic" in result.detail and "< 0.001" in result.detail, result.detail
+
+
+@pytest.mark.parametrize("defect, got", [("shape+1", "torch.float32 of shape (50000, 1, 1, 2)"),
+                                         ("shape-1", "torch.float32 of shape (50000, 1, 1, 0)"),
+                                         ("int", "torch.int64 of shape (50000, 1, 1, 1)")])
+def test_samples_of_the_wrong_shape_or_kind_are_named(defect, got):
+    result = run_check("sampling", normals(defect))
+    assert result.failed and result.detail.startswith(
+        f"sample(50000) returned {got}, expected floats of shape (50000, 1, 1, 1)"), result.detail
+
+
+class Peeking(Normals):
+    """Normals whose conditional at d also moves with x at d + 1 and d + 2 (cyclically): the means by
+    +eps x, the log-scales by -eps x, so the parameters' plain sum does not change; ``first`` = False makes
+    position 0 exact (constant parameters, no gradient path at all) and the peek start at position 1."""
+
+    eps, first = 1e-3, True
+
+    def conditional_params(self, x):
+        params = super().conditional_params(x)
+        seq = self.to_sequence(self.validate(x))
+        peek = self.eps * (seq.roll(-1, 1) + seq.roll(-2, 1)).unsqueeze(-1)
+        if not self.first:
+            peek = torch.cat([torch.zeros_like(peek[:, :1]), peek[:, 1:]], 1)
+            params = params._replace(means=torch.cat([params.means[:, :1].detach(), params.means[:, 1:]], 1))
+        return params._replace(means=params.means + peek, log_scales=params.log_scales - peek)
+
+
+def test_a_correct_model_passes_causality_with_its_gradients_checked():
+    for model in (Normals, type("ExactFirst", (Peeking,), {"eps": 0.0, "first": False})):
+        result = run_check("causality", model)
+        assert result.passed and "(and zero gradients on every later value)" in result.detail, result.detail
+
+
+@pytest.mark.parametrize("first, d, j", [(True, "0 (c=0, h=0, w=0)", "1 (c=0, h=0, w=1)"),
+                                         (False, "1 (c=0, h=0, w=1)", "2 (c=0, h=0, w=2)")])
+def test_a_peek_is_found_by_its_gradient_first_and_named(first, d, j):
+    """The gradient test weighs the parameters at random: a peek whose effects cancel in their plain sum is
+    found; the first later value with a gradient is named; a position with no gradient path is passed over."""
+    result = run_check("causality", type("Peek", (Peeking,), {"first": first}))
+    assert result.failed, result.detail
+    assert re.match(rf"conditional at position {re.escape(d)} has a gradient of \S+ when x at position "
+                    rf"{re.escape(j)} changed \(1x2x3 K=0", result.detail), result.detail
+    assert result.detail.endswith("the model peeks at the future")
+
+
+def test_a_real_model_reports_integrals():
+    result = run_check("normalization", Normals)
+    assert result.passed and result.detail.startswith("integrals (Gauss-Legendre on 1-D and 2-D spaces) within")
+    assert math.isfinite(float(re.search(r"within (\S+) of 1", result.detail)[1]))
+
+
+def test_step_parameters_of_the_wrong_shape_are_named_as_parameters():
+    class Wrong(Normals):
+        def step(self, value, position, state):
+            params, state = super().step(value, position, state)
+            return MixtureParams(*(t.unsqueeze(0) for t in params)), state
+
+    result = run_check("step", Wrong)
+    assert result.failed and result.detail.startswith(
+        "step returned parameters of shape (1, 3, 1), expected (B, P) = (3, 1)"), result.detail
+
+
+def test_the_kit_reads_the_kind_of_values_off_the_family_a_model_emits():
+    """A model that can emit two families: its factory counts as its first declared family, an instance as
+    the family it was built with."""
+    from densreg.registry import DensityModel
+    from densreg.registry.checks.subject import is_discrete
+    from densreg.registry.families import Categorical, GaussianMixture
+
+    class Either(DensityModel):
+        families = (GaussianMixture, Categorical)
+
+    assert not is_discrete(Either) and is_discrete(type("CategoricalFirst", (Either,), {"families": (Categorical,
+                                                                                                    GaussianMixture)}))
+    assert is_discrete(Either((1, 1, 2), 2, family=Categorical(2)))
+    assert not is_discrete(Either((1, 1, 2), 0, family=GaussianMixture(2)))
