@@ -1,11 +1,13 @@
 """densreg: explicit density models for discrete images, from plugins.
 
-The public face::
+The public face:
 
-    import densreg
-    model = densreg.create_model("nade", event_shape=(1, 8, 8), hidden=50)
-    densreg.fit(model, densreg.load_split("digits", "train"), epochs=5)
-    nll = -model.log_prob(x)                       # nats, (B,)
+>>> import densreg
+>>> model = densreg.create_model("markov", event_shape=(1, 8, 8), order=2)
+>>> metrics = densreg.fit(model, densreg.load_split("digits", "train"))   # counting; nade: gradient
+>>> nll = -model.log_prob(densreg.load_split("digits", "test"))           # nats, (300,)
+>>> round(nll.mean().item(), 2)
+23.13
 
 Every name here comes from a subpackage, loaded on first use: the core
 (``densreg.registry``: protocol, registry, checkpoints, errors, conformance kit), the

@@ -43,7 +43,7 @@ def export_check(subject) -> str:
             raise CheckFailed(f"export_model failed on {space(shape, k, ordering)}: {describe(exc)} (export needs a "
                               "step that works with a 0-dim tensor position: no int(position), .item(), Python if "
                               "on tensor values or data-dependent shapes; and state tensors with one batch axis, "
-                              "whose shapes depend only on the batch size; see PLUGINS.md)") from exc
+                              "whose shapes depend only on the batch size; see docs/plugins/protocol.md)") from exc
         reported = (info or {}).get("max_abs_diff")
         runtime = ExportedModel(folder)
         with torch.no_grad():

@@ -57,7 +57,11 @@ def list_plugins() -> list[PluginInfo]:
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names matching a glob ``pattern`` (e.g. ``'pixel*'``); clashing names qualified."""
+    """Registered model names matching a glob ``pattern`` (e.g. ``'pixel*'``); clashing names qualified.
+
+    >>> list_models("row*")
+    ['row-lstm']
+    """
     specs = get_catalog().model_specs(pattern)
     counts: dict[str, int] = {}
     for spec in specs:

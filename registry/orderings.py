@@ -28,7 +28,15 @@ def make_ordering(name: str, event_shape: tuple[int, int, int]) -> torch.Tensor:
     raster: rows top to bottom, left to right; snake: rows alternate direction
     (boustrophedon); column: columns left to right, top to bottom;
     random:SEED: a permutation drawn with numpy's PCG64 seeded by SEED.
-    Vectorised: O(D) numpy work, no Python loop over positions.
+    Vectorised: O(D) numpy work, no Python loop over positions. Entry d is the flat (C, H, W)
+    index generated d-th; channels go together, pixel by pixel:
+
+    >>> make_ordering("snake", (1, 2, 3)).tolist()
+    [0, 1, 2, 5, 4, 3]
+    >>> make_ordering("column", (1, 2, 3)).tolist()
+    [0, 3, 1, 4, 2, 5]
+    >>> make_ordering("raster", (2, 1, 2)).tolist()   # R then G of pixel 0, then of pixel 1
+    [0, 2, 1, 3]
     """
     c_count, height, width = event_shape
     rows, cols = np.divmod(np.arange(height * width, dtype=np.int64), width)  # raster

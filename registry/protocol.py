@@ -79,6 +79,9 @@ def at_position(table: torch.Tensor, position) -> torch.Tensor:
 
     Written with ``index_select`` so it traces for export (indexing with a 0-dim tensor would call
     ``int()`` on it).
+
+    >>> at_position(torch.tensor([10, 20, 30]), torch.tensor(2))
+    tensor(30)
     """
     index = torch.as_tensor(position, dtype=torch.int64, device=table.device).reshape(1)
     return table.index_select(0, index).squeeze(0)

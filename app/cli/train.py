@@ -58,7 +58,7 @@ DEFAULTS = TrainingOptions()
 @click.option("--precision", type=click.Choice(["float32", "bf16"]), default=DEFAULTS.precision, show_default=True,
               help="bf16: the forward pass under bf16 autocast (weights and Adam stay float32).")
 @click.option("--compile", is_flag=True, help="torch.compile the log-likelihood (compile time is reported). On CPU it pays for "
-                   "PixelRNN training past a few epochs (diagonal-bilstm 1.31x after a 4-minute compile, "
+                   "PixelRNN training past a few epochs (diagonal-bilstm 1.24-1.35x after a 3-4 minute compile, "
                    "row-lstm 1.27x after a longer one); NADE is faster without it (benchmarks/results/compile.md).")
 @click.option("--ema", type=click.FloatRange(min=0, max=1, max_open=True), default=DEFAULTS.ema, show_default="off",
               help="Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); "

@@ -28,7 +28,15 @@ def inverse_cdf(logits, u):
 
 
 class Categorical(Family):
-    """K-way softmax conditionals over integer values 0..K-1; ``params`` is ``(logits,)``, (..., K)."""
+    """K-way softmax conditionals over integer values 0..K-1; ``params`` is ``(logits,)``, (..., K).
+
+    >>> import torch
+    >>> family = Categorical(3)
+    >>> family.log_prob((torch.zeros(2, 3),), torch.tensor([0, 2]))   # uniform logits: log(1/3)
+    tensor([-1.0986, -1.0986])
+    >>> family.spec()
+    {'name': 'categorical', 'num_categories': 3}
+    """
 
     name = "categorical"
     discrete = True
