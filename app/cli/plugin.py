@@ -32,10 +32,10 @@ def new(name, out):
     click.echo(f"wrote {target}/ ({len(paths)} files):")
     for path in paths:
         click.echo(f"  {target / path}")
-    folder, values = shlex.quote(str(target)), fields(name)
+    folder, dataset = shlex.quote(str(target)), fields(name)["dataset"]
     click.echo("next:")
     for command in (f"pip install -e {folder}", f"(cd {folder} && python -m pytest)", f"densreg check {name}",
-                    f"densreg train {name} --dataset {values['dataset']} --epochs 10 --lr 0.1 --out {name}.safetensors"):
+                    f"densreg train {name} --dataset {dataset} --epochs 10 --lr 0.1 --out {name}.safetensors"):
         click.echo(f"  {command}")
 
 
