@@ -44,6 +44,7 @@ class GradientRun:
         self.log: list[dict] = []
         self.paths = run_paths(out) if out is not None else None
         self.averaged: list[torch.Tensor] | None = None  # the moving average of the parameters (option ema)
+        self.loggers: list = []  # experiment logs (experiment_log.py) that get each epoch's log entry
 
     def metrics(self) -> dict:
         """The checkpoint's metrics: NLLs (nats per image) of the best epoch, epochs, best_epoch, ..."""
@@ -134,6 +135,8 @@ class GradientRun:
                     self.best["bad_epochs"] += 1
             if self.paths and self.world.leader:
                 save_resume_state(self)
+            for logger in self.loggers:  # after the JSONL log, so that they never hold an epoch it lacks
+                logger.write(entry)
             if self.progress:
                 tqdm.write(f"epoch {self.epoch}: train {train_nll:.4f} valid {valid_nll:.4f} nats "
                            f"({entry['seconds']:.1f} s, {rate:.0f} images/s)", file=sys.stderr)

@@ -7,6 +7,8 @@ mean NLL in nats per image with Adam. With ``out`` (the checkpoint path, e.g.
 - ``out`` itself whenever the validation NLL improves (the best weights so far);
 - ``run.log.jsonl``: one JSON line per epoch (epoch, train_nll, valid_nll, seconds,
   images (training images in the epoch), images_per_s, lr, processes);
+- the experiment logs that ``log_to`` names (e.g. ``["tensorboard:runs/a"]``, experiment_log.py):
+  each epoch's log entry once ``run.log.jsonl`` holds it (also when ``out`` is None);
 - ``run.last.safetensors`` after every epoch: the resume state (model weights, Adam's
   state tensors, best weights, RNG states as tensors; epoch, best-so-far, options and
   the log as JSON metadata). It is also a loadable checkpoint. ``resume=True`` continues
@@ -38,6 +40,7 @@ from densreg.registry import ConfigError, save_checkpoint
 
 from . import distributed
 from .evaluation import evaluate
+from .experiment_log import check_available, experiment_logs
 from .gradient_run import GradientRun
 from .performance import using_threads
 from .run_files import locked_run
@@ -46,7 +49,8 @@ from .training_protocol import checkpoint_name, fit_closed_form, fits_in_closed_
 
 
 def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, *, out=None, resume: bool = False,
-        progress: bool = False, name: str | None = None, metrics: dict | None = None, **options) -> dict:
+        progress: bool = False, name: str | None = None, metrics: dict | None = None, log_to=(),
+        **options) -> dict:
     """Fit ``model`` to int64 images (N, C, H, W), or float values for a continuous model; return metrics
     (NLL in nats per image; for real values a negative log density).
 
@@ -56,19 +60,21 @@ def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, *, out=No
     ``progress``: a line per epoch on stderr, and a tqdm bar when stderr is a terminal.
     ``name``: the registry name written in checkpoints (default the model's ``registry_name``).
     ``metrics``: extra entries recorded in the checkpoint's metrics (e.g. the dataset name).
+    ``log_to``: experiment-log specs (``SCHEME:DIR``, experiment_log.py) that get each epoch's log entry.
     Returns train_nll_nats, valid_nll_nats, epochs, best_epoch, stopped, seconds (this call).
     """
     start = time.perf_counter()
     name = name or checkpoint_name(model)
     with using_threads(model, options.get("threads")):
-        return _fit(model, train, valid, start, out, resume, progress, name, metrics, options)
+        return _fit(model, train, valid, start, out, resume, progress, name, metrics, list(log_to), options)
 
 
-def _fit(model, train, valid, start, out, resume, progress, name, metrics, options) -> dict:
+def _fit(model, train, valid, start, out, resume, progress, name, metrics, log_to, options) -> dict:
     if fits_in_closed_form(model):
         options = {k: v for k, v in options.items() if k != "threads"}
-        if options or resume:
-            given = ", ".join(f"{k} (--{k.replace('_', '-')})" for k in sorted(options) or ["resume"])
+        if options or resume or log_to:
+            given = ", ".join(f"{k} (--{k.replace('_', '-')})"
+                              for k in (sorted(options) or ["resume"] * resume) + ["log_to"] * bool(log_to))
             raise ConfigError(f"{name} fits in closed form by counting; the training options {given} only apply "
                               "to gradient-trained models")
         with locked_run(out):
@@ -82,7 +88,8 @@ def _fit(model, train, valid, start, out, resume, progress, name, metrics, optio
     if resume and out is None:
         raise ConfigError("resume needs out, the checkpoint path of the run")
     given = {k: v for k, v in options.items() if v is not None}
+    check_available(log_to)  # a wrong spec or a missing package before any work
     run = GradientRun(model, train, valid, TrainingOptions().replace(**given), given=set(given), out=out,
                       progress=progress, name=name, extra_metrics=metrics)
-    with locked_run(out):
+    with locked_run(out), experiment_logs(log_to if distributed.world().leader else ()) as run.loggers:
         return run.run(start, resume)

@@ -76,7 +76,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_folder(folder: str | os.PathLike, files: dict[str, bytes]) -> None:
-    """Make ``folder`` hold exactly ``files`` ({file name: bytes}), replacing a previous folder whole."""
+    """Make ``folder`` hold exactly ``files`` ({file name: bytes}), replacing a previous folder whole.
+    A name may be a relative path inside the folder (``"tests/test_a.py"``): its subfolders are created."""
     folder = Path(folder)
     check_target(folder, "folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +86,7 @@ def atomic_write_folder(folder: str | os.PathLike, files: dict[str, bytes]) -> N
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         for filename, data in files.items():
+            (tmp / filename).parent.mkdir(parents=True, exist_ok=True)  # the umask's permissions
             _write_synced(tmp / filename, data)
         if folder.is_dir():
             old = folder.with_name(f".{folder.name}.{os.getpid()}.old")

@@ -41,6 +41,7 @@ BUILTIN_COMMANDS = {
     "models": ("listing", "List registered models, optionally filtered by a glob PATTERN (e.g. 'mark*')."),
     "plot": ("plot", "Draw train and valid NLL per epoch from training logs (STEM.log.jsonl), or images as "
                      "a grid."),
+    "plugin": ("plugin", "Write a new plugin package: a model, a dataset and conformance tests."),
     "plugins": ("listing", "List installed plugins: distribution, version, hooks, load errors."),
     "runtime": ("export", "onnxruntime version, device, and the providers listed and actually usable."),
     "sample": ("sample", "Draw exact samples from a checkpoint (or an export folder) and write an image grid."),

@@ -11,6 +11,7 @@ import torch
 from click.core import ParameterSource
 
 from densreg.app import distributed
+from densreg.app.experiment_log import check_available, parse_log_to
 from densreg.app.ood import perturb_images
 from densreg.app.run_files import locked_run, run_paths
 from densreg.app.training import TrainingOptions, fit
@@ -21,6 +22,17 @@ from densreg.registry.checkpoint import parse_info, read_header
 from .common import ARGV_KEY, backend_option, data_options, parse_set_options, set_option, threads_option
 
 DEFAULTS = TrainingOptions()
+
+
+def check_log_to(ctx, param, specs):
+    """--log-to's values, each checked (a usage error names a bad one) and its package found."""
+    try:
+        for spec in specs:
+            parse_log_to(spec)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+    check_available(specs)  # "install densreg[tensorboard]" before the data is read
+    return specs
 
 
 @click.command()
@@ -63,15 +75,21 @@ DEFAULTS = TrainingOptions()
 @click.option("--ema", type=click.FloatRange(min=0, max=1, max_open=True), default=DEFAULTS.ema, show_default="off",
               help="Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); "
                    "validation, the best checkpoint and the fitted model use the averaged weights.")
+@click.option("--log-to", "log_to", multiple=True, metavar="SCHEME:DIR", callback=check_log_to,
+              help="Also log each epoch's train and valid NLL, learning rate and speed to an experiment log "
+                   "(repeatable): tensorboard:DIR writes a TensorBoard event file into DIR "
+                   "(needs pip install 'densreg[tensorboard]').")
 @threads_option
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run of --out from its last epoch (OUT stem + .last.safetensors); "
                    "options and model settings (--set) not given again are the interrupted run's.")
 @click.pass_context
-def train(ctx, model_name, dataset, data_path, download, settings, out, perturb, resume, nproc, backend, **options):
+def train(ctx, model_name, dataset, data_path, download, settings, out, perturb, resume, nproc, backend, log_to,
+          **options):
     """Fit MODEL on a dataset's train split and write a checkpoint.
 
-    Gradient-trained models also write OUT stem + .log.jsonl (one JSON line per epoch)
+    Gradient-trained models also write OUT stem + .log.jsonl (one JSON line per epoch;
+    --log-to sends the same values to TensorBoard too)
     and OUT stem + .last.safetensors (the state --resume continues from).
     Under torchrun (or with --nproc) every process trains its share of each batch with
     DistributedDataParallel and rank 0 alone writes.
@@ -81,7 +99,8 @@ def train(ctx, model_name, dataset, data_path, download, settings, out, perturb,
     TrainingOptions(device=options["device"])  # a ConfigError for a device name torch cannot parse
     with distributed.session(options["device"] or default_device(), backend) as world:
         with locked_run(out):  # rank 0's lock: a second run on the same --out stops here, before any work
-            _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, options)
+            _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, log_to,
+                   options)
 
 
 def launch_torchrun(ctx, nproc: int) -> None:
@@ -97,7 +116,7 @@ def launch_torchrun(ctx, nproc: int) -> None:
     os.execv(command[0], command)
 
 
-def _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, options):
+def _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, log_to, options):
     torch.manual_seed(options["seed"])
     ds = api.get_dataset(dataset)
     config = parse_set_options(settings)
@@ -106,6 +125,8 @@ def _train(ctx, world, model_name, dataset, data_path, download, settings, out, 
     model = api.create_model(model_name, ds.event_shape, ds.num_categories, **config)
     given = {k: v for k, v in options.items()
              if k != "seed" and ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    if log_to:
+        given["log_to"] = log_to
     if not model.closed_form:
         given["seed"] = options["seed"]  # --seed also fixes the shuffling order of gradient training
     with distributed.leader_first():  # one download into the shared cache
