@@ -189,3 +189,21 @@ def test_the_kit_reads_the_kind_of_values_off_the_family_a_model_emits():
                                                                                                     GaussianMixture)}))
     assert is_discrete(Either((1, 1, 2), 2, family=Categorical(2)))
     assert not is_discrete(Either((1, 1, 2), 0, family=GaussianMixture(2)))
+
+
+@pytest.mark.parametrize("check, seed, n", [("chain_rule", 4, 16), ("causality", 1, 4)])
+def test_the_kit_probes_real_models_with_the_documented_values(check, seed, n):
+    """The first probe batch a check evaluates (after the one-image float64 probe) is ``random_values`` of its
+    documented seed and count (on 1x2x3), so that an author can reproduce a failure by hand."""
+    from densreg.registry.conformance import random_values
+
+    class Recording(Normals):
+        seen = []
+
+        def conditional_params(self, x):
+            self.seen.append(x.detach().clone())
+            return super().conditional_params(x)
+
+    assert run_check(check, Recording).passed
+    first = next(x for x in Recording.seen if len(x) > 1)
+    assert torch.equal(first.double(), random_values((1, 2, 3), n, seed=seed).double())
