@@ -15,6 +15,10 @@ from pathlib import Path
 from densreg.registry.hookspecs import hookimpl
 
 
+STEP_HINT = (" (export needs a step that works with a 0-dim tensor position: no int(position), .item(), Python if "
+             "on tensor values or data-dependent shapes; see docs/plugins/protocol.md)")
+
+
 @hookimpl
 def register_checks(register):
     register("export", export_check)
@@ -31,6 +35,7 @@ def export_check(subject) -> str:
 
     from .exporter import export_model
     from .runtime import ExportedModel
+    from .tracing import TracingError
 
     shape, k, ordering, model = subject.first_accepted(subject.spaces_or(ROUND_TRIP_SPACES))
     discrete = model.family.discrete
@@ -40,10 +45,8 @@ def export_check(subject) -> str:
         try:
             info = export_model(model, folder, name=subject.label.replace(":", "-"), parity=True)
         except Exception as exc:
-            raise CheckFailed(f"export_model failed on {space(shape, k, ordering)}: {describe(exc)} (export needs a "
-                              "step that works with a 0-dim tensor position: no int(position), .item(), Python if "
-                              "on tensor values or data-dependent shapes; and state tensors with one batch axis, "
-                              "whose shapes depend only on the batch size; see docs/plugins/protocol.md)") from exc
+            hint = STEP_HINT if isinstance(exc, TracingError) and exc.graph == "step" else ""
+            raise CheckFailed(f"export_model failed on {space(shape, k, ordering)}: {describe(exc)}{hint}") from exc
         reported = (info or {}).get("max_abs_diff")
         runtime = ExportedModel(folder)
         with torch.no_grad():

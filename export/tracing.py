@@ -51,6 +51,14 @@ class ConditionalsGraph(torch.nn.Module):
         return (*params, log_p.sum(-1), pixel)
 
 
+class TracingError(ExportError):
+    """A graph (``graph``: "conditional_params", "step" or "features") that torch cannot export to ONNX."""
+
+    def __init__(self, graph: str, message: str) -> None:
+        super().__init__(message)
+        self.graph = graph
+
+
 class StepGraph(torch.nn.Module):
     """value (B,), position (), *state -> the family's parameters (B, P) each, *new_state."""
 
@@ -62,6 +70,9 @@ class StepGraph(torch.nn.Module):
         family = self.model.family
         out, new_state = self.model.step(value, position, tuple(state))
         params = tuple(t.to(torch.float32) for t in family.unpack(family.params(out)))
+        # A state tensor returned as it came in would make a graph output that is its input, which
+        # onnxruntime refuses: pass it on as a copy.
+        new_state = tuple(t.clone() if any(t is s for s in state) else t for t in new_state)
         return (*family.normalized(params), *new_state)
 
 
@@ -203,8 +214,8 @@ def to_onnx(module, args, input_names, output_names, dynamic_shapes, what: str, 
         proto = _name_batch_axis(program.model_proto)
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one clear error
-        raise ExportError(f"cannot export model {name!r}: its {what} does not export to ONNX: "
-                          f"{_summary(exc)}") from exc
+        raise TracingError(what, f"cannot export model {name!r}: its {what} does not export to ONNX: "
+                                 f"{_summary(exc)}") from exc
     return proto
 
 

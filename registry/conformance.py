@@ -23,6 +23,9 @@ The checks (``CHECKS``, in this order; as run on a discrete family, see the modu
   suffix at once (redrawn from 0..K-1), on 4 probe images drawn by
   ``torch.randint(0, K, (4, C, H, W))`` from a generator seeded with 1 (the suffixes from the
   same generator), so a verdict is reproducible.
+- ``gradient_path``: with gradients on (the training path), log_prob and the conditionals equal
+  their values under no_grad, stay causal (each position changed alone), and the gradient of
+  log_prob is finite: every other check runs under no_grad.
 - ``step``: under teacher forcing, ``step`` equals ``conditional_params``, with
   ``position`` an int and a 0-dim int64 tensor; the state keeps its shapes. Probes: 3 images
   drawn as for causality with seed 2.
@@ -77,6 +80,7 @@ from typing import Callable
 import torch
 
 from .checks.density import NORMALIZATION_TOL, causality, chain_rule, normalization, step
+from .checks.gradients import gradient_path
 from .checks.files import EXPORT_TOL, NO_EXPORTER, export, round_trip
 from .checks.sampling import SAMPLING_ALPHA, SAMPLING_SIZE, chi_square, ks_p_value, rosenblatt, sampling, spread_out
 from .checks.subject import (DEFAULT_ORDERINGS, FLOAT64_TOL, CheckFailed, CheckSkipped, Subject, all_images,
@@ -116,6 +120,7 @@ CHECKS: dict[str, Callable[[Subject], str]] = {
     "normalization": normalization,
     "chain_rule": chain_rule,
     "causality": causality,
+    "gradient_path": gradient_path,
     "step": step,
     "sampling": sampling,
     "round_trip": round_trip,
@@ -196,6 +201,8 @@ def _single(name: str, doc: str) -> Callable[..., CheckResult]:
 check_normalization = _single("normalization", "sum (or integral) of exp(log_prob) over tiny spaces is 1.")
 check_chain_rule = _single("chain_rule", "log_prob equals the sum of the family's log-probabilities of the conditionals.")
 check_causality = _single("causality", "The conditional at d ignores values at d and after.")
+check_gradient_path = _single("gradient_path", "With gradients on, log_prob and the conditionals equal no_grad's, "
+                                                 "stay causal, and give finite gradients.")
 check_step = _single("step", "Teacher-forced step equals conditional_params, int and tensor positions.")
 check_sampling = _single("sampling", "Samples follow exp(log_prob) (chi-square, or the Rosenblatt transform).")
 check_round_trip = _single("round_trip", "Checkpoint save and load through the registry keeps config, log_prob and samples.")
@@ -205,6 +212,6 @@ check_export = _single("export", "ONNX export parity (skipped without the export
 __all__ = ["CHECKS", "all_checks", "CheckFailed", "CheckResult", "CheckSkipped", "DEFAULT_ORDERINGS", "EXPORT_TOL", "FLOAT64_TOL",
            "NORMALIZATION_TOL", "NO_EXPORTER", "SAMPLING_ALPHA", "SAMPLING_SIZE", "Subject", "all_images",
            "check_causality", "check_chain_rule", "check_export", "check_normalization", "check_round_trip",
-           "check_sampling", "check_step", "chi_square", "image_index", "in_float64", "ks_p_value", "one_torch_thread",
+           "check_sampling", "check_gradient_path", "check_step", "chi_square", "image_index", "in_float64", "ks_p_value", "one_torch_thread",
            "random_images", "random_values", "randomize", "rosenblatt", "run_check", "run_checks", "spread_out",
            "tolerance"]

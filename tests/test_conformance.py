@@ -400,7 +400,7 @@ def test_cli_check_passes_a_builtin_model():
     for name in CHECKS:
         if name != "export":
             assert any(line.split()[:2] == [name, "passed"] for line in result.output.splitlines()), name
-    assert "6 passed, 0 failed, 0 skipped" in result.output
+    assert f"{len(CHECKS) - 1} passed, 0 failed, 0 skipped" in result.output
 
 
 def broken_plugin():
@@ -458,7 +458,39 @@ def test_export_check_catches_a_step_that_is_not_traceable():
     assert check_step(IntPosition).passed  # eager torch is happy with int(position)
     result = run_checks(IntPosition, checks=["export"])[0]
     assert result.failed and "export_model failed on 1x2x3 K=2" in result.detail
-    assert "no int(position), .item()" in result.detail and "batch-first" in result.detail
+    assert "no int(position), .item()" in result.detail
+
+
+class KeepsItsState(Linear):
+    """Correct: a second state tensor (a constant) that step passes on untouched."""
+
+    def initial_state(self, batch_size):
+        return (*super().initial_state(batch_size), torch.ones(batch_size, 2))
+
+    def step(self, value, position, state):
+        logits, (acc,) = super().step(value, position, state[:1])
+        return logits, (acc, state[1])
+
+
+def test_a_step_that_passes_a_state_tensor_on_unchanged_exports():
+    pytest.importorskip("densreg.export.exporter", reason=NO_EXPORTER)
+    result = run_checks(KeepsItsState, checks=["export"])[0]
+    assert result.passed, result.detail
+
+
+def test_the_traceable_step_hint_comes_only_with_a_step_that_does_not_trace():
+    pytest.importorskip("densreg.export.exporter", reason=NO_EXPORTER)
+    class RowDependentState(Linear):
+        def initial_state(self, batch_size):
+            (acc,) = super().initial_state(batch_size)
+            return (acc + torch.arange(batch_size).reshape(-1, 1, 1),)
+
+    result = run_checks(RowDependentState, checks=["export"])[0]
+    assert result.failed and "the initial value of state tensor 0 differs between batch rows" in result.detail
+    assert "0-dim tensor position" not in result.detail
+    result = run_checks(IntPosition, checks=["export"])[0]
+    assert result.failed and "its step does not export to ONNX" in result.detail
+    assert "(export needs a step that works with a 0-dim tensor position" in result.detail
 
 
 def test_a_failed_export_logs_no_blank_trace_records(caplog):
@@ -1023,3 +1055,14 @@ def test_a_failed_sampling_check_measures_rare_images_in_their_own_standard_devi
     model, prepare = fixed_counts(counts, bias=[0.0, 0.0, 0.0, -torch.log(torch.tensor(2000.0)).item()])
     result = check_sampling(model, prepare=prepare, spaces=[((1, 2, 2), 2)], orderings=["raster"])
     assert result.failed and "image [0, 0, 0, 1] drawn 30 times" in result.detail, result.detail
+
+
+def test_a_defect_only_on_the_gradient_path_fails_only_that_check():
+    class TrainingBias(Linear):
+        def conditional_logits(self, x):
+            return super().conditional_logits(x) + (0.01 if torch.is_grad_enabled() else 0.0)
+
+    results = {r.name: r for r in run_checks(TrainingBias, skip=("export", "sampling", "round_trip"))}
+    assert [name for name, r in results.items() if r.failed] == ["gradient_path"], results
+    assert "conditional_logits with gradients on differs from its value under no_grad by 0.01" in \
+        results["gradient_path"].detail

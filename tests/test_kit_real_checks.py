@@ -193,8 +193,8 @@ def test_the_kit_reads_the_kind_of_values_off_the_family_a_model_emits():
 
 @pytest.mark.parametrize("check, seed, n", [("chain_rule", 4, 16), ("causality", 1, 4)])
 def test_the_kit_probes_real_models_with_the_documented_values(check, seed, n):
-    """The first probe batch a check evaluates (after the one-image float64 probe) is ``random_values`` of its
-    documented seed and count (on 1x2x3), so that an author can reproduce a failure by hand."""
+    """The first batch of the documented count that a check evaluates is ``random_values`` of its documented
+    seed (on 1x2x3), so that an author can reproduce a failure by hand."""
     from densreg.registry.conformance import random_values
 
     class Recording(Normals):
@@ -205,5 +205,70 @@ def test_the_kit_probes_real_models_with_the_documented_values(check, seed, n):
             return super().conditional_params(x)
 
     assert run_check(check, Recording).passed
-    first = next(x for x in Recording.seen if len(x) > 1)
+    first = next(x for x in Recording.seen if len(x) == n)
     assert torch.equal(first.double(), random_values((1, 2, 3), n, seed=seed).double())
+
+
+def test_the_kits_random_draw_keeps_the_conditionals_of_a_deep_network_of_order_one():
+    """An N(0, 1) draw through four 64-wide layers gives logits in the hundreds; randomize halves the
+    parameters until they are within TAME_LIMIT on the probes, and leaves a small model's draw alone."""
+    from densreg.registry import DensityModel
+    from densreg.registry.checks.subject import TAME_LIMIT, random_images, randomize, tame
+
+    class Deep(DensityModel):
+        def __init__(self, event_shape=(1, 2, 3), num_categories=2, ordering="raster"):
+            super().__init__(event_shape, num_categories, ordering)
+            d, layers = self.num_positions, [torch.nn.Linear(self.num_positions, 64)]
+            for _ in range(2):
+                layers += [torch.nn.ReLU(), torch.nn.Linear(64, 64)]
+            self.net = torch.nn.Sequential(*layers, torch.nn.ReLU(), torch.nn.Linear(64, d * num_categories))
+
+        def conditional_logits(self, x):
+            seq = self.to_sequence(self.validate(x)).float()
+            return self.net(seq).reshape(len(x), self.num_positions, self.num_categories)
+
+    def largest_logit(model):
+        return float(model.conditional_logits(random_images(model.event_shape, 2, 20, 0)).detach().abs().max())
+
+    model = Deep()
+    randomize(model, 0)
+    tamed = largest_logit(model)
+    assert 0.5 < tamed <= TAME_LIMIT and tame(model, 0) == 0  # within the limit: a second tame changes nothing
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(4.0)
+    assert largest_logit(model) > 10 * TAME_LIMIT and tame(model, 0) >= 2 and largest_logit(model) <= TAME_LIMIT
+    small = Normals()
+    randomize(small, 0)
+    before = [p.clone() for p in small.parameters()]
+    assert tame(small, 0) == 0 and all(torch.equal(a, b) for a, b in zip(before, small.parameters()))
+
+
+class GradientOnly(Normals):
+    """Normals with a defect only while autograd records (``how``): "shift" moves the means, "nan" puts a NaN
+    in the gradient of ``shift``."""
+
+    how = ""
+
+    def conditional_params(self, x):
+        params = super().conditional_params(x)
+        if not torch.is_grad_enabled() or not self.how:
+            return params
+        if self.how == "nan":
+            return params._replace(means=params.means + (self.shift * 0).sqrt())  # value 0, gradient 0 * inf
+        return params._replace(means=params.means + 1e-3)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("", None),
+    ("shift", r"^conditional_params with gradients on differs from its value under no_grad by 0.001 on 1x2x3 K=0"),
+    ("nan", r"^the gradient of log_prob on 1x2x3 K=0\S* .*is NaN or infinite in shift: training would diverge"),
+])
+def test_the_gradient_path_check_finds_a_defect_only_the_training_path_has(how, message):
+    model = type(f"GradientOnly{how}", (GradientOnly,), {"how": how})
+    result = run_check("gradient_path", model)
+    assert all(run_check(name, model).passed for name in ("chain_rule", "causality", "step"))
+    if message is None:
+        assert result.passed and "log_prob and conditionals with gradients on within" in result.detail, result.detail
+    else:
+        assert result.failed and re.search(message, result.detail), result.detail

@@ -186,6 +186,18 @@ def causal_gradients(model, shape, k, ordering, seq, generator) -> None:
             raise peek(model, shape, k, ordering, j, d, float(late.max()), tol, "has a gradient of")
 
 
+def each_position(model, shape, k, ordering, seq, base, tol: float, generator) -> None:
+    """The value at each position j changed alone (``changed_at``): the conditionals at positions <= j
+    stay ``base`` (the comparable parameters of ``seq``) within ``tol``; CheckFailed naming the first
+    position that moved. Runs in the caller's grad mode."""
+    for j in range(model.num_positions):
+        moved = comparable(model, model.from_sequence(changed_at(model, seq, j, k, generator)))[:, : j + 1].detach()
+        diff = (moved - base[:, : j + 1]).abs().flatten(2).amax(dim=(0, 2))
+        if not float(diff.max()) <= tol:
+            p = int((~(diff <= tol)).nonzero()[0])
+            raise peek(model, shape, k, ordering, j, p, float(diff[p]), tol)
+
+
 def causality(subject: Subject) -> str:
     checked, notes = 0, []
     for shape, k, ordering, model, why in wide_variants(subject, subject.spaces_or(CAUSALITY_SPACES)):
@@ -198,12 +210,7 @@ def causality(subject: Subject) -> str:
         with torch.no_grad():
             base = comparable(model, x)
             tol = tolerance(base.dtype, float(base.abs().max()))
-            for j in range(model.num_positions):  # one position at a time: names the culprit
-                diff = (comparable(model, model.from_sequence(changed_at(model, seq, j, k, gen)))[:, : j + 1]
-                        - base[:, : j + 1]).abs().flatten(2).amax(dim=(0, 2))
-                if not float(diff.max()) <= tol:
-                    p = int((~(diff <= tol)).nonzero()[0])
-                    raise peek(model, shape, k, ordering, j, p, float(diff[p]), tol)
+            each_position(model, shape, k, ordering, seq, base, tol, gen)
             for d in range(model.num_positions):  # every value at and after d at once
                 changed = changed_at(model, seq, slice(d, None), k, gen)
                 diff = (comparable(model, model.from_sequence(changed))[:, : d + 1] - base[:, : d + 1]).abs()

@@ -101,6 +101,8 @@ def randomize(model, seed: int = 0, *, buffers: bool = False) -> None:
     A continuous model's tensors of two or more dimensions are drawn from N(0, 1 / n), n their
     last dimension (the fan-in of a torch weight), so the conditionals' means and log-scales
     stay of order one and samples finite (an unscaled draw lets log-scales grow with each value).
+    Then (but for a closed-form fit) ``tame`` halves the parameters until the conditionals'
+    parameters are within +-TAME_LIMIT on probe images.
     """
     gen = torch.Generator().manual_seed(seed)
     continuous = not is_discrete(model)
@@ -115,6 +117,38 @@ def randomize(model, seed: int = 0, *, buffers: bool = False) -> None:
             model.fit_closed_form(random_values(model.event_shape, 2000, seed=seed))
         else:
             model.fit_closed_form(random_images(model.event_shape, model.num_categories, seed=seed))
+    else:
+        tame(model, seed)
+
+
+TAME_LIMIT = 20.0  # the largest |parameter| of a conditional that the kit's random draw keeps
+TAME_HALVINGS = 30
+
+
+def tame(model, seed: int = 0) -> int:
+    """Halve every floating parameter of ``model`` (in place) until the finite parameters of its
+    conditionals on 20 probe images (``random_images``, or ``random_values`` for real values, seeded
+    with ``seed``) are within +-TAME_LIMIT, at most TAME_HALVINGS times: an N(0, 1) draw through a
+    wide or deep network gives logits in the hundreds, which no model meets in training and which
+    make float32 rounding (export parity) look like a defect. Returns the number of halvings; a
+    model whose conditionals raise or are not finite at all is left as it is (the checks say why)."""
+    probe = (random_images(model.event_shape, model.num_categories, 20, seed) if is_discrete(model)
+             else random_values(model.event_shape, 20, seed).to(model.value_dtype))
+    for halvings in range(TAME_HALVINGS + 1):
+        try:
+            with torch.no_grad():
+                params = model.family.unpack(model.family.params(model.conditional_params(probe)))
+            finite = [t[torch.isfinite(t)] for t in params]
+        except Exception:  # noqa: BLE001 - the checks report a model that cannot run
+            return halvings
+        largest = max((float(t.abs().max()) for t in finite if t.numel()), default=0.0)
+        if largest <= TAME_LIMIT or halvings == TAME_HALVINGS:
+            return halvings
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.is_floating_point():
+                    param.mul_(0.5)
+    return TAME_HALVINGS
 
 
 def takes(factory, key: str) -> bool:
