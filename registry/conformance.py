@@ -84,7 +84,8 @@ from .checks.gradients import gradient_path
 from .checks.files import EXPORT_TOL, NO_EXPORTER, export, round_trip
 from .checks.sampling import SAMPLING_ALPHA, SAMPLING_SIZE, chi_square, ks_p_value, rosenblatt, sampling, spread_out
 from .checks.subject import (DEFAULT_ORDERINGS, FLOAT64_TOL, CheckFailed, CheckSkipped, Subject, all_images,
-                             describe, image_index, in_float64, random_images, random_values, randomize, tolerance)
+                             describe, image_index, in_float64, random_images, random_values, randomize, space,
+                             tolerance)
 from .api import get_catalog
 from .errors import ConfigError
 
@@ -188,6 +189,29 @@ def run_checks(model: str | Callable, config: dict | None = None, *, checks=None
     return [run_check(n, subject, threads=threads) for n in names if n not in skip]
 
 
+COLOUR_SPACES = {True: (((3, 1, 2), 2), ((3, 1, 1), 3)), False: (((3, 1, 1), 0),)}
+COLOUR_LEFT_OUT = ("round_trip", "export")  # they do not depend on the space's channels
+
+
+def run_colour_checks(model: str | Callable, config: dict | None = None, *, checks=None, skip=(),
+                      prepare: Callable | None = None, threads: int = 1) -> list[CheckResult]:
+    """The checks again on colour spaces (``COLOUR_SPACES``: C = 3, the channels of a pixel generated
+    R, G, B), each result named "NAME (colour)", but those in COLOUR_LEFT_OUT. A model that refuses
+    C = 3 (ConfigError) gives one skipped result, "colour", saying so. Reversed channel masks pass
+    on one-channel spaces: this is where ``causality`` meets them."""
+    subject = Subject(model, config, prepare)
+    subject.spaces = COLOUR_SPACES[subject.discrete]
+    start = time.perf_counter()
+    try:
+        subject.build(*subject.spaces[0])
+    except ConfigError as exc:
+        return [CheckResult("colour", SKIPPED, f"not run: the model refuses {space(*subject.spaces[0], None)}: {exc}",
+                            time.perf_counter() - start)]
+    names = [n for n in (checks or all_checks()) if n not in (*skip, *COLOUR_LEFT_OUT)]
+    results = run_checks(model, config, checks=names, prepare=prepare, spaces=subject.spaces, threads=threads)
+    return [CheckResult(f"{r.name} (colour)", r.status, r.detail, r.seconds) for r in results]
+
+
 def _single(name: str, doc: str) -> Callable[..., CheckResult]:
     """``check_NAME(model, config=None, **options)``: ``run_check(NAME, ...)``, documented by ``doc``."""
     def check(model, config=None, **options) -> CheckResult:
@@ -209,7 +233,7 @@ check_round_trip = _single("round_trip", "Checkpoint save and load through the r
 check_export = _single("export", "ONNX export parity (skipped without the exporter's plugin).")
 
 
-__all__ = ["CHECKS", "all_checks", "CheckFailed", "CheckResult", "CheckSkipped", "DEFAULT_ORDERINGS", "EXPORT_TOL", "FLOAT64_TOL",
+__all__ = ["CHECKS", "COLOUR_SPACES", "all_checks", "run_colour_checks", "CheckFailed", "CheckResult", "CheckSkipped", "DEFAULT_ORDERINGS", "EXPORT_TOL", "FLOAT64_TOL",
            "NORMALIZATION_TOL", "NO_EXPORTER", "SAMPLING_ALPHA", "SAMPLING_SIZE", "Subject", "all_images",
            "check_causality", "check_chain_rule", "check_export", "check_normalization", "check_round_trip",
            "check_sampling", "check_gradient_path", "check_step", "chi_square", "image_index", "in_float64", "ks_p_value", "one_torch_thread",
