@@ -65,7 +65,8 @@ def test_its_model_passes_the_conformance_kit(generated):
     """Every check but export (14 s here; .ci/run's scaffold step runs it), through the registered name."""
     results = run_checks("toy-ar", skip=("export",))
     assert [(r.name, r.status) for r in results] == [
-        (name, "passed") for name in ("normalization", "chain_rule", "causality", "step", "sampling", "round_trip")]
+        (name, "passed") for name in ("normalization", "chain_rule", "causality", "gradient_path", "step", "sampling",
+                                      "round_trip")]
     shared = run_checks("toy-ar", {"shared": True}, checks=["normalization", "step", "sampling"])
     assert all(r.status == "passed" for r in shared), [r.detail for r in shared]
 
