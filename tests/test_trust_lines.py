@@ -4,11 +4,8 @@ values, --perturb on --resume, a swapped step graph, and a float .npz for a mode
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import shutil
-import zipfile
 
 import numpy as np
 import pytest
@@ -17,6 +14,7 @@ from click.testing import CliRunner
 from densreg.app.cli import cli
 from densreg.registry import create_model, save_checkpoint
 from densreg.registry.checkpoint import read_tensors, save_tensors
+from hostile_trust import crafted_npy, crafted_npz, swapped_step
 
 
 def run(*args):
@@ -31,12 +29,6 @@ def one_line_error(result, *parts):
         assert part in text, text
 
 
-def crafted_npy(elements: int) -> bytes:
-    header = f"{{'descr': '<f8', 'fortran_order': False, 'shape': ({elements},), }}".encode()
-    header += b" " * (63 - len(header) % 64) + b"\n"
-    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(64)
-
-
 @pytest.fixture
 def bern(tmp_path):
     path = tmp_path / "b.safetensors"
@@ -46,10 +38,7 @@ def bern(tmp_path):
 
 @pytest.fixture
 def crafted(tmp_path):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("images.npy", crafted_npy(64 * 10**9))
-    (tmp_path / "big.npz").write_bytes(buffer.getvalue())
+    crafted_npz(tmp_path / "big.npz", 64 * 10**9)
     (tmp_path / "lone.npz").write_bytes(crafted_npy(7 * 10**13))
     return tmp_path
 
@@ -129,12 +118,8 @@ def test_a_log_with_an_infinite_value_is_one_line_in_plot(tmp_path):
 def test_a_swapped_step_graph_is_named(tmp_path, bern):
     from densreg.export import export_model
 
-    folder = tmp_path / "ex"
-    export_model(create_model("markov", (1, 8, 8), order=1), folder, parity=False)
-    shutil.copy(folder / "conditionals.onnx", folder / "step.onnx")
-    manifest = json.loads((folder / "manifest.json").read_text())
-    data = (folder / "step.onnx").read_bytes()
-    manifest["files"]["step.onnx"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    export_model(create_model("markov", (1, 8, 8), order=1), tmp_path / "ex", parity=False)
+    folder = tmp_path / "swapped"
+    swapped_step(tmp_path / "ex", folder)
     result = run("sample", folder, "-n", "2", "--out", tmp_path / "s.png")
     assert result.exit_code == 1 and "step.onnx takes the inputs images, but the step graph" in result.output
