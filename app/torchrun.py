@@ -22,7 +22,8 @@ from densreg.registry import ConfigError, DensregError
 
 from .launcher import BACKEND_ENV
 
-AGENT_LOG = re.compile(r"^\[?[IWEF]\d{4} \d\d:\d\d:\d\d")  # torch.distributed.elastic's log lines
+# torch.distributed.elastic's log lines, and torchrun's OMP_NUM_THREADS banner (between lines of stars)
+AGENT_LOG = re.compile(r"^(\[?[IWEF]\d{4} \d\d:\d\d:\d\d|\*+$|\s*$|Setting OMP_NUM_THREADS environment variable)")
 
 
 class WorkerFailed(DensregError):

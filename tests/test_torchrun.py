@@ -73,3 +73,13 @@ def test_the_workers_error_line_is_said_once_and_torchruns_traceback_is_hidden(t
         torchrun.run_torchrun([sys.executable, "-c", script], tmp_path / "x.last.safetensors")
     err = capfd.readouterr().err
     assert "epoch 1: train 3.0" in err and "Traceback" not in err and "Error:" not in err
+
+
+def test_a_real_torchrun_whose_rank_1_is_killed_ends_in_that_one_line(tmp_path, capfd):
+    script = tmp_path / "kill.py"
+    script.write_text("import os, signal, time\nif os.environ['RANK'] == '1':\n"
+                      "    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(3)\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    with pytest.raises(torchrun.WorkerFailed, match=r"^rank 1 was killed by SIGKILL; no epoch had finished"):
+        torchrun.run_torchrun(command, tmp_path / "x.last.safetensors")
+    assert capfd.readouterr().err.strip() == ""  # torchrun's banner, log lines and traceback are not shown
