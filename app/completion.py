@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from densreg.registry.datasets import levels_to_8bit
 from densreg.registry.errors import ConfigError
+from densreg.registry.limits import check_memory
 
 from .images import image_grid
 from .scoring import is_export
@@ -54,6 +55,9 @@ def complete(model, images, keep: int, samples: int = 4, seed: int | None = 0, n
         raise ConfigError(f"keep must lie in 0..{positions} (the values per image), got {keep}")
     if samples < 1:
         raise ConfigError(f"samples must be at least 1, got {samples}")
+    # kept values, noise, drawn values and their reordering (8 bytes each), and the step's work per value
+    check_memory(count * samples * positions * 48, f"{samples} completions of each of {count} images of "
+                 f"{positions} values", "lower -n (completions per image) or --limit")
     images = model.validate(images)
     images = images if isinstance(images, np.ndarray) else images.cpu().numpy()
     order = order_of(model)

@@ -10,13 +10,12 @@ to the model's H x W (Lanczos on the 8-bit values, before binning).
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from densreg.registry.datasets import quantize
+from densreg.registry.datasets import open_npz, quantize, read_npz_member, validate_real_images
 from densreg.registry.errors import DataError
 
 PNG_SUFFIXES = (".png",)
@@ -43,28 +42,27 @@ def read_png(path: Path, event_shape: tuple[int, int, int], num_categories: int,
 
 
 def read_npz(path: Path, event_shape: tuple[int, int, int], num_categories: int) -> np.ndarray:
-    """An archive's array ``images`` (or its only array): (N, C, H, W) or (N, H, W) when C = 1."""
+    """An archive's array ``images`` (or its only array): (N, C, H, W) or (N, H, W) when C = 1; levels
+    0..K-1 as int64, or finite real values as float32 for a model of real values (``num_categories`` 0)."""
     array = read_npz_array(path)
     if array.ndim == 3 and event_shape[0] == 1:
         array = array[:, None]
+    if num_categories == 0:  # a model of real values (K = 0): finite floats, not levels
+        try:
+            return validate_real_images(array, event_shape)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from None
     return check_images(array, event_shape, num_categories, str(path))
 
 
 def read_npz_array(path: Path) -> np.ndarray:
     """An archive's array ``images``, or its only array (``densreg sample --npz`` writes 'samples'),
-    as stored; no pickle."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = list(archive.files)
-            if "images" in names:
-                array = archive["images"]
-            elif len(names) == 1:
-                array = archive[names[0]]
-            else:
-                raise DataError(f"{path} holds arrays {', '.join(names) or 'none'}; name the images 'images'")
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable .npz archive: {exc}") from exc
-    return array
+    as stored; no pickle, and bounded as dataset files are (registry.datasets.read_npz_member)."""
+    with open_npz(path, "an array 'images'") as archive:
+        names = list(archive.files)
+        if "images" not in names and len(names) != 1:
+            raise DataError(f"{path} holds arrays {', '.join(names) or 'none'}; name the images 'images'")
+        return read_npz_member(path, archive, "images" if "images" in names else names[0])
 
 
 def check_images(array, event_shape, num_categories: int, source: str) -> np.ndarray:
@@ -91,6 +89,9 @@ def read_images(path, event_shape, num_categories: int, resize: bool = False) ->
     """
     path = Path(path)
     event_shape = tuple(event_shape)
+    if num_categories == 0 and path.suffix.lower() != ".npz":
+        raise DataError(f"{path}: a model of real values takes an .npz of real values (array 'images'), "
+                        "not pictures")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in PNG_SUFFIXES and p.is_file())
         if not files:

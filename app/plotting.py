@@ -32,9 +32,13 @@ def read_log(path) -> list[dict]:
             entry = json.loads(line)
             entries.append({"epoch": int(entry["epoch"]), "train_nll": float(entry["train_nll"]),
                             "valid_nll": float(entry["valid_nll"])})
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise DataError(f"{path}, line {number}: not a training-log entry "
                             f"(JSON with epoch, train_nll, valid_nll): {exc}") from exc
+        bad = [key for key in ("train_nll", "valid_nll") if not math.isfinite(entries[-1][key])]
+        if bad:
+            raise DataError(f"{path}, line {number}: {bad[0]} is {entries[-1][bad[0]]}, not a finite number "
+                            "(a diverged epoch?); plot draws finite NLLs only")
     if not entries:
         raise DataError(f"{path} has no epochs logged")
     return entries

@@ -15,7 +15,8 @@ import torch
 
 from densreg.registry import CheckpointError, ConfigError, atomic_write_bytes, save_checkpoint
 from densreg.registry.checkpoint import read_tensors
-from densreg.registry.locking import output_lock, remove_orphans
+from densreg.registry.locking import remove_orphans
+from densreg.registry.outputs import writing
 from densreg.registry.saved import parse_json
 
 from . import distributed
@@ -42,18 +43,21 @@ def run_paths(out) -> RunPaths:
     return RunPaths(out, out.with_name(out.stem + ".log.jsonl"), out.with_name(out.stem + ".last.safetensors"))
 
 
+RUN_KINDS = ("checkpoint", "log", "checkpoint")  # what each of RunPaths holds (registry/outputs.py)
+
+
 @contextmanager
-def locked_run(out):
+def locked_run(out, force: bool = False):
     """Hold the output lock of every file of the run of ``out`` (nothing when ``out`` is None, or
     on a rank other than 0 under torchrun: rank 0 alone writes).
 
-    A second run on the same files raises DataError at once; temporary files that a killed
-    run left behind are removed once the lock is held.
+    A second run on the same files raises DataError at once, as does a file of the run's name
+    that holds another kind (a picture where the log goes), unless ``force``; temporary files
+    that a killed run left behind are removed once the lock is held.
     """
     with ExitStack() as stack:
         if out is not None and distributed.world().leader:
-            for path in run_paths(out):
-                stack.enter_context(output_lock(path))
+            stack.enter_context(writing(zip(run_paths(out), RUN_KINDS), force))
             for path in run_paths(out):
                 remove_orphans(path)
         yield
@@ -124,6 +128,10 @@ def load_resume_state(run: GradientRun) -> None:
         epoch, best, log = int(resume["epoch"]), dict(resume["best"]), list(resume["log"])
         groups, saved_options = resume["param_groups"], dict(resume["options"])
         float(best["valid_nll_nats"]), int(best["epoch"]), int(best["bad_epochs"])
+        for group in groups:  # Adam would fail on its first step with a TypeError
+            for key in ("lr", "weight_decay", "eps"):
+                if isinstance(group[key], bool) or not isinstance(group[key], (int, float)):
+                    raise ValueError(f"its optimizer's {key} is {group[key]!r}, not a number")
     except (KeyError, ValueError, TypeError) as exc:
         what = f"lacks {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
         raise CheckpointError(f"{path} is not a usable densreg resume state ({what}); expected the "
@@ -156,6 +164,10 @@ def load_resume_state(run: GradientRun) -> None:
     run.epoch, run.best, run.log = epoch, best, log
     inherited = {key: saved_options[key] for key in INHERITED  # not given again: as interrupted
                  if key not in run.given and key in saved_options}
-    run.opts = run.opts.replace(**inherited)
+    try:
+        run.opts = run.opts.replace(**inherited)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} holds a damaged resume state (its option {exc}); start again without "
+                              "--resume or restore the file") from exc
     for group in run.optimizer.param_groups:
         group["weight_decay"] = run.opts.weight_decay

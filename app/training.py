@@ -36,7 +36,7 @@ import time
 
 import torch
 
-from densreg.registry import ConfigError, save_checkpoint
+from densreg.registry import ConfigError, DataError, save_checkpoint
 
 from . import distributed
 from .evaluation import evaluate
@@ -64,6 +64,8 @@ def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, *, out=No
     Returns train_nll_nats, valid_nll_nats, epochs, best_epoch, stopped, seconds (this call).
     """
     start = time.perf_counter()
+    if len(train) == 0:  # nothing to fit, and an empty batch would fail deep inside the model
+        raise DataError("the train split holds no images; there is nothing to fit")
     name = name or checkpoint_name(model)
     with using_threads(model, options.get("threads")):
         return _fit(model, train, valid, start, out, resume, progress, name, metrics, list(log_to), options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -56,17 +57,21 @@ class TrainingOptions:
         def positive_int(value) -> bool:
             return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
+        def number(value) -> bool:  # a finite int or float (a resume state may hold anything)
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
         need(positive_int(self.epochs), "epochs", ">= 1")
         need(positive_int(self.batch_size), "batch_size", ">= 1")
         need(positive_int(self.patience), "patience", ">= 1")
-        need(self.lr > 0, "lr", "> 0")
-        need(0 < self.lr_decay <= 1, "lr_decay", "in (0, 1]")
-        need(self.weight_decay >= 0, "weight_decay", ">= 0")
-        need(self.clip_grad is None or self.clip_grad > 0, "clip_grad", "> 0")
-        need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "> 0")
+        need(number(self.lr) and self.lr > 0, "lr", "a number > 0")
+        need(number(self.lr_decay) and 0 < self.lr_decay <= 1, "lr_decay", "a number in (0, 1]")
+        need(number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        need(self.clip_grad is None or number(self.clip_grad) and self.clip_grad > 0, "clip_grad", "a number > 0")
+        need(self.max_minutes is None or number(self.max_minutes) and self.max_minutes > 0, "max_minutes",
+             "a number > 0")
         need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
         need(self.threads is None or positive_int(self.threads), "threads", ">= 1")
-        need(self.ema is None or 0 <= self.ema < 1, "ema", "in [0, 1)")
+        need(self.ema is None or number(self.ema) and 0 <= self.ema < 1, "ema", "a number in [0, 1)")
         need(self.device is None or is_device(self.device), "device", "a torch device such as cpu, cuda or cuda:1")
 
     def replace(self, **changes) -> "TrainingOptions":

@@ -37,8 +37,8 @@ from densreg.registry.version import __version__
 from . import format as fmt
 from . import legacy
 from . import manifest as manifest_file
-from .sessions import (CPU, CUDA, DEFAULT_SAMPLING_THREADS, DEFAULT_SCORING_THREADS, PROVIDER_CHOICES, open_session,
-                       resolve_providers, resolve_threads, runtime_info, session_options, usable_providers)
+from .sessions import (CPU, CUDA, DEFAULT_SAMPLING_THREADS, DEFAULT_SCORING_THREADS, PROVIDER_CHOICES, check_inputs,
+                       open_session, resolve_providers, resolve_threads, runtime_info, session_options, usable_providers)
 
 ENGINES = ("steps", "graph")
 
@@ -135,6 +135,9 @@ class ExportedModel:
         self.event_shape = self.info.event_shape
         self.num_categories = self.info.num_categories
         self.num_positions = int(np.prod(self.event_shape))
+        check_inputs(self.conditionals, self.path / fmt.CONDITIONALS, {"images"})
+        states = {spec["name"] for spec in self.state_specs}
+        check_inputs(self.step_session, self.path / fmt.STEP, {"value", "position", *states})
         self._step_inputs = {i.name for i in self.step_session.get_inputs()}
         self._step_outputs = [o.name for o in self.step_session.get_outputs()]
         if self.order.shape != (self.num_positions,) or not np.array_equal(np.sort(self.order),

@@ -55,6 +55,16 @@ def open_session(path: Path, providers: list[str], options: ort.SessionOptions,
         raise RuntimeLoadError(f"{path} is not a loadable ONNX model (truncated or corrupt?): {first}") from exc
 
 
+def check_inputs(session: ort.InferenceSession, path: Path, accepted: set[str]) -> None:
+    """RuntimeLoadError when the graph ``path`` needs an input that is not among ``accepted`` (the names
+    its role in the folder is fed with): a graph saved under another graph's name."""
+    needed = sorted(i.name for i in session.get_inputs())
+    if not set(needed) <= accepted:
+        raise RuntimeLoadError(f"{path} takes the inputs {', '.join(needed)}, but the {path.stem} graph of an "
+                               f"export takes {', '.join(sorted(accepted))}; is another graph saved as {path.name}? "
+                               "(export the checkpoint again)")
+
+
 def runtime_info() -> dict:
     """onnxruntime version, device, the providers it lists and those that actually load."""
     usable = usable_providers()

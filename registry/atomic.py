@@ -55,7 +55,8 @@ def check_target(path: str | os.PathLike, kind: str = "file") -> None:
         raise DataError(f"refusing to write {path}: it is a symbolic link; give the real path")
     is_kind = stat.S_ISDIR(info.st_mode) if kind == "folder" else stat.S_ISREG(info.st_mode)
     if not is_kind:
-        what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
+        what = ("a folder" if stat.S_ISDIR(info.st_mode) else "a file" if stat.S_ISREG(info.st_mode)
+                else "not a regular file (a FIFO, device or socket)")
         raise DataError(f"refusing to write {path}: it is {what}; expected a {kind} or nothing there")
     if not info.st_mode & 0o222:
         raise DataError(f"refusing to write {path}: it is read-only")

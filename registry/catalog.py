@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from .datasets import Dataset
 from .errors import ConfigError, PluginError, UnknownNameError
-from .plugin_manager import BUILTIN_DISTRIBUTION, PluginHost, PluginInfo, describe_exception, strict_plugins
+from .plugin_manager import (BUILTIN_DISTRIBUTION, PluginHost, PluginInfo, describe_exception, left_out_note,
+                             strict_plugins)
 
 DEFAULT_EVENT_SHAPE = (1, 28, 28)
 
@@ -119,6 +120,7 @@ class Catalog:
     models: dict[str, list[ModelSpec]] = field(default_factory=dict)
     datasets: dict[str, list[Dataset]] = field(default_factory=dict)
     checks: dict[str, Callable[..., str]] = field(default_factory=dict)
+    check_plugins: dict[str, str] = field(default_factory=dict)  # check name -> the plugin that registered it
 
     @classmethod
     def from_host(cls, host: PluginHost) -> "Catalog":
@@ -126,7 +128,24 @@ class Catalog:
         host.call_each("register_models", lambda info: {"register": catalog._model_registrar(info)})
         host.call_each("register_datasets", lambda info: {"register": catalog._dataset_registrar(info)})
         host.call_each("register_checks", lambda info: {"register": catalog._check_registrar(info)})
+        catalog._roll_back({info.name for info in host.failed()})
         return catalog
+
+    def _roll_back(self, plugins: set[str]) -> None:
+        """Drop what ``plugins`` registered: a plugin whose hook raised half-way counts as not loaded
+        (no model of it stays registered while it is reported as failed)."""
+        for table in (self.models, self.datasets):
+            for name in list(table):
+                table[name] = [entry for entry in table[name] if entry.plugin not in plugins]
+                if not table[name]:
+                    del table[name]
+        for name in [name for name, plugin in self.check_plugins.items() if plugin in plugins]:
+            del self.checks[name], self.check_plugins[name]
+
+    def registered_by(self, plugin: str) -> list[str]:
+        """The names of the models and datasets that ``plugin`` registered (and that stay registered)."""
+        return sorted(entry.name for table in (self.models, self.datasets) for group in table.values()
+                      for entry in group if entry.plugin == plugin)
 
     def _check_registrar(self, info: PluginInfo):
         def register(name: str, check: Callable[..., str]) -> None:
@@ -137,6 +156,7 @@ class Catalog:
             if name in self.checks:
                 raise ConfigError(f"conformance check {name!r} is already registered")
             self.checks[name] = check
+            self.check_plugins[name] = info.name
         return register
 
     def _model_registrar(self, info: PluginInfo):
@@ -170,7 +190,7 @@ class Catalog:
         if not candidates:
             known = ", ".join(sorted(table)) or "none"
             raise UnknownNameError(f"unknown {kind} {name!r}; installed {kind}s: {known}"
-                                   + self.failed_plugins_note())
+                                   + self.failed_plugins_note() + left_out_note())
         if len(candidates) > 1 and not plugin:  # a built-in keeps its bare name
             builtins = [c for c in candidates if c.distribution == BUILTIN_DISTRIBUTION]
             candidates = builtins if len(builtins) == 1 else candidates

@@ -28,6 +28,7 @@ from .api import create_model, describe_model, model_spec
 from .atomic import atomic_write_bytes
 from .errors import CheckpointError, ConfigError, UnknownNameError
 from .limits import check_memory
+from .plugin_manager import left_out_note
 from .saved import SavedModelInfo, parse_json
 
 FORMAT = "densreg-checkpoint/1"
@@ -277,6 +278,10 @@ def saved_model_name(path, info: SavedModelInfo) -> str:
     except UnknownNameError:
         pass
     dist = info.distribution
+    filtered = left_out_note(info.plugin, dist if dist != "in-process" else "")
+    if filtered:  # installed, but DENSREG_LOAD_PLUGINS leaves it out
+        raise CheckpointError(f"{path} holds model {info.model!r} of {info.provenance}, which is not loaded"
+                              + filtered)
     hint = f"pip install {dist}" if dist and dist != "in-process" else "register that plugin first"
     raise CheckpointError(f"{path} holds model {info.model!r} of {info.provenance}, which is not installed "
                           f"here: {hint}")

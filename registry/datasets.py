@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import math
 import os
+import stat
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, DensregError
+from .limits import check_memory
 
 
 def cache_dir() -> Path:
@@ -53,10 +57,25 @@ class Dataset:
         return math.prod(self.event_shape)
 
     def load_split(self, split: str, data: str | None = None, download: bool = False) -> np.ndarray:
-        """The reader's array for ``split`` as it returned it (unchecked); DataError for an unknown split."""
+        """The reader's array for ``split`` as it returned it (unchecked); DataError for an unknown split.
+
+        What the reader raises, other than densreg's own errors, is reported in one line naming the
+        dataset and its plugin: a DataError for an OSError (a missing or unreadable file), else a
+        PluginError (a bug in the reader), the reader's exception as its cause."""
         if split not in self.splits:
             raise DataError(f"dataset {self.name!r} has no split {split!r}; splits: {', '.join(self.splits)}")
-        return np.asarray(self.load(split, data, download))
+        try:
+            return np.asarray(self.load(split, data, download))
+        except (DensregError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a plugin's reader raises
+            from .errors import PluginError
+            from .plugin_manager import describe_exception
+
+            error = DataError if isinstance(exc, OSError) else PluginError
+            raise error(f"dataset {self.name!r} of plugin {self.plugin or 'in-process'} "
+                        f"({self.distribution or 'in-process'}) could not read split {split!r}: "
+                        f"{describe_exception(exc)}") from exc
 
     def as_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "event_shape": list(self.event_shape),
@@ -105,3 +124,51 @@ def levels_to_8bit(values: np.ndarray, num_categories: int) -> np.ndarray:
     lowest = -((-values * 256) // num_categories)  # ceil(v * 256 / K), the bin's first value
     highest = -((-(values + 1) * 256) // num_categories) - 1
     return np.clip(linear, lowest, highest).astype(np.uint8)
+
+
+def open_npz(path: str | os.PathLike, expected: str):
+    """``path`` opened as an .npz archive (numpy's NpzFile, without pickle; close it, e.g. ``with``);
+    DataError saying ``expected`` (e.g. "arrays train, valid and test") for anything else. A lone
+    .npy file is refused before numpy reads it (numpy would allocate what its header declares)."""
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise DataError(f"{path} is not a regular file; expected an .npz archive with {expected}")
+        with open(path, "rb") as handle:
+            single = handle.read(6) == b"\x93NUMPY"
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not single:
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"cannot read {path} as an .npz archive ({type(exc).__name__}: {exc}); expected a zip "
+                            f"of .npy arrays with {expected}") from None
+        if isinstance(archive, np.lib.npyio.NpzFile):
+            return archive
+    raise DataError(f"{path} holds a single array, not an .npz archive with {expected}")
+
+
+def read_npz_member(path: str | os.PathLike, archive, name: str) -> np.ndarray:
+    """Array ``name`` of the open .npz ``archive`` (``open_npz``) of ``path``, read only after the
+    size its .npy header declares is checked: no more than the entry holds uncompressed, and within
+    the memory available (``check_memory``, twice the array: numpy allocates it before reading)."""
+    if name not in archive.files:
+        raise DataError(f"{path} has no array {name!r}; it has {', '.join(archive.files) or 'none'}")
+    member = name + ".npy" if name + ".npy" in archive.zip.namelist() else name
+    try:
+        with archive.zip.open(member) as handle:
+            version = np.lib.format.read_magic(handle)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(handle)  # the header only
+        declared = math.prod(shape) * dtype.itemsize
+        stored = archive.zip.getinfo(member).file_size
+        if declared > stored:
+            raise DataError(f"{path}: array {name!r} declares shape {shape} of {dtype} ({declared} bytes), but its "
+                            f"entry holds {stored} bytes; the archive is corrupt")
+        check_memory(2 * declared, f"reading array {name!r} of {path}", "use a smaller file")
+        return archive[name]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        if isinstance(exc, DensregError):  # a DataError above, or check_memory's ConfigError
+            raise
+        raise DataError(f"cannot read array {name!r} of {path} ({type(exc).__name__}: {exc})") from None

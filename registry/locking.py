@@ -59,13 +59,18 @@ def _acquire(lock: Path, path: Path) -> int:
 _HELD: set[Path] = set()  # locks this process holds (re-entering one is a no-op)
 
 
+def holds(path: str | os.PathLike) -> bool:
+    """Whether this process already holds the output lock of ``path``."""
+    return lock_path(path).resolve() in _HELD
+
+
 @contextmanager
-def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+def output_lock(path: str | os.PathLike, kind: str = "file") -> Iterator[Path]:
     """Hold the exclusive lock of output ``path`` (a DataError if another process holds it).
 
     Yields ``path``. Re-entrant within a process. The output itself must be absent or a
-    writable regular file (atomic.check_target). The lock file holds the holder's pid and
-    is removed on release.
+    writable regular file (``kind="folder"``: a folder; atomic.check_target). The lock file
+    holds the holder's pid and is removed on release.
     """
     path = Path(path)
     lock = lock_path(path)
@@ -73,7 +78,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
     if key in _HELD:
         yield path
         return
-    check_target(path)
+    check_target(path, kind)
     check_target(lock)  # a symlink or FIFO planted as the lock file is refused, not followed
     lock.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -6,7 +6,8 @@ first, so a third party that reuses one of their names is the one reported and s
 
 Environment: ``DENSREG_STRICT_PLUGINS=1`` makes a plugin failure fatal (a PluginError of
 one line, the plugin's exception as its cause); ``DENSREG_LOAD_PLUGINS=a,b`` loads only
-the named entry points.
+the named entry points, densreg's own included (``baselines``, ``nade``, ... must be named
+to be loaded); a model or checkpoint of a plugin it leaves out says so (``left_out_note``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,29 @@ def _selected_names() -> set[str] | None:
     if raw is None:
         return None
     return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+def left_out(plugin: str = "", distribution: str = "") -> list[str]:
+    """The installed entry points that $DENSREG_LOAD_PLUGINS leaves out ([] when it is not set): the one
+    named ``plugin`` if it is left out, else those of ``distribution``; all of them when neither is given."""
+    wanted = _selected_names()
+    if wanted is None:
+        return []
+    found = {ep.name: provenance(ep)[0] for ep in entry_points(group=GROUP) if ep.name not in wanted}
+    if plugin in found:
+        return [plugin]
+    if plugin or distribution:
+        return sorted(name for name, dist in found.items() if distribution and dist == distribution)
+    return sorted(found)
+
+
+def left_out_note(plugin: str = "", distribution: str = "") -> str:
+    """"; DENSREG_LOAD_PLUGINS=... leaves out the installed plugin(s) a, b" (see ``left_out``), or ""."""
+    names = left_out(plugin, distribution)
+    if not names:
+        return ""
+    return (f"; DENSREG_LOAD_PLUGINS={os.environ['DENSREG_LOAD_PLUGINS']} leaves out the installed "
+            f"plugin{'s' if len(names) > 1 else ''} {', '.join(names)} (add it to the variable, or unset it)")
 
 
 def describe_exception(exc: BaseException) -> str:

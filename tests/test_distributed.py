@@ -310,18 +310,19 @@ def test_shards_gather_in_input_order_and_rank_0_shares_its_files(tmp_path):
 
 
 def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch, tmp_path):
+    from densreg.app import torchrun as watched
+
     launched = []
-    monkeypatch.setattr(os, "execv", lambda path, args: launched.append((path, args)) or sys.exit(0))
+    monkeypatch.setattr(watched, "run_torchrun", lambda command, state, debug: launched.append(command))
     out = str(tmp_path / "x.safetensors")
     result = CliRunner().invoke(cli, ["train", "nade", "--dataset", "digits", "--nproc", "3", "--out", out,
-                                      "--epochs", "2", "--nproc=3"])
+                                      "--epochs", "2", "--nproc=3", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    [(path, args)] = launched
-    assert path == sys.executable
+    [args] = launched
     assert args == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
                     "--nproc-per-node", "3", "-m", "densreg", "train", "nade", "--dataset", "digits", "--out", out,
-                    "--epochs", "2"]
-    assert "launching: " in result.stderr
+                    "--epochs", "2", "--device", "cpu"]
+    assert "training with torchrun: " in result.stderr
 
 
 def test_distributed_option_errors(monkeypatch, tmp_path):

@@ -32,8 +32,10 @@ import pytest
 
 from hostile_cases import Case, Catalogue, argument_cases, name_cases, target_cases
 from hostile_crafted import checkpoint_cases, data_cases, export_cases, resume_cases
+from hostile_trust import trust_cases
 
-GROUPS = (checkpoint_cases, resume_cases, export_cases, data_cases, argument_cases, target_cases, name_cases)
+GROUPS = (checkpoint_cases, resume_cases, export_cases, data_cases, argument_cases, target_cases, name_cases,
+          trust_cases)
 OUTCOMES = ("error", "ok", "traceback", "hang", "unbounded allocation", "data lost", "accepted")
 TIMEOUT_S = float(os.environ.get("DENSREG_HOSTILE_TIMEOUT", 90))
 MEMORY_BYTES = int(float(os.environ.get("DENSREG_HOSTILE_MEMORY_GIB", 8)) * 2**30)

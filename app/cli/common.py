@@ -88,6 +88,31 @@ def threads_option(func):
                         "honoured before the default).")(run)
 
 
+FORCE_HELP = "Replace an existing file of another kind (e.g. a checkpoint or a training log by a picture)."
+
+
+def force_option(func):
+    """``--force``: let the command replace an existing output of another kind (registry/outputs.py)."""
+    return click.option("--force", is_flag=True, help=FORCE_HELP)(func)
+
+
+def writes(**kinds):
+    """Decorate a command whose options ``kinds`` name the files it writes ({option: kind}, a
+    registry.outputs KINDS key or a function of the path giving one): the command runs holding
+    their output locks, after the check that none replaces a file of another kind; adds --force."""
+    def decorate(func):
+        @functools.wraps(func)
+        def run(*args, force=False, **kwargs):
+            from densreg.registry.outputs import writing
+
+            outputs = [(kwargs.get(option), kind(kwargs[option]) if callable(kind) and kwargs.get(option) else kind)
+                       for option, kind in kinds.items()]
+            with writing(outputs, force):
+                return func(*args, **kwargs)
+        return force_option(run)
+    return decorate
+
+
 def data_options(func):
     func = click.option("--download", is_flag=True, help="Fetch the dataset's published files if needed.")(func)
     func = click.option("--data", "data_path", default=None, help="Path to the dataset's files.")(func)

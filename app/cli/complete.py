@@ -11,7 +11,7 @@ import numpy as np
 from densreg.app.completion import complete, completion_grid, keep_for_rows, order_of
 from densreg.registry import atomic_write_bytes, hookimpl
 
-from .common import images_option, load_inputs, load_model_or_export, refuse_real_values, threads_option
+from .common import images_option, load_inputs, load_model_or_export, refuse_real_values, threads_option, writes
 
 
 @click.command(name="complete")
@@ -31,6 +31,7 @@ from .common import images_option, load_inputs, load_model_or_export, refuse_rea
 @click.option("--npz", "npz_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the raw completions (array 'completions', uint8 M x n x C x H x W, and 'images').")
 @threads_option
+@writes(out="png", npz_path="npz")
 def complete_command(model_path, dataset, data_path, split, images_path, resize, keep, keep_rows, samples, limit,
                      seed, out, npz_path):
     """Complete images from their first values, sampling the rest exactly from p(x_rest | x_kept).

@@ -6,7 +6,7 @@ import click
 
 from densreg.registry import hookimpl
 
-from .common import echo_json, threads_option
+from .common import echo_json, threads_option, writes
 
 
 @click.command(name="export")
@@ -18,6 +18,7 @@ from .common import echo_json, threads_option
 @click.option("--no-parity", is_flag=True, help="Skip the onnxruntime-vs-torch parity check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 @threads_option
+@writes(out="export")
 def export_command(checkpoint, out, dtype, no_parity, as_json):
     """Export a checkpoint to an ONNX folder a serving team can run with onnxruntime and numpy
     alone, check it, and compare onnxruntime with torch."""

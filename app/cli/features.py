@@ -12,7 +12,7 @@ import numpy as np
 from densreg.app.features import extract_features
 from densreg.registry import atomic_write_bytes, hookimpl
 
-from .common import images_option, load_inputs, load_model_or_export, threads_option
+from .common import images_option, load_inputs, load_model_or_export, threads_option, writes
 
 
 @click.command()
@@ -22,6 +22,7 @@ from .common import images_option, load_inputs, load_model_or_export, threads_op
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Archive to write (.npz).")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1), help="Images per pass.")
 @threads_option
+@writes(out="npz")
 def features(checkpoint, dataset, data_path, split, images_path, resize, download, out, batch_size):
     """Write a model's features of a dataset split (or of --images) to an .npz archive.
 

@@ -26,8 +26,10 @@ def warn_clashes(failed: bool = False) -> None:
     for line in catalog.clash_messages():
         click.echo(f"clash: {line}", err=True)
     for info in catalog.host.failed() if failed else ():
-        click.echo(f"plugin {info.name!r} ({info.distribution or 'in-process'}) failed to load, its models "
-                   f"and datasets are missing: {info.error} (see `densreg plugins`)", err=True)
+        kept = catalog.registered_by(info.name)  # a failed register_commands leaves its models registered
+        what = f"{', '.join(kept)} stay registered" if kept else "its models and datasets are missing"
+        click.echo(f"plugin {info.name!r} ({info.distribution or 'in-process'}) failed to load, {what}: "
+                   f"{info.error} (see `densreg plugins`)", err=True)
 
 
 @click.command()

@@ -12,6 +12,8 @@ from densreg.app.plotting import learning_curves_png, read_log
 from densreg.registry import DataError, atomic_write_bytes, hookimpl
 from densreg.registry.limits import MAX_CATEGORIES, check_memory
 
+from .common import writes
+
 
 @click.command()
 @click.argument("inputs", nargs=-1, type=click.Path())
@@ -24,6 +26,7 @@ from densreg.registry.limits import MAX_CATEGORIES, check_memory
 @click.option("--categories", "-k", type=click.IntRange(2, MAX_CATEGORIES), default=None,
               help="Levels K of the images in an .npz (required with one).")
 @click.option("--nrow", type=click.IntRange(min=1), default=None, help="Images per grid row (default: square).")
+@writes(out="png")
 def plot(inputs, out, dataset, split, data_path, num, categories, nrow):
     """Draw train and valid NLL per epoch from training logs (STEM.log.jsonl), or images as a grid.
 

@@ -13,7 +13,7 @@ from densreg.export.runtime import ExportedModel
 from densreg.registry import atomic_write_bytes, hookimpl
 from densreg.registry.limits import check_memory
 
-from .common import load_model_or_export, threads_option
+from .common import load_model_or_export, threads_option, writes
 
 
 @click.command()
@@ -25,6 +25,7 @@ from .common import load_model_or_export, threads_option
               help="Also write the raw samples (array 'samples', uint8 N,C,H,W; float32 for a model of real values).")
 @click.option("--nrow", type=click.IntRange(min=1), default=None, help="Images per grid row (default: square).")
 @threads_option
+@writes(out="png", npz_path="npz")
 def sample(checkpoint, num, out, seed, npz_path, nrow):
     """Draw exact samples from a checkpoint (or an export folder) and write an image grid.
 

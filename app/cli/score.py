@@ -19,7 +19,7 @@ from densreg.app.scoring import METHODS, REFERENCE_METHODS, ScoreResult, most_an
 from densreg.registry import ConfigError, atomic_write_bytes, hookimpl
 
 from .common import (backend_option, echo_json, images_option, load_inputs, load_model_or_export, read_split,
-                     refuse_real_values, threads_option)
+                     refuse_real_values, threads_option, writes)
 
 
 def reference_images(info, dataset, data_path, split, size, model=None) -> np.ndarray | None:
@@ -33,12 +33,17 @@ def reference_images(info, dataset, data_path, split, size, model=None) -> np.nd
     return images
 
 
+def table_kind(path: str) -> str:
+    """What --out holds: "json" for a .json name, else "csv"."""
+    return "json" if Path(path).suffix.lower() == ".json" else "csv"
+
+
 def write_table(path: str, names: list[str], result) -> None:
     """Per-image rows as CSV, or JSON when ``path`` ends in .json."""
     columns = {"score": result.scores, "nll_nats": result.nll, "bits_per_dim": result.bits_per_dim,
                **result.columns}
     rows = [{"index": i, "name": name, **{k: float(v[i]) for k, v in columns.items()}} for i, name in enumerate(names)]
-    if Path(path).suffix.lower() == ".json":
+    if table_kind(path) == "json":
         data = json.dumps({"method": result.method, "summary": summary(result.scores), "images": rows}, indent=1)
     else:
         buffer = io.StringIO()
@@ -77,6 +82,7 @@ def write_table(path: str, names: list[str], result) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and the top list as JSON.")
 @backend_option
 @threads_option
+@writes(out=table_kind, heatmaps="png")
 def score(model_path, dataset, data_path, split, images_path, resize, method, background, reference_dataset,
           reference_data, reference_split, reference_size, out, top, heatmaps, batch_size, as_json, backend):
     """Score images by how anomalous they are under a checkpoint or an export folder.

@@ -19,7 +19,8 @@ from densreg.app.training_options import default_device
 from densreg.registry import CheckpointError, ConfigError, api, hookimpl
 from densreg.registry.checkpoint import parse_info, read_header
 
-from .common import ARGV_KEY, backend_option, data_options, parse_set_options, set_option, threads_option
+from .common import (ARGV_KEY, backend_option, data_options, force_option, parse_set_options, set_option,
+                     threads_option)
 
 DEFAULTS = TrainingOptions()
 
@@ -83,9 +84,10 @@ def check_log_to(ctx, param, specs):
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run of --out from its last epoch (OUT stem + .last.safetensors); "
                    "options and model settings (--set) not given again are the interrupted run's.")
+@force_option
 @click.pass_context
 def train(ctx, model_name, dataset, data_path, download, settings, out, perturb, resume, nproc, backend, log_to,
-          **options):
+          force, **options):
     """Fit MODEL on a dataset's train split and write a checkpoint.
 
     Gradient-trained models also write OUT stem + .log.jsonl (one JSON line per epoch;
@@ -95,25 +97,31 @@ def train(ctx, model_name, dataset, data_path, download, settings, out, perturb,
     DistributedDataParallel and rank 0 alone writes.
     """
     if nproc is not None:
-        launch_torchrun(ctx, nproc)
+        launch_torchrun(ctx, nproc, options["device"], backend, out)
     TrainingOptions(device=options["device"])  # a ConfigError for a device name torch cannot parse
     with distributed.session(options["device"] or default_device(), backend) as world:
-        with locked_run(out):  # rank 0's lock: a second run on the same --out stops here, before any work
+        with locked_run(out, force):  # rank 0's lock: a second run on the same --out stops here, before any work
             _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, log_to,
                    options)
 
 
-def launch_torchrun(ctx, nproc: int) -> None:
-    """Replace this process by torchrun running the same command (less --nproc) in ``nproc`` processes."""
+def launch_torchrun(ctx, nproc: int, device, backend, out) -> None:
+    """Run this command (less --nproc) in ``nproc`` processes under torchrun, then exit with its outcome
+    (one line naming the rank that failed; app/torchrun.py)."""
+    from densreg.app.torchrun import check_launch, run_torchrun
+
     if distributed.launched():
         raise ConfigError("--nproc starts torchrun itself; under torchrun, leave it out")
     if ARGV_KEY not in ctx.meta:
         raise ConfigError("--nproc needs the densreg command line (run `densreg train ... --nproc N`)")
+    check_launch(device, backend, nproc)
     command = distributed.torchrun_command(nproc, distributed.without_option(ctx.meta[ARGV_KEY], "--nproc"))
-    click.echo(f"launching: {shlex.join(command)}", err=True)
+    click.echo(f"training with torchrun: {shlex.join(command)}", err=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(command[0], command)
+    debug = (ctx.obj or {}).get("debug") or os.environ.get("DENSREG_DEBUG") == "1"
+    run_torchrun(command, run_paths(out).state, debug)
+    ctx.exit(0)
 
 
 def _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, log_to, options):
@@ -122,6 +130,7 @@ def _train(ctx, world, model_name, dataset, data_path, download, settings, out, 
     config = parse_set_options(settings)
     if resume:  # the interrupted run's model config, unless --set says otherwise (fit checks they agree)
         config = {**resumed_config(out), **config}
+        perturb = resumed_perturbation(out, perturb)
     model = api.create_model(model_name, ds.event_shape, ds.num_categories, **config)
     given = {k: v for k, v in options.items()
              if k != "seed" and ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
@@ -148,15 +157,38 @@ def _train(ctx, world, model_name, dataset, data_path, download, settings, out, 
         click.echo(f"wrote {out} ({shown})")
 
 
-def resumed_config(out) -> dict:
-    """The constructor config (less event shape and K, which the dataset gives) that the resume
-    state of ``out`` was written with; {} when there is no readable state (fit then says why)."""
+def resumed_info(out):
+    """The SavedModelInfo of the resume state of ``out``; None when there is no readable state (fit
+    then says why)."""
     state = run_paths(out).state
     try:
-        config = parse_info(state, read_header(state)[1]).config
+        return parse_info(state, read_header(state)[1])
     except (CheckpointError, OSError, ValueError):
-        return {}
+        return None
+
+
+def resumed_config(out) -> dict:
+    """The constructor config (less event shape and K, which the dataset gives) that the resume
+    state of ``out`` was written with; {} when there is none."""
+    info = resumed_info(out)
+    config = info.config if info is not None else {}
     return {k: v for k, v in config.items() if k not in ("event_shape", "num_categories")}
+
+
+def resumed_perturbation(out, perturb: float | None) -> float | None:
+    """The --perturb rate a resumed run continues with: the interrupted run's, which its resume state
+    records (a clean run records none). ConfigError when ``perturb`` asks for another: the kept best
+    weights and the epochs done were trained on the data the run started with."""
+    info = resumed_info(out)
+    if info is None:
+        return perturb
+    recorded = (info.metrics or {}).get("perturb")
+    if perturb is not None and perturb != recorded:
+        started = f"at --perturb {recorded}" if recorded is not None else "on clean data (no --perturb)"
+        raise ConfigError(f"cannot resume {out} with --perturb {perturb}: the run started {started}, and its "
+                          "epochs and best weights come from that data; resume without --perturb, or start a new "
+                          "run with another --out")
+    return recorded
 
 
 def perturbed(train_images, valid_images, rate, num_categories, seed):

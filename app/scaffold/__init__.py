@@ -15,6 +15,7 @@ from importlib.resources import files as resource_files
 from pathlib import Path
 
 from densreg.registry import ConfigError, DataError, atomic_write_bytes, atomic_write_folder, __version__
+from densreg.registry.locking import output_lock
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
 MAX_NAME = 40
@@ -82,9 +83,14 @@ def write_plugin(name: str, out: str | Path | None = None) -> tuple[Path, list[s
                 else "not a folder")
         raise DataError(f"refusing to write the plugin into {target}: it is {what}; give --out a new folder")
     content = render(name)
+    with output_lock(target, "folder"):  # one writer, as for every file densreg writes
+        _write(target, content)
+    return target, list(content)
+
+
+def _write(target: Path, content: dict[str, bytes]) -> None:
     if target.exists():  # an empty folder, maybe the shell's current one: filled in place, never replaced
         for path, data in content.items():
             atomic_write_bytes(target / path, data)
     else:
         atomic_write_folder(target, content)
-    return target, list(content)

@@ -4,18 +4,14 @@ registration. The reader returns uint8 images (N, 1, 28, 28)."""
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from densreg.registry import Dataset
-from densreg.registry.datasets import cache_dir
+from densreg.registry.datasets import cache_dir, open_npz, read_npz_member
 from densreg.registry.errors import DataError
-from densreg.registry.limits import check_memory
 
 MNIST_SPLITS = {"train": 50000, "valid": 10000, "test": 10000}
 MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
@@ -47,39 +43,8 @@ def read_amat(path: Path, height: int = 28, width: int = 28) -> np.ndarray:
 
 def read_npz_split(path: Path, split: str) -> np.ndarray:
     """Array ``split`` of an .npz archive, read without pickle and only after its declared size is checked."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read {path} as an .npz archive ({type(exc).__name__}: {exc}); expected a zip of "
-                        ".npy arrays train, valid and test") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path} holds a single array, not an .npz archive with arrays train, valid and test")
-    try:
-        with archive:
-            if split not in archive.files:
-                raise DataError(f"{path} has no array {split!r}; it has {', '.join(archive.files) or 'none'}")
-            _check_declared_size(path, archive, split)
-            return archive[split]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"cannot read array {split!r} of {path} ({type(exc).__name__}: {exc})") from None
-
-
-def _check_declared_size(path: Path, archive, split: str) -> None:
-    """DataError when the .npy header of ``split`` declares more bytes than the archive entry holds
-    uncompressed, or than the memory available (numpy would allocate it before reading)."""
-    name = f"{split}.npy"
-    with archive.zip.open(name) as member:
-        version = np.lib.format.read_magic(member)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(member)  # the header only
-    declared = math.prod(shape) * dtype.itemsize
-    stored = archive.zip.getinfo(name).file_size
-    if declared > stored:
-        raise DataError(f"{path}: array {split!r} declares shape {shape} of {dtype} ({declared} bytes), but its "
-                        f"entry holds {stored} bytes; the archive is corrupt")
-    check_memory(2 * declared, f"reading array {split!r} of {path}", "use a smaller file")
+    with open_npz(path, "arrays train, valid and test") as archive:
+        return read_npz_member(path, archive, split)
 
 
 def mnist_url() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from densreg.app.cli.common import force_option
 from densreg.registry import hookimpl
 
 POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -39,7 +40,8 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed (the new weights, shuffling).")
-def grow(checkpoint, layers, hidden, out, dataset, data_path, **options):
+@force_option
+def grow(checkpoint, layers, hidden, out, dataset, data_path, force, **options):
     """Continue the trained row-lstm or diagonal-bilstm CHECKPOINT with more layers (--layers),
     or a row-lstm with wider layers (--hidden), or both (widened first).
 
@@ -50,6 +52,13 @@ def grow(checkpoint, layers, hidden, out, dataset, data_path, **options):
     """
     if layers is None and hidden is None:
         raise click.UsageError("give --layers, --hidden or both")
+    from densreg.app.run_files import locked_run
+
+    with locked_run(out, force):  # as `densreg train`: no other writer, nothing of another kind replaced
+        _grow(checkpoint, layers, hidden, out, dataset, data_path, options)
+
+
+def _grow(checkpoint, layers, hidden, out, dataset, data_path, options):
     import torch
 
     import densreg
