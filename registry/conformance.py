@@ -82,7 +82,7 @@ from .checks.sampling import SAMPLING_ALPHA, SAMPLING_SIZE, chi_square, ks_p_val
 from .checks.subject import (DEFAULT_ORDERINGS, FLOAT64_TOL, CheckFailed, CheckSkipped, Subject, all_images,
                              describe, image_index, in_float64, random_images, random_values, randomize, tolerance)
 from .api import get_catalog
-from .errors import ConfigError
+from .errors import ConfigError, ModelOutputError
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
@@ -166,6 +166,8 @@ def run_check(name: str, model: str | Callable, config: dict | None = None, *,
         status, detail = FAILED, str(exc)
     except CheckSkipped as exc:
         status, detail = SKIPPED, str(exc)
+    except ModelOutputError as exc:  # a result that breaks the protocol: the rule, named
+        status, detail = FAILED, exc.rule
     except Exception as exc:  # the model raised: report it as the check's failure
         status, detail = FAILED, f"the model raised {describe(exc)}"
     return CheckResult(name, status, detail, time.perf_counter() - start)
