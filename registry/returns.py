@@ -26,6 +26,7 @@ import numpy as np
 from .errors import ModelOutputError
 
 LOG_PROB_SLACK = 1e-3  # nats above 0 that rounding may give a discrete log-probability
+IMPOSSIBLE = "a probability above 1"  # in the message of a discrete log p > 0
 
 
 def label(model) -> str:
@@ -101,7 +102,7 @@ def log_probs(model, method: str, out, expected: tuple, letters: str, discrete: 
     array = _numpy(out)
     if np.isnan(array).any() or (array == np.inf).any():
         raise fail(model, f"{method} returned {_count(array, 'values')}; expected log-probabilities in nats")
-    raise fail(model, f"{method} returned {float(array.max()):.4g} nats for discrete values: a probability above 1, "
+    raise fail(model, f"{method} returned {float(array.max()):.4g} nats for discrete values: {IMPOSSIBLE}, "
                       "not a normalized density (log p must be <= 0)")
 
 
@@ -115,7 +116,7 @@ def likelihoods(model, log_p, what: str = "images", discrete: bool | None = None
         raise fail(model, f"log-likelihood is {_count(array, what)}; expected finite values (NaN or inf weights, or "
                           "a model that broke)")
     if discrete and len(array) and array.max() > LOG_PROB_SLACK:
-        raise fail(model, f"log-likelihood is {array.max():.4g} nats for some of the {what}: a probability above 1 "
+        raise fail(model, f"log-likelihood is {array.max():.4g} nats for some of the {what}: {IMPOSSIBLE} "
                           "(discrete values have log p <= 0)")
 
 
@@ -145,13 +146,26 @@ def params(model, method: str, raw, family, leading: tuple, values: bool = True)
     if values:
         for name, tensor in zip(family.param_names, raw):
             logits = name == "logits"
-            if _all(tensor, "no_nan_posinf" if logits else "finite"):
-                continue
-            count = _count(_numpy(tensor), "values")
             where = "" if len(raw) == 1 else f" in {name}"
-            bad = "NaN or +inf" if logits else "NaN or infinite"
-            raise fail(model, f"{method} returned {bad} values{where} ({count})")
+            if not _all(tensor, "no_nan_posinf" if logits else "finite"):
+                bad = "NaN or +inf" if logits else "NaN or infinite"
+                raise fail(model, f"{method} returned {bad} values{where} ({_count(_numpy(tensor), 'values')})")
+            if logits and size and not _all(tensor.amax(-1) if hasattr(tensor, "amax") else tensor.max(-1), "finite"):
+                raise fail(model, f"{method} returned logits that are all -inf for a value{where} (every "
+                                  "probability zero)")
     return raw
+
+
+def graph_outputs(model, outputs: dict, batch: int) -> None:
+    """An export's conditionals graph outputs by name (``log_prob``, ``pixel_log_prob``, the family's
+    parameters), for ``batch`` images, each checked by its rule."""
+    shapes = {"log_prob": ((batch,), "(B,)"), "pixel_log_prob": ((batch, *model.event_shape), "(B, C, H, W)")}
+    found = tuple(outputs[name] for name in model.family.param_names if name in outputs)
+    if found:
+        params(model, "conditional_params", found, model.family, (batch, model.num_positions))
+    for name, out in outputs.items():
+        if name in shapes:
+            log_probs(model, name, out, *shapes[name], model.family.discrete)
 
 
 def step(model, out, family, batch: int, values: bool = True):
