@@ -123,8 +123,8 @@ class GradientRun:
             return returns.fail(self.model, f"{what}, at initialization before any training step{blame}")
         if returns.IMPOSSIBLE in what:  # not normalized, whatever the step
             return returns.fail(self.model, f"{what}, in epoch {self.epoch + 1} after {self.steps} steps; {kept}")
-        return returns.fail(self.model, f"training diverged in epoch {self.epoch + 1} after {self.steps} steps: {what}; "
-                                        f"lower --lr (now {self.opts.lr:g}) or set --clip-grad; {kept}")
+        return returns.fail(self.model, f"training diverged in epoch {self.epoch + 1} after {self.steps} steps: "
+                                        f"{what}; lower --lr (now {self.opts.lr:g}) or set --clip-grad; {kept}")
 
     def check_epoch(self, train_nll: float, valid_nll: float) -> None:
         """Stop the run (``diverged``) when the epoch's NLLs are not finite or too far above the start."""

@@ -14,9 +14,7 @@ where it is cheaper than recomputing the prefix, ``initial_state`` / ``step``. E
 
 from __future__ import annotations
 
-import functools
 import math
-import threading
 from abc import ABCMeta
 from typing import Any, ClassVar
 
@@ -87,87 +85,6 @@ def at_position(table: torch.Tensor, position) -> torch.Tensor:
     return table.index_select(0, index).squeeze(0)
 
 
-def _batch(args, kwargs, key: str = "x") -> int | None:
-    """The batch size of a method's first argument (images, or a step's values); None when it has none."""
-    x = args[0] if args else kwargs.get(key)
-    shape = getattr(x, "shape", None)
-    return int(shape[0]) if shape is not None and len(shape) else None
-
-
-def _author_method(model, name: str) -> str:
-    """The method an author wrote: conditional_logits behind the default conditional_params, and back."""
-    if name == "conditional_params" and type(model).conditional_params is DensityModel.conditional_params:
-        return "conditional_logits"
-    if name == "conditional_logits" and type(model).conditional_logits is DensityModel.conditional_logits:
-        return "conditional_params"
-    return name
-
-
-def _log_probs(method: str, letters: str, shape):
-    def check(model, out, args, kwargs, values):
-        batch = _batch(args, kwargs)
-        if batch is not None:
-            returns.log_probs(model, method, out, (batch, *shape(model)), letters, model.family.discrete, values)
-    return check
-
-
-def _params(model, out, args, kwargs, values, name="conditional_params"):
-    batch = _batch(args, kwargs)
-    if batch is not None:
-        returns.params(model, _author_method(model, name), out, model.family, (batch, model.num_positions), values)
-
-
-def _sample(model, out, args, kwargs, values):
-    n = args[0] if args else kwargs.get("n")
-    returns.samples(model, out, int(n) if isinstance(n, int) else len(out), model.event_shape, model.family)
-
-
-# The public methods whose results ``checked`` validates, each with its rule (``registry.returns``)
-RETURN_RULES = {
-    "log_prob": _log_probs("log_prob", "(B,)", lambda m: ()),
-    "conditional_log_probs": _log_probs("conditional_log_probs", "(B, D)", lambda m: (m.num_positions,)),
-    "pixel_log_probs": _log_probs("pixel_log_probs", "(B, C, H, W)", lambda m: tuple(m.event_shape)),
-    "conditional_params": _params,
-    "conditional_logits": functools.partial(_params, name="conditional_logits"),
-    "step": lambda model, out, args, kwargs, values: returns.step(model, out, model.family,
-                                                                  _batch(args, kwargs, "value") or 0),
-    "sample": _sample,
-    "features": lambda model, out, args, kwargs, values: returns.features(model, out, _batch(args, kwargs)),
-}
-_CALLS = threading.local()  # .depth: how many checked methods are running in this thread
-
-
-def checked(name: str, method):
-    """``method`` with its result validated by ``RETURN_RULES[name]``; ModelOutputError (one line naming
-    the model, the method and the rule) when it breaks one. Shapes and dtypes are checked at every call;
-    values (NaN, inf, log p > 0 for discrete values) where the call is the outermost one (a step's at
-    every call, so that sampling never draws from NaN). Nothing is checked while torch compiles, traces
-    or exports the model (the exported graphs' results are checked by the runtime)."""
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
-            return method(self, *args, **kwargs)
-        depth = getattr(_CALLS, "depth", 0)
-        _CALLS.depth = depth + 1
-        try:
-            out = method(self, *args, **kwargs)
-        finally:
-            _CALLS.depth = depth
-        RETURN_RULES[name](self, out, args, kwargs, depth == 0 or name == "step")
-        return out
-
-    run.checked_returns = True
-    return run
-
-
-def check_returns(cls) -> None:
-    """Wrap the methods of RETURN_RULES that ``cls`` defines itself with ``checked`` (once)."""
-    for name in RETURN_RULES:
-        method = cls.__dict__.get(name)
-        if callable(method) and not getattr(method, "checked_returns", False):
-            setattr(cls, name, checked(name, method))
-
-
 class DensityModel(nn.Module, metaclass=ABCMeta):
     """Base class: an exact autoregressive density over images (C, H, W).
 
@@ -191,7 +108,7 @@ class DensityModel(nn.Module, metaclass=ABCMeta):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        check_returns(cls)  # every override's results are validated (RETURN_RULES)
+        returns.check_methods(cls, DensityModel)  # every override's results are validated (returns.RULES)
 
     def __init__(self, event_shape, num_categories: int = 2, ordering: str = "raster",
                  family: Family | None = None) -> None:
@@ -370,7 +287,7 @@ class DensityModel(nn.Module, metaclass=ABCMeta):
         raise NotImplementedError(f"{type(self).__name__} has no closed-form fit")
 
 
-check_returns(DensityModel)
+returns.check_methods(DensityModel, DensityModel)
 
 
 class ContinuousDensityModel(DensityModel):

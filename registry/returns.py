@@ -16,10 +16,16 @@ rule it broke. The rules:
 - ``features``: (B, F), floating, finite.
 
 Torch tensors are handled through their own methods, so this module imports numpy only (the
-runtime shares it). Nothing is checked while torch traces or compiles a model (``protocol``).
+runtime shares it); ``check_methods`` finds torch in ``sys.modules`` (a torch model imported it).
+Nothing is checked while torch traces, compiles or exports a model.
 """
 
 from __future__ import annotations
+
+import functools
+import math
+import sys
+import threading
 
 import numpy as np
 
@@ -62,10 +68,22 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _sum(x) -> float:
+    """The sum of all values, as a float (NaN or +-inf where one value is, or where it overflows)."""
+    with np.errstate(all="ignore"):
+        return float((x.detach() if hasattr(x, "detach") else x).sum())
+
+
 def _all(x, test: str, slack: float | None = None) -> bool:
     """Whether every value passes: ``test`` "finite", or "no_nan_posinf" (-inf allowed); with ``slack``
-    also <= slack. One device synchronisation for a torch tensor."""
+    also <= slack. One device synchronisation for a torch tensor when they pass: a finite sum (or -inf
+    where -inf is allowed) says so; else, or with ``slack``, the values are tested one by one."""
+    if slack is None:
+        total = _sum(x)
+        if math.isfinite(total) or (total == -math.inf and test == "no_nan_posinf"):
+            return True
     if hasattr(x, "detach"):
+        x = x.detach()
         ok = x.isfinite() if test == "finite" else ~(x.isnan() | (x == float("inf")))
         return bool((ok & (x <= slack)).all() if slack is not None else ok.all())
     with np.errstate(invalid="ignore"):
@@ -150,7 +168,8 @@ def params(model, method: str, raw, family, leading: tuple, values: bool = True)
             if not _all(tensor, "no_nan_posinf" if logits else "finite"):
                 bad = "NaN or +inf" if logits else "NaN or infinite"
                 raise fail(model, f"{method} returned {bad} values{where} ({_count(_numpy(tensor), 'values')})")
-            if logits and size and not _all(tensor.amax(-1) if hasattr(tensor, "amax") else tensor.max(-1), "finite"):
+            if logits and size and _sum(tensor) == -math.inf and \
+                    not _all(tensor.amax(-1) if hasattr(tensor, "amax") else tensor.max(-1), "finite"):
                 raise fail(model, f"{method} returned logits that are all -inf for a value{where} (every "
                                   "probability zero)")
     return raw
@@ -210,3 +229,81 @@ def features(model, out, batch: int) -> None:
     shape_rule(model, "features", out, (batch, out.shape[1]), "(B, F)")
     if not _all(out, "finite"):
         raise fail(model, f"features returned {_count(_numpy(out), 'values')}; expected finite features")
+
+
+# -- the protocol's methods -------------------------------------------------------------------
+def _author_method(model, name: str, base: type) -> str:
+    """The method an author wrote: conditional_logits behind the default conditional_params, and back."""
+    other = {"conditional_params": "conditional_logits", "conditional_logits": "conditional_params"}.get(name)
+    return other if other and getattr(type(model), name) is getattr(base, name) else name
+
+
+def _log_probs(method: str, letters: str, shape):
+    return lambda m, out, batch, values, base: log_probs(m, method, out, (batch, *shape(m)), letters,
+                                                         m.family.discrete, values)
+
+
+def _params(method: str):
+    return lambda m, out, batch, values, base: params(m, _author_method(m, method, base), out, m.family,
+                                                      (batch, m.num_positions), values)
+
+
+# Each public method of the protocol whose results ``check_methods`` validates, with its rule:
+# rule(model, result, batch, values, base), batch the rows of the first argument (n for ``sample``).
+RULES = {
+    "log_prob": _log_probs("log_prob", "(B,)", lambda m: ()),
+    "conditional_log_probs": _log_probs("conditional_log_probs", "(B, D)", lambda m: (m.num_positions,)),
+    "pixel_log_probs": _log_probs("pixel_log_probs", "(B, C, H, W)", lambda m: tuple(m.event_shape)),
+    "conditional_params": _params("conditional_params"),
+    "conditional_logits": _params("conditional_logits"),
+    "step": lambda m, out, batch, values, base: step(m, out, m.family, batch),
+    "sample": lambda m, out, batch, values, base: samples(m, out, batch, m.event_shape, m.family),
+    "features": lambda m, out, batch, values, base: features(m, out, batch),
+}
+_CALLS = threading.local()  # .depth: how many checked methods are running in this thread
+
+
+def _rows(name: str, args, kwargs) -> int | None:
+    """The batch a call's result must have: ``n`` for sample, else the rows of its first argument (images,
+    or a step's values); None when it has none (the method then refused it itself, or nothing is checked)."""
+    key = {"sample": "n", "step": "value"}.get(name, "x")
+    x = args[0] if args else kwargs.get(key)
+    if name == "sample":
+        return int(x) if isinstance(x, (int, np.integer)) else None
+    shape = getattr(x, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) else None
+
+
+def checked(name: str, method, base: type):
+    """``method`` with its result validated by ``RULES[name]``; ModelOutputError (one line naming the
+    model, the method and the rule) when it breaks one. Shapes and dtypes are checked at every call;
+    values (NaN, inf, log p > 0 for discrete values) where the call is the outermost one (a step's at
+    every call, so that sampling never draws from NaN). Nothing is checked while torch compiles, traces
+    or exports the model (the exported graphs' results are checked by the runtime)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        torch = sys.modules["torch"]
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
+            return method(self, *args, **kwargs)
+        depth = getattr(_CALLS, "depth", 0)
+        _CALLS.depth = depth + 1
+        try:
+            out = method(self, *args, **kwargs)
+        finally:
+            _CALLS.depth = depth
+        rows = _rows(name, args, kwargs)
+        if rows is not None:
+            RULES[name](self, out, rows, depth == 0 or name == "step", base)
+        return out
+
+    run.checked_returns = True
+    return run
+
+
+def check_methods(cls: type, base: type) -> None:
+    """Wrap the methods of RULES that ``cls`` (``base``, the protocol's class, or a subclass) defines
+    itself with ``checked``, once."""
+    for name in RULES:
+        method = cls.__dict__.get(name)
+        if callable(method) and not getattr(method, "checked_returns", False):
+            setattr(cls, name, checked(name, method, base))

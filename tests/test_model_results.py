@@ -197,7 +197,8 @@ def poisoned_export(tmp_path, value: float):
             for i, tensor in enumerate(proto.graph.initializer):
                 array = numpy_helper.to_array(tensor)
                 if array.dtype.kind == "f":
-                    proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.full_like(array, value), tensor.name))
+                    poisoned = numpy_helper.from_array(np.full_like(array, value), tensor.name)
+                    proto.graph.initializer[i].CopyFrom(poisoned)
             onnx.save(proto, folder / name)
             manifest["files"][name] = file_digest((folder / name).read_bytes())
     (folder / "manifest.json").write_text(json.dumps(manifest))
