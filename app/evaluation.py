@@ -48,11 +48,12 @@ def evaluate(model, images: torch.Tensor, batch_size: int | None = None, progres
     """
     with using_threads(model, threads):
         if not compile:
-            return nll_summary(per_image_nll(model, images, batch_size, progress, across_ranks), model.num_positions)
+            return nll_summary(per_image_nll(model, images, batch_size, progress, across_ranks), model.num_positions,
+                               model)
         log_prob = compiled_log_prob(model, model.order.device)
         batch_size = batch_size or eval_batch_size(model.order.device, model)
         start = time.perf_counter()
         log_prob(images[:batch_size].to(model.order.device))  # compiles
         seconds = time.perf_counter() - start
         nll = per_image_nll(model, images, batch_size, progress, across_ranks, log_prob=log_prob)
-        return {**nll_summary(nll, model.num_positions), "compile_seconds": seconds}
+        return {**nll_summary(nll, model.num_positions, model), "compile_seconds": seconds}

@@ -1,5 +1,15 @@
 """The gradient-training loop: one (possibly resumed) run of Adam epochs with validation, the
 best weights, early stopping and the time budget; ``fit`` in training.py describes the run.
+
+Divergence. An epoch diverges when a log-likelihood the run computes is not finite (NaN, +-inf) or
+impossible (a probability above 1 for discrete values: the protocol's rules, ``registry.returns``),
+or when its mean train or validation NLL is more than DIVERGED_NATS_PER_VALUE nats per value above
+the NLL at initialization (of the first batch, before any step; at a resume, of the first batch
+then). The run then stops with one line (ModelOutputError, exit 1) that says when and why: a
+diverged epoch is never logged, saved as the best or written to the resume state, and what was
+saved before it (the best epoch so far) stays. A result that is not finite before any step is the
+model's or its initialization's fault, and the message says so rather than to lower the learning
+rate; a probability above 1 is a density that is not normalized, whatever the step.
 """
 
 from __future__ import annotations
@@ -11,7 +21,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from densreg.registry import ConfigError, save_checkpoint
+from densreg.registry import returns, save_checkpoint
+from densreg.registry.errors import ModelOutputError
 
 from . import distributed
 from .evaluation import evaluate
@@ -20,6 +31,8 @@ from .run_files import load_resume_state, run_paths, save_resume_state
 from .training_options import TrainingOptions, default_device
 from .training_protocol import device_images, init_from_data, log_prob_values
 from .weight_average import averaged_weights_in, move_average, start_average
+
+DIVERGED_NATS_PER_VALUE = 1000.0  # an epoch this far above the NLL at initialization has diverged (docstring)
 
 
 class GradientRun:
@@ -45,6 +58,8 @@ class GradientRun:
         self.paths = run_paths(out) if out is not None else None
         self.averaged: list[torch.Tensor] | None = None  # the moving average of the parameters (option ema)
         self.loggers: list = []  # experiment logs (experiment_log.py) that get each epoch's log entry
+        self.steps = 0  # optimizer steps taken by this process (a resumed run had taken some before)
+        self.initial_nll: float | None = None  # mean NLL of the first batch before its step (docstring)
 
     def metrics(self) -> dict:
         """The checkpoint's metrics: NLLs (nats per image) of the best epoch, epochs, best_epoch, ..."""
@@ -74,7 +89,12 @@ class GradientRun:
             part = index if len(index) else batch[:1]  # an empty part still joins DDP's all-reduce, weighted 0
             with autocast(opts.precision, self.device):
                 values = log_prob_values(model, self.train[part])
-                nll_sum = -self.log_prob(values).float().sum()
+                try:
+                    nll_sum = -self.log_prob(values).float().sum()
+                except ModelOutputError as exc:
+                    raise self.diverged(exc.rule) from None
+            if self.initial_nll is None:
+                self.initial_nll = float(nll_sum.detach()) / max(len(part), 1)
             # DDP averages gradients over ranks: scaled so the result is d(mean NLL over the global batch)
             loss = nll_sum * (self.world.size / len(batch) if len(index) else 0.0)
             self.optimizer.zero_grad(set_to_none=True)
@@ -82,6 +102,7 @@ class GradientRun:
             if opts.clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
             self.optimizer.step()
+            self.steps += 1
             if self.averaged is not None:
                 move_average(self.averaged, weights, opts.ema)
             total += float(nll_sum.detach()) if len(index) else 0.0
@@ -90,10 +111,31 @@ class GradientRun:
             bar.set_postfix(nll=f"{total / max(seen, 1):.3f}", img_s=f"{rate:.0f}")
         bar.close()
         total, seen = distributed.all_sum(total, seen)
-        if not math.isfinite(total):
-            raise ConfigError(f"training diverged (NLL {total / seen}) in epoch {self.epoch + 1}; lower --lr "
-                              "or set --clip-grad")
         return total / seen, seen / max(time.perf_counter() - start, 1e-9)
+
+    def diverged(self, what: str) -> ModelOutputError:
+        """The one-line error that stops a run whose epoch ``self.epoch + 1`` diverged (module docstring)."""
+        kept = f"the best epoch so far ({self.best['epoch']}, valid NLL {self.best['valid_nll_nats']:.4f}) " \
+               f"stays {'in ' + str(self.paths.checkpoint) if self.paths else 'in the model'}" \
+            if self.best["epoch"] else "no epoch was saved"
+        if self.steps == 0 and self.epoch == 0:
+            blame = "" if returns.IMPOSSIBLE in what else ": the model or its initialization is broken, not the " \
+                                                           "learning rate"
+            return returns.fail(self.model, f"{what}, at initialization before any training step{blame}")
+        if returns.IMPOSSIBLE in what:  # not normalized, whatever the step
+            return returns.fail(self.model, f"{what}, in epoch {self.epoch + 1} after {self.steps} steps; {kept}")
+        return returns.fail(self.model, f"training diverged in epoch {self.epoch + 1} after {self.steps} steps: "
+                                        f"{what}; lower --lr (now {self.opts.lr:g}) or set --clip-grad; {kept}")
+
+    def check_epoch(self, train_nll: float, valid_nll: float) -> None:
+        """Stop the run (``diverged``) when the epoch's NLLs are not finite or too far above the start."""
+        limit = (self.initial_nll or 0.0) + DIVERGED_NATS_PER_VALUE * self.model.num_positions
+        for name, nll in (("train", train_nll), ("valid", valid_nll)):
+            if not math.isfinite(nll):
+                raise self.diverged(f"the mean {name} NLL is {nll}")
+            if self.initial_nll is not None and nll > limit:
+                raise self.diverged(f"the mean {name} NLL is {nll:.4g} nats, more than {DIVERGED_NATS_PER_VALUE:g} "
+                                    f"nats per value above the NLL at initialization ({self.initial_nll:.4g})")
 
     def run(self, start: float, resume: bool = False) -> dict:
         """Train until epochs, patience or max_minutes (counted from ``start``, a perf_counter time)
@@ -118,9 +160,13 @@ class GradientRun:
             with averaged_weights_in(self.model, self.averaged):  # validation, best weights: the averaged ones
                 self.model.eval()
                 # on fit's threads (using_threads in fit), not evaluate's own default
-                valid_nll = evaluate(self.model, self.valid, eval_batch_size(self.device, self.model),
-                                     across_ranks=True, threads=torch.get_num_threads())["nll_nats"] \
-                    if self.valid is not None else train_nll
+                try:
+                    valid_nll = evaluate(self.model, self.valid, eval_batch_size(self.device, self.model),
+                                         across_ranks=True, threads=torch.get_num_threads())["nll_nats"] \
+                        if self.valid is not None else train_nll
+                except ModelOutputError as exc:
+                    raise self.diverged(f"on the validation images, {exc.rule}") from None
+                self.check_epoch(train_nll, valid_nll)
                 self.epoch += 1
                 entry = {"epoch": self.epoch, "train_nll": train_nll, "valid_nll": valid_nll,
                          "seconds": time.perf_counter() - epoch_start, "images": len(self.train), "images_per_s": rate,

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from densreg.registry import returns
 from densreg.registry.errors import ConfigError, DataError
 
 METHODS = {
@@ -63,7 +64,8 @@ def is_export(model) -> bool:
 def pixel_nll(model, images: np.ndarray, batch_size: int = 500, progress: bool = False) -> np.ndarray:
     """-log p(x_i | x_<i) in nats laid out as the images: int64 (N, C, H, W) -> float64 (N, C, H, W).
 
-    Summed over (C, H, W) it is the image's NLL.
+    Summed over (C, H, W) it is the image's NLL, which must be finite and >= 0 (ModelOutputError otherwise:
+    ``returns.likelihoods``).
     """
     images = np.asarray(images)
     parts = []
@@ -71,7 +73,9 @@ def pixel_nll(model, images: np.ndarray, batch_size: int = 500, progress: bool =
     for start in bar:
         batch = images[start:start + batch_size]
         parts.append(_export_pixel_nll(model, batch) if is_export(model) else _torch_pixel_nll(model, batch))
-    return np.concatenate(parts) if parts else np.zeros((0, *images.shape[1:]))
+    pixels = np.concatenate(parts) if parts else np.zeros((0, *images.shape[1:]))
+    returns.likelihoods(model, -pixels.reshape(len(pixels), -1).sum(-1))
+    return pixels
 
 
 def _export_pixel_nll(model, batch: np.ndarray) -> np.ndarray:
@@ -164,9 +168,16 @@ def score_images(model, images, method: str = "nll", *, background=None, referen
     return ScoreResult(method, scores, nll, nll / (nll_dims(images) * math.log(2)), pixels, columns)
 
 
-def nll_summary(nll, num_positions: int) -> dict:
-    """Mean NLL in nats and bits per dim for per-image NLLs (N,) (numpy or torch) of images with D values."""
-    mean = float(nll.mean()) if len(nll) else float("nan")
+def nll_summary(nll, num_positions: int, model=None) -> dict:
+    """Mean NLL in nats and bits per dim for per-image NLLs (N,) (numpy or torch) of images with D values.
+
+    DataError for no images; with ``model``, ModelOutputError naming it for an NLL that is not finite, or
+    below 0 for discrete values (``returns.likelihoods``)."""
+    if not len(nll):
+        raise DataError("no images to evaluate (the split is empty)")
+    if model is not None:
+        returns.likelihoods(model, -nll)
+    mean = float(nll.mean())
     return {"nll_nats": mean, "bits_per_dim": mean / (num_positions * math.log(2)), "images": int(len(nll))}
 
 

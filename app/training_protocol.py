@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from densreg.registry import returns
+
 INIT_FROM_DATA = 10000  # training images given to a model's optional init_from_data before the first epoch
 
 
@@ -22,8 +24,12 @@ def fits_in_closed_form(model) -> bool:
 
 
 def fit_closed_form(model, train: torch.Tensor) -> dict:
-    """Fit in closed form to ``train`` (N, C, H, W); the model's metrics (NLL in nats per image)."""
-    return dict(model.fit_closed_form(train))
+    """Fit in closed form to ``train`` (N, C, H, W); the model's metrics (NLL in nats per image), whose
+    train NLL must be finite (ModelOutputError otherwise: ``returns.likelihoods``)."""
+    metrics = dict(model.fit_closed_form(train))
+    if "train_nll_nats" in metrics:
+        returns.likelihoods(model, [-float(metrics["train_nll_nats"])], "fits (the mean over the training images)")
+    return metrics
 
 
 def model_config(model) -> dict:

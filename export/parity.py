@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from densreg.registry.errors import ExportError
+from densreg.registry.errors import ExportError, ModelOutputError
 from densreg.registry.protocol import DensityModel
 
 from . import format as fmt
@@ -45,6 +45,9 @@ def run_parity(check, name: str, *args, **kwargs) -> dict:
     torch.set_num_threads(resolve_threads(None, DEFAULT_SAMPLING_THREADS))
     try:
         return check(*args, **kwargs)
+    except ModelOutputError as exc:  # the torch model's own results break a rule (registry.returns)
+        raise ExportError(f"model {name!r} cannot be exported: the parity check refused its results: {exc.rule}") \
+            from exc
     except Exception as exc:  # noqa: BLE001
         raise ExportError(f"model {name!r} exported, but onnxruntime cannot run the export: "
                           f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from densreg.registry import returns
 from densreg.registry.atomic import is_utf8_path
 from densreg.registry.errors import ConfigError, DataError, RuntimeLoadError
 from densreg.registry.limits import check_event_shape
@@ -44,10 +45,11 @@ ENGINES = ("steps", "graph")
 
 
 def step_loop(session: ort.InferenceSession, family: Family, state_specs: list[dict], initial: list[np.ndarray],
-              noise: np.ndarray) -> np.ndarray:
+              noise: np.ndarray, model=None) -> np.ndarray:
     """Ancestral sampling by D calls of a step.onnx session, numpy state on the host, the family's draw in
     numpy float64: noise of ``family.noise_shape(n, D)`` -> values (n, D) in generation order, int64 levels
-    or float64 real values (each fed back to the next step in the family's ``numpy_dtype``)."""
+    or float64 real values (each fed back to the next step in the family's ``numpy_dtype``). With ``model``
+    every step's parameters are checked (``returns.params``: no NaN, no +inf) and errors name it."""
     n, d_total = noise.shape[:2]
     inputs = {i.name for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
@@ -65,6 +67,8 @@ def step_loop(session: ort.InferenceSession, family: Family, state_specs: list[d
         for name, array in zip(names, out[n_params:]):
             if name in feed:
                 feed[name] = array
+        if model is not None:
+            returns.params(model, "step", tuple(out[:n_params]), family, (n,))
         values[:, d] = family.draw_numpy(tuple(out[:n_params]), family.noise_column(noise, d))
         value = values[:, d].astype(family.numpy_dtype)
     return values
@@ -222,7 +226,9 @@ class ExportedModel:
                  for i in range(0, len(x), batch_size)]
         if not parts:
             return np.zeros((0, int(self.manifest["features"]["size"])), dtype=np.float32)
-        return np.concatenate(parts)
+        out = np.concatenate(parts)
+        returns.features(self, out, len(x))
+        return out
 
     def __repr__(self) -> str:
         return f"ExportedModel({str(self.path)!r}, model={self.name!r}, provider={self.provider!r})"
@@ -234,7 +240,12 @@ class ExportedModel:
         return self.family.graph_input(x, self.event_shape)
 
     def _run_conditionals(self, x, outputs):
-        return self.conditionals.run(outputs, {"images": self.validate(x)})
+        """The conditionals graph's ``outputs`` for values ``x``, each checked by ``returns`` (one line naming the
+        export when a result is NaN or +inf, of the wrong shape, or above log p = 0 for discrete values)."""
+        x = self.validate(x)
+        out = self.conditionals.run(outputs, {"images": x})
+        returns.graph_outputs(self, dict(zip(outputs, out)), len(x))
+        return out
 
     def conditional_logits(self, x) -> np.ndarray:
         """Logits of every conditional, float32 (B, D, K) in generation order."""
@@ -302,6 +313,7 @@ class ExportedModel:
                 **{s["name"]: a for s, a in zip(self.state_specs, state)}}
         out = self.step_session.run(None, {k: v for k, v in feed.items() if k in self._step_inputs})
         count = len(self.family.param_names)
+        returns.params(self, "step", tuple(out[:count]), self.family, (len(value),))
         return self.family.pack(tuple(out[:count])), out[count:]
 
     def noise_shape(self, n: int) -> tuple[int, ...]:
@@ -335,15 +347,18 @@ class ExportedModel:
             raise DataError(f"{self.name}'s export has no {fmt.SAMPLE} (its {self.family.name} family has no ONNX "
                             "draw); use engine='steps'")
         if engine == "graph":
-            return self.sample_session.run(["images"], {"noise": noise})[0]
-        values = self._sample_bound(noise) if self.io_binding else self._sample_host(noise)
-        flat = np.empty_like(values)
-        flat[:, self.order] = values
-        return flat.reshape(n, *self.event_shape).astype(self.family.numpy_dtype, copy=False)
+            images = self.sample_session.run(["images"], {"noise": noise})[0]
+        else:
+            values = self._sample_bound(noise) if self.io_binding else self._sample_host(noise)
+            flat = np.empty_like(values)
+            flat[:, self.order] = values
+            images = flat.reshape(n, *self.event_shape).astype(self.family.numpy_dtype, copy=False)
+        returns.samples(self, images, n, self.event_shape, self.family)
+        return images
 
     def _sample_host(self, noise: np.ndarray) -> np.ndarray:
         """Step loop with numpy state on the host (fastest on CPU); the draw in numpy float64."""
-        return step_loop(self.step_session, self.family, self.state_specs, self._initial, noise)
+        return step_loop(self.step_session, self.family, self.state_specs, self._initial, noise, model=self)
 
     def _sample_bound(self, noise: np.ndarray) -> np.ndarray:
         """Step loop through IOBinding: state, logits and the drawn value stay on ``self.device``.

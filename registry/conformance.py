@@ -87,7 +87,7 @@ from .checks.subject import (DEFAULT_ORDERINGS, FLOAT64_TOL, CheckFailed, CheckS
                              describe, image_index, in_float64, random_images, random_values, randomize, space,
                              tolerance)
 from .api import get_catalog
-from .errors import ConfigError
+from .errors import ConfigError, ModelOutputError
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
@@ -172,6 +172,8 @@ def run_check(name: str, model: str | Callable, config: dict | None = None, *,
         status, detail = FAILED, str(exc)
     except CheckSkipped as exc:
         status, detail = SKIPPED, str(exc)
+    except ModelOutputError as exc:  # a result that breaks the protocol: the rule, named
+        status, detail = FAILED, exc.rule
     except Exception as exc:  # the model raised: report it as the check's failure
         status, detail = FAILED, f"the model raised {describe(exc)}"
     return CheckResult(name, status, detail, time.perf_counter() - start)

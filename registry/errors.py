@@ -37,3 +37,13 @@ class ExportError(DensregError):
 
 class RuntimeLoadError(DensregError):
     """An export folder cannot be opened: a file missing, corrupt or truncated, or another format version."""
+
+
+class ModelOutputError(DensregError):
+    """A model returned a result that breaks the protocol (a shape, a dtype) or is not finite or not possible
+    (NaN, inf, a probability above 1). ``who`` names the model ("model 'nade'", "export 'nade'"),
+    ``rule`` the method and what it broke; the message is both."""
+
+    def __init__(self, who: str, rule: str | None = None) -> None:
+        super().__init__(who if rule is None else f"{who}: {rule}")  # one argument: unpickled
+        self.who, self.rule = ("", who) if rule is None else (who, rule)

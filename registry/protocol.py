@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import returns
 from .errors import ConfigError, DataError
 from .families import Categorical, Family, GaussianMixture, inverse_cdf
 from .limits import check_event_shape
@@ -107,6 +108,10 @@ class DensityModel(nn.Module, metaclass=ABCMeta):
     description: ClassVar[str] = ""
     closed_form: ClassVar[bool] = False
     families: ClassVar[tuple[type[Family], ...]] = (Categorical,)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        returns.check_methods(cls, DensityModel)  # every override's results are validated (returns.RULES)
 
     def __init__(self, event_shape, num_categories: int = 2, ordering: str = "raster",
                  family: Family | None = None) -> None:
@@ -283,6 +288,9 @@ class DensityModel(nn.Module, metaclass=ABCMeta):
     def fit_closed_form(self, x: torch.Tensor) -> dict[str, float]:
         """Maximum-likelihood fit (counting, EM) on validated values (N, C, H, W); returns metrics."""
         raise NotImplementedError(f"{type(self).__name__} has no closed-form fit")
+
+
+returns.check_methods(DensityModel, DensityModel)
 
 
 class ContinuousDensityModel(DensityModel):

@@ -63,11 +63,18 @@ def _evaluate_export(folder, dataset, data_path, download, split, batch_size) ->
     ds = find_dataset(dataset)
     check_matches(info, ds)
     images = ds.load_split(split, data_path, download)
+    refuse_empty(images, ds.name, split)
     try:
         nll = model.nll(images, batch_size or 500)  # checks shape and values 0..K-1
     except DataError as exc:
         raise DataError(f"dataset {ds.name!r}, split {split!r}: {exc}") from exc
-    return {"model": info.model, "dataset": dataset, "split": split, **nll_summary(nll, model.num_positions)}
+    return {"model": info.model, "dataset": dataset, "split": split, **nll_summary(nll, model.num_positions, model)}
+
+
+def refuse_empty(images, dataset: str, split: str) -> None:
+    """DataError for a split without images (its NLL would be "nan nats (0 images)")."""
+    if not len(images):
+        raise DataError(f"dataset {dataset!r}, split {split!r} holds no images to evaluate")
 
 
 def _evaluate(world, checkpoint, dataset, data_path, download, split, batch_size, compile, device) -> dict:
@@ -83,6 +90,7 @@ def _evaluate(world, checkpoint, dataset, data_path, download, split, batch_size
     check_matches(info, ds)
     with distributed.leader_first():  # one download into the shared cache
         images = api.load_split(dataset, split, data_path, download)
+    refuse_empty(images, dataset, split)
     progress = world.leader and sys.stderr.isatty()
     if isinstance(model, torch.nn.Module):
         if device or world.size == 1:  # under torchrun the ranks evaluate on CPU unless told
@@ -90,7 +98,7 @@ def _evaluate(world, checkpoint, dataset, data_path, download, split, batch_size
         scores = evaluate(model, images, batch_size, progress=progress, across_ranks=True, compile=compile)
     else:  # an export in onnxruntime
         nll = distributed.map_shards(lambda part: torch.from_numpy(model.nll(part.numpy(), batch_size or 500)), images)
-        scores = nll_summary(nll, model.num_positions)
+        scores = nll_summary(nll, model.num_positions, model)
     return {"model": info.model, "dataset": dataset, "split": split, **scores}
 
 

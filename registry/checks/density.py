@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from .. import returns
+from ..errors import ModelOutputError
 from .subject import (CheckFailed, CheckSkipped, Subject, all_images, describe, dtype_note, in_float64, method_name, notes_of,
                       random_values, space, tolerance, where, wide_variants)
 
@@ -36,23 +38,11 @@ NORMALIZATION_TOL = {True: 1e-5, False: 1e-4}
 
 
 def expect_params(model, x) -> tuple:
-    """The model's parameters for ``x`` as a tuple of (B, D, P) tensors; CheckFailed naming what is wrong."""
-    family, name = model.family, method_name(model)
-    raw = model.conditional_params(x)
-    try:
-        params = family.unpack(family.params(raw))
-    except (ValueError, AttributeError) as exc:  # a wrong count or shapes; something that is not a tensor
-        raise CheckFailed(f"{name} returned {type(raw).__name__}: {exc}") from exc
-    expected = (x.shape[0], model.num_positions, family.param_size or params[0].shape[-1])
-    if tuple(params[0].shape) != expected:
-        what = "(B, D, K)" if family.discrete else "(B, D, P)"
-        raise CheckFailed(f"{name} returned {tuple(params[0].shape)}, expected {what} = {expected}")
-    for param_name, tensor in zip(family.param_names, params):
-        if param_name == "logits" and bool((tensor.isnan() | (tensor == math.inf)).any()):  # -inf: probability 0
-            raise CheckFailed(f"{name} returned NaN or +inf values" + ("" if len(params) == 1 else " in logits"))
-        if param_name != "logits" and not bool(tensor.isfinite().all()):
-            raise CheckFailed(f"{name} returned NaN or infinite values in {param_name}")
-    return params
+    """The model's parameters for ``x`` as a tuple of (B, D, P) tensors, finite (logits may be -inf); the
+    protocol's rules (``registry.returns``), whose ModelOutputError the check reports as its failure."""
+    raw = model.conditional_params(x)  # checked by the protocol where it is the outermost call
+    leading = (x.shape[0], model.num_positions)
+    return model.family.unpack(returns.params(model, method_name(model), raw, model.family, leading))
 
 
 def probe_values(model, shape, k: int, n: int, seed: int, generator: torch.Generator | None = None):
@@ -257,6 +247,8 @@ def step(subject: Subject) -> str:
                     try:
                         out, state = model.step(value, position, state)
                         got = family.comparable(family.unpack(family.params(out)))
+                    except ModelOutputError:
+                        raise  # the rule it broke, named by the protocol
                     except Exception as exc:
                         raise CheckFailed(f"step at position {d} with the position given as {kind} raised "
                                           f"{describe(exc)}") from exc
