@@ -153,7 +153,7 @@ def test_resume_continues_the_moving_average(digits, tmp_path):
 
 def test_ema_out_of_range_is_refused(digits, tmp_path):
     train, valid = digits
-    with pytest.raises(ConfigError, match=r"ema must be in \[0, 1\), got 1.0"):
+    with pytest.raises(ConfigError, match=r"ema must be a number in \[0, 1\), got 1.0"):
         fit(small_nade(), train, valid, epochs=1, ema=1.0)
     result = CliRunner().invoke(cli, ["train", "nade", "--dataset", "digits", "--out", str(tmp_path / "x.safetensors"),
                                       "--ema", "1"])
