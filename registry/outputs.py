@@ -91,8 +91,12 @@ def writing(outputs: Iterable[tuple[str | os.PathLike | None, str]], force: bool
 
     A DataError at once when another process holds one of the locks (as `densreg train` does on
     its files); a ConfigError when two outputs are the same file. A path whose lock this process
-    already holds (a command that took it before calling ``fit``) is not checked again.
+    already holds (a command that took it before calling ``fit``) is not checked again. Under torchrun
+    only rank 0 (which writes) takes them.
     """
+    if os.environ.get("RANK", "0") != "0":  # a torchrun worker but rank 0: rank 0 writes, and holds the locks
+        yield
+        return
     outputs = [(Path(path), kind) for path, kind in outputs if path is not None]
     seen: dict[str, Path] = {}
     for path, _ in outputs:
