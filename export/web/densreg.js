@@ -39,7 +39,7 @@ export function decodeArray(item) {
 }
 
 /** An array's one-row value repeated n times along its batch axis (the runtime's tile_initial). */
-function tile(array, axis, n) {
+export function tile(array, axis, n) {
   if (axis === null || axis === undefined) return array;
   const shape = array.shape.slice();
   const outer = shape.slice(0, axis).reduce((a, b) => a * b, 1);

@@ -1,0 +1,107 @@
+"""A site of ``densreg web`` in a real browser: served from 127.0.0.1, opened in headless Chromium.
+
+    with serve(site) as url, chromium() as browser:
+        page = open_page(browser, url)           # waits for the first score
+        page.evaluate("densregPage.last.logProb")
+
+Used by the tests and benchmarks/web.py. Chromium is the system's (Debian's ``chromium`` package,
+``/usr/bin/chromium``), driven by Playwright for Python through ``executable_path``: Playwright
+never downloads a browser here. ``missing()`` says what is absent, for a clear skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+CHROMIUM_ENV = "DENSREG_CHROMIUM"
+# Headless, and quiet on a machine without a network: no background requests, no GPU process
+CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage")
+LOAD_TIMEOUT_MS = 120_000
+
+
+def chromium_path() -> str | None:
+    """$DENSREG_CHROMIUM, else chromium (or chromium-browser) on PATH."""
+    return os.environ.get(CHROMIUM_ENV) or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def missing() -> str | None:
+    """Why a browser check cannot run here (one line naming how to get what is missing), or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed (pip install -e \".[test]\")"
+    if chromium_path() is None:
+        return f"no Chromium on PATH (apt-get install chromium, or set {CHROMIUM_ENV})"
+    return None
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    extensions_map = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
+                      ".json": "application/json", ".onnx": "application/octet-stream",
+                      ".bin": "application/octet-stream", ".html": "text/html"}
+
+    def log_message(self, *args) -> None:  # quiet: a test reads what the page shows, not the access log
+        pass
+
+
+@contextlib.contextmanager
+def serve(site):
+    """Serve the folder ``site`` on 127.0.0.1 (a free port) while the block runs; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(site)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@contextlib.contextmanager
+def chromium():
+    """Headless system Chromium under Playwright; yields the browser."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=list(CHROMIUM_ARGS))
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_page(browser, url: str, query: str = "", width: int = 1400, height: int = 900):
+    """A new page at ``url`` (``query`` e.g. "?backend=wasm"), once it has scored its first image; its
+    console errors and page errors are collected in ``page.densreg_errors``. RuntimeError when the
+    page reports an error instead."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.densreg_errors = errors
+    page.goto(url + "index.html" + query)
+    page.wait_for_function("window.densregPage && (window.densregPage.last || window.densregPage.error)",
+                           timeout=LOAD_TIMEOUT_MS)
+    error = page.evaluate("densregPage.error || null")
+    if error:
+        raise RuntimeError(f"the page failed: {error}; console: {'; '.join(errors)}")
+    return page
+
+
+def run_view(page, name: str, **fields) -> dict:
+    """Fill a view's inputs (``keep``, ``complete-n``, ...: element ids), press its button, and return
+    what it drew (``densregPage.completion`` or ``densregPage.samples``)."""
+    result = {"complete": "completion", "sample": "samples"}[name]
+    for field, value in fields.items():
+        page.fill(f"#{field}", str(value))
+    page.evaluate(f"densregPage.{result} = null")
+    page.click(f"#{name}-run")
+    page.wait_for_function(f"densregPage.{result}", timeout=LOAD_TIMEOUT_MS)
+    return page.evaluate(f"densregPage.{result}")
