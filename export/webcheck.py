@@ -78,10 +78,11 @@ def chromium():
 
 
 def open_page(browser, url: str, query: str = "", width: int = 1400, height: int = 900):
-    """A new page at ``url`` (``query`` e.g. "?backend=wasm"), once it has scored its first image; its
-    console errors and page errors are collected in ``page.densreg_errors``. RuntimeError when the
-    page reports an error instead."""
-    page = browser.new_page(viewport={"width": width, "height": height})
+    """A new page of ``browser`` (or of a browser context) at ``url`` (``query`` e.g. "?backend=wasm"),
+    once it has scored its first image; its console errors and page errors are collected in
+    ``page.densreg_errors``. RuntimeError when the page reports an error instead."""
+    viewport = {"width": width, "height": height}  # a browser context has its own viewport
+    page = browser.new_page(**({"viewport": viewport} if hasattr(browser, "new_context") else {}))
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
@@ -105,3 +106,18 @@ def run_view(page, name: str, **fields) -> dict:
     page.click(f"#{name}-run")
     page.wait_for_function(f"densregPage.{result}", timeout=LOAD_TIMEOUT_MS)
     return page.evaluate(f"densregPage.{result}")
+
+
+def draw(page, *strokes) -> None:
+    """Draw strokes on the page's canvas with the mouse; each stroke a list of (x, y) points as fractions of
+    the canvas (0 to 1), passed through in steps of at most 0.05."""
+    box = page.locator("#draw").bounding_box()
+    at = lambda x, y: (box["x"] + box["width"] * x, box["y"] + box["height"] * y)  # noqa: E731
+    for points in strokes:
+        page.mouse.move(*at(*points[0]))
+        page.mouse.down()
+        for (x0, y0), (x1, y1) in zip(points, points[1:]):
+            steps = max(1, int(max(abs(x1 - x0), abs(y1 - y0)) / 0.05))
+            for i in range(1, steps + 1):
+                page.mouse.move(*at(x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps))
+        page.mouse.up()

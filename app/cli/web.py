@@ -21,7 +21,7 @@ from .common import echo_json
               help="Also ship onnxruntime-web's WebGPU build, used where the browser has WebGPU (else WASM only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def web(export_dir, out, ort_dir, webgpu, as_json):
-    """Write a static web page that scores, completes and samples with an export folder in the browser.
+    """Write a static site that scores, completes and samples an export in the browser.
 
     The page runs the export's graphs in onnxruntime-web (WebGPU where the browser offers it,
     WASM otherwise) and works offline from any static file server, e.g.

@@ -158,7 +158,8 @@ export class ExportedModel {
     }
     const images = new Int32Array(n * d);
     for (let row = 0; row < n; row++)
-      for (let position = 0; position < d; position++) images[row * d + this.order[position]] = values[row * d + position];
+      for (let position = 0; position < d; position++)
+        images[row * d + this.order[position]] = values[row * d + position];
     return images;
   }
 

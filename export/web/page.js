@@ -44,6 +44,12 @@ function toRgba(image, model) {
   return rgba;
 }
 
+/** n images, flat levels, as pictures. */
+function pictures(images, n, model) {
+  const d = model.positions;
+  return Array.from({ length: n }, (_, i) => toRgba(images.subarray(i * d, (i + 1) * d), model));
+}
+
 function paint(canvas, cells, columns, model, scale) {
   const [, h, w] = model.eventShape, gap = 2;
   const rows = Math.ceil(cells.length / columns);
@@ -242,8 +248,7 @@ async function runComplete() {
     const seen = Array.from({ length: c }, (_, j) => model.order.indexOf(j * plane + p) < keep).every(Boolean);
     if (!seen) masked.set(UNSEEN, p * 4);
   }
-  const cells = [original, masked];
-  for (let i = 0; i < n; i++) cells.push(toRgba(images.subarray(i * model.positions, (i + 1) * model.positions), model));
+  const cells = [original, masked, ...pictures(images, n, model)];
   paint($('completions'), cells, n + 2, model, Math.max(2, Math.floor(112 / model.eventShape[1])));
   page.completion = { keep, n, seed, images: Array.from(images) };
   return page.completion;
@@ -252,9 +257,8 @@ async function runComplete() {
 async function runSample() {
   const { model } = page, n = readInt('sample-n', 1, 256), seed = readInt('sample-seed', 0, 2 ** 32 - 1);
   const images = await timed('sample', (progress) => model.sample(n, seed, progress));
-  const cells = [];
-  for (let i = 0; i < n; i++) cells.push(toRgba(images.subarray(i * model.positions, (i + 1) * model.positions), model));
-  paint($('samples'), cells, Math.min(n, 8), model, Math.max(2, Math.floor(84 / model.eventShape[1])));
+  const scale = Math.max(2, Math.floor(84 / model.eventShape[1]));
+  paint($('samples'), pictures(images, n, model), Math.min(n, 8), model, scale);
   page.samples = { n, seed, images: Array.from(images) };
   return page.samples;
 }
@@ -265,7 +269,8 @@ async function main() {
   const { model } = page, [c, h, w] = model.eventShape, m = model.manifest;
   const dataset = (m.dataset || {}).name;
   $('title').textContent = `${m.model.name}${dataset ? ` on ${dataset}` : ''}`;
-  $('shape').textContent = `${c}×${h}×${w}, K = ${model.k} levels, ${m.ordering} order, export ${m.export_id.slice(0, 8)}`;
+  $('shape').textContent = `${c}×${h}×${w}, K = ${model.k} levels, ${m.ordering} order, `
+    + `export ${m.export_id.slice(0, 8)}`;
   $('keep-label').textContent = model.raster ? 'keep rows' : 'keep values';
   $('keep').max = model.raster ? h : model.positions;
   $('keep').value = model.raster ? Math.floor(h / 2) : Math.floor(model.positions / 2);
@@ -278,4 +283,8 @@ async function main() {
   setStatus(`ready: first score ${(page.timings.firstScore / 1000).toFixed(2)} s after the page began loading`);
 }
 
-page.ready = main().catch((error) => { setStatus(`error: ${error.message}`); page.error = error.message; throw error; });
+page.ready = main().catch((error) => {
+  setStatus(`error: ${error.message}`);
+  page.error = error.message;
+  throw error;
+});
