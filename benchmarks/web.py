@@ -8,7 +8,7 @@ onnxruntime-web with and without its WebGPU build); the time from the start of n
 first score shown, in a fresh browser context each load (nothing cached: the .wasm is fetched and
 compiled each time), median of ``--loads``; then, in one page, the time of one score (one image,
 median of ``--repeats``), of one completion of the lower half (keep 14 rows, 392 steps) and of one
-sample (784 steps), each median of 3, next to the Python runtime's (onnxruntime CPU, same machine).
+sample (784 steps), each median of 5 after one untimed run, next to the Python runtime's (onnxruntime CPU, same machine).
 Before timing, the page's parity is checked: golden log-probs within 1e-3 nats of the Python
 runtime, and samples and completions for a seed equal to the Python runtime's. Chromium runs
 headless without a GPU, so the page uses WASM (single-threaded: a static server gives no
@@ -102,11 +102,11 @@ def measure(name: str, browser, tmp: Path, loads: int, repeats: int, screenshots
         row["parity"] = check_parity(page, model)
         image, keep = "Int32Array.from(densregPage.model.golden.images[2].flat(3))", KEEP_ROWS * model.event_shape[2]
         row["score_ms"] = page_ms(page, f"densregPage.model.score({image})", repeats)
-        row["complete_ms"] = page_ms(page, f"densregPage.model.complete({image}, {keep}, 1, 0)", 3)
-        row["sample_ms"] = page_ms(page, "densregPage.model.sample(1, 0)", 3)
+        row["complete_ms"] = page_ms(page, f"densregPage.model.complete({image}, {keep}, 1, 0)", 5)
+        row["sample_ms"] = page_ms(page, "densregPage.model.sample(1, 0)", 5)
         row["python"] = {"score_ms": median_ms(lambda: model.log_prob(images[2:3]), repeats),
-                         "complete_ms": median_ms(lambda: complete(model, images[2:3], keep, 1, 0), 3),
-                         "sample_ms": median_ms(lambda: model.sample(1, seed=0), 3)}
+                         "complete_ms": median_ms(lambda: complete(model, images[2:3], keep, 1, 0), 5),
+                         "sample_ms": median_ms(lambda: model.sample(1, seed=0), 5)}
         if screenshots is not None:
             screenshots.mkdir(parents=True, exist_ok=True)
             page.click("#clear")  # a drawn 7: a bar, then a stroke down to the left
@@ -116,7 +116,6 @@ def measure(name: str, browser, tmp: Path, loads: int, repeats: int, screenshots
             webcheck.run_view(page, "sample", **{"sample-n": 16, "sample-seed": 0})
             for view in ("score", "complete", "sample"):
                 page.locator(f"#{view}-view").screenshot(path=str(screenshots / f"web-{view}.png"))
-            page.screenshot(path=str(screenshots / "web-page.png"), full_page=True)
         context.close()
     return row
 
@@ -132,7 +131,8 @@ def table(rows: list[dict], args) -> str:
              "First score: from the start of navigation to the first log p shown (fetching and compiling the "
              "WASM build, opening both graphs, scoring one image), a fresh browser context each load, median "
              f"of {args.loads}. Score: one image, median of {args.repeats}. Completion: one image, the lower "
-             f"half ({KEEP_ROWS} rows kept, the rest drawn by step.onnx). Sample: one image, all 784 steps. "
+             f"half ({KEEP_ROWS} rows kept: all 784 steps run, the kept values fed in, the other 392 drawn). "
+             "Sample: one image, 784 steps. Completion and sample: median of 5, after one untimed run. "
              "Each browser time is measured inside the page (performance.now()). Before timing, the page "
              "matched the Python runtime: golden log-probs within 1e-3 nats, a sample and a completion equal "
              "for the same seed.", "",
@@ -148,7 +148,8 @@ def table(rows: list[dict], args) -> str:
     lines += ["", "The site holds the WASM build (ort.wasm.min.mjs, 14 MB of .wasm) and the WebGPU build (27 MB, "
               "loaded only where the browser has a WebGPU adapter); `densreg web --no-webgpu` leaves the latter "
               "out. A server that compresses (gzip or brotli) sends the .wasm files at about a quarter of their "
-              "size.", ""]
+              "size. On this shared machine (other sessions at work) the same measurement repeated varies by up "
+              "to 2x: compare the browser with Python within one row, not rows of different runs.", ""]
     return "\n".join(lines)
 
 

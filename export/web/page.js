@@ -180,6 +180,7 @@ function wireDrawing() {
   canvas.addEventListener('pointerdown', (event) => {
     canvas.setPointerCapture(event.pointerId);
     last = at(event);
+    $('example-index').textContent = 'drawn';
     drawing.stroke(last, last, Number($('brush').value));
     rescore();
   });
@@ -191,7 +192,11 @@ function wireDrawing() {
     rescore();
   });
   for (const name of ['pointerup', 'pointercancel']) canvas.addEventListener(name, () => { last = null; });
-  $('clear').addEventListener('click', () => { drawing.set(new Int32Array(drawing.levels.length)); rescore(); });
+  $('clear').addEventListener('click', () => {
+    drawing.set(new Int32Array(drawing.levels.length));
+    $('example-index').textContent = 'blank';
+    rescore();
+  });
   let example = 0;
   $('example').addEventListener('click', () => {
     example = (example + 1) % page.model.golden.images.length;
@@ -201,6 +206,7 @@ function wireDrawing() {
     const file = event.target.files[0];
     if (!file) return;
     $('upload-note').textContent = await drawing.upload(file);
+    $('example-index').textContent = file.name;
     await rescore();
   });
 }
