@@ -22,6 +22,9 @@ CHROMIUM_ENV = "DENSREG_CHROMIUM"
 # Headless, and quiet on a machine without a network: no background requests, no GPU process
 CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage")
+# A WebGPU adapter without a GPU: SwiftShader's software Vulkan, which Debian's chromium ships
+SOFTWARE_WEBGPU_ARGS = ("--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
+                        "--use-webgpu-adapter=swiftshader", "--use-angle=swiftshader")
 LOAD_TIMEOUT_MS = 120_000
 
 
@@ -64,13 +67,22 @@ def serve(site):
         thread.join()
 
 
+def launch(playwright, webgpu: bool = False):
+    """Headless system Chromium from a running Playwright (``sync_playwright()``, one per thread). Without
+    a GPU it offers no WebGPU adapter, so pages use WASM; ``webgpu=True`` gives it SwiftShader's
+    software one."""
+    args = [a for a in CHROMIUM_ARGS if a != "--disable-gpu"] + list(SOFTWARE_WEBGPU_ARGS) if webgpu \
+        else list(CHROMIUM_ARGS)
+    return playwright.chromium.launch(executable_path=chromium_path(), args=args)
+
+
 @contextlib.contextmanager
-def chromium():
-    """Headless system Chromium under Playwright; yields the browser."""
+def chromium(webgpu: bool = False):
+    """Playwright and ``launch``'s browser for the block; yields the browser."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=list(CHROMIUM_ARGS))
+        browser = launch(playwright, webgpu)
         try:
             yield browser
         finally:

@@ -4,7 +4,7 @@ The JavaScript pieces the page's exactness rests on (numpy's default_rng, the in
 state tiling, the picture rules) are checked against numpy in Node.js; the page itself in Debian's
 Chromium under Playwright, served from 127.0.0.1: its log-probabilities against the Python runtime,
 its samples and completions against `densreg sample` and `densreg complete`, and a drawn stroke
-against the heatmap. Without Chromium, Playwright or the npm package the browser tests skip, saying
+against the heatmap; WebGPU with SwiftShader's software adapter. Without Chromium, Playwright or the npm package the browser tests skip, saying
 which; .ci/run installs all three and sets DENSREG_WEB_TESTS=required, which turns a skip into a failure.
 """
 
@@ -196,10 +196,19 @@ def test_cli_web_runs_without_torch(markov_export, tmp_path):
 
 # ---- in the browser --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
     browser_or_skip()
-    with webcheck.chromium() as browser:
-        yield browser
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:  # one per thread: every browser of the module comes from it
+        yield playwright
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    browser = webcheck.launch(playwright)
+    yield browser
+    browser.close()
 
 
 def open_site(browser, export, folder, **options):
@@ -234,6 +243,7 @@ def test_page_scores_samples_and_completes_as_the_python_runtime(site_page, tmp_
     golden = json.loads((export / "golden.json").read_text())
     backend = page.evaluate("densregPage.backend")
     assert page.text_content("#backend") == {"wasm": "WASM", "webgpu": "WebGPU"}[backend]
+    assert page.text_content("#backend-why") == page.evaluate("densregPage.why") != ""
     # the folder's golden images: log p within 1e-3 nats of golden.json and of the Python runtime, per pixel too
     images = np.array(golden["images"])
     scored = page.evaluate("""async () => { const s = await densregPage.model.score(Int32Array.from(
@@ -304,3 +314,28 @@ def test_a_drawn_stroke_is_scored_and_changes_the_heatmap(browser, nade_export, 
     finally:
         page.close()
         page.densreg_server.__exit__(None, None, None)
+
+
+def test_webgpu_is_used_where_the_browser_has_an_adapter(playwright, nade_export, tmp_path):
+    """With a WebGPU adapter (SwiftShader's, in software) the page loads the WebGPU build, says so, and
+    still gives the Python runtime's numbers (int64 and shape ops run on the CPU beside it)."""
+    model = ExportedModel(nade_export, provider="cpu")
+    browser = webcheck.launch(playwright, webgpu=True)
+    page = open_site(browser, nade_export, tmp_path)
+    try:
+        why = page.evaluate("densregPage.why")
+        if page.evaluate("densregPage.backend") != "webgpu":
+            assert "failed" not in why, why  # an adapter that the page could not use is a bug
+            pytest.skip(f"this Chromium offers no WebGPU adapter, not even SwiftShader's: {why}")
+        assert page.text_content("#backend") == "WebGPU" and why == "WebGPU adapter found"
+        images = np.array(json.loads((nade_export / "golden.json").read_text())["images"])
+        scored = page.evaluate("async () => Array.from((await densregPage.model.score(Int32Array.from("
+                               "densregPage.model.golden.images.flat(4)))).logProb)")
+        assert np.abs(np.array(scored) - model.log_prob(images)).max() <= 1e-3
+        drawn = webcheck.run_view(page, "sample", **{"sample-n": 3, "sample-seed": 2})
+        assert np.array_equal(np.array(drawn["images"]).reshape(3, *model.event_shape), model.sample(3, seed=2))
+        assert not page.densreg_errors, page.densreg_errors
+    finally:
+        page.close()
+        page.densreg_server.__exit__(None, None, None)
+        browser.close()

@@ -22,6 +22,7 @@ export async function pickBackend(wanted) {
 export async function loadOrt(backend, base) {
   const ort = await import(new URL(backend === 'webgpu' ? 'ort/ort.webgpu.min.mjs' : 'ort/ort.wasm.min.mjs', base));
   ort.env.wasm.wasmPaths = new URL('ort/', base).href;
+  ort.env.logLevel = 'error'; // not the warning that shape ops run on the CPU beside WebGPU
   // threads need cross-origin isolation (SharedArrayBuffer), which a plain static server does not give
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   return ort;
@@ -94,10 +95,13 @@ export class ExportedModel {
     const manifest = await (await get('manifest.json')).json();
     if ((manifest.family || {}).name !== 'categorical') throw new Error('the page runs categorical models only');
     const weights = new Uint8Array(await (await get('weights.bin')).arrayBuffer());
-    const options = { executionProviders: [backend], graphOptimizationLevel: 'all',
+    const options = { executionProviders: [backend], graphOptimizationLevel: 'all', logSeverityLevel: 3,
       externalData: [{ path: 'weights.bin', data: weights }] };
-    const [conditionals, step] = await Promise.all(['conditionals.onnx', 'step.onnx'].map(
-      async (name) => ort.InferenceSession.create(new Uint8Array(await (await get(name)).arrayBuffer()), options)));
+    const graphs = await Promise.all(['conditionals.onnx', 'step.onnx'].map(
+      async (name) => new Uint8Array(await (await get(name)).arrayBuffer())));
+    // one after the other: the WebGPU backend refuses a session while another is being created
+    const conditionals = await ort.InferenceSession.create(graphs[0], options);
+    const step = await ort.InferenceSession.create(graphs[1], options);
     const golden = await (await get('golden.json')).json();
     return new ExportedModel(ort, manifest, conditionals, step, golden);
   }
