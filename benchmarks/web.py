@@ -7,8 +7,9 @@ Per committed model (models/NAME.safetensors, exported here): the site's bytes (
 onnxruntime-web with and without its WebGPU build); the time from the start of navigation to the
 first score shown, in a fresh browser context each load (nothing cached: the .wasm is fetched and
 compiled each time), median of ``--loads``; then, in one page, the time of one score (one image,
-median of ``--repeats``), of one completion of the lower half (keep 14 rows, 392 steps) and of one
-sample (784 steps), each median of 5 after one untimed run, next to the Python runtime's (onnxruntime CPU, same machine).
+median of ``--repeats``), of one completion of the lower half (14 rows kept; 784 steps, 392 values
+drawn) and of one sample (784 steps), each median of 5 after one untimed run, next to the Python
+runtime's (onnxruntime CPU, same machine).
 Before timing, the page's parity is checked: golden log-probs within 1e-3 nats of the Python
 runtime, and samples and completions for a seed equal to the Python runtime's. Chromium runs
 headless without a GPU, so the page uses WASM (single-threaded: a static server gives no

@@ -4,8 +4,9 @@ The JavaScript pieces the page's exactness rests on (numpy's default_rng, the in
 state tiling, the picture rules) are checked against numpy in Node.js; the page itself in Debian's
 Chromium under Playwright, served from 127.0.0.1: its log-probabilities against the Python runtime,
 its samples and completions against `densreg sample` and `densreg complete`, and a drawn stroke
-against the heatmap; WebGPU with SwiftShader's software adapter. Without Chromium, Playwright or the npm package the browser tests skip, saying
-which; .ci/run installs all three and sets DENSREG_WEB_TESTS=required, which turns a skip into a failure.
+against the heatmap; WebGPU with SwiftShader's software adapter. Without Chromium, Playwright or the
+npm package the browser tests skip, saying which; .ci/run installs all three and sets
+DENSREG_WEB_TESTS=required, which turns a skip into a failure.
 """
 
 from __future__ import annotations

@@ -283,8 +283,10 @@ async function main() {
   page.drawing = new Drawing(model, $('draw'));
   wireDrawing();
   Object.assign(page, { score: rescore, complete: runComplete, sample: runSample, showExample });
-  $('complete-run').addEventListener('click', () => runComplete().catch(() => {}));
-  $('sample-run').addEventListener('click', () => runSample().catch(() => {}));
+  for (const [name, run] of [['complete', runComplete], ['sample', runSample]])
+    $(`${name}-run`).addEventListener('click', () => run().catch((error) => {
+      $(`${name}-ms`).textContent = error.message;
+    }));
   await showExample(0);
   setStatus(`ready: first score ${(page.timings.firstScore / 1000).toFixed(2)} s after the page began loading`);
 }
