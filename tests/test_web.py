@@ -193,6 +193,13 @@ def test_cli_web_runs_without_torch(markov_export, tmp_path):
     assert json.loads(proc.stdout)["backends"] == ["wasm", "webgpu"] and (tmp_path / "site" / "index.html").is_file()
     proc = run("--out", tmp_path / "site2", "--ort-dir", tmp_path / "nothing")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "npm ci --prefix export/web" in proc.stderr
+    proc = run("--out", tmp_path / "site", "--ort-dir", fake_ort(tmp_path / "again"))  # a site replaces a site
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    proc = run("--out", tmp_path / "notes", "--ort-dir", fake_ort(tmp_path / "third"))  # other files: refused
+    assert proc.returncode == 1 and "refusing to replace" in proc.stderr and "--force" in proc.stderr
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
 
 
 # ---- in the browser --------------------------------------------------------------------------

@@ -6,13 +6,14 @@ import click
 
 from densreg.registry import hookimpl
 
-from .common import echo_json
+from .common import echo_json, writes
 
 
 @click.command(name="web")
 @click.argument("export_dir", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder to write the site to (replaced whole): index.html, the page's modules, model/, ort/.")
+              help="Folder to write the site to (a previous site there is replaced whole): index.html, the page's "
+                   "modules, model/, ort/.")
 @click.option("--ort-dir", type=click.Path(file_okay=False), default=None,
               help="The dist folder of the npm package onnxruntime-web at the pinned version (default: "
                    "$DENSREG_ORT_WEB_DIR, else export/web/node_modules/onnxruntime-web/dist, which "
@@ -20,6 +21,7 @@ from .common import echo_json
 @click.option("--webgpu/--no-webgpu", default=True, show_default=True,
               help="Also ship onnxruntime-web's WebGPU build, used where the browser has WebGPU (else WASM only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@writes(out="site")
 def web(export_dir, out, ort_dir, webgpu, as_json):
     """Write a static site that scores, completes and samples an export in the browser.
 
