@@ -27,10 +27,11 @@ KINDS = {
     "json": "a JSON document",
     "csv": "a CSV table",
     "export": "an export folder",
+    "site": "a web site of `densreg web`",
     "folder": "a folder of other files",
     "other": "a file densreg does not recognise",
 }
-FOLDER_KINDS = ("export",)  # what is written as a whole folder (atomic_write_folder)
+FOLDER_KINDS = ("export", "site")  # what is written as a whole folder (atomic_write_folder)
 
 
 def existing_kind(path: str | os.PathLike) -> str | None:
@@ -44,6 +45,8 @@ def existing_kind(path: str | os.PathLike) -> str | None:
     if stat.S_ISDIR(info.st_mode):
         if (path / "manifest.json").is_file():
             return "export"
+        if (path / "site.json").is_file() and (path / "index.html").is_file():
+            return "site"
         return "folder" if any(path.iterdir()) else None
     if not stat.S_ISREG(info.st_mode):
         return None

@@ -47,11 +47,12 @@ BUILTIN_COMMANDS = {
     "sample": ("sample", "Draw exact samples from a checkpoint (or an export folder) and write an image grid."),
     "score": ("score", "Score images by how anomalous they are under a checkpoint or an export folder."),
     "train": ("train", "Fit MODEL on a dataset's train split and write a checkpoint."),
+    "web": ("web", "Write a static site that scores, completes and samples an export in the browser."),
 }
 COMMAND_MODULES = {name: module for name, (module, _) in BUILTIN_COMMANDS.items()}
 # Built-in commands that use no plugin's command: main() loads no plugin for them, so on an
 # export folder they run without torch.
-WITHOUT_PLUGINS = ("eval", "sample", "runtime", "score", "complete", "features")
+WITHOUT_PLUGINS = ("eval", "sample", "runtime", "score", "complete", "features", "web")
 
 
 class DensregGroup(click.Group):
