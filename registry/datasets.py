@@ -135,9 +135,13 @@ def open_npz(path: str | os.PathLike, expected: str):
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise DataError(f"{path} is not a regular file; expected an .npz archive with {expected}")
         with open(path, "rb") as handle:
-            single = handle.read(6) == b"\x93NUMPY"
+            magic = handle.read(6)
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    single = magic == b"\x93NUMPY"
+    if not single and not magic.startswith(b"PK"):  # numpy would try to unpickle it, and say so
+        raise DataError(f"{path} is not a readable .npz archive (not a zip file); expected a zip of .npy arrays "
+                        f"with {expected}")
     if not single:
         try:
             archive = np.load(path, allow_pickle=False)

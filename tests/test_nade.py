@@ -629,12 +629,12 @@ def test_scoring_under_no_grad_takes_the_pass_by_states_however_dense_the_batch(
     pass by states (spied: which autograd Function's apply runs)."""
     import densreg.plugins.nade as nade_module
 
+    model = nade((1, 8, 8), 2, hidden=6)  # before the spy: its random draw runs the model once (kit's tame)
     ran = []
     for name in ("BlockedNADE", "StateNADE"):
         function = getattr(nade_module, name)
         monkeypatch.setattr(function, "apply", staticmethod(
             lambda *args, _apply=function.apply, _name=name: ran.append(_name) or _apply(*args)))
-    model = nade((1, 8, 8), 2, hidden=6)
     dense = (torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(16)) < 0.6).long()
     model.log_prob(dense)
     with torch.no_grad():
