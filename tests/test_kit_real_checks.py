@@ -272,3 +272,12 @@ def test_the_gradient_path_check_finds_a_defect_only_the_training_path_has(how, 
         assert result.passed and "log_prob and conditionals with gradients on within" in result.detail, result.detail
     else:
         assert result.failed and re.search(message, result.detail), result.detail
+
+
+def test_real_normalization_skips_spaces_of_more_than_two_values_and_says_so():
+    why = "not run on 1x1x3 K=0, ordering 'snake': the integral is computed over 1 or 2 values only"
+    result = run_check("normalization", Normals, spaces=[((1, 1, 2), 0), ((1, 1, 3), 0)])
+    assert result.passed and re.fullmatch(r"integrals \(Gauss-Legendre on 1-D and 2-D spaces\) within \S+ of 1; "
+                                          + re.escape(why), result.detail), result.detail
+    result = run_check("normalization", Normals, spaces=[((1, 1, 3), 0)])
+    assert result.skipped and result.detail == why
