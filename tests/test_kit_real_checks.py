@@ -191,7 +191,7 @@ def test_the_kit_reads_the_kind_of_values_off_the_family_a_model_emits():
     assert not is_discrete(Either((1, 1, 2), 0, family=GaussianMixture(2)))
 
 
-@pytest.mark.parametrize("check, seed, n", [("chain_rule", 4, 16), ("causality", 1, 4)])
+@pytest.mark.parametrize("check, seed, n", [("chain_rule", 4, 16), ("causality", 1, 4), ("gradient_path", 3, 8)])
 def test_the_kit_probes_real_models_with_the_documented_values(check, seed, n):
     """The first batch of the documented count that a check evaluates is ``random_values`` of its documented
     seed (on 1x2x3), so that an author can reproduce a failure by hand."""
@@ -245,33 +245,52 @@ def test_the_kits_random_draw_keeps_the_conditionals_of_a_deep_network_of_order_
 
 
 class GradientOnly(Normals):
-    """Normals with a defect only while autograd records (``how``): "shift" moves the means, "nan" puts a NaN
-    in the gradient of ``shift``."""
+    """Normals with a defect only while autograd records (``how``): "shift" moves the means; "log_prob" adds
+    0.01 nats to log_prob alone; "nan" puts a NaN in the gradient of ``shift``, "nan2" in that of ``spare``
+    too; "peek" makes the conditional at d move with x at d + 1 by 0.01 times its distance from the kit's
+    probe (so that on the probe itself the values agree with no_grad's)."""
 
     how = ""
 
+    def __init__(self, event_shape=(1, 1, 3), num_categories: int = 0, ordering: str = "raster") -> None:
+        super().__init__(event_shape, num_categories, ordering)
+        self.spare = torch.nn.Parameter(torch.zeros(()))
+
     def conditional_params(self, x):
         params = super().conditional_params(x)
-        if not torch.is_grad_enabled() or not self.how:
+        if not torch.is_grad_enabled() or self.how in ("", "log_prob"):
             return params
-        if self.how == "nan":
-            return params._replace(means=params.means + (self.shift * 0).sqrt())  # value 0, gradient 0 * inf
+        if self.how in ("nan", "nan2"):
+            broken = (self.shift * 0).sqrt() + ((self.spare * 0).sqrt() if self.how == "nan2" else 0)
+            return params._replace(means=params.means + broken)  # value 0, gradient 0 * inf
+        if self.how == "peek":
+            from densreg.registry.conformance import random_values
+
+            seq = self.to_sequence(x)
+            probe = self.to_sequence(random_values(self.event_shape, len(x), seed=3).to(seq.dtype))
+            return params._replace(means=params.means + 0.01 * (seq - probe).roll(-1, 1).unsqueeze(-1))
         return params._replace(means=params.means + 1e-3)
+
+    def log_prob(self, x):
+        return super().log_prob(x) + (0.01 if self.how == "log_prob" and torch.is_grad_enabled() else 0.0)
 
 
 @pytest.mark.parametrize("how, message", [
-    ("", None),
+    ("", r"^3 space/ordering pairs: log_prob and conditionals with gradients on within 0\.0e\+00 of no_grad, causal, "
+         r"finite gradients \(in float64\)$"),
     ("shift", r"^conditional_params with gradients on differs from its value under no_grad by 0.001 on 1x2x3 K=0"),
+    ("log_prob", r"^log_prob with gradients on differs from its value under no_grad by 0.01 nats on 1x2x3 K=0"),
+    ("peek", r"^with gradients on \(the training path\): conditional at position 0 \(c=0, h=0, w=0\) changed by \S+ "
+             r"when x at position 1 \(c=0, h=0, w=1\) changed \(1x2x3 K=0"),
     ("nan", r"^the gradient of log_prob on 1x2x3 K=0\S* .*is NaN or infinite in shift: training would diverge"),
+    ("nan2", r"^the gradient of log_prob on 1x2x3 K=0\S* .*is NaN or infinite in shift and 1 more: training would"),
 ])
 def test_the_gradient_path_check_finds_a_defect_only_the_training_path_has(how, message):
     model = type(f"GradientOnly{how}", (GradientOnly,), {"how": how})
     result = run_check("gradient_path", model)
-    assert all(run_check(name, model).passed for name in ("chain_rule", "causality", "step"))
-    if message is None:
-        assert result.passed and "log_prob and conditionals with gradients on within" in result.detail, result.detail
-    else:
-        assert result.failed and re.search(message, result.detail), result.detail
+    others = ("chain_rule", "step") if how == "peek" else ("chain_rule", "causality", "step")  # causality's
+    assert all(run_check(name, model).passed for name in others)  # gradients see a real model's peek too
+    assert result.status == ("passed" if not how else "failed") and re.search(message, result.detail), result.detail
 
 
 def test_real_normalization_skips_spaces_of_more_than_two_values_and_says_so():

@@ -19,6 +19,7 @@ from .density import CAUSALITY_SPACES, comparable, each_position, probe_values
 from .subject import CheckFailed, Subject, dtype_note, method_name, notes_of, space, tolerance, wide_variants
 
 GRADIENT_PROBES = 8
+GRADIENT_SEED = 3  # the probes' generator, which then draws the perturbations
 
 
 def gradient_path(subject: Subject) -> str:
@@ -26,7 +27,8 @@ def gradient_path(subject: Subject) -> str:
     for shape, k, ordering, model, why in wide_variants(subject, subject.spaces_or(CAUSALITY_SPACES)):
         notes += [why] if why else []
         where_ = space(shape, k, ordering)
-        x = probe_values(model, shape, k, GRADIENT_PROBES, seed=3)
+        gen = torch.Generator().manual_seed(GRADIENT_SEED)
+        x = probe_values(model, shape, k, GRADIENT_PROBES, seed=GRADIENT_SEED, generator=gen)
         with torch.no_grad():
             quiet_log_p, quiet = model.log_prob(x).double(), comparable(model, x).double()
         model.zero_grad(set_to_none=True)
@@ -45,16 +47,16 @@ def gradient_path(subject: Subject) -> str:
                                   f"nats on {where_} (tolerance {lp_tol:.2g}): training optimizes another model than "
                                   "the one scored")
             try:
-                each_position(model, shape, k, ordering, model.to_sequence(x), params.detach(), tol,
-                              torch.Generator().manual_seed(3))
+                each_position(model, shape, k, ordering, model.to_sequence(x), params.detach(), tol, gen)
             except CheckFailed as exc:
                 raise CheckFailed(f"with gradients on (the training path): {exc}") from exc
             if log_p.requires_grad:
                 log_p.sum().backward()
         broken = [name for name, p in model.named_parameters() if p.grad is not None and not bool(p.grad.isfinite().all())]
         if broken:
-            raise CheckFailed(f"the gradient of log_prob on {where_} is NaN or infinite in {', '.join(broken[:3])}"
-                              f"{' and more' if len(broken) > 3 else ''}: training would diverge at the first step")
+            more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+            raise CheckFailed(f"the gradient of log_prob on {where_} is NaN or infinite in {broken[0]}{more}: "
+                              "training would diverge at the first step")
         model.zero_grad(set_to_none=True)
         worst, checked = max(worst, diff, lp_diff), checked + 1
     return (f"{checked} space/ordering pairs: log_prob and conditionals with gradients on within {worst:.1e} of "
