@@ -212,7 +212,7 @@ def run_colour_checks(model: str | Callable, config: dict | None = None, *, chec
     except Exception:  # noqa: BLE001 - the model breaks on colour: every check below says how
         pass
     names = [n for n in (checks or all_checks()) if n not in (*skip, *COLOUR_LEFT_OUT)]
-    results = run_checks(model, config, checks=names, prepare=prepare, spaces=subject.spaces, threads=threads)
+    results = [run_check(name, subject, threads=threads) for name in names]
     return [CheckResult(f"{r.name} (colour)", r.status, r.detail, r.seconds) for r in results]
 
 

@@ -22,6 +22,17 @@ GRADIENT_PROBES = 8
 GRADIENT_SEED = 3  # the probes' generator, which then draws the perturbations
 
 
+def agrees(what: str, got: torch.Tensor, quiet: torch.Tensor, unit: str, where_: str, consequence: str):
+    """(largest difference, tolerance) of ``got`` (computed with gradients on) from ``quiet`` (the same under
+    no_grad, float64); CheckFailed naming ``what`` and the ``consequence`` when it is beyond the tolerance."""
+    tol = tolerance(got.dtype, float(quiet.abs().max()))
+    diff = float((got.detach().double() - quiet).abs().max())
+    if not diff <= tol:
+        raise CheckFailed(f"{what} with gradients on differs from its value under no_grad by {diff:.3g}{unit} on "
+                          f"{where_} (tolerance {tol:.2g}): {consequence}")
+    return diff, tol
+
+
 def gradient_path(subject: Subject) -> str:
     checked, worst, notes = 0, 0.0, []
     for shape, k, ordering, model, why in wide_variants(subject, subject.spaces_or(CAUSALITY_SPACES)):
@@ -34,18 +45,10 @@ def gradient_path(subject: Subject) -> str:
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
             log_p, params = model.log_prob(x), comparable(model, x)
-            tol = tolerance(params.dtype, float(quiet.abs().max()))
-            diff = float((params.detach().double() - quiet).abs().max())
-            if not diff <= tol:
-                raise CheckFailed(f"{method_name(model)} with gradients on differs from its value under no_grad by "
-                                  f"{diff:.3g} on {where_} (tolerance {tol:.2g}): the training path computes another "
-                                  "model than the one scored and sampled")
-            lp_tol = tolerance(log_p.dtype, float(quiet_log_p.abs().max()))
-            lp_diff = float((log_p.detach().double() - quiet_log_p).abs().max())
-            if not lp_diff <= lp_tol:
-                raise CheckFailed(f"log_prob with gradients on differs from its value under no_grad by {lp_diff:.3g} "
-                                  f"nats on {where_} (tolerance {lp_tol:.2g}): training optimizes another model than "
-                                  "the one scored")
+            diff, tol = agrees(method_name(model), params, quiet, "", where_,
+                               "the training path computes another model than the one scored and sampled")
+            lp_diff, _ = agrees("log_prob", log_p, quiet_log_p, " nats", where_,
+                                "training optimizes another model than the one scored")
             try:
                 each_position(model, shape, k, ordering, model.to_sequence(x), params.detach(), tol, gen)
             except CheckFailed as exc:
