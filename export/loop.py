@@ -17,9 +17,11 @@ from onnx import TensorProto, helper, numpy_helper
 PREFIX = "sample__"  # names this module adds; kept apart from the step's own names
 
 
-def _renamed_draw_nodes(draw: onnx.ModelProto, logits: str, noise: str, value: str) -> tuple[list, list]:
-    """The draw graph's nodes and initializers with internal names prefixed and its I/O renamed."""
-    outer = {"logits": logits, "noise": noise, "value": value}
+def _renamed_draw_nodes(draw: onnx.ModelProto, noise: str, value: str) -> tuple[list, list]:
+    """The draw graph's nodes and initializers with internal names prefixed, its noise input and value output
+    renamed; its other inputs, the family's parameters, keep their names (the step's outputs)."""
+    outer = {i.name: i.name for i in draw.graph.input if i.name != "noise"}
+    outer.update(noise=noise, value=value)
     rename = lambda n: outer.get(n, PREFIX + "draw_" + n) if n else n  # noqa: E731
     nodes = []
     for node in draw.graph.node:
@@ -38,11 +40,22 @@ def _renamed_draw_nodes(draw: onnx.ModelProto, logits: str, noise: str, value: s
     return nodes, inits
 
 
+def consumed(node: onnx.NodeProto) -> set[str]:
+    """The names ``node`` reads: its inputs and, for a control-flow node (If, Loop, Scan), every name its
+    subgraphs read, which may be the outer graph's values (an If node of a cached step reads them so)."""
+    names = set(node.input)
+    for attribute in node.attribute:
+        for graph in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs):
+            for inner in graph.node:
+                names |= consumed(inner)
+    return names
+
+
 def topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """``nodes`` ordered so that each comes after the producers of its inputs (converters may
-    append nodes out of order; a graph must be sorted). Names no node produces count as given."""
+    """``nodes`` ordered so that each comes after the producers of what it reads (``consumed``; converters
+    may append nodes out of order; a graph must be sorted). Names no node produces count as given."""
     producer = {name: i for i, node in enumerate(nodes) for name in node.output if name}
-    waiting = [{producer[n] for n in node.input if n in producer} for node in nodes]
+    waiting = [{producer[n] for n in consumed(node) if n in producer} for node in nodes]
     users: dict[int, list[int]] = {}
     for i, needs in enumerate(waiting):
         for j in needs:
@@ -87,7 +100,7 @@ def sample_graph(step: onnx.ModelProto, draw: onnx.ModelProto, order: np.ndarray
     nodes = [helper.make_node("Identity", [p + "d"], ["position"], name=p + "position")]
     nodes += list(step.graph.node)
     nodes.append(helper.make_node("Gather", ["noise", p + "d"], [p + "noise_d"], axis=1, name=p + "noise_d"))
-    draw_nodes, draw_inits = _renamed_draw_nodes(draw, "logits", p + "noise_d", p + "value_out")
+    draw_nodes, draw_inits = _renamed_draw_nodes(draw, p + "noise_d", p + "value_out")
     nodes += draw_nodes
     nodes.append(helper.make_node("Identity", [p + "cond_in"], [p + "cond_out"], name=p + "cond"))
     nodes.append(helper.make_node("Identity", [p + "value_out"], [p + "value_scan"], name=p + "scan"))

@@ -361,7 +361,7 @@ class ExportedModel:
         return step_loop(self.step_session, self.family, self.state_specs, self._initial, noise, model=self)
 
     def _sample_bound(self, noise: np.ndarray) -> np.ndarray:
-        """Step loop through IOBinding: state, logits and the drawn value stay on ``self.device``.
+        """Step loop through IOBinding: state, the family's parameters and the drawn value stay on ``self.device``.
 
         Per step only the noise column goes to the device and the drawn values (n int64)
         come back; the state outputs of one step are bound as the inputs of the next.
@@ -371,11 +371,12 @@ class ExportedModel:
         state = {s["name"]: ortvalue(a, device, 0) for s, a in zip(self.state_specs, self.initial_state(n))}
         # two value buffers used in turn: the draw writes one while the step reads the other
         buffers = [ortvalue(np.zeros(n, dtype=np.int64), device, 0) for _ in range(2)]
-        logits = ort.OrtValue.ortvalue_from_shape_and_type([n, self.num_categories], np.float32, device, 0)
         noise_columns = np.ascontiguousarray(noise.T)
         step, draw = self.step_session.io_binding(), self.draw_session.io_binding()
-        step.bind_ortvalue_output("logits", logits)
-        draw.bind_ortvalue_input("logits", logits)
+        for name in self.family.param_names:  # the step's parameters (logits, or a mixture's) stay on the device
+            params = ort.OrtValue.ortvalue_from_shape_and_type([n, self.family.param_size], np.float32, device, 0)
+            step.bind_ortvalue_output(name, params)
+            draw.bind_ortvalue_input(name, params)
         values = np.empty((n, self.num_positions), dtype=np.int64)
         for d in range(self.num_positions):
             if "value" in self._step_inputs:
@@ -387,7 +388,7 @@ class ExportedModel:
                     step.bind_ortvalue_input(spec["name"], state[spec["name"]])
                 step.bind_output(f"new_{spec['name']}", device, 0)
             self.step_session.run_with_iobinding(step)
-            new_state = step.get_outputs()[1:]
+            new_state = step.get_outputs()[len(self.family.param_names):]
             state = {s["name"]: v for s, v in zip(self.state_specs, new_state)}
             draw.bind_cpu_input("noise", noise_columns[d])
             draw.bind_ortvalue_output("value", buffers[(d + 1) % 2])

@@ -310,12 +310,15 @@ def test_parametrized_form_ids_and_skip():
 # checks of the per-model test files live: they keep only model-specific maths.
 SMALL = {"nade": {"hidden": 8}, "pixelrnn": {"hidden": 4, "layers": 1}, "row-lstm": {"hidden": 4, "layers": 1},
          "diagonal-bilstm": {"hidden": 4, "layers": 1}, "mixture": {"components": 3, "iterations": 3},
-         "rnade": {"hidden": 8, "components": 3}, "gaussian-mixture": {"components": 3}}
+         "rnade": {"hidden": 8, "components": 3}, "gaussian-mixture": {"components": 3},
+         "pixelcnn": {"hidden": 6, "layers": 1, "output_hidden": 6},
+         "gated-pixelcnn": {"hidden": 3, "layers": 1, "output_hidden": 3}}
 EXPORT_BY_DEFAULT = {"markov"}  # the rest under -m slow (mixture's export also runs in test_example_plugin.py)
 ORDERINGS = ("raster", "snake", "column", "random:3")  # the kit's DEFAULT_ORDERINGS and column
 COLOUR = (((3, 1, 2), 2), ((2, 1, 2), 4))  # C > 1 (channel masks) and K = 4; 64 and 256 images
 LARGER = (((1, 4, 6), 2), ((3, 3, 4), 4), ((3, 2, 2), 256))  # several rows and K = 256: step only
-BUILT_IN = ("bernoulli", "markov", "nade", "pixelrnn", "row-lstm", "diagonal-bilstm")
+BUILT_IN = ("bernoulli", "markov", "nade", "pixelrnn", "row-lstm", "diagonal-bilstm", "pixelcnn", "gated-pixelcnn")
+CONVOLUTIONAL = ("pixelcnn", "gated-pixelcnn")
 SPATIAL = ("row-lstm", "diagonal-bilstm")
 
 
@@ -353,6 +356,13 @@ for name in ("pixelrnn", *SPATIAL):
     EXTRA[name] += [("layers=2", two_layers(name), {}),
                     ("layers=2,colour", {**two_layers(name), **minimal}, {"spaces": COLOUR}),
                     ("layers=2,larger", two_layers(name), LARGER_STEP)]
+
+for name in CONVOLUTIONAL:  # both families of levels (the logistic mixture: PixelCNN++'s), K = 256 and rows
+    mixture = {**SMALL[name], "family": "logistic-mixture", "components": 3}
+    EXTRA[name] += [("logistic-mixture", mixture, {}),
+                    ("logistic-mixture,colour", mixture, {"spaces": COLOUR}),
+                    ("layers=2,larger", {**SMALL[name], "layers": 2}, LARGER_STEP),
+                    ("logistic-mixture,larger", {**mixture, "layers": 2}, LARGER_STEP)]
 
 
 def registered_cases():

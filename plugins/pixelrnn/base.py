@@ -128,6 +128,28 @@ def put(t: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> torch.Tens
     return torch.where(one_hot_at(index, t.shape[-1], t.device), value.unsqueeze(-1), t)
 
 
+def advance_rows(image: torch.Tensor, scaled: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image rows a cached step keeps, moved on to generation position ``pos`` (0-dim int64, raster order
+    with channels within a pixel): ``image`` (B, C, R, W + 6) holds the last R rows of scaled values with
+    INPUT_KERNEL // 2 columns of zero padding each side, the current row last; ``scaled`` (B,) is the value at
+    ``pos - 1``. At a row's first position (also d = 0) the rows shift up and the new current row is empty
+    (zeros); then the value is written (at the end of the row above when a row has just started).
+
+    Returns (image, new_row), new_row a 0-dim bool."""
+    channels, rows, padded = image.shape[1], image.shape[2], image.shape[3]
+    pad = INPUT_KERNEL // 2
+    width = padded - 2 * pad
+    new_row = pos % (width * channels) == 0
+    shifted = torch.cat([image[:, :, 1:], torch.zeros_like(image[:, :, :1])], dim=2)
+    image = torch.where(new_row, shifted, image)
+    prev = pos - 1
+    write = (one_hot_at(prev % channels, channels, image.device)[:, None, None]
+             & one_hot_at(torch.where(new_row, rows - 2, rows - 1), rows, image.device)[:, None]
+             & one_hot_at((prev // channels) % width + pad, padded, image.device)
+             & (pos > 0))
+    return torch.where(write, scaled[:, None, None, None], image), new_row
+
+
 class RowsOf(nn.Module):
     """A layer whose ``forward`` is its ``forward_rows`` (for ``torch.func.functional_call``)."""
 
@@ -322,18 +344,7 @@ class SpatialPixelRNN(DensityModel):
         per_row = width * channels
         pos = torch.as_tensor(position, dtype=torch.int64, device=image.device)
         col, ch = (pos // channels) % width, pos % channels
-        new_row = pos % per_row == 0  # also at d = 0, where every cache is still zero
-        # Start a new row: shift the kept rows up, the new current row is empty (zeros).
-        shifted = torch.cat([image[:, :, 1:], torch.zeros_like(image[:, :, :1])], dim=2)
-        image = torch.where(new_row, shifted, image)
-        # Write the value at position d - 1 (the last row's end when a row has just started).
-        prev = pos - 1
-        pad = INPUT_KERNEL // 2
-        write = (one_hot_at(prev % channels, channels, image.device)[:, None, None]
-                 & one_hot_at(torch.where(new_row, ROWS_KEPT - 2, ROWS_KEPT - 1), ROWS_KEPT, image.device)[:, None]
-                 & one_hot_at((prev // channels) % width + pad, width + 2 * pad, image.device)
-                 & (pos > 0))
-        image = torch.where(write, self.scale(value)[:, None, None, None], image)
+        image, new_row = advance_rows(image, self.scale(value), pos)
         # Input layer at the current pixel: the 4 x 7 window of kept rows around column col.
         window = image.index_select(3, col + torch.arange(INPUT_KERNEL, device=image.device))
         weight = self.input_conv.masked_weight()[:, :, :ROWS_KEPT]

@@ -1,7 +1,7 @@
 """Families of one-dimensional conditionals (``base.Family``): what a model's parameters mean.
 
-``Categorical(K)`` (values 0..K-1; K = 2 is the Bernoulli) and ``GaussianMixture(M)`` (real
-values). ``family_from_spec`` rebuilds a family from the JSON that checkpoints and export
+``Categorical(K)`` (values 0..K-1; K = 2 is the Bernoulli), ``LogisticMixture(K, M)`` (PixelCNN++'s
+discretized logistic mixture over 0..K-1) and ``GaussianMixture(M)`` (real values). ``family_from_spec`` rebuilds a family from the JSON that checkpoints and export
 manifests record. torch-free: the runtime shares these classes.
 """
 
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Family
-from .categorical import Categorical, inverse_cdf
+from .categorical import Categorical, check_discrete_data, inverse_cdf
 from .gaussian_mixture import GaussianMixture, MixtureParams, mixture_log_density
+from .logistic_mixture import LogisticMixture
 
-FAMILIES: dict[str, type[Family]] = {cls.name: cls for cls in (Categorical, GaussianMixture)}
+FAMILIES: dict[str, type[Family]] = {cls.name: cls for cls in (Categorical, GaussianMixture, LogisticMixture)}
+LEVEL_FAMILIES = (Categorical, LogisticMixture)  # what a model of levels may emit, by its config key ``family``
 
 
 def register_family(cls: type[Family]) -> type[Family]:
@@ -22,6 +24,17 @@ def register_family(cls: type[Family]) -> type[Family]:
         raise ConfigError(f"family name {cls.name!r} is already registered by {FAMILIES[cls.name].__name__}")
     FAMILIES[cls.name] = cls
     return cls
+
+
+def levels_family(name: str, num_categories: int, components: int) -> Family:
+    """The family a model of levels 0..K-1 emits, chosen by its config key ``family``: "categorical" (a K-way
+    softmax) or "logistic-mixture" (``components`` discretized logistics); ConfigError for another name."""
+    if name == Categorical.name:
+        return Categorical.for_data(num_categories)
+    if name == LogisticMixture.name:
+        return LogisticMixture(check_discrete_data(num_categories), components)
+    raise ConfigError(f"unknown family {name!r:.40} for values 0..K-1; known: "
+                      f"{', '.join(cls.name for cls in LEVEL_FAMILIES)}")
 
 
 def family_from_spec(spec: dict) -> Family:
@@ -37,5 +50,6 @@ def family_from_spec(spec: dict) -> Family:
         raise ConfigError(f"bad arguments for family {spec['name']!r}: {exc}") from None
 
 
-__all__ = ["Categorical", "FAMILIES", "Family", "GaussianMixture", "MixtureParams", "family_from_spec",
-           "inverse_cdf", "mixture_log_density", "register_family"]
+__all__ = ["Categorical", "FAMILIES", "Family", "GaussianMixture", "LEVEL_FAMILIES", "LogisticMixture",
+           "MixtureParams", "family_from_spec", "inverse_cdf", "levels_family", "mixture_log_density",
+           "register_family"]

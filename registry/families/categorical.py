@@ -27,7 +27,68 @@ def inverse_cdf(logits, u):
     return (cdf < u.double().unsqueeze(-1)).sum(-1).clamp(max=logits.shape[-1] - 1)
 
 
-class Categorical(Family):
+def check_levels(num_categories) -> int:
+    """K as an int in 2..MAX_CATEGORIES; ConfigError otherwise."""
+    if not isinstance(num_categories, numbers.Integral) or isinstance(num_categories, bool) \
+            or not 2 <= num_categories <= MAX_CATEGORIES:
+        raise ConfigError(f"num_categories must be an integer from 2 to {MAX_CATEGORIES}, got {num_categories!r}")
+    return int(num_categories)
+
+
+def check_discrete_data(num_categories: int) -> int:
+    """``num_categories`` unchanged; ConfigError when it is 0 (real-valued data, which a family of levels cannot model)."""
+    if num_categories == 0:
+        raise ConfigError("models values 0..K-1, but these data are real-valued (continuous): use a continuous "
+                          "model such as rnade or gaussian-mixture")
+    return num_categories
+
+
+class Levels(Family):
+    """A family of distributions over the integer levels 0..K-1 (``self.k`` = K): the value checks and
+    dtypes every discrete family shares (``Categorical``, ``LogisticMixture``)."""
+
+    discrete = True
+    k: int
+
+    @property
+    def num_categories(self) -> int:
+        return self.k
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(np.int64)
+
+    def _range_error(self, lo, hi) -> DataError:
+        return DataError(f"image values must lie in 0..{self.k - 1}; got values from {lo} to {hi}")
+
+    def check_values(self, x, event_shape) -> np.ndarray:
+        """Integer images (B, C, H, W), values 0..K-1 -> int64; float input only when every value is whole."""
+        x = numeric_batch(x, event_shape, f"integer values 0..{self.k - 1}", "images of shape (B")
+        if x.dtype.kind == "f":
+            if not np.isfinite(x).all():
+                raise DataError("images contain NaN or infinite values; expected integers 0..K-1")
+            if not (x == np.round(x)).all():
+                raise DataError(f"images contain non-integer values; expected integers 0..{self.k - 1}")
+        if x.size and (x.min() < 0 or x.max() >= self.k):
+            raise self._range_error(x.min(), x.max())
+        return np.ascontiguousarray(x, dtype=np.int64)
+
+    def check_tensor_values(self, x):
+        if x.is_complex():
+            raise DataError(f"expected integer values 0..{self.k - 1}, got complex dtype {x.dtype}")
+        if x.is_floating_point():
+            if not bool(x.isfinite().all()):
+                raise DataError("images contain NaN or infinite values; expected integers 0..K-1")
+            if not bool((x == x.round()).all()):
+                raise DataError(f"images contain non-integer values; expected integers 0..{self.k - 1}")
+        if x.numel():  # compared as Python numbers: uint8 >= 256 in torch wraps 256 to 0
+            lo, hi = x.min().item(), x.max().item()
+            if lo < 0 or hi >= self.k:
+                raise self._range_error(lo, hi)
+        return x.long()
+
+
+class Categorical(Levels):
     """K-way softmax conditionals over integer values 0..K-1; ``params`` is ``(logits,)``, (..., K).
 
     >>> import torch
@@ -39,7 +100,6 @@ class Categorical(Family):
     """
 
     name = "categorical"
-    discrete = True
     param_names = ("logits",)
     noise_width = 1
     draw_rule = ("value = number of entries of cumsum(softmax(float64(logits))) that are < noise, capped at K-1 "
@@ -48,17 +108,10 @@ class Categorical(Family):
                   "used at step d (densreg sample --seed uses exactly this)")
 
     def __init__(self, num_categories: int) -> None:
-        if not isinstance(num_categories, numbers.Integral) or isinstance(num_categories, bool) \
-                or not 2 <= num_categories <= MAX_CATEGORIES:
-            raise ConfigError(f"num_categories must be an integer from 2 to {MAX_CATEGORIES}, got {num_categories!r}")
-        self.k = int(num_categories)
+        self.k = check_levels(num_categories)
 
     @property
     def param_size(self) -> int:
-        return self.k
-
-    @property
-    def num_categories(self) -> int:
         return self.k
 
     def spec(self) -> dict[str, Any]:
@@ -66,10 +119,7 @@ class Categorical(Family):
 
     @classmethod
     def for_data(cls, num_categories: int) -> "Categorical":
-        if num_categories == 0:
-            raise ConfigError("models values 0..K-1, but these data are real-valued (continuous): use a continuous "
-                              "model such as rnade or gaussian-mixture")
-        return cls(num_categories)
+        return cls(check_discrete_data(num_categories))
 
     def pack(self, params: tuple):
         return params[0]
@@ -104,39 +154,6 @@ class Categorical(Family):
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         cdf = np.cumsum(probs / probs.sum(-1, keepdims=True), -1)
         return np.minimum((cdf < u[:, None]).sum(-1), logits.shape[-1] - 1).astype(np.int64)
-
-    @property
-    def numpy_dtype(self) -> np.dtype:
-        return np.dtype(np.int64)
-
-    def _range_error(self, lo, hi) -> DataError:
-        return DataError(f"image values must lie in 0..{self.k - 1}; got values from {lo} to {hi}")
-
-    def check_values(self, x, event_shape) -> np.ndarray:
-        """Integer images (B, C, H, W), values 0..K-1 -> int64; float input only when every value is whole."""
-        x = numeric_batch(x, event_shape, f"integer values 0..{self.k - 1}", "images of shape (B")
-        if x.dtype.kind == "f":
-            if not np.isfinite(x).all():
-                raise DataError("images contain NaN or infinite values; expected integers 0..K-1")
-            if not (x == np.round(x)).all():
-                raise DataError(f"images contain non-integer values; expected integers 0..{self.k - 1}")
-        if x.size and (x.min() < 0 or x.max() >= self.k):
-            raise self._range_error(x.min(), x.max())
-        return np.ascontiguousarray(x, dtype=np.int64)
-
-    def check_tensor_values(self, x):
-        if x.is_complex():
-            raise DataError(f"expected integer values 0..{self.k - 1}, got complex dtype {x.dtype}")
-        if x.is_floating_point():
-            if not bool(x.isfinite().all()):
-                raise DataError("images contain NaN or infinite values; expected integers 0..K-1")
-            if not bool((x == x.round()).all()):
-                raise DataError(f"images contain non-integer values; expected integers 0..{self.k - 1}")
-        if x.numel():  # compared as Python numbers: uint8 >= 256 in torch wraps 256 to 0
-            lo, hi = x.min().item(), x.max().item()
-            if lo < 0 or hi >= self.k:
-                raise self._range_error(lo, hi)
-        return x.long()
 
     def output_meanings(self) -> dict[str, str]:
         return {"logits": "unnormalized logits; log_softmax over the last axis gives log p of each value 0..K-1"}

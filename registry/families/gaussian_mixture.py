@@ -60,6 +60,15 @@ def mixture_log_density(params, x):
     return joint.logsumexp(-1) - logits.logsumexp(-1)
 
 
+def weighted_components(params):
+    """What the kit compares of a mixture (logits, means, log_scales), each (..., M): each component's weight w,
+    w * mean and w * log-scale, (..., M, 3); a component of negligible weight counts by its weight alone, the
+    rest in proportion to what they add to the density."""
+    logits, means, log_scales = params
+    weights = logits.softmax(-1)
+    return stack_last((weights, weights * means, weights * log_scales))
+
+
 class GaussianMixture(Family):
     """Mixtures of ``components`` Gaussians over real values (None: M is read off the parameters)."""
 
@@ -99,11 +108,7 @@ class GaussianMixture(Family):
         return (logits.log_softmax(-1), means, log_scales)
 
     def comparable(self, params):
-        """Each component's weight w, w * mean and w * log-scale, (..., M, 3): a component of negligible
-        weight counts by its weight alone, the rest in proportion to what they add to the density."""
-        logits, means, log_scales = params
-        weights = logits.softmax(-1)
-        return stack_last((weights, weights * means, weights * log_scales))
+        return weighted_components(params)
 
     def log_prob(self, params, x):
         return mixture_log_density(tuple(params), x)
