@@ -1,13 +1,14 @@
-"""Sampling speed of the PixelRNN variants: cached ``step`` vs re-running the full network per value.
+"""Sampling speed of the PixelRNN variants (or, with ``--only``, other models such as ``pixelcnn`` and
+``gated-pixelcnn``): cached ``step`` vs re-running the full network per value.
 
 For each variant (default config, random weights: the cost does not depend on them),
 times ``model.sample(64)`` for 1x28x28 images with the cached step, and the naive
 sampler (``recompute_step``: the full ``conditional_logits`` for every one of the 784
 positions). The naive step costs the same at every position, so it is timed on
 ``--naive-steps`` positions spread over the image and extrapolated to 784 (the table
-says so). Writes benchmarks/results/sampling_pixelrnn.md.
+says so). Writes benchmarks/results/sampling_pixelrnn.md (``--out``: another file of that folder).
 
-    python benchmarks/sampling_pixelrnn.py [--naive-steps 12] [--threads 1]
+    python benchmarks/sampling_pixelrnn.py [--naive-steps 12] [--threads 1] [--only a,b --out NAME.md]
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--num", type=int, default=64, help="images per sample call")
     parser.add_argument("--naive-steps", type=int, default=12, help="naive positions timed (then extrapolated)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", default=",".join(VARIANTS))
+    parser.add_argument("--only", default=",".join(VARIANTS), help="models, comma-separated")
+    parser.add_argument("--out", default="sampling_pixelrnn.md", help="file name in benchmarks/results/")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
@@ -69,9 +71,11 @@ def main(argv=None) -> list[dict]:
 
     load = os.getloadavg()[0]
     lines = [
-        "# PixelRNN sampling: cached step vs full re-run",
+        f"# {'PixelRNN' if args.only == ','.join(VARIANTS) else args.only.replace(',', ', ')} sampling: "
+        "cached step vs full re-run",
         "",
-        f"Written by `benchmarks/sampling_pixelrnn.py --naive-steps {args.naive_steps} --threads {args.threads}` "
+        f"Written by `benchmarks/sampling_pixelrnn.py --naive-steps {args.naive_steps} --threads {args.threads}"
+        f"{'' if args.only == ','.join(VARIANTS) else f' --only {args.only} --out {args.out}'}` "
         f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {args.num} images of 1x28x28 (784 positions), "
         f"{platform.machine()} CPU, {args.threads} torch thread(s), a machine shared with other jobs "
         f"(load average {load:.1f} on {os.cpu_count()} cores), so absolute times are inflated; both "
@@ -86,7 +90,7 @@ def main(argv=None) -> list[dict]:
         lines.append(f"| {r['model']} | `{json.dumps(r['config'])}` | {r['cached_s']:.1f} | "
                      f"{r['cached_ms_per_step']:.1f} | {r['naive_ms_per_step']:.0f} | "
                      f"{r['naive_s_extrapolated']:.0f} | {r['speedup']:.0f}x |")
-    atomic_write_bytes(RESULTS / "sampling_pixelrnn.md", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(RESULTS / Path(args.out).name, ("\n".join(lines) + "\n").encode())
     return rows
 
 
