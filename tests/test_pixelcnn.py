@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from densreg.registry import ConfigError, create_model
 from densreg.registry.conformance import randomize
 from densreg.registry.testing import single_torch_thread  # noqa: F401 (autouse: one torch thread)
+from test_pixelrnn import step_cost
 
 VARIANTS = ["pixelcnn", "gated-pixelcnn"]
 FAMILIES = [{}, {"family": "logistic-mixture", "components": 3}]
@@ -76,18 +77,6 @@ def test_plain_pixelcnn_has_its_blind_spot():
     d = 2 * 8
     assert plain[d, 8:12].all() and not plain[d, 12:16].any()
     assert gated[d, :d].all()
-
-
-def step_cost(model, position):
-    """(FLOPs of one step at ``position``, state shapes); the state is that after a zero prefix."""
-    state = model.initial_state(2)
-    value = torch.zeros(2, dtype=torch.int64)
-    with torch.no_grad():
-        for d in range(position):
-            _, state = model.step(value, d, state)
-        with FlopCounterMode(display=False) as counter:
-            model.step(value, position, state)
-    return counter.get_total_flops(), [tuple(s.shape) for s in state]
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -60,21 +60,33 @@ def mixture_log_density(params, x):
     return joint.logsumexp(-1) - logits.logsumexp(-1)
 
 
-def weighted_components(params):
-    """What the kit compares of a mixture (logits, means, log_scales), each (..., M): each component's weight w,
-    w * mean and w * log-scale, (..., M, 3); a component of negligible weight counts by its weight alone, the
-    rest in proportion to what they add to the density."""
-    logits, means, log_scales = params
-    weights = logits.softmax(-1)
-    return stack_last((weights, weights * means, weights * log_scales))
+class LocationScaleMixture(Family):
+    """What the families whose ``params`` are ``MixtureParams(logits, means, log_scales)`` share (the Gaussian
+    mixture, the discretized logistic mixture): the packing, the normalized weights exports output, and what
+    the kit compares."""
+
+    param_names = ("logits", "means", "log_scales")
+
+    def pack(self, params: tuple) -> MixtureParams:
+        return MixtureParams(*params)
+
+    def normalized(self, params) -> tuple:
+        logits, means, log_scales = params
+        return (logits.log_softmax(-1), means, log_scales)
+
+    def comparable(self, params):
+        """Each component's weight w, w * mean and w * log-scale, (..., M, 3): a component of negligible
+        weight counts by its weight alone, the rest in proportion to what they add to the density."""
+        logits, means, log_scales = params
+        weights = logits.softmax(-1)
+        return stack_last((weights, weights * means, weights * log_scales))
 
 
-class GaussianMixture(Family):
+class GaussianMixture(LocationScaleMixture):
     """Mixtures of ``components`` Gaussians over real values (None: M is read off the parameters)."""
 
     name = "gaussian-mixture"
     discrete = False
-    param_names = ("logits", "means", "log_scales")
     noise_width = 3
     noise_rule = ("noise = numpy.random.default_rng(seed).random((n, D, 3)), float64 uniform in [0, 1); "
                   "noise[:, d] (three uniforms) is used at step d (densreg sample --seed uses exactly this)")
@@ -99,16 +111,6 @@ class GaussianMixture(Family):
             raise ConfigError(f"models real values, but these data have K={num_categories} levels: use a continuous "
                               "dataset (`densreg datasets` marks them) or a categorical model")
         return cls()
-
-    def pack(self, params: tuple) -> MixtureParams:
-        return MixtureParams(*params)
-
-    def normalized(self, params) -> tuple:
-        logits, means, log_scales = params
-        return (logits.log_softmax(-1), means, log_scales)
-
-    def comparable(self, params):
-        return weighted_components(params)
 
     def log_prob(self, params, x):
         return mixture_log_density(tuple(params), x)

@@ -29,7 +29,7 @@ import numpy as np
 
 from .base import check_positive_int
 from .categorical import Levels, check_discrete_data, check_levels
-from .gaussian_mixture import MAX_COMPONENTS, MixtureParams, weighted_components
+from .gaussian_mixture import MAX_COMPONENTS, LocationScaleMixture
 
 LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 7.0
 
@@ -51,7 +51,7 @@ def component_log_probs(x, means, log_scales, num_categories: int):
                        log_below_upper.where(level == 0, log_above_lower))
 
 
-class LogisticMixture(Levels):
+class LogisticMixture(Levels, LocationScaleMixture):
     """Discretized mixtures of ``components`` logistics over the levels 0..K-1 (module docstring).
 
     >>> import torch
@@ -62,7 +62,6 @@ class LogisticMixture(Levels):
     """
 
     name = "logistic-mixture"
-    param_names = ("logits", "means", "log_scales")
     noise_width = 1
     noise_rule = ("noise = numpy.random.default_rng(seed).random((n, D)), float64 uniform in [0, 1); column d is "
                   "used at step d (densreg sample --seed uses exactly this)")
@@ -84,16 +83,6 @@ class LogisticMixture(Levels):
     @classmethod
     def for_data(cls, num_categories: int) -> "LogisticMixture":
         return cls(check_discrete_data(num_categories))
-
-    def pack(self, params: tuple) -> MixtureParams:
-        return MixtureParams(*params)
-
-    def normalized(self, params) -> tuple:
-        logits, means, log_scales = params
-        return (logits.log_softmax(-1), means, log_scales)
-
-    def comparable(self, params):
-        return weighted_components(params)
 
     def log_prob(self, params, x):
         logits, means, log_scales = params
