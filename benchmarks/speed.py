@@ -41,7 +41,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_references import PerRowConvRowLSTM, RunningSumNADE, SkewDiagonalBiLSTM  # noqa: E402
+from speed_references import (CausalPixelCNN, CroppedGatedPixelCNN, PerRowConvRowLSTM, RunningSumNADE,  # noqa: E402
+                              SkewDiagonalBiLSTM)
 
 from densreg.app.performance import cpu_cores, eval_batch_size  # noqa: E402
 from densreg.registry import create_model  # noqa: E402
@@ -56,6 +57,12 @@ MODELS = {
     "pixelrnn": ({"hidden": 64}, None, 32),
     "row-lstm": ({"hidden": 16, "layers": 5}, lambda shape, cfg: PerRowConvRowLSTM(16, 5, 32), 32),
     "diagonal-bilstm": ({"hidden": 16, "layers": 2}, lambda shape, cfg: SkewDiagonalBiLSTM(16, 2, 32), 32),
+    # pytorch-generative's reproduce() sizes for PixelCNN (15 blocks of 2 x 16 maps, head 32); its GatedPixelCNN
+    # has 10 gated layers of 128 maps there, here 32 (a CPU benchmark), the same on both sides
+    "pixelcnn": ({"hidden": 32, "layers": 15, "output_hidden": 32},
+                 lambda shape, cfg: CausalPixelCNN(cfg["hidden"] // 2, cfg["layers"], cfg["output_hidden"]), 32),
+    "gated-pixelcnn": ({"hidden": 32, "layers": 10, "output_hidden": 32},
+                       lambda shape, cfg: CroppedGatedPixelCNN(cfg["hidden"], cfg["layers"], cfg["output_hidden"]), 32),
 }
 
 
@@ -317,6 +324,10 @@ def markdown(rows, threads_rows, args, bounds, loads, seconds) -> str:
               "- diagonal-bilstm: skew by padding and stacking rows, 1×1 input-to-state conv, a loop over skewed "
               "columns with a kernel-2 Conv1d on the previous column, the flipped direction shifted down a row; "
               "sampling re-runs the network per pixel (extrapolated).",
+              "- pixelcnn, gated-pixelcnn: pytorch-generative's PixelCNN (causal convolutions masking their weight "
+              "in place at every call, residual blocks added twice as there) and GatedPixelCNN (cropped 1×k and "
+              "(k/2+1)×1 convolutions), written after the commits named in `speed_references.py`; sampling re-runs "
+              "the network per pixel as their `AutoregressiveModel.sample` does (extrapolated).",
               "- bernoulli, markov (closed-form fit: \"train\" is one counting fit), pixelrnn: no reference; "
               "absolute figures only."]
     if threads_rows:

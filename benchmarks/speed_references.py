@@ -15,6 +15,9 @@ stands beside. Random weights: speed does not depend on them.
   stacking, a 1x1 input-to-state convolution, a loop over the skewed columns with a
   kernel-2 Conv1d over the previous column's state, the right-to-left direction on the
   flipped map shifted down one row. Sampling re-runs the whole network once per pixel.
+- ``CausalPixelCNN``, ``CroppedGatedPixelCNN``: pytorch-generative's PixelCNN and GatedPixelCNN (the commits
+  are named above the classes), written after their layers and sizes; sampling re-runs the whole network once
+  per pixel, as their ``AutoregressiveModel.sample`` does.
 """
 
 from __future__ import annotations
@@ -68,7 +71,30 @@ def masked_conv_weight(out_channels: int, in_channels: int, kh: int, kw: int, ma
     return weight
 
 
-class PixelRNNFrame(nn.Module):
+class PerPixelReference(nn.Module):
+    """A network of one logit per pixel (``logits``), scored by binary cross-entropy and sampled by re-running
+    it once per pixel (the sampling loop of public PixelRNN / PixelCNN code)."""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> one logit per pixel (B, 1, H, W)."""
+        raise NotImplementedError
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(x)
+        return -F.binary_cross_entropy_with_logits(logits, x.float(), reduction="none").flatten(1).sum(1)
+
+    @torch.no_grad()
+    def sample_steps(self, n: int, shape, positions) -> torch.Tensor:
+        """Re-run the network for each of ``positions`` (flat pixel indices), drawing that pixel."""
+        x = torch.zeros(n, *shape, device=next(self.parameters()).device)
+        for d in positions:
+            i, j = divmod(d, shape[2])
+            p = torch.sigmoid(self.logits(x)[:, 0, i, j])
+            x[:, 0, i, j] = torch.bernoulli(p)
+        return x
+
+
+class PixelRNNFrame(PerPixelReference):
     """Input conv (7x7 mask A), residual recurrent layers, ReLU + 1x1 convs to one logit per pixel."""
 
     def __init__(self, hidden: int, output_hidden: int) -> None:
@@ -81,23 +107,8 @@ class PixelRNNFrame(nn.Module):
         raise NotImplementedError
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) -> one logit per pixel (B, 1, H, W)."""
         h = F.conv2d(x.float() * 2 - 1, self.input_weight, padding=3)
         return self.out2(F.relu(self.out1(F.relu(self.layers_forward(h)))))
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.logits(x)
-        return -F.binary_cross_entropy_with_logits(logits, x.float(), reduction="none").flatten(1).sum(1)
-
-    @torch.no_grad()
-    def sample_steps(self, n: int, shape, positions) -> torch.Tensor:
-        """Re-run the network for each of ``positions`` (flat pixel indices), drawing that pixel."""
-        x = torch.zeros(n, *shape, device=self.input_weight.device)
-        for d in positions:
-            i, j = divmod(d, shape[2])
-            p = torch.sigmoid(self.logits(x)[:, 0, i, j])
-            x[:, 0, i, j] = torch.bernoulli(p)
-        return x
 
 
 class PerRowConvRowLSTM(PixelRNNFrame):
@@ -161,3 +172,109 @@ class SkewDiagonalBiLSTM(PixelRNNFrame):
             h_right = self.direction(right.flip(-1), ss_right, width).flip(-1)
             x = x + h_left + F.pad(h_right, (0, 0, 1, 0))[:, :, :-1]
         return x
+
+
+# -- PixelCNN and Gated PixelCNN as in pytorch-generative --------------------------------------------
+# Written after EugenHotaj/pytorch-generative: pytorch_generative/models/autoregressive/pixel_cnn.py at
+# 23cba7bb6414f17c3a96870cf6c04ba95a68a185, .../gated_pixel_cnn.py at 6eb070b0ea25ed436b3f1ae7cfdb6c1f62aa8bb0,
+# nn/convolution.py (CausalConv2d, GatedActivation) at 04c6ea9cf25bebe0048b2cc3243b63da4fd203f1 and the
+# per-pixel sampling loop of models/base.py at 035395016b951445e4d7843d55e9fb0ab405cdf4 (same layers and sizes;
+# binary images, no channel masks, as there).
+class CausalConv2d(nn.Conv2d):
+    """A convolution whose kernel keeps the rows above the centre and the centre row left of the centre (and the
+    centre itself unless ``mask_center``); the mask is multiplied into the weight in place at every call."""
+
+    def __init__(self, mask_center: bool, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        kh, kw = self.weight.shape[2:]
+        mask = torch.zeros_like(self.weight)
+        mask[:, :, :kh // 2] = 1
+        mask[:, :, kh // 2, :kw // 2 + (0 if mask_center else 1)] = 1
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.weight.data *= self.mask
+        return super().forward(x)
+
+
+def gated(x: torch.Tensor) -> torch.Tensor:
+    """tanh of the first half of the channels times sigmoid of the second half."""
+    a, b = x.chunk(2, 1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class CausalResidualBlock(nn.Module):
+    """x + [ReLU, 1x1 to n/2, ReLU, causal 3x3, ReLU, 1x1 to n](x)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, channels // 2, 1)
+        self.conv = CausalConv2d(False, channels // 2, channels // 2, 3, padding=1)
+        self.expand = nn.Conv2d(channels // 2, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.expand(F.relu(self.conv(F.relu(self.reduce(F.relu(x))))))
+
+
+class CausalPixelCNN(PerPixelReference):
+    """pytorch-generative's PixelCNN: causal 7x7 (centre masked) to 2 * ``residual_channels`` maps, ``blocks``
+    residual blocks each added once more to their input (x = x + block(x), as there), ReLU-1x1-ReLU-1x1 head."""
+
+    def __init__(self, residual_channels: int = 16, blocks: int = 15, head_channels: int = 32) -> None:
+        super().__init__()
+        channels = 2 * residual_channels
+        self.input = CausalConv2d(True, 1, channels, 7, padding=3)
+        self.blocks = nn.ModuleList(CausalResidualBlock(channels) for _ in range(blocks))
+        self.head1, self.head2 = nn.Conv2d(channels, head_channels, 1), nn.Conv2d(head_channels, 1, 1)
+
+    def logits(self, x):
+        x = self.input(x.float())
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head2(F.relu(self.head1(F.relu(x))))
+
+
+class CroppedGatedLayer(nn.Module):
+    """pytorch-generative's gated layer: the vertical stack a 1xk then a (k//2+1)x1 convolution padded one row
+    more and cropped (rows above only), plus a 1x1 of the input; the horizontal stack a 1x(k//2+1) convolution
+    padded and cropped (the centre too unless ``mask_center``) plus a 1x1 link from the vertical stack; gated
+    units, 1x1 skip and residual (no residual where ``mask_center``)."""
+
+    def __init__(self, in_channels: int, channels: int, kernel: int, mask_center: bool) -> None:
+        super().__init__()
+        pad = (kernel - 1) // 2
+        self.mask_center = mask_center
+        self.v_row = nn.Conv2d(in_channels, channels, (1, kernel), padding=(0, pad))
+        self.v_column = nn.Conv2d(channels, 2 * channels, (kernel // 2 + 1, 1), padding=(pad + 1, 0))
+        self.v_input = nn.Conv2d(in_channels, 2 * channels, 1)
+        self.link = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.h_row = nn.Conv2d(in_channels, 2 * channels, (1, kernel // 2 + 1), padding=(0, pad + int(mask_center)))
+        self.h_residual, self.h_skip = nn.Conv2d(channels, channels, 1), nn.Conv2d(channels, channels, 1)
+
+    def forward(self, v_in, h_in):
+        height, width = v_in.shape[2:]
+        v = self.v_column(self.v_row(v_in))[:, :, :height]
+        link = self.link(v)
+        v = gated(v + self.v_input(v_in))
+        h = gated(link + self.h_row(h_in)[:, :, :, :width])
+        residual = self.h_residual(h)
+        return v, residual if self.mask_center else residual + h_in, self.h_skip(h)
+
+
+class CroppedGatedPixelCNN(PerPixelReference):
+    """pytorch-generative's GatedPixelCNN: a 7x7 gated input layer (centre masked), ``layers`` 3x3 gated layers,
+    their skips summed into a ReLU-1x1-ReLU-1x1 head."""
+
+    def __init__(self, channels: int = 32, layers: int = 10, head_channels: int = 32) -> None:
+        super().__init__()
+        self.input = CroppedGatedLayer(1, channels, 7, True)
+        self.layers = nn.ModuleList(CroppedGatedLayer(channels, channels, 3, False) for _ in range(layers))
+        self.head1, self.head2 = nn.Conv2d(channels, head_channels, 1), nn.Conv2d(head_channels, 1, 1)
+
+    def logits(self, x):
+        x = x.float()
+        v, h, skip = self.input(x, x)
+        for layer in self.layers:
+            v, h, s = layer(v, h)
+            skip = skip + s
+        return self.head2(F.relu(self.head1(F.relu(skip))))

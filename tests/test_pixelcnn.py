@@ -127,3 +127,23 @@ def test_features_are_the_output_layers_input_and_see_only_earlier_pixels(name):
     changed[:, 0, 2, 3] = 1 - changed[:, 0, 2, 3]  # pixel 13: features of pixels 0..13 unchanged
     maps, changed_maps = (model.features(v).view(2, 6, 20) for v in (x, changed))
     assert torch.equal(maps[..., :14], changed_maps[..., :14]) and not torch.equal(maps, changed_maps)
+
+
+@pytest.mark.parametrize("reference", ["CausalPixelCNN", "CroppedGatedPixelCNN"])
+def test_speed_references_are_causal(reference):
+    """benchmarks/speed.py's pytorch-generative-style references: each pixel's logit depends on earlier pixels
+    only (a benchmark against a network that could see its own pixel would compare nothing)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import speed_references
+
+    torch.manual_seed(0)
+    model = getattr(speed_references, reference)(4, 3, 8)
+    x = torch.randint(0, 2, (30, 1, 5, 6), generator=torch.Generator().manual_seed(1)).float().requires_grad_()
+    logits = model.logits(x).flatten(1)  # image d of the batch asks for pixel d's logit
+    (grad,) = torch.autograd.grad(logits[torch.arange(30), torch.arange(30)].sum(), x)
+    seen = grad.flatten(1) != 0
+    assert not seen.triu().any(), "a logit sees its own pixel or a later one"
+    assert seen[1:].any(dim=1).all()
