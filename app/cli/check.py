@@ -66,7 +66,8 @@ def check(ctx, model_name, settings, only, skip, threads, shape, categories, col
     Runs normalization, chain rule, causality, the training path (gradients on), step
     parity (compared in float64), sampling (chi-square; "skipped" with the reason where it
     cannot run), checkpoint round trip and ONNX export parity, then the density checks
-    again on colour spaces; prints a table and exits 1 if any check fails.
+    again on colour spaces; prints a table and, if any check fails, one line naming the
+    failed checks on stderr, and exits 1.
     """
     spec = api.model_spec(model_name)
     config = parse_set_options(settings)
@@ -88,6 +89,8 @@ def check(ctx, model_name, settings, only, skip, threads, shape, categories, col
         counts = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
         click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
     if failed:
+        names = ", ".join(r.name for r in failed)
+        click.echo(f"Error: {spec.qualified_name} fails {len(failed)} of {len(results)} checks: {names}", err=True)
         ctx.exit(1)
 
 
