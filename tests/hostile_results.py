@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hostile_cases import Catalogue
+from hostile_cases import Catalogue, plugin_site
 
 BROKEN_PLUGIN = '''
 from densreg.registry import hookimpl
@@ -33,15 +33,6 @@ def register_models(register):
     register(ShiftOnTraining, name="shift-on-training", description="a defect on the gradient path only")
     register(PeeksAtTheNextChannel, name="peeks-at-green", description="reversed R/G/B masks")
 '''
-
-
-def broken_site(site: Path) -> None:
-    """A site folder with the distribution densreg-broken: entry point 'broken' -> module densreg_broken."""
-    info = site / "densreg_broken-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: densreg-broken\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[densreg]\nbroken = densreg_broken\n")
-    (site / "densreg_broken.py").write_text(BROKEN_PLUGIN)
 
 
 def shape_cases(cat: Catalogue, env: dict[str, str]) -> None:
@@ -140,7 +131,7 @@ def result_cases(cat: Catalogue) -> None:
     """Every group of this module; the broken plugin's site on PYTHONPATH with the tests folder (its models
     are the test suite's)."""
     site = cat.d / "site-broken"
-    cat.step(lambda: broken_site(site))
+    cat.step(lambda: plugin_site(site, "broken", BROKEN_PLUGIN))
     env = {"PYTHONPATH": f"{site}:{Path(__file__).parent}"}
     for group in (shape_cases, kit_cases):
         group(cat, env)
