@@ -111,6 +111,7 @@ def test_cached_and_naive_sampling_agree(name, family):
     ("gated-pixelcnn", {"layers": 0}, "layers must be at least 1"),
     ("pixelcnn", {"family": "softmax"}, "unknown family 'softmax'"),
     ("gated-pixelcnn", {"family": "logistic-mixture", "components": 0}, "components must be an integer"),
+    ("pixelcnn", {"components": 2 ** 31}, "components must be an integer"),
 ])
 def test_bad_configs(name, config, message):
     with pytest.raises(ConfigError, match=message):

@@ -8,9 +8,9 @@ manifests record. torch-free: the runtime shares these classes.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Family
+from .base import Family, check_positive_int
 from .categorical import Categorical, check_discrete_data, inverse_cdf
-from .gaussian_mixture import GaussianMixture, MixtureParams, mixture_log_density
+from .gaussian_mixture import MAX_COMPONENTS, GaussianMixture, MixtureParams, mixture_log_density
 from .logistic_mixture import LogisticMixture
 
 FAMILIES: dict[str, type[Family]] = {cls.name: cls for cls in (Categorical, GaussianMixture, LogisticMixture)}
@@ -28,7 +28,9 @@ def register_family(cls: type[Family]) -> type[Family]:
 
 def levels_family(name: str, num_categories: int, components: int) -> Family:
     """The family a model of levels 0..K-1 emits, chosen by its config key ``family``: "categorical" (a K-way
-    softmax) or "logistic-mixture" (``components`` discretized logistics); ConfigError for another name."""
+    softmax) or "logistic-mixture" (``components`` discretized logistics); ConfigError for another name or a
+    ``components`` out of range (checked whichever the family: it is the model's config key too)."""
+    check_positive_int("components", components, MAX_COMPONENTS)
     if name == Categorical.name:
         return Categorical.for_data(num_categories)
     if name == LogisticMixture.name:
