@@ -82,7 +82,7 @@ def _evaluate(world, checkpoint, dataset, data_path, download, split, batch_size
 
     from densreg.app import distributed
     from densreg.app.evaluation import evaluate, nll_summary
-    from densreg.app.training_options import default_device
+    from densreg.app.training_options import default_device, usable_device
     from densreg.registry import api
 
     model, info = load_model_or_export(checkpoint)
@@ -94,7 +94,7 @@ def _evaluate(world, checkpoint, dataset, data_path, download, split, batch_size
     progress = world.leader and sys.stderr.isatty()
     if isinstance(model, torch.nn.Module):
         if device or world.size == 1:  # under torchrun the ranks evaluate on CPU unless told
-            model = model.to(device or default_device())
+            model = model.to(usable_device(device or default_device()))
         scores = evaluate(model, images, batch_size, progress=progress, across_ranks=True, compile=compile)
     else:  # an export in onnxruntime
         nll = distributed.map_shards(lambda part: torch.from_numpy(model.nll(part.numpy(), batch_size or 500)), images)
