@@ -80,6 +80,8 @@ def pixel_nll(model, images: np.ndarray, batch_size: int = 500, progress: bool =
 
 def _export_pixel_nll(model, batch: np.ndarray) -> np.ndarray:
     batch = model.validate(batch)
+    if not model.family.discrete:  # real values: the graph's per-value log densities
+        return -model.pixel_log_probs(batch).astype(np.float64)
     logits = model.conditional_logits(batch).astype(np.float64)  # (B, D, K), generation order
     log_p = logits - logits.max(-1, keepdims=True)
     log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
