@@ -86,10 +86,14 @@ class DensityEstimator(DensityMixin, BaseEstimator):
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """``n_samples`` exact draws, float64 (n_samples, n_features) in X's units; the uniform noise comes
-        from numpy (``random_state``: None, an int or a RandomState), as `densreg sample` draws it."""
+        from numpy: default_rng(random_state) for None or an int, as `densreg sample --seed` draws it (the
+        same rows for the same seed), or a RandomState's random_sample."""
         check_is_fitted(self)
-        rng = check_random_state(random_state)
-        noise = rng.random_sample(self.model_.noise_shape(int(n_samples)))
+        shape = self.model_.noise_shape(int(n_samples))
+        if random_state is None or isinstance(random_state, (int, np.integer)):  # as `densreg sample --seed`
+            noise = np.random.default_rng(random_state).random(shape)
+        else:
+            noise = check_random_state(random_state).random_sample(shape)
         with torch.no_grad():
             values = self.model_.sample(int(n_samples), noise=torch.from_numpy(noise)).double().numpy()
         return self.transform_.unstandardize(values)
