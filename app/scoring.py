@@ -207,11 +207,11 @@ def scores_from_nll(method: str, nll: np.ndarray, images: np.ndarray, num_catego
     if method == "dose":
         if reference_statistics is None or pixel_nll is None:
             raise ConfigError("the dose score needs reference images from the training distribution "
-                              "(--reference-dataset)")
+                              "(--reference-dataset or --reference-images)")
         return dose(state_statistics(pixel_nll, images, num_categories), reference_statistics)
     if reference_nll is None:
         raise ConfigError("the typicality score needs reference images from the training distribution "
-                          "(--reference-dataset)")
+                          "(--reference-dataset or --reference-images)")
     scores, p_value = typicality(nll, reference_nll)
     return scores, {"p_value": p_value}
 

@@ -276,3 +276,44 @@ def test_parquet_tables_when_pyarrow_is_installed(tmp_path):
     pq.write_table(pa.table({"a": rows[:, 0], "b": rows[:, 1], "c": rows[:, 2]}), tmp_path / "t.parquet")
     ok("train", "gaussian-mixture", "--table", tmp_path / "t.parquet", "--set", "components=1", "--out",
        tmp_path / "g.safetensors")
+
+
+def test_folder_classes_become_feature_labels_and_training_pictures_a_reference(tmp_path):
+    write_folder(tmp_path / "parts", pictures(8), (".png",))
+    out = tmp_path / "n.safetensors"
+    ok("train", "nade", "--images", tmp_path / "parts", "--labels-from-folders", "--set", "hidden=3", "--epochs", 1,
+       "--out", out)
+    ok("features", out, "--images", tmp_path / "parts", "--out", tmp_path / "f.npz")
+    archive = np.load(tmp_path / "f.npz")
+    assert archive["features"].shape == (8, 3) and archive["labels"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    (tmp_path / "parts" / "other").mkdir()
+    Image.fromarray(pictures(1)[0]).save(tmp_path / "parts" / "other" / "x.png")
+    refused("features", out, "--images", tmp_path / "parts", "--out", tmp_path / "g.npz",
+            match="has the class folder 'other', which the model was not trained with (its classes: bad, good)")
+    result = run("score", out, "--images", tmp_path / "parts", "--method", "typicality", "--reference-images",
+                 tmp_path / "parts" / "good", "--json")
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.stdout)
+    assert scored["images"] == 9 and scored["score"]["max"] >= 0
+
+
+def test_the_runtime_prepares_raw_rows_as_the_checkpoint_records(tmp_path):
+    rows = gaussian_rows(60)
+    write_csv(tmp_path / "t.csv", rows)
+    out, folder = tmp_path / "g.safetensors", tmp_path / "export"
+    ok("train", "rnade", "--table", tmp_path / "t.csv", "--set", "hidden=4", "--set", "components=2", "--epochs", 2,
+       "--out", out)
+    ok("export", out, "--out", folder)
+    model, info = densreg.load_checkpoint(out)
+    exported = densreg.ExportedModel(folder)
+    prepared = exported.prepare(rows)
+    assert np.array_equal(prepared, Transform.from_dict(info.transform).standardize(rows))
+    import torch
+
+    with torch.no_grad():
+        expected = model.log_prob(torch.from_numpy(prepared)).numpy()
+    assert np.allclose(exported.log_prob(prepared), expected, atol=1e-4)
+    plain = densreg.ExportedModel(folder)
+    object.__setattr__(plain, "transform", None)
+    with pytest.raises(densreg.ConfigError, match="records no transform"):
+        plain.prepare(rows)

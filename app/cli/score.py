@@ -71,6 +71,9 @@ def write_table(path: str, names: list[str], result) -> None:
               help="Training distribution for --method typicality and dose (default: the dataset the checkpoint "
                    "records).")
 @click.option("--reference-data", default=None, help="Path to the reference dataset's files.")
+@click.option("--reference-images", "reference_path", type=click.Path(), default=None,
+              help="Reference (training) images as files instead of --reference-dataset, read as --images is "
+                   "(e.g. the folder a model was trained on with `densreg train --images`).")
 @click.option("--reference-split", default="train", show_default=True, help="Split of the reference dataset.")
 @click.option("--reference-size", type=click.IntRange(min=2), default=2000, show_default=True,
               help="Reference images used (a fixed random subset).")
@@ -85,7 +88,7 @@ def write_table(path: str, names: list[str], result) -> None:
 @threads_option
 @writes(out=table_kind, heatmaps="png")
 def score(model_path, dataset, data_path, split, images_path, resize, table_path, method, background, reference_dataset,
-          reference_data, reference_split, reference_size, out, top, heatmaps, batch_size, as_json, backend):
+          reference_data, reference_path, reference_split, reference_size, out, top, heatmaps, batch_size, as_json, backend):
     """Score images by how anomalous they are under a checkpoint or an export folder.
 
     Prints a summary (mean and quantiles of the score and of the NLL) and the --top most
@@ -106,8 +109,13 @@ def score(model_path, dataset, data_path, split, images_path, resize, table_path
     images, names = load_inputs(info, dataset, data_path, split, images_path, resize, model=model,
                                 table_path=table_path)
     if method in REFERENCE_METHODS:
-        extra["reference"] = reference_images(info, reference_dataset, reference_data, reference_split, reference_size,
-                                              model)
+        if reference_path is not None:
+            reference = load_inputs(info, None, None, None, reference_path, resize, model=model)[0]
+            extra["reference"] = reference[np.random.default_rng(0).choice(len(reference), reference_size, replace=False)] \
+                if len(reference) > reference_size else reference
+        else:
+            extra["reference"] = reference_images(info, reference_dataset, reference_data, reference_split,
+                                                  reference_size, model)
     if launched():  # torchrun: the ranks share the images
         from densreg.app import distributed
 
