@@ -89,12 +89,6 @@ def read_pictures(files, channels: int, size: tuple[int, int] | None = None, res
     return np.stack(pictures)
 
 
-def read_png(path: Path, event_shape: tuple[int, int, int], num_categories: int, resize: bool = False) -> np.ndarray:
-    """One picture -> int64 (C, H, W) with values 0..K-1 (the module's rule)."""
-    channels, height, width = event_shape
-    return quantize(read_picture(path, channels, (height, width), resize), num_categories)
-
-
 def read_array(path: Path) -> np.ndarray:
     """An .npz's array ``images`` (or its only one), or an .npy's array; bounded, never unpickled."""
     path = Path(path)

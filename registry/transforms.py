@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,7 +66,6 @@ class Transform:
     classes: tuple[str, ...] = ()
     items: int = 0
     source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -163,7 +162,7 @@ class Transform:
                        classes=list(self.classes))
         else:
             out.update(columns=list(self.columns), mean=list(self.mean), std=list(self.std))
-        return {**out, **({"extra": self.extra} if self.extra else {})}
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> "Transform":
@@ -177,7 +176,7 @@ class Transform:
                        resize=data.get("resize", "refuse"), columns=tuple(map(str, data.get("columns", ()))),
                        mean=tuple(map(float, data.get("mean", ()))), std=tuple(map(float, data.get("std", ()))),
                        classes=tuple(map(str, data.get("classes", ()))), items=int(data.get("items", 0)),
-                       source=str(data.get("source", "")), extra=dict(data.get("extra", {})))
+                       source=str(data.get("source", "")))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"transform lacks or mistypes {exc}") from None
 

@@ -253,6 +253,8 @@ def test_invalid_rows_are_refused_by_line_or_dropped_and_counted(tmp_path):
     assert transform.columns == ("3", "1") and transform.event_shape == (1, 1, 2)
     refused("train", "gaussian-mixture", "--table", tmp_path / "t.csv", "--columns", "a,zz", "--out", out,
             match="has no column 'zz'")
+    usage = run("train", "gaussian-mixture", "--table", tmp_path / "t.csv", "--categories", 3, "--out", out)
+    assert usage.exit_code == 2 and "--categories apply to --images, not --table" in usage.output
 
 
 def test_samples_of_a_table_model_are_written_in_the_tables_units(tmp_path):

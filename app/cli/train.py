@@ -142,6 +142,8 @@ def train(ctx, model_name, dataset, data_path, download, settings, out, perturb,
     DistributedDataParallel and rank 0 alone writes.
     """
     own = {k: options.pop(k) for k in OWN_OPTIONS}
+    own["categories"] = own["categories"] if ctx.get_parameter_source("categories") is not ParameterSource.DEFAULT \
+        else None  # None: not given (2 for --images)
     sources = [name for name, given in (("--dataset", dataset), ("--images", own["images_path"]),
                                         ("--table", own["table_path"])) if given]
     if len(sources) != 1:
@@ -222,7 +224,7 @@ def own_training_data(own: dict, seed: int):
     """The OwnData (app/own_data.py) of ``--images`` or ``--table`` and their options."""
     from densreg.app.own_data import own_images, own_table
 
-    images_only = ("shape", "resize", "labels_from_folders", "valid_images")
+    images_only = ("shape", "resize", "categories", "labels_from_folders", "valid_images")
     if own["table_path"] is not None:
         given = [f"--{k.replace('_', '-')}" for k in images_only if own[k]]
         if given:
@@ -231,7 +233,7 @@ def own_training_data(own: dict, seed: int):
         return own_table(own["table_path"], columns, own["drop_invalid"], own["valid_fraction"], seed)
     if own["columns"] or own["drop_invalid"]:
         raise click.UsageError("--columns and --drop-invalid apply to --table, not --images")
-    return own_images(own["images_path"], own["shape"], own["categories"], own["resize"],
+    return own_images(own["images_path"], own["shape"], own["categories"] or 2, own["resize"],
                       own["labels_from_folders"], own["valid_fraction"], own["valid_images"], seed)
 
 
