@@ -20,7 +20,10 @@ Images: the one-class protocol on scikit-learn's digits (8x8, values 0..16 writt
 files, round(v * 255 / 16)): for each digit, 60% of its images are written to a folder and trained
 through ``densreg train MODEL --images FOLDER`` (binarized by the recorded rule, g >= 128), the test
 folder (the other 40% and every image of the other nine digits) is scored by ``densreg score
---images``; AUROC per digit against the same pixel-space baselines on the binarized pixels.
+--images``; AUROC per digit against the same pixel-space baselines on the binarized pixels. densreg's
+models there: bernoulli, markov (order 2), nade (32 hidden units, early-stopped) and the mixture of
+Bernoullis of the ``densreg-mixture`` example plugin (components among MIXTURE_COMPONENTS by the valid
+NLL of a 25% split of the training folder).
 
     python benchmarks/own_data.py [--quick]
 """
@@ -49,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SEED = 0
 # (components, covariance regularization on standardized rows): both mixtures choose on the same grid
+MIXTURE_COMPONENTS = (5, 10, 20)  # the Bernoulli mixture's (the densreg-mixture example plugin) on digits
 MIXTURE_GRID = [(k, reg) for k in (1, 2, 3) for reg in (1e-6, 1e-2, 1e-1, 0.3)]
 
 
@@ -203,13 +207,27 @@ def densreg_cli(*args) -> None:
     cli.main([str(a) for a in args], standalone_mode=False)
 
 
+def mixture_components(folder: Path) -> int:
+    """The mixture's components, chosen by the valid NLL of a 25% split of the training folder."""
+    import densreg
+
+    valid = {}
+    for components in MIXTURE_COMPONENTS:
+        checkpoint = folder / f"mixture{components}.safetensors"
+        densreg_cli("train", "mixture", "--set", f"components={components}", "--images", folder / "train",
+                    "--valid-fraction", 0.25, "--seed", SEED, "--out", checkpoint)
+        valid[components] = densreg.load_checkpoint(checkpoint)[1].metrics["valid_nll_nats"]
+    return min(valid, key=valid.get)
+
+
 def run_images(quick: bool, work: Path):
     digits = datasets.load_digits()
     pictures = np.round(digits.images * 255 / 16).astype(np.uint8)  # (N, 8, 8) 8-bit
     binary = (pictures >= 128).reshape(len(pictures), -1).astype(float)  # the recorded rule, for baselines
     models = {"densreg bernoulli": ["bernoulli"], "densreg markov": ["markov", "--set", "order=2"],
               "densreg nade": ["nade", "--set", "hidden=32", "--epochs", 20 if quick else 200, "--patience", 15,
-                               "--batch-size", 32, "--lr", 0.01, "--seed", SEED]}
+                               "--batch-size", 32, "--lr", 0.01, "--seed", SEED],
+              "densreg mixture": ["mixture"]}
     baselines = {
         "sklearn GaussianMixture": lambda X: GaussianMixture(
             choose(lambda c: GaussianMixture(c, covariance_type="diag", random_state=SEED), (1, 2, 4, 8), X),
@@ -232,6 +250,8 @@ def run_images(quick: bool, work: Path):
         for name, args in models.items():
             checkpoint, table = folder / f"{args[0]}.safetensors", folder / f"{args[0]}.csv"
             start = time.perf_counter()
+            if args[0] == "mixture":
+                args = [*args, "--set", f"components={mixture_components(folder)}"]
             densreg_cli("train", *args, "--images", folder / "train", "--out", checkpoint)
             densreg_cli("score", checkpoint, "--images", folder / "test", "--out", table, "--top", 0)
             score = np.loadtxt(table, delimiter=",", skiprows=1, usecols=2)
