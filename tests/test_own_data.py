@@ -319,3 +319,15 @@ def test_the_runtime_prepares_raw_rows_as_the_checkpoint_records(tmp_path):
     object.__setattr__(plain, "transform", None)
     with pytest.raises(densreg.ConfigError, match="records no transform"):
         plain.prepare(rows)
+
+
+def test_npy_files_are_read_only_after_their_header_is_checked(tmp_path):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    refused("train", "bernoulli", "--images", tmp_path / "objects.npy", "--out", tmp_path / "m.safetensors",
+            match="holds Python objects (pickle), which densreg never loads")
+    header = {"descr": "<f8", "fortran_order": False, "shape": (10**12, 3)}
+    with open(tmp_path / "huge.npy", "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.write(b"\0" * 64)
+    refused("train", "gaussian-mixture", "--table", tmp_path / "huge.npy", "--out", tmp_path / "m.safetensors",
+            match="declares shape (1000000000000, 3) of float64 (24000000000000 bytes), but holds")
