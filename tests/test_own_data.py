@@ -255,6 +255,8 @@ def test_invalid_rows_are_refused_by_line_or_dropped_and_counted(tmp_path):
             match="has no column 'zz'")
     usage = run("train", "gaussian-mixture", "--table", tmp_path / "t.csv", "--categories", 3, "--out", out)
     assert usage.exit_code == 2 and "--categories apply to --images, not --table" in usage.output
+    usage = run("train", "gaussian-mixture", "--table", tmp_path / "t.csv", "--perturb", 0.1, "--out", out)
+    assert usage.exit_code == 2 and "a --table holds real values" in usage.output
 
 
 def test_samples_of_a_table_model_are_written_in_the_tables_units(tmp_path):

@@ -149,6 +149,8 @@ def train(ctx, model_name, dataset, data_path, download, settings, out, perturb,
     if len(sources) != 1:
         raise click.UsageError("give exactly one of --dataset NAME, --images PATH or --table PATH"
                                + (f" (got {' and '.join(sources)})" if sources else ""))
+    if own["table_path"] and perturb is not None:
+        raise click.UsageError("--perturb replaces values by levels 0..K-1; a --table holds real values")
     if nproc is not None:
         launch_torchrun(ctx, nproc, options["device"], backend, out)
     TrainingOptions(device=options["device"])  # a ConfigError for a device name torch cannot parse
