@@ -270,6 +270,7 @@ def describe_export(model: DensityModel, name: str, specs: list[dict], opset: in
         "state": specs,
         "noise_rule": family.noise_rule, "draw_rule": family.draw_rule,
         "dataset": _dataset(source),
+        "transform": manifest.transform_entry(source),
         "versions": {"onnx": onnx.__version__, "opset": opset, "ir_version": IR_VERSION,
                      "onnxruntime": ort.__version__, "onnxruntime_minimum": ORT_MINIMUM,
                      "torch": torch.__version__, "densreg": info.densreg_version},

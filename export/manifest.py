@@ -34,6 +34,13 @@ def build(description: dict, files: dict[str, bytes]) -> bytes:
     return (json.dumps(manifest, indent=1) + "\n").encode()
 
 
+def transform_entry(source) -> dict | None:
+    """The manifest's ``transform`` key: the preprocessing the source checkpoint records for a model
+    trained on the user's own files (registry/transforms.py, with the training data's sha256), else None.
+    The runtime applies it to raw files as the checkpoint does."""
+    return getattr(source, "transform", None)
+
+
 def _regular_file(path: Path, folder: Path) -> os.stat_result:
     try:
         info = os.lstat(path)

@@ -33,6 +33,7 @@ from densreg.registry.errors import ConfigError, DataError, RuntimeLoadError
 from densreg.registry.limits import check_event_shape
 from densreg.registry.families import Family
 from densreg.registry.saved import VALUE_KINDS, SavedModelInfo
+from densreg.registry.transforms import transform_of
 from densreg.registry.version import __version__
 
 from . import format as fmt
@@ -107,6 +108,7 @@ class ExportedModel:
         self.legacy = manifest["format"] == legacy.FORMAT  # format 1: no digests, sample.onnx, pixel_log_prob
         try:
             self.info = self._parse_info(manifest)
+            self.transform = transform_of(self.info)  # the user's data's preprocessing, or None
             self.order = np.asarray(manifest["order"], dtype=np.int64)
             self.state_specs = list(manifest["state"])
             self._initial = [fmt.decode_array(s["initial"]) for s in self.state_specs]
@@ -163,7 +165,7 @@ class ExportedModel:
                               densreg_version=str(model.get("densreg_version", "")), plugin=str(model["plugin"]),
                               distribution=str(model["distribution"]), distribution_version=str(model["version"]),
                               opset=int(manifest["versions"]["opset"]), parity=manifest.get("parity"),
-                              value_kind=kind)
+                              value_kind=kind, transform=manifest.get("transform"))
 
     def _check_version(self) -> None:
         theirs, ours = self.info.densreg_version or "?", __version__
@@ -234,6 +236,17 @@ class ExportedModel:
         return f"ExportedModel({str(self.path)!r}, model={self.name!r}, provider={self.provider!r})"
 
     # -- density ----------------------------------------------------------------
+    def prepare(self, raw) -> np.ndarray:
+        """Raw data through the recorded transform (registry/transforms.py), as the checkpoint applies it:
+        8-bit pictures uint8 (N, C, H, W) -> levels, or table rows (N, D) -> standardized (N, 1, 1, D).
+        ConfigError for a model trained on a registered dataset (it records no transform)."""
+        if self.transform is None:
+            raise ConfigError(f"{self.path} was trained on a registered dataset and records no transform; pass "
+                              "its values as they are")
+        if self.transform.kind == "table":
+            return self.transform.standardize(raw)
+        return self.transform.levels(raw)
+
     def validate(self, x) -> np.ndarray:
         """Images (B, C, H, W) with integer values 0..K-1 -> int64 (real values: finite float32); DataError
         otherwise."""

@@ -162,17 +162,41 @@ def read_npz_member(path: str | os.PathLike, archive, name: str) -> np.ndarray:
     member = name + ".npy" if name + ".npy" in archive.zip.namelist() else name
     try:
         with archive.zip.open(member) as handle:
-            version = np.lib.format.read_magic(handle)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(handle)  # the header only
-        declared = math.prod(shape) * dtype.itemsize
-        stored = archive.zip.getinfo(member).file_size
-        if declared > stored:
-            raise DataError(f"{path}: array {name!r} declares shape {shape} of {dtype} ({declared} bytes), but its "
-                            f"entry holds {stored} bytes; the archive is corrupt")
-        check_memory(2 * declared, f"reading array {name!r} of {path}", "use a smaller file")
+            check_npy_header(handle, archive.zip.getinfo(member).file_size, f"{path}: array {name!r}")
         return archive[name]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         if isinstance(exc, DensregError):  # a DataError above, or check_memory's ConfigError
             raise
         raise DataError(f"cannot read array {name!r} of {path} ({type(exc).__name__}: {exc})") from None
+
+
+def check_npy_header(handle, stored: int, what: str) -> None:
+    """Read an .npy header from ``handle`` and check the size it declares: no more than the ``stored``
+    bytes, and within the memory available (twice the array: numpy allocates it before reading);
+    refuse object arrays (pickle). DataError or ConfigError naming ``what``."""
+    version = np.lib.format.read_magic(handle)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(handle)  # the header only
+    if dtype.hasobject:
+        raise DataError(f"{what} holds Python objects (pickle), which densreg never loads; save plain numbers")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > stored:
+        raise DataError(f"{what} declares shape {shape} of {dtype} ({declared} bytes), but holds {stored} bytes; "
+                        "the file is corrupt")
+    check_memory(2 * declared, f"reading {what}", "use a smaller file")
+
+
+def read_npy(path: str | os.PathLike) -> np.ndarray:
+    """The array of the .npy file ``path``, read only after its header is checked (``check_npy_header``);
+    never unpickled. DataError (one line naming the file) for anything else."""
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise DataError(f"{path} is not a regular file; expected an .npy array")
+        with open(path, "rb") as handle:
+            check_npy_header(handle, os.path.getsize(path), str(path))
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        if isinstance(exc, DensregError):
+            raise
+        raise DataError(f"cannot read {path} as an .npy array ({type(exc).__name__}: {exc})") from None

@@ -68,7 +68,7 @@ def test_features_of_a_model_of_real_values_read_a_float_npz(tmp_path):
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "f.npz")["features"].shape == (5, 3)
     one_line_error(run("features", path, "--images", tmp_path / "x.png", "--out", tmp_path / "g.npz"),
-                   "a model of real values takes an .npz of real values")
+                   "a model of real values takes an .npz or .npy of real values")
 
 
 def test_an_empty_train_split_is_one_line(tmp_path):

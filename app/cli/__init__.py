@@ -46,7 +46,8 @@ BUILTIN_COMMANDS = {
     "runtime": ("export", "onnxruntime version, device, and the providers listed and actually usable."),
     "sample": ("sample", "Draw exact samples from a checkpoint (or an export folder) and write an image grid."),
     "score": ("score", "Score images by how anomalous they are under a checkpoint or an export folder."),
-    "train": ("train", "Fit MODEL on a dataset's train split and write a checkpoint."),
+    "train": ("train", "Fit MODEL on a dataset's train split, or on your own --images or --table, and write a "
+                       "checkpoint."),
     "web": ("web", "Write a static site that scores, completes and samples an export in the browser."),
 }
 COMMAND_MODULES = {name: module for name, (module, _) in BUILTIN_COMMANDS.items()}
