@@ -8,7 +8,10 @@
 
 Opening a folder first checks its manifest (format, sha256 of every file) and the external
 data every graph names (only files of the folder), so a mixed, modified or hostile folder
-is refused with one RuntimeLoadError line before onnxruntime reads it.
+is refused with one RuntimeLoadError line before onnxruntime reads it; then that every graph
+names this manifest (``manifest_sha256``, format 3) and that conditionals.onnx reproduces the
+golden log-probabilities (a few images: about a millisecond for MNIST models), so weights edited
+together with a forged manifest are refused too. Formats read: ``format.READABLE``.
 
 Sampling is a Python loop around ``step.onnx``: D calls, each costing what the
 model's own cached ``step`` costs. Given the same uniform noise (n, D) it draws the
@@ -21,6 +24,7 @@ device, and only the drawn values (n int64 per step) are copied to the host.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -131,6 +135,7 @@ class ExportedModel:
         self._scoring_options = scoring
         self._providers, self._sampling_options, self._external = providers, sampling, external
         self._check_export_ids(*[s for s in (self.conditionals, self.step_session, self.draw_session) if s])
+        self._check_golden()
         self.provider = self.step_session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
@@ -176,9 +181,33 @@ class ExportedModel:
             return
         for session in sessions:
             meta = dict(session.get_modelmeta().custom_metadata_map)
-            if meta.get("format") != fmt.FORMAT or meta.get("export_id") != self.manifest.get("export_id"):
+            if meta.get("format") != self.manifest["format"] or meta.get("export_id") != self.manifest.get("export_id"):
                 raise RuntimeLoadError(f"{self.path}: a graph's export id {meta.get('export_id')!r} is not the "
                                        f"manifest's {self.manifest.get('export_id')!r}: the folder mixes exports")
+            manifest_file.check_binding(self.path, self.manifest, f"{meta.get('graph', 'a graph')}.onnx", meta)
+
+    def _check_golden(self) -> None:
+        """RuntimeLoadError unless conditionals.onnx gives golden.json's log_prob for its (finite) images: the
+        weights are the ones the export was checked with (formats 2 and 3; format 1 has no golden vectors)."""
+        if self.legacy or fmt.GOLDEN not in self.manifest["files"]:
+            return
+        try:
+            golden = json.loads((self.path / fmt.GOLDEN).read_bytes())
+            images = np.asarray(golden["images"], dtype=self.family.numpy_dtype)
+            expected = np.asarray(golden["log_prob"], dtype=np.float64)
+            tolerance = float(golden["log_prob_atol"]) * (1 if self.manifest.get("dtype") != "float16" else 100)
+            finite = np.isfinite(images.reshape(len(images), -1)).all(-1) & np.isfinite(expected)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise RuntimeLoadError(f"{self.path / fmt.GOLDEN} is not valid golden vectors: {type(exc).__name__}: "
+                                   f"{str(exc)[:80]}") from exc
+        if not finite.any():
+            return
+        log_prob = self.conditionals.run(["log_prob"], {"images": images[finite]})[0].astype(np.float64)
+        diff = float(np.abs(log_prob - expected[finite]).max())
+        if not diff <= tolerance:
+            raise RuntimeLoadError(f"{self.path}: conditionals.onnx does not reproduce golden.json (log_prob differs "
+                                   f"by {diff:.3g} nats, tolerance {tolerance:g}): the weights or golden vectors were "
+                                   "modified; re-export the model")
 
     @property
     def sample_session(self) -> ort.InferenceSession:

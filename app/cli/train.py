@@ -5,19 +5,22 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from pathlib import Path
 
 import click
 import torch
 from click.core import ParameterSource
 
 from densreg.app import distributed
+from densreg.app.evaluation import evaluate
 from densreg.app.experiment_log import check_available, parse_log_to
 from densreg.app.ood import perturb_images
 from densreg.app.run_files import locked_run, run_paths
 from densreg.app.training import TrainingOptions, fit
 from densreg.app.training_options import default_device
 from densreg.registry import CheckpointError, ConfigError, api, hookimpl
-from densreg.registry.checkpoint import parse_info, read_header
+from densreg.registry.checkpoint import parse_info, read_header, record_metrics
+from densreg.registry.datasets import split_sha256
 
 from .common import (ARGV_KEY, backend_option, data_options, force_option, parse_set_options, set_option,
                      threads_option)
@@ -141,7 +144,11 @@ def _train(ctx, world, model_name, dataset, data_path, download, settings, out, 
     with distributed.leader_first():  # one download into the shared cache
         train_images = api.load_split(dataset, "train", data_path, download)
     valid_images = api.load_split(dataset, "valid", data_path) if "valid" in ds.splits else None
-    recorded = {"dataset": dataset}
+    recorded = {"dataset": dataset, "dataset_sha256": {"train": split_sha256(train_images),
+                                                       **({"valid": split_sha256(valid_images)}
+                                                          if valid_images is not None else {})}}
+    if ARGV_KEY in ctx.meta:  # the command as given (a model card's training command)
+        recorded["command"] = shlex.join(["densreg", *ctx.meta[ARGV_KEY]])
     if perturb is not None:
         train_images, valid_images = perturbed(train_images, valid_images, perturb, ds.num_categories, options["seed"])
         recorded["perturb"] = perturb
@@ -155,6 +162,20 @@ def _train(ctx, world, model_name, dataset, data_path, download, settings, out, 
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
     if world.leader:
         click.echo(f"wrote {out} ({shown})")
+        if "test" in ds.splits and Path(out).is_file():
+            record_test_nll(model, out, dataset, data_path)
+
+
+def record_test_nll(model, out, dataset: str, data_path) -> None:
+    """Measure the trained model's NLL on the dataset's test split and add it to the checkpoint's metrics
+    (``test_nll_nats``, ``test_split``, ``test_images``, and the split's sha256): what a model card reports."""
+    test = api.load_split(dataset, "test", data_path)
+    nll = evaluate(model, test)["nll_nats"]
+    previous = parse_info(out, read_header(out)[1]).metrics.get("dataset_sha256") or {}
+    record_metrics(out, {"test_nll_nats": nll, "test_split": "test", "test_images": len(test),
+                         "dataset_sha256": {**previous, "test": split_sha256(test)}})
+    click.echo(f"test NLL {nll:.4f} nats per image on the {len(test)} images of {dataset}'s test split "
+               f"(recorded in {out})", err=True)
 
 
 def resumed_info(out):
