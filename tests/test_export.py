@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from densreg.export import ExportError, export_model
 from densreg.export import format as fmt
 from densreg.export import readme
+from densreg.export.manifest import binding_digest as manifest_binding
 from densreg.export.runtime import ExportedModel
 from densreg.registry.testing import single_torch_thread  # noqa: F401 (autouse: one torch thread)
 from densreg.registry import (DataError, DensityModel, DensregError, create_model, list_models, load_checkpoint,
@@ -118,7 +119,8 @@ def test_export_parity_and_manifest(exported, name, case):
         onnx.checker.check_model(proto, full_check=True)
         assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 18
         assert {p.key: p.value for p in proto.metadata_props} == {
-            "format": fmt.FORMAT, "export_id": manifest["export_id"], "graph": graph.removesuffix(".onnx")}
+            "format": fmt.FORMAT, "export_id": manifest["export_id"], "graph": graph.removesuffix(".onnx"),
+            "manifest_sha256": manifest_binding(manifest)}
         described = manifest["graphs"][graph]
         assert [i.name for i in proto.graph.input] == [i["name"] for i in described["inputs"]
                                                        if i["name"] in {j.name for j in proto.graph.input}]

@@ -204,6 +204,19 @@ def rehash(folder):
     (folder / fmt.MANIFEST).write_text(json.dumps(manifest))
 
 
+def rebind(folder):
+    """Stamp every graph with the digest of the folder's (edited) manifest, then rehash: a consistent folder."""
+    from densreg.export.manifest import BINDING_KEY, binding_digest
+
+    manifest = json.loads((folder / fmt.MANIFEST).read_text())
+    for graph in manifest["graphs"]:
+        proto = onnx.load(folder / graph, load_external_data=False)
+        props = {p.key: p.value for p in proto.metadata_props}
+        onnx.helper.set_model_props(proto, {**props, BINDING_KEY: binding_digest(manifest)})
+        (folder / graph).write_bytes(proto.SerializeToString())
+    rehash(folder)
+
+
 @pytest.fixture(scope="module")
 def other_export(tmp_path_factory):
     """The same config as export_dir with other weights."""
@@ -241,7 +254,7 @@ def test_broken_folders_give_clear_errors(export_dir, other_export, tmp_path):
     cases[d] = f"was exported by densreg {future}, another major version"
     d = copy_export(out, tmp_path / "foreign")
     edit_manifest(d, format="something-else")
-    cases[d] = "is not a densreg export of this version (manifest format 'something-else'"
+    cases[d] = "is an export of format 'something-else', which this densreg does not read; it reads densreg-onnx/3"
     d = copy_export(out, tmp_path / "mixed")  # same config, other weights: two exports' files in one folder
     shutil.copy(other_export / fmt.STEP, d / fmt.STEP)
     cases[d] = "step.onnx does not match the manifest (size or sha256 differs): the folder mixes files"
@@ -274,6 +287,9 @@ def test_broken_folders_give_clear_errors(export_dir, other_export, tmp_path):
         assert message in text and isinstance(err.value, DensregError) and "\n" not in text, (folder.name, text)
     minor = copy_export(out, tmp_path / "minor")  # same major version: loads
     edit_manifest(minor, model__densreg_version=f"{fmt.major(__version__)}.99.0")
+    with pytest.raises(RuntimeLoadError, match="manifest.json was edited"):  # the graphs name another manifest
+        ExportedModel(minor, provider="cpu")
+    rebind(minor)  # as that version's exporter would have written it
     ExportedModel(minor, provider="cpu")
     result = CliRunner().invoke(cli, ["sample", str(tmp_path / "truncated"), "--out", str(tmp_path / "s.png")])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
