@@ -39,7 +39,7 @@ from densreg.registry.families import Categorical, Family, GaussianMixture, fami
 FORMAT = "densreg-onnx/3"
 # What each format changed; the runtime reads every format listed here (docs/deployment/format.md).
 HISTORY = {
-    "densreg-onnx/3": "densreg 0.4: graphs carry manifest_sha256 (the manifest they belong to) and opening checks it "
+    "densreg-onnx/3": "after densreg 0.3.0: graphs carry manifest_sha256 (the manifest they belong to) and opening checks it "
                       "and the first golden batch; manifest 'card' (data sha256, test NLL, training, license, "
                       "intended use, limitations); test_data_set_0/ (ONNX model zoo layout); golden.json holds finite "
                       "numbers only; step.onnx takes the position per row (B,) and every state carries the batch on "

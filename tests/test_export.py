@@ -108,7 +108,9 @@ def test_export_parity_and_manifest(exported, name, case):
     assert manifest["event_shape"] == list(model.event_shape) and manifest["num_categories"] == model.num_categories
     assert manifest["ordering"] == model.ordering and manifest["order"] == model.order.tolist()
     assert manifest["value_range"] == [0, model.num_categories - 1] and manifest["versions"]["opset"] >= 18
-    assert sorted(manifest["files"]) == sorted(files - {fmt.MANIFEST})
+    test_data = {f"{fmt.TEST_DATA}/input_0.pb"} | {f"{fmt.TEST_DATA}/output_{i}.pb"
+                                                    for i in range(len(model.family.param_names) + 2)}
+    assert sorted(manifest["files"]) == sorted(files - {fmt.MANIFEST, fmt.TEST_DATA} | test_data)
     for spec, tensor in zip(manifest["state"], model.initial_state(2), strict=True):  # batch axis: any one axis
         axis = spec["batch_axis"]
         assert spec["shape"] == ["batch" if i == axis else n for i, n in enumerate(tensor.shape)]
