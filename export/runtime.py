@@ -135,7 +135,6 @@ class ExportedModel:
         self._scoring_options = scoring
         self._providers, self._sampling_options, self._external = providers, sampling, external
         self._check_export_ids(*[s for s in (self.conditionals, self.step_session, self.draw_session) if s])
-        self._check_golden()
         self.provider = self.step_session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
@@ -154,6 +153,7 @@ class ExportedModel:
             raise RuntimeLoadError(f"{self.path}: manifest 'order' is not a permutation of the {self.num_positions} "
                                    "positions")
         self._positions = [np.array(d, dtype=np.int64) for d in range(self.num_positions)]
+        self._check_golden()  # last: the graphs are known to take what the folder's role says
 
     @staticmethod
     def _parse_info(manifest: dict) -> SavedModelInfo:
@@ -202,8 +202,12 @@ class ExportedModel:
                                    f"{str(exc)[:80]}") from exc
         if not finite.any():
             return
-        log_prob = self.conditionals.run(["log_prob"], {"images": images[finite]})[0].astype(np.float64)
-        diff = float(np.abs(log_prob - expected[finite]).max())
+        try:
+            log_prob = self.conditionals.run(["log_prob"], {"images": images[finite]})[0].astype(np.float64)
+            diff = float(np.abs(log_prob - expected[finite]).max())
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for inputs it refuses
+            raise RuntimeLoadError(f"{self.path / fmt.GOLDEN}: conditionals.onnx cannot score its images "
+                                   f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:120]})") from exc
         if not diff <= tolerance:
             raise RuntimeLoadError(f"{self.path}: conditionals.onnx does not reproduce golden.json (log_prob differs "
                                    f"by {diff:.3g} nats, tolerance {tolerance:g}): the weights or golden vectors were "
