@@ -209,9 +209,9 @@ class ExportedModel:
             raise RuntimeLoadError(f"{self.path / fmt.GOLDEN}: conditionals.onnx cannot score its images "
                                    f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:120]})") from exc
         if not diff <= tolerance:
-            raise RuntimeLoadError(f"{self.path}: conditionals.onnx does not reproduce golden.json (log_prob differs "
-                                   f"by {diff:.3g} nats, tolerance {tolerance:g}): the weights or golden vectors were "
-                                   "modified; re-export the model")
+            raise RuntimeLoadError(f"{self.path}: conditionals.onnx of the export {self.name!r} does not reproduce "
+                                   f"golden.json (log_prob differs by {diff:.3g} nats, tolerance {tolerance:g}): the "
+                                   "weights or golden vectors were modified; re-export the model")
 
     @property
     def sample_session(self) -> ort.InferenceSession:

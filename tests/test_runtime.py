@@ -27,6 +27,7 @@ from densreg.export.runtime import CPU, CUDA, ExportedModel, runtime_info, usabl
 from densreg.registry import DataError, DensregError, __version__, categorical_from_uniform, create_model
 from densreg.app.cli import cli
 
+from export_edits import rebind
 from blockers import SERVING_BOX, blocker
 
 
@@ -202,19 +203,6 @@ def rehash(folder):
     manifest = json.loads((folder / fmt.MANIFEST).read_text())
     manifest["files"] = {name: file_digest((folder / name).read_bytes()) for name in manifest["files"]}
     (folder / fmt.MANIFEST).write_text(json.dumps(manifest))
-
-
-def rebind(folder):
-    """Stamp every graph with the digest of the folder's (edited) manifest, then rehash: a consistent folder."""
-    from densreg.export.manifest import BINDING_KEY, binding_digest
-
-    manifest = json.loads((folder / fmt.MANIFEST).read_text())
-    for graph in manifest["graphs"]:
-        proto = onnx.load(folder / graph, load_external_data=False)
-        props = {p.key: p.value for p in proto.metadata_props}
-        onnx.helper.set_model_props(proto, {**props, BINDING_KEY: binding_digest(manifest)})
-        (folder / graph).write_bytes(proto.SerializeToString())
-    rehash(folder)
 
 
 @pytest.fixture(scope="module")
