@@ -31,6 +31,7 @@ from . import format as fmt
 from onnx import numpy_helper
 
 from . import lean, loop, manifest, readme
+from .card import UNKNOWN
 from .card import build as build_card
 from .parity import golden, parity_check, run_parity, session
 from .tracing import (EXAMPLE_BATCH, ConditionalsGraph, FeaturesGraph, StepGraph, dynamic, features_meaning,
@@ -78,19 +79,25 @@ def check_export_target(out_dir: Path) -> None:
                           "choose an empty or new folder")
 
 
-def _dataset(source: SavedModelInfo | None) -> dict | None:
-    """The training data as the checkpoint recorded it: name, preprocessing, NLL figures (nats)."""
-    metrics = source.metrics if source is not None else {}
-    if not metrics.get("dataset"):
-        return None
+def _preprocessing(name) -> str:
+    """The registered dataset's description (its preprocessing), or "" when it is not registered here."""
     from densreg.registry import api
 
     try:
-        preprocessing = api.get_dataset(metrics["dataset"]).description
+        return api.get_dataset(name).description if name else ""
     except DensregError:
-        preprocessing = ""
-    return {"name": metrics["dataset"], "preprocessing": preprocessing,
-            **{key: metrics.get(key) for key in ("test_nll_nats", "valid_nll_nats", "train_nll_nats")}}
+        return ""
+
+
+def _dataset(card: dict, metrics: dict) -> dict | None:
+    """The manifest's ``dataset`` (kept for clients of format 2): name, preprocessing and NLL figures (nats), as
+    the card says them; None when the training data is unknown."""
+    if card["dataset"]["name"] == UNKNOWN:
+        return None
+    evaluation = card["evaluation"]
+    return {"name": card["dataset"]["name"], "preprocessing": card["dataset"]["preprocessing"],
+            "test_nll_nats": None if evaluation == UNKNOWN else evaluation["test_nll_nats"],
+            **{key: metrics.get(key) for key in ("valid_nll_nats", "train_nll_nats")}}
 
 
 def _seal(graphs: dict, export_id: str, golden: dict, shared: list) -> tuple[dict[str, bytes], dict[str, str]]:
@@ -293,10 +300,9 @@ def describe_export(model: DensityModel, name: str, specs: list[dict], opset: in
     same for clients written before families."""
     info = describe_model(model, name)
     family = components(model, model.family)
-    dataset = _dataset(source)
     metrics = source.metrics if source is not None else {}
     model_card = build_card(metrics, source.densreg_version if source is not None else "",
-                            (dataset or {}).get("preprocessing", ""),
+                            _preprocessing(metrics.get("dataset")),
                             (source.extra or {}).get("card") if source is not None else None, stated)
     return {
         "export_id": export_id,
@@ -316,7 +322,7 @@ def describe_export(model: DensityModel, name: str, specs: list[dict], opset: in
         "weights_dtype": weights_dtype,
         "state": specs,
         "noise_rule": family.noise_rule, "draw_rule": family.draw_rule,
-        "dataset": dataset,
+        "dataset": _dataset(model_card, metrics),
         "card": model_card,
         "versions": {"onnx": onnx.__version__, "opset": opset, "ir_version": IR_VERSION,
                      "onnxruntime": ort.__version__, "onnxruntime_minimum": ORT_MINIMUM,

@@ -113,6 +113,7 @@ def test_export_card_is_filled_from_the_records_and_renders(trained):
     assert card["training"]["command"] == info.metrics["command"]
     assert card["training"]["densreg_version"] == info.densreg_version
     assert card["license"] == "CC0-1.0"
+    assert manifest_of(out)["dataset"]["test_nll_nats"] == info.metrics["test_nll_nats"]  # was always null
     assert card["intended_use"] == card["limitations"] == "unknown"  # not stated: never invented
     text = (out / fmt.README).read_text()
     assert f"test NLL: {info.metrics['test_nll_nats']:.4f} nats per image on the `test` split (300 images)" in text
@@ -126,7 +127,7 @@ def test_a_model_without_records_has_an_unknown_card(row_lstm_export):
     assert card["evaluation"] == "unknown" and card["dataset"]["name"] == "unknown"
     assert set(card["dataset"]["sha256"].values()) == {"unknown"}
     assert card["training"]["command"] == "unknown" and card["license"] == "unknown"
-    assert "- test NLL: unknown" in (out / fmt.README).read_text()
+    assert "- test NLL: unknown" in (out / fmt.README).read_text() and manifest_of(out)["dataset"] is None
 
 
 # -- integrity ---------------------------------------------------------------------------------------
