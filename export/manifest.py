@@ -8,7 +8,9 @@ with one line before onnxruntime opens anything.
 The manifest is bound to its graphs the other way too: each graph of a format-3 folder carries
 ``manifest_sha256`` (``binding_digest``: the manifest less the graphs' own digests), so a manifest
 edited and re-hashed (another ``order``, initial state, weights.bin digest) no longer matches its
-graphs; the runtime compares them when it opens a graph (``check_binding``).
+graphs; the runtime compares them when it opens a graph (``check_binding``). Last, the folder's
+conditionals.onnx must reproduce golden.json's log_prob (``check_golden``), so weights edited with a
+forged manifest and re-stamped graphs are refused too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 import os
 import stat
 from pathlib import Path
+
+import numpy as np
 
 from densreg.registry.errors import RuntimeLoadError
 
@@ -132,3 +136,32 @@ def read_verified(folder: Path) -> dict:
             raise RuntimeLoadError(f"{file} does not match the manifest (size or sha256 differs): the folder mixes "
                                    f"files of different exports or was modified; re-export it")
     return manifest
+
+
+def check_golden(folder: Path, manifest: dict, conditionals, dtype, name: str) -> None:
+    """RuntimeLoadError unless the ``conditionals`` session (onnxruntime) gives golden.json's log_prob for its
+    finite images (``dtype``: the family's numpy dtype) within ``log_prob_atol`` (100 times it for float16
+    weights): the weights are the ones the export was checked with. A folder without golden.json passes."""
+    if fmt.GOLDEN not in (manifest.get("files") or {}):
+        return
+    try:
+        golden = json.loads((folder / fmt.GOLDEN).read_bytes())
+        images = np.asarray(golden["images"], dtype=dtype)
+        expected = np.asarray(golden["log_prob"], dtype=np.float64)
+        tolerance = float(golden["log_prob_atol"]) * (1 if manifest.get("dtype") != "float16" else 100)
+        finite = np.isfinite(images.reshape(len(images), -1)).all(-1) & np.isfinite(expected)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise RuntimeLoadError(f"{folder / fmt.GOLDEN} is not valid golden vectors: {type(exc).__name__}: "
+                               f"{str(exc)[:80]}") from exc
+    if not finite.any():
+        return
+    try:
+        log_prob = conditionals.run(["log_prob"], {"images": images[finite]})[0].astype(np.float64)
+        diff = float(np.abs(log_prob - expected[finite]).max())
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for inputs it refuses
+        raise RuntimeLoadError(f"{folder / fmt.GOLDEN}: conditionals.onnx cannot score its images "
+                               f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:120]})") from exc
+    if not diff <= tolerance:
+        raise RuntimeLoadError(f"{folder}: conditionals.onnx of the export {name!r} does not reproduce golden.json "
+                               f"(log_prob differs by {diff:.3g} nats, tolerance {tolerance:g}): the weights or golden "
+                               "vectors were modified; re-export the model")

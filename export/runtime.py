@@ -24,7 +24,6 @@ device, and only the drawn values (n int64 per step) are copied to the host.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -187,31 +186,9 @@ class ExportedModel:
             manifest_file.check_binding(self.path, self.manifest, f"{meta.get('graph', 'a graph')}.onnx", meta)
 
     def _check_golden(self) -> None:
-        """RuntimeLoadError unless conditionals.onnx gives golden.json's log_prob for its (finite) images: the
-        weights are the ones the export was checked with (formats 2 and 3; format 1 has no golden vectors)."""
-        if self.legacy or fmt.GOLDEN not in self.manifest["files"]:
-            return
-        try:
-            golden = json.loads((self.path / fmt.GOLDEN).read_bytes())
-            images = np.asarray(golden["images"], dtype=self.family.numpy_dtype)
-            expected = np.asarray(golden["log_prob"], dtype=np.float64)
-            tolerance = float(golden["log_prob_atol"]) * (1 if self.manifest.get("dtype") != "float16" else 100)
-            finite = np.isfinite(images.reshape(len(images), -1)).all(-1) & np.isfinite(expected)
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise RuntimeLoadError(f"{self.path / fmt.GOLDEN} is not valid golden vectors: {type(exc).__name__}: "
-                                   f"{str(exc)[:80]}") from exc
-        if not finite.any():
-            return
-        try:
-            log_prob = self.conditionals.run(["log_prob"], {"images": images[finite]})[0].astype(np.float64)
-            diff = float(np.abs(log_prob - expected[finite]).max())
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for inputs it refuses
-            raise RuntimeLoadError(f"{self.path / fmt.GOLDEN}: conditionals.onnx cannot score its images "
-                                   f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:120]})") from exc
-        if not diff <= tolerance:
-            raise RuntimeLoadError(f"{self.path}: conditionals.onnx of the export {self.name!r} does not reproduce "
-                                   f"golden.json (log_prob differs by {diff:.3g} nats, tolerance {tolerance:g}): the "
-                                   "weights or golden vectors were modified; re-export the model")
+        """The weights are those the export was checked with (``manifest.check_golden``; not format 1)."""
+        if not self.legacy:
+            manifest_file.check_golden(self.path, self.manifest, self.conditionals, self.family.numpy_dtype, self.name)
 
     @property
     def sample_session(self) -> ort.InferenceSession:
