@@ -72,6 +72,7 @@ class GradientRun:
         return {"train_nll_nats": best_entry.get("train_nll", math.nan),
                 "valid_nll_nats": best_entry.get("valid_nll", math.nan),
                 "epochs": self.epoch, "best_epoch": self.best["epoch"], **compiled,
+                "train_seconds": sum(entry.get("seconds", 0.0) for entry in self.log),
                 **({"ema": self.opts.ema} if self.averaged is not None else {}), **self.extra_metrics}
 
     def train_epoch(self) -> tuple[float, float]:

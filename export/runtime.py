@@ -8,7 +8,10 @@
 
 Opening a folder first checks its manifest (format, sha256 of every file) and the external
 data every graph names (only files of the folder), so a mixed, modified or hostile folder
-is refused with one RuntimeLoadError line before onnxruntime reads it.
+is refused with one RuntimeLoadError line before onnxruntime reads it; then that every graph
+names this manifest (``manifest_sha256``, format 3) and that conditionals.onnx reproduces the
+golden log-probabilities (a few images: about a millisecond for MNIST models), so weights edited
+together with a forged manifest are refused too. Formats read: ``format.READABLE``.
 
 Sampling is a Python loop around ``step.onnx``: D calls, each costing what the
 model's own cached ``step`` costs. Given the same uniform noise (n, D) it draws the
@@ -151,6 +154,7 @@ class ExportedModel:
             raise RuntimeLoadError(f"{self.path}: manifest 'order' is not a permutation of the {self.num_positions} "
                                    "positions")
         self._positions = [np.array(d, dtype=np.int64) for d in range(self.num_positions)]
+        self._check_golden()  # last: the graphs are known to take what the folder's role says
 
     @staticmethod
     def _parse_info(manifest: dict) -> SavedModelInfo:
@@ -178,9 +182,15 @@ class ExportedModel:
             return
         for session in sessions:
             meta = dict(session.get_modelmeta().custom_metadata_map)
-            if meta.get("format") != fmt.FORMAT or meta.get("export_id") != self.manifest.get("export_id"):
+            if meta.get("format") != self.manifest["format"] or meta.get("export_id") != self.manifest.get("export_id"):
                 raise RuntimeLoadError(f"{self.path}: a graph's export id {meta.get('export_id')!r} is not the "
                                        f"manifest's {self.manifest.get('export_id')!r}: the folder mixes exports")
+            manifest_file.check_binding(self.path, self.manifest, f"{meta.get('graph', 'a graph')}.onnx", meta)
+
+    def _check_golden(self) -> None:
+        """The weights are those the export was checked with (``manifest.check_golden``; not format 1)."""
+        if not self.legacy:
+            manifest_file.check_golden(self.path, self.manifest, self.conditionals, self.family.numpy_dtype, self.name)
 
     @property
     def sample_session(self) -> ort.InferenceSession:

@@ -89,6 +89,15 @@ def save_checkpoint(path, model, name: str, metrics: dict | None = None, extra: 
     save_tensors(path, tensors, metadata)
 
 
+def record_metrics(path, more: dict) -> None:
+    """Add ``more`` to the metrics of the checkpoint ``path`` (e.g. its test NLL, measured after training),
+    rewriting it atomically; weights, the model's keys and the content hash stay as they are."""
+    tensors, metadata = read_tensors(path)
+    metrics = parse_json(metadata.get("metrics", "{}"), "metrics")
+    metadata["metrics"] = json.dumps({**(metrics if isinstance(metrics, dict) else {}), **more})
+    save_tensors(path, tensors, metadata)
+
+
 # bytes per element of each safetensors dtype
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}

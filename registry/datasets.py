@@ -7,6 +7,7 @@ the registration; the core loads and validates splits through ``densreg.registry
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import stat
@@ -82,6 +83,20 @@ class Dataset:
                 "dimension": self.dimension, "num_categories": self.num_categories, "continuous": self.continuous,
                 "splits": list(self.splits), "plugin": self.plugin, "needs_files": self.needs_files,
                 "labelled": self.labels is not None}
+
+
+def split_sha256(values) -> str:
+    """The sha256 that identifies a split's content (what a checkpoint records of the data it was trained and
+    evaluated on): of the values (N, ...) as contiguous bytes, one byte each for integer levels 0..255 (so
+    binarized MNIST's are the published checksums its reader verifies), int64 little-endian for other
+    integers, float32 little-endian for real values. ``values``: a numpy array or a CPU torch tensor."""
+    array = np.asarray(values)
+    if array.dtype.kind in "iub":
+        small = array.size == 0 or (array.min() >= 0 and array.max() <= 255)
+        array = array.astype(np.uint8 if small else np.dtype("<i8"), copy=False)
+    else:
+        array = array.astype(np.dtype("<f4"), copy=False)
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def numeric_batch(x, event_shape: tuple[int, int, int], values: str, items: str) -> np.ndarray:

@@ -5,19 +5,22 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from pathlib import Path
 
 import click
 import torch
 from click.core import ParameterSource
 
 from densreg.app import distributed
+from densreg.app.evaluation import evaluate
 from densreg.app.experiment_log import check_available, parse_log_to
 from densreg.app.ood import perturb_images
 from densreg.app.run_files import locked_run, run_paths
 from densreg.app.training import TrainingOptions, fit
 from densreg.app.training_options import default_device
 from densreg.registry import CheckpointError, ConfigError, api, hookimpl
-from densreg.registry.checkpoint import parse_info, read_header
+from densreg.registry.checkpoint import parse_info, read_header, record_metrics
+from densreg.registry.datasets import split_sha256
 
 from .common import (ARGV_KEY, backend_option, force_option, parse_set_options, parse_shape, set_option,
                      threads_option)
@@ -138,6 +141,8 @@ def train(ctx, model_name, dataset, data_path, download, settings, out, perturb,
     Gradient-trained models also write OUT stem + .log.jsonl (one JSON line per epoch;
     --log-to sends the same values to TensorBoard too)
     and OUT stem + .last.safetensors (the state --resume continues from).
+    The checkpoint records the sha256 of each split, the command and, measured after training
+    on the dataset's test split, the test NLL (what an export's model card shows).
     Under torchrun (or with --nproc) every process trains its share of each batch with
     DistributedDataParallel and rank 0 alone writes.
     """
@@ -206,7 +211,12 @@ def _train(ctx, world, model_name, dataset, data_path, download, settings, out, 
             train_images = api.load_split(dataset, "train", data_path, download)
         valid_images = api.load_split(dataset, "valid", data_path) if "valid" in api.get_dataset(dataset).splits \
             else None
-        recorded, source = {"dataset": dataset}, dataset
+        recorded = {"dataset": dataset, "dataset_sha256": {"train": split_sha256(train_images),
+                                                           **({"valid": split_sha256(valid_images)}
+                                                              if valid_images is not None else {})}}
+        source = dataset
+    if ARGV_KEY in ctx.meta:  # the command as given (a model card's training command)
+        recorded["command"] = shlex.join(["densreg", *ctx.meta[ARGV_KEY]])
     if perturb is not None:
         train_images, valid_images = perturbed(train_images, valid_images, perturb, categories, options["seed"])
         recorded["perturb"] = perturb
@@ -220,6 +230,20 @@ def _train(ctx, world, model_name, dataset, data_path, download, settings, out, 
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
     if world.leader:
         click.echo(f"wrote {out} ({shown})")
+        if dataset and "test" in api.get_dataset(dataset).splits and Path(out).is_file():
+            record_test_nll(model, out, dataset, data_path)
+
+
+def record_test_nll(model, out, dataset: str, data_path) -> None:
+    """Measure the trained model's NLL on the dataset's test split and add it to the checkpoint's metrics
+    (``test_nll_nats``, ``test_split``, ``test_images``, and the split's sha256): what a model card reports."""
+    test = api.load_split(dataset, "test", data_path)
+    nll = evaluate(model, test)["nll_nats"]
+    previous = parse_info(out, read_header(out)[1]).metrics.get("dataset_sha256") or {}
+    record_metrics(out, {"test_nll_nats": nll, "test_split": "test", "test_images": len(test),
+                         "dataset_sha256": {**previous, "test": split_sha256(test)}})
+    click.echo(f"test NLL {nll:.4f} nats per image on the {len(test)} images of {dataset}'s test split "
+               f"(recorded in {out})", err=True)
 
 
 def own_training_data(own: dict, seed: int):
