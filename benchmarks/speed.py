@@ -2,7 +2,7 @@
 
 For each model: training images/s (forward, backward and an Adam step; the counting
 baselines: one closed-form fit), log_prob images/s (no grad) and sampling 64 images,
-for densreg and, for nade / row-lstm / diagonal-bilstm, the reference implementation of
+for densreg and, for nade / row-lstm / diagonal-bilstm / made / transformer, the reference implementation of
 ``benchmarks/speed_references.py`` (its docstring says what each does) at the same sizes.
 The two contenders are interleaved within one process (densreg, reference, densreg, ...),
 each measurement repeated ``--reps`` times; the table gives medians and the ratio
@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_references import (CausalPixelCNN, CroppedGatedPixelCNN, PerRowConvRowLSTM, RunningSumNADE,  # noqa: E402
-                              SkewDiagonalBiLSTM)
+from speed_references import (CausalPixelCNN, ConvImageGPT, CroppedGatedPixelCNN, PerRowConvRowLSTM,  # noqa: E402
+                              RemaskedMADE, RunningSumNADE, SkewDiagonalBiLSTM)
 
 from densreg.app.performance import cpu_cores, eval_batch_size  # noqa: E402
 from densreg.registry import create_model  # noqa: E402
@@ -63,6 +63,10 @@ MODELS = {
                  lambda shape, cfg: CausalPixelCNN(cfg["hidden"] // 2, cfg["layers"], cfg["output_hidden"]), 32),
     "gated-pixelcnn": ({"hidden": 32, "layers": 10, "output_hidden": 32},
                        lambda shape, cfg: CroppedGatedPixelCNN(cfg["hidden"], cfg["layers"], cfg["output_hidden"]), 32),
+    # pytorch-generative's reproduce() sizes (speed_references.py); batch 64 as there
+    "made": ({"hidden": 8000}, lambda shape, cfg: RemaskedMADE(math.prod(shape), [cfg["hidden"]]), 64),
+    "transformer": ({"width": 64, "layers": 8, "heads": 2},
+                    lambda shape, cfg: ConvImageGPT(shape[1], cfg["layers"], cfg["heads"], cfg["width"]), 64),
 }
 
 

@@ -9,7 +9,7 @@ unit connects: the single conditional is the output bias.)
 
 Inputs: a categorical value k > 0 at position j sets code k - 1 of j's K - 1 codes (0 sets none; binary data
 is x itself); a real value is read standardized and bounded (``continuous.standardized``). Outputs per
-position: K logits (``Categorical``), or a mixture of ``components`` Gaussians on the standardized scale
+position: K logits (``Categorical``; for K = 2 one, the logit of a 1 against 0 for a 0), or a mixture of ``components`` Gaussians on the standardized scale
 (MADE-MoG, ``GaussianMixture``).
 
 Connectivity-agnostic training and ensembles: ``masks`` = N > 1 degree sets, drawn from a generator seeded
@@ -92,7 +92,8 @@ class MADE(StandardizedReals, DensityModel):
         self.components, self.activation = components, activation
         D = self.num_positions
         self.codes = max(num_categories - 1, 1)  # inputs per position
-        self.outputs_per_position = num_categories if num_categories else 3 * components
+        # outputs per position: one logit for binary data (p(1) against a 0 for p(0)), K logits, or 3M
+        self.outputs_per_position = (1 if num_categories == 2 else num_categories) if num_categories else 3 * components
         sizes = [D * self.codes, *([hidden] * layers), D * self.outputs_per_position]
         self.weights = nn.ParameterList(nn.Parameter(torch.randn(out, inp) / math.sqrt(max(inp, 1)))
                                         for inp, out in zip(sizes, sizes[1:]))
@@ -132,13 +133,16 @@ class MADE(StandardizedReals, DensityModel):
         """Member ``i``'s outputs (B, D, P): logits (categorical) or standardized (3, M) flattened."""
         h = inputs
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = F.linear(h, w * self.mask(i, layer), b)
+            h = F.linear(h, torch.where(self.mask(i, layer), w, 0.0), b)  # bool masks: no float copy
             if layer < self.layers:
                 h = ACTIVATIONS[self.activation](h)
         return h.unflatten(-1, (self.num_positions, self.outputs_per_position))
 
     def member_params(self, out: torch.Tensor):
-        """Outputs (B, D, P) -> the family's parameters of one member (logits, or MixtureParams of (B, D, M))."""
+        """Outputs (B, D, P) -> the family's parameters of one member (logits (B, D, K), or MixtureParams of
+        (B, D, M))."""
+        if self.num_categories == 2:
+            return torch.cat([torch.zeros_like(out), out], -1)
         if self.num_categories:
             return out
         return self._params(out.unflatten(-1, (3, self.components)), self.loc.unsqueeze(0),
@@ -154,7 +158,7 @@ class MADE(StandardizedReals, DensityModel):
             return params if self.num_categories else params.map(lambda t: t.repeat(1, 1, self.masks))
         outs = [self.member(inputs, i) for i in range(self.masks)]
         if self.num_categories:
-            log_probs = torch.stack([torch.log_softmax(out, -1) for out in outs])  # (N, B, D, K)
+            log_probs = torch.stack([torch.log_softmax(self.member_params(out), -1) for out in outs])  # (N, B, D, K)
             observed = log_probs.gather(-1, seq.expand(self.masks, *seq.shape).unsqueeze(-1)).squeeze(-1)
             return torch.logsumexp(self.prefix_weights(observed).unsqueeze(-1) + log_probs, 0)
         params = [self.member_params(out) for out in outs]

@@ -23,7 +23,7 @@ def member_log_prob(model: MADE, x: torch.Tensor, i: int) -> torch.Tensor:
     seq, inputs = model.inputs(x)
     out = model.member(inputs, i)
     if model.num_categories:
-        return torch.log_softmax(out, -1).gather(-1, seq.unsqueeze(-1)).squeeze(-1).sum(-1)
+        return torch.log_softmax(model.member_params(out), -1).gather(-1, seq.unsqueeze(-1)).squeeze(-1).sum(-1)
     _, u = model.standardize(x)
     mixture = model.standardized_mixture(out.unflatten(-1, (3, model.components)))
     return (mixture_log_density(mixture, u) - model.log_scale).sum(-1)

@@ -192,7 +192,8 @@ def test_an_empty_test_split_is_one_line_not_nan_nats(tmp_path):
 
 def poisoned_export(tmp_path, value: float):
     """An export folder of a Bernoulli model whose float weights are all ``value``, with a manifest whose
-    digests match (a hostile or corrupted folder that passes the integrity check)."""
+    digests match (a hostile or corrupted folder that passes the file hashes and the manifest binding; opening
+    it, the golden check refuses it in one line naming the export)."""
     folder = tmp_path / "export"
     densreg.export_model(Bernoulli(SHAPE), folder)
     manifest = json.loads((folder / "manifest.json").read_text())

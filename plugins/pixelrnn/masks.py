@@ -64,8 +64,8 @@ class MaskedConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The rows of the kernel below its centre are masked out: the convolution runs on the others
         alone, over the input padded above only (a 3x3 kernel does 6 taps instead of 9, a 7x7 one 28
-        instead of 49: about 1.2x a PixelCNN's training step on this CPU). A kernel of one row also drops
-        its taps right of the centre (padded on the left only)."""
+        instead of 49). A kernel of one row also drops its taps right of the centre (padded on the left
+        only)."""
         above, side = self.padding
         weight = self.masked_weight()[:, :, :above + 1]
         if above == 0 and side:
