@@ -74,7 +74,7 @@ def read_verified(folder: Path) -> dict:
     if kind != fmt.FORMAT:
         raise RuntimeLoadError(f"{folder} is not a densreg export of this version (manifest format {kind!r}, "
                                f"expected {fmt.FORMAT!r}); re-export it")
-    for name in fmt.required_graphs(fmt.family_of(manifest)):
+    for name in fmt.required_graphs(fmt.family_of(manifest), manifest):
         if name not in files:
             raise RuntimeLoadError(f"{path} does not list {name}; not a complete densreg export")
     for name, digest in files.items():
