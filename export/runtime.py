@@ -78,7 +78,7 @@ def step_loop(session: ort.InferenceSession, family: Family, state_specs: list[d
 def position_input(session: ort.InferenceSession):
     """(d, n) -> what ``session`` (a step.onnx) takes as ``position`` for ``n`` rows at step d: int64 (n,)
     filled with d (a position per row: exports of densreg after 0.3.0), or an int64 scalar (densreg 0.3.0)."""
-    shapes = [i.shape for i in session.get_inputs() if i.name == "position"]
+    shapes = [getattr(i, "shape", ()) for i in session.get_inputs() if i.name == "position"]
     if shapes and len(shapes[0]) == 1:
         return lambda d, n: np.full(n, d, dtype=np.int64)
     return lambda d, n: np.array(d, dtype=np.int64)
