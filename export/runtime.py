@@ -134,7 +134,8 @@ class ExportedModel:
         self.step_session = open_session(self.path / fmt.STEP, providers, sampling, external)
         self.family = fmt.family_of(manifest)
         self.value_kind = self.family.value_kind
-        graphs = fmt.required_graphs(self.family, manifest)  # real values: draw and sample after densreg 0.3.0
+        # real values: draw and sample after densreg 0.3.0; format 1 (categorical only) has draw.onnx
+        graphs = fmt.required_graphs(self.family, None if self.legacy else manifest)
         self.draw_session = open_session(self.path / fmt.DRAW, providers, sampling, external) \
             if fmt.DRAW in graphs else None  # else the numpy draw, on the host
         self._sample_session = None  # sample.onnx opens on first use (engine="graph")

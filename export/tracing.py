@@ -78,7 +78,9 @@ class StepGraph(torch.nn.Module):
     def forward(self, value, position, *state):
         family = self.model.family
         axes = self.axes or [0] * len(state)
-        state = tuple(t if a in (None, 0) else t.movedim(0, a) for t, a in zip(state, axes))
+        # contiguous: a model may return a state unchanged in one branch of a torch.cond and computed in the
+        # other, and the branches' outputs must have the same strides
+        state = tuple(t if a in (None, 0) else t.movedim(0, a).contiguous() for t, a in zip(state, axes))
         first = position[0]
         out, new_state = self.model.step(value, first, state)
         params = tuple(t.to(torch.float32) for t in family.unpack(family.params(out)))
