@@ -13,8 +13,9 @@ else independent pixels that are 1 with probability 0.13.
 For every thread count T (torch.set_num_threads(T); ExportedModel(threads=T), CPU provider) and batch
 B, the two sides run interleaved (torch, onnxruntime, torch, ...) after one warm-up each, ``--reps``
 times; the table gives the median seconds and the ratio torch / onnxruntime (> 1: the export is
-faster). Sampling: ``--sample-batch`` images from the same noise, torch ``model.sample(noise=...)``
-(the model's cached sampler) against the runtime's step loop and ``sample.onnx`` (one call).
+faster). Sampling (thread counts ``--sample-threads``, default 1): ``--sample-batch`` images from the same
+noise, torch ``model.sample(noise=...)`` (the model's cached sampler) against the runtime's step loop and
+``sample.onnx`` (one call).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def bench(name: str, args, exports: Path) -> list[dict]:
                          **seconds})
             print(f"{name:16s} log_prob T={threads} B={batch:5d} torch {seconds['torch']:.4f} s  "
                   f"ort {seconds['ort']:.4f} s  ratio {seconds['torch'] / seconds['ort']:.2f}", flush=True)
-        if args.sample_batch:
+        if args.sample_batch and threads in args.sample_threads:
             n = args.sample_batch
             noise = np.random.default_rng(1).random(runtime.noise_shape(n))
             noise_t = torch.from_numpy(noise)
@@ -177,12 +178,15 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}")
     parser.add_argument("--batches", default="100,1000")
     parser.add_argument("--sample-batch", type=int, default=100, help="0: no sampling rows")
+    parser.add_argument("--sample-threads", default="1", help="thread counts that time sampling too (torch's "
+                        "sampler on every core of a shared machine took minutes)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--exports", default=str(Path(tempfile.gettempdir()) / "densreg-deploy-speed"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "deploy_speed.md"))
     args = parser.parse_args(argv)
     args.threads = sorted({int(t) for t in args.threads.split(",")})
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.sample_threads = {int(t) for t in args.sample_threads.split(",")}
     exports = Path(args.exports)
     exports.mkdir(parents=True, exist_ok=True)
     loads, start, rows = [f"{os.getloadavg()[0]:.2f}"], time.perf_counter(), []
