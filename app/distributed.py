@@ -59,8 +59,11 @@ def choose_backend(device: torch.device, backend: str | None = None) -> str:
 
 
 def rank_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
-    """The device of this rank: ``cuda`` without an index becomes ``cuda:LOCAL_RANK``."""
-    device = torch.device(device)
+    """The device of this rank: ``cuda`` without an index becomes ``cuda:LOCAL_RANK``; ConfigError for a device
+    this machine does not have (``training_options.usable_device``)."""
+    from .training_options import usable_device
+
+    device = usable_device(device)
     if device.type != "cuda" or device.index is not None:
         return device
     count = torch.cuda.device_count()

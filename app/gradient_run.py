@@ -39,7 +39,8 @@ class GradientRun:
     """One (possibly resumed) gradient-training run; see ``fit``."""
 
     def __init__(self, model, train, valid, opts: TrainingOptions, given: set = frozenset(), out=None,
-                 progress: bool = False, name: str = "", extra_metrics: dict | None = None) -> None:
+                 progress: bool = False, name: str = "", extra_metrics: dict | None = None,
+                 transform: dict | None = None) -> None:
         self.opts = opts
         self.given = given
         self.world = distributed.world()
@@ -48,6 +49,7 @@ class GradientRun:
         self.model = model.to(self.device)
         self.name = name
         self.extra_metrics = dict(extra_metrics or {})
+        self.transform = transform  # the user's data's preprocessing, recorded in every checkpoint
         self.train, self.valid = device_images(model, train, valid, self.device)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
         self.shuffle = torch.Generator().manual_seed(int(opts.seed))
@@ -70,6 +72,7 @@ class GradientRun:
         return {"train_nll_nats": best_entry.get("train_nll", math.nan),
                 "valid_nll_nats": best_entry.get("valid_nll", math.nan),
                 "epochs": self.epoch, "best_epoch": self.best["epoch"], **compiled,
+                "train_seconds": sum(entry.get("seconds", 0.0) for entry in self.log),
                 **({"ema": self.opts.ema} if self.averaged is not None else {}), **self.extra_metrics}
 
     def train_epoch(self) -> tuple[float, float]:
@@ -176,7 +179,8 @@ class GradientRun:
                     self.best = {"valid_nll_nats": valid_nll, "epoch": self.epoch, "bad_epochs": 0}
                     self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                     if self.paths and self.world.leader:
-                        save_checkpoint(self.paths.checkpoint, self.model, self.name, metrics=self.metrics())
+                        save_checkpoint(self.paths.checkpoint, self.model, self.name, metrics=self.metrics(),
+                                        transform=self.transform)
                 else:
                     self.best["bad_epochs"] += 1
             if self.paths and self.world.leader:

@@ -108,7 +108,7 @@ def save_resume_state(run: GradientRun) -> None:
               "options": {**{k: v for k, v in dataclasses.asdict(run.opts).items() if k != "device"},
                           "out": str(run.paths.checkpoint), "name": run.name}}
     save_checkpoint(run.paths.state, run.model, run.name, metrics=run.metrics(), extra={"resume": resume},
-                    extra_tensors=tensors)
+                    extra_tensors=tensors, transform=run.transform)
     text = "".join(json.dumps(entry) + "\n" for entry in run.log)
     atomic_write_bytes(run.paths.log, text.encode())
 

@@ -80,6 +80,8 @@ def pixel_nll(model, images: np.ndarray, batch_size: int = 500, progress: bool =
 
 def _export_pixel_nll(model, batch: np.ndarray) -> np.ndarray:
     batch = model.validate(batch)
+    if not model.family.discrete:  # real values: the graph's per-value log densities
+        return -model.pixel_log_probs(batch).astype(np.float64)
     logits = model.conditional_logits(batch).astype(np.float64)  # (B, D, K), generation order
     log_p = logits - logits.max(-1, keepdims=True)
     log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
@@ -205,11 +207,11 @@ def scores_from_nll(method: str, nll: np.ndarray, images: np.ndarray, num_catego
     if method == "dose":
         if reference_statistics is None or pixel_nll is None:
             raise ConfigError("the dose score needs reference images from the training distribution "
-                              "(--reference-dataset)")
+                              "(--reference-dataset or --reference-images)")
         return dose(state_statistics(pixel_nll, images, num_categories), reference_statistics)
     if reference_nll is None:
         raise ConfigError("the typicality score needs reference images from the training distribution "
-                          "(--reference-dataset)")
+                          "(--reference-dataset or --reference-images)")
     scores, p_value = typicality(nll, reference_nll)
     return scores, {"p_value": p_value}
 

@@ -50,7 +50,7 @@ from .training_protocol import checkpoint_name, fit_closed_form, fits_in_closed_
 
 def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, *, out=None, resume: bool = False,
         progress: bool = False, name: str | None = None, metrics: dict | None = None, log_to=(),
-        **options) -> dict:
+        transform: dict | None = None, **options) -> dict:
     """Fit ``model`` to int64 images (N, C, H, W), or float values for a continuous model; return metrics
     (NLL in nats per image; for real values a negative log density).
 
@@ -60,6 +60,8 @@ def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, *, out=No
     ``progress``: a line per epoch on stderr, and a tqdm bar when stderr is a terminal.
     ``name``: the registry name written in checkpoints (default the model's ``registry_name``).
     ``metrics``: extra entries recorded in the checkpoint's metrics (e.g. the dataset name).
+    ``transform``: the preprocessing of the user's own data (registry/transforms.py), recorded in the
+    checkpoints.
     ``log_to``: experiment-log specs (``SCHEME:DIR``, experiment_log.py) that get each epoch's log entry.
     Returns train_nll_nats, valid_nll_nats, epochs, best_epoch, stopped, seconds (this call).
     """
@@ -68,10 +70,11 @@ def fit(model, train: torch.Tensor, valid: torch.Tensor | None = None, *, out=No
         raise DataError("the train split holds no images; there is nothing to fit")
     name = name or checkpoint_name(model)
     with using_threads(model, options.get("threads")):
-        return _fit(model, train, valid, start, out, resume, progress, name, metrics, list(log_to), options)
+        return _fit(model, train, valid, start, out, resume, progress, name, metrics, list(log_to), options,
+                    transform)
 
 
-def _fit(model, train, valid, start, out, resume, progress, name, metrics, log_to, options) -> dict:
+def _fit(model, train, valid, start, out, resume, progress, name, metrics, log_to, options, transform) -> dict:
     if fits_in_closed_form(model):
         options = {k: v for k, v in options.items() if k != "threads"}
         if options or resume or log_to:
@@ -85,13 +88,13 @@ def _fit(model, train, valid, start, out, resume, progress, name, metrics, log_t
                 result["valid_nll_nats"] = evaluate(model, valid, threads=torch.get_num_threads())["nll_nats"]
             result["seconds"] = time.perf_counter() - start
             if out is not None and distributed.world().leader:  # under torchrun every rank counts, rank 0 writes
-                save_checkpoint(out, model, name, metrics={**result, **(metrics or {})})
+                save_checkpoint(out, model, name, metrics={**result, **(metrics or {})}, transform=transform)
         return result
     if resume and out is None:
         raise ConfigError("resume needs out, the checkpoint path of the run")
     given = {k: v for k, v in options.items() if v is not None}
     check_available(log_to)  # a wrong spec or a missing package before any work
     run = GradientRun(model, train, valid, TrainingOptions().replace(**given), given=set(given), out=out,
-                      progress=progress, name=name, extra_metrics=metrics)
+                      progress=progress, name=name, extra_metrics=metrics, transform=transform)
     with locked_run(out), experiment_logs(log_to if distributed.world().leader else ()) as run.loggers:
         return run.run(start, resume)

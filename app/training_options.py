@@ -92,6 +92,22 @@ def is_device(name) -> bool:
     return True
 
 
+def usable_device(name) -> torch.device:
+    """``name`` as a torch device that exists on this machine; ConfigError in one line otherwise (a name torch
+    cannot parse, CUDA asked of a torch or machine without it, a GPU index past the last one)."""
+    if not is_device(name):
+        raise ConfigError(f"unknown device {name!r}: expected a torch device such as cpu, cuda or cuda:1")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available here (torch {torch.__version__}, "
+                              f"{'built without CUDA' if torch.version.cuda is None else 'no GPU found'}); use cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
 def default_device() -> str:
     """The device of the option ``device=None``: "cuda" if available, else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"

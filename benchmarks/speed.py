@@ -2,7 +2,7 @@
 
 For each model: training images/s (forward, backward and an Adam step; the counting
 baselines: one closed-form fit), log_prob images/s (no grad) and sampling 64 images,
-for densreg and, for nade / row-lstm / diagonal-bilstm, the reference implementation of
+for densreg and, for nade / row-lstm / diagonal-bilstm / made / transformer, the reference implementation of
 ``benchmarks/speed_references.py`` (its docstring says what each does) at the same sizes.
 The two contenders are interleaved within one process (densreg, reference, densreg, ...),
 each measurement repeated ``--reps`` times; the table gives medians and the ratio
@@ -41,7 +41,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_references import PerRowConvRowLSTM, RunningSumNADE, SkewDiagonalBiLSTM  # noqa: E402
+from speed_references import (ConvImageGPT, PerRowConvRowLSTM, RemaskedMADE, RunningSumNADE,  # noqa: E402
+                              SkewDiagonalBiLSTM)
 
 from densreg.app.performance import cpu_cores, eval_batch_size  # noqa: E402
 from densreg.registry import create_model  # noqa: E402
@@ -56,6 +57,10 @@ MODELS = {
     "pixelrnn": ({"hidden": 64}, None, 32),
     "row-lstm": ({"hidden": 16, "layers": 5}, lambda shape, cfg: PerRowConvRowLSTM(16, 5, 32), 32),
     "diagonal-bilstm": ({"hidden": 16, "layers": 2}, lambda shape, cfg: SkewDiagonalBiLSTM(16, 2, 32), 32),
+    # pytorch-generative's reproduce() sizes (speed_references.py); batch 64 as there
+    "made": ({"hidden": 8000}, lambda shape, cfg: RemaskedMADE(math.prod(shape), [cfg["hidden"]]), 64),
+    "transformer": ({"width": 64, "layers": 8, "heads": 2},
+                    lambda shape, cfg: ConvImageGPT(shape[1], cfg["layers"], cfg["heads"], cfg["width"]), 64),
 }
 
 

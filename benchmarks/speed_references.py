@@ -15,6 +15,18 @@ stands beside. Random weights: speed does not depend on them.
   stacking, a 1x1 input-to-state convolution, a loop over the skewed columns with a
   kernel-2 Conv1d over the previous column's state, the right-to-left direction on the
   flipped map shifted down one row. Sampling re-runs the whole network once per pixel.
+- ``RemaskedMADE``: MADE as pytorch-generative publishes it (models/autoregressive/made.py at commit
+  0353950): every forward draws the mask set again from a numpy RandomState (a permutation of the inputs,
+  then hidden degrees in [least degree below, D - 1)), writes it into each layer's mask buffer and
+  multiplies the weights by it in place, then ReLU layers and a sigmoid output (its reproduce() sizes:
+  one hidden layer of 8000). Sampling re-runs the whole network once per value.
+- ``ConvImageGPT``: ImageGPT as pytorch-generative publishes it (models/autoregressive/image_gpt.py at
+  commit 6eb070b): a learned (1, C, H, W) position map added to the image, a 3x3 causal convolution that
+  masks the centre into ``channels`` maps, blocks of [LayerNorm over channels, causal multi-head attention
+  over the H*W pixels with the current one visible (an explicit masked softmax), 1x1-convolution MLP of 4x
+  width with GELU], each block also added to its input (their skip), a final LayerNorm and a 1x1 output
+  convolution (its reproduce() sizes: 8 blocks, 2 heads, 64 channels). Sampling re-runs the whole network
+  once per pixel.
 """
 
 from __future__ import annotations
@@ -160,4 +172,104 @@ class SkewDiagonalBiLSTM(PixelRNNFrame):
             h_left = self.direction(left, ss_left, width)
             h_right = self.direction(right.flip(-1), ss_right, width).flip(-1)
             x = x + h_left + F.pad(h_right, (0, 0, 1, 0))[:, :, :-1]
+        return x
+
+
+class RemaskedMADE(nn.Module):
+    """pytorch-generative-style MADE for D binary values: masks drawn again at every forward."""
+
+    def __init__(self, num_positions: int, hidden: list[int], masks: int = 1) -> None:
+        super().__init__()
+        self.dims = [num_positions, *hidden, num_positions]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.dims, self.dims[1:]))
+        for layer in self.layers:
+            layer.register_buffer("mask", torch.ones_like(layer.weight))
+        self.masks, self.draws = masks, 0
+
+    def draw_masks(self) -> list[torch.Tensor]:
+        import numpy as np
+
+        rng = np.random.RandomState(seed=self.draws % self.masks)
+        self.draws += 1
+        d = self.dims[0]
+        degrees = [rng.permutation(d)]
+        for i, width in enumerate(self.dims[1:-1]):
+            degrees.append(rng.randint(0 if i == 0 else degrees[-1].min(), d - 1, size=width))
+        degrees.append(degrees[0].copy())
+        masks = [degrees[i - 1][None, :] <= degrees[i][:, None] for i in range(1, len(degrees) - 1)]
+        masks.append(degrees[-2][None, :] < degrees[-1][:, None])
+        return [torch.from_numpy(m.astype(np.uint8)) for m in masks]
+
+    def forward_masked(self, x: torch.Tensor, masks) -> torch.Tensor:
+        h = x
+        for i, (layer, mask) in enumerate(zip(self.layers, masks)):
+            layer.mask.copy_(mask)
+            layer.weight.data *= layer.mask
+            h = layer(h)
+            h = torch.relu(h) if i < len(self.layers) - 1 else h  # logits; their sigmoid is inside the loss
+        return h
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(len(x), -1).float()
+        logits = self.forward_masked(flat, self.draw_masks())
+        return -F.binary_cross_entropy_with_logits(logits, flat, reduction="none").sum(-1)
+
+    def sample_steps(self, n: int, shape, positions) -> torch.Tensor:
+        """Re-run the network for each of ``positions`` (flat indices), drawing that value."""
+        x = torch.zeros(n, math.prod(shape), device=self.layers[0].weight.device)
+        masks = self.draw_masks()
+        for d in positions:
+            x[:, d] = torch.bernoulli(torch.sigmoid(self.forward_masked(x, masks)[:, d]))
+        return x.reshape(n, *shape)
+
+
+class ConvImageGPTBlock(nn.Module):
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(channels), nn.LayerNorm(channels)
+        self.qkv, self.out = nn.Conv2d(channels, 3 * channels, 1), nn.Conv2d(channels, channels, 1)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, 4 * channels, 1), nn.GELU(), nn.Conv2d(4 * channels, channels, 1))
+
+    @staticmethod
+    def channel_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = (t.reshape(b, self.heads, c // self.heads, h * w).transpose(2, 3)
+                   for t in self.qkv(self.channel_norm(self.norm1, x)).chunk(3, 1))
+        scores = q @ k.transpose(2, 3) / math.sqrt(c // self.heads)
+        visible = torch.ones(h * w, h * w, dtype=torch.bool, device=x.device).tril()
+        attended = torch.softmax(scores.masked_fill(~visible, float("-inf")), -1) @ v
+        x = x + self.out(attended.transpose(2, 3).reshape(b, c, h, w))
+        return x + self.mlp(self.channel_norm(self.norm2, x))
+
+
+class ConvImageGPT(nn.Module):
+    """pytorch-generative-style ImageGPT over binary images (B, 1, H, W)."""
+
+    def __init__(self, size: int = 28, blocks: int = 8, heads: int = 2, channels: int = 64) -> None:
+        super().__init__()
+        self.position = nn.Parameter(torch.zeros(1, 1, size, size))
+        self.input_weight = nn.Parameter(masked_conv_weight(channels, 1, 3, 3, True))
+        self.blocks = nn.ModuleList(ConvImageGPTBlock(channels, heads) for _ in range(blocks))
+        self.norm = nn.LayerNorm(channels)
+        self.output = nn.Conv2d(channels, 1, 1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.conv2d(x.float() + self.position, self.input_weight, padding=1)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.output(ConvImageGPTBlock.channel_norm(self.norm, h))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return -F.binary_cross_entropy_with_logits(self.logits(x), x, reduction="none").flatten(1).sum(-1)
+
+    def sample_steps(self, n: int, shape, positions) -> torch.Tensor:
+        x = torch.zeros(n, *shape, device=self.position.device)
+        for d in positions:
+            i, j = divmod(d, shape[2])
+            x[:, 0, i, j] = torch.bernoulli(torch.sigmoid(self.logits(x)[:, 0, i, j]))
         return x

@@ -26,6 +26,7 @@ _EXPORTS = {
         "__version__", "at_position", "categorical_from_uniform", "create_model", "get_dataset", "hookimpl",
         "list_datasets", "list_models", "list_plugins", "load_checkpoint", "load_split", "make_ordering",
         "MixtureParams", "Categorical", "Family", "GaussianMixture", "model_spec", "register_plugin", "save_checkpoint", "unregister_plugin", "validate_images"),
+    "densreg.registry.pretrained": ("list_pretrained", "load_pretrained"),
     "densreg.app.training": ("TrainingOptions", "fit"),
     "densreg.app.evaluation": ("evaluate",),
     "densreg.app.scoring": ("score_images",),

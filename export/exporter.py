@@ -28,8 +28,12 @@ from densreg.registry.protocol import DensityModel
 from densreg.registry.saved import SavedModelInfo
 
 from . import format as fmt
+from onnx import numpy_helper
+
 from . import lean, loop, manifest, readme
-from .parity import golden, parity_check, run_parity
+from .card import UNKNOWN
+from .card import build as build_card
+from .parity import golden, parity_check, run_parity, session
 from .tracing import (EXAMPLE_BATCH, ConditionalsGraph, FeaturesGraph, StepGraph, dynamic, features_meaning,
                       lean_graphs, state_specs, to_onnx)
 
@@ -75,35 +79,75 @@ def check_export_target(out_dir: Path) -> None:
                           "choose an empty or new folder")
 
 
-def _dataset(source: SavedModelInfo | None) -> dict | None:
-    """The training data as the checkpoint recorded it: name, preprocessing, NLL figures (nats)."""
-    metrics = source.metrics if source is not None else {}
-    if not metrics.get("dataset"):
-        return None
+def _preprocessing(name) -> str:
+    """The registered dataset's description (its preprocessing), or "" when it is not registered here."""
     from densreg.registry import api
 
     try:
-        preprocessing = api.get_dataset(metrics["dataset"]).description
+        return api.get_dataset(name).description if name else ""
     except DensregError:
-        preprocessing = ""
-    return {"name": metrics["dataset"], "preprocessing": preprocessing,
-            **{key: metrics.get(key) for key in ("test_nll_nats", "valid_nll_nats", "train_nll_nats")}}
+        return ""
+
+
+def _dataset(card: dict, metrics: dict) -> dict | None:
+    """The manifest's ``dataset`` (kept for clients of format 2): name, preprocessing and NLL figures (nats), as
+    the card says them; None when the training data is unknown."""
+    if card["dataset"]["name"] == UNKNOWN:
+        return None
+    evaluation = card["evaluation"]
+    return {"name": card["dataset"]["name"], "preprocessing": card["dataset"]["preprocessing"],
+            "test_nll_nats": None if evaluation == UNKNOWN else evaluation["test_nll_nats"],
+            **{key: metrics.get(key) for key in ("valid_nll_nats", "train_nll_nats")}}
 
 
 def _seal(graphs: dict, export_id: str, golden: dict, shared: list) -> tuple[dict[str, bytes], dict[str, str]]:
-    """Stamp and check every graph; the folder's files so far (weights.bin shared by the ``shared`` graphs,
-    the graphs, golden.json) and each graph's weights dtype."""
+    """Check every graph and share its weights; the folder's files but the graphs (weights.bin shared by the
+    ``shared`` graphs, golden.json, test_data_set_0/) and each graph's weights dtype. ExportError (one line) for
+    golden vectors that are not finite."""
     for filename, proto in graphs.items():
-        onnx.helper.set_model_props(proto, {"format": fmt.FORMAT, "export_id": export_id,
-                                            "graph": filename.removesuffix(".onnx")})
+        stamp(proto, filename, export_id, "")
         onnx.checker.check_model(proto, full_check=True)
-    files = {fmt.WEIGHTS: lean.share_weights(shared, fmt.WEIGHTS)}
-    files.update({filename: proto.SerializeToString() for filename, proto in graphs.items()})
-    files[fmt.GOLDEN] = (json.dumps(golden) + "\n").encode()
     weights_dtype = {f: "float16" if any(t.data_type == onnx.TensorProto.FLOAT16 for t in p.graph.initializer)
                      else "float32" for f, p in graphs.items()}
+    files = test_data(graphs[fmt.CONDITIONALS], golden)  # before the weights leave the graphs
+    files[fmt.WEIGHTS] = lean.share_weights(shared, fmt.WEIGHTS)
+    try:
+        files[fmt.GOLDEN] = (json.dumps(golden, allow_nan=False) + "\n").encode()
+    except ValueError:
+        raise ExportError("the export's golden vectors hold NaN or infinity (a sample, log_prob or feature is not "
+                          "finite); golden.json must be valid JSON, so the export is refused") from None
     return files, weights_dtype
 
+
+def stamp(proto: onnx.ModelProto, filename: str, export_id: str, binding: str) -> None:
+    """A graph's metadata_props: format, export id, graph name and the digest of its manifest."""
+    onnx.helper.set_model_props(proto, {"format": fmt.FORMAT, "export_id": export_id,
+                                        "graph": filename.removesuffix(".onnx"), manifest.BINDING_KEY: binding})
+
+
+def test_data(conditionals: onnx.ModelProto, golden: dict) -> dict[str, bytes]:
+    """test_data_set_0/ (the ONNX model zoo's layout): conditionals.onnx's golden images as input_0.pb and
+    each of its outputs for them as output_N.pb, in the graph's output order (onnx.TensorProto)."""
+    images = np.asarray(golden["images"])
+    dtype = np.int64 if images.dtype.kind in "iu" else np.float32
+    images = images.astype(dtype)
+    names = [o.name for o in conditionals.graph.output]
+    outputs = session(conditionals).run(names, {"images": images})
+    tensors = [("input_0.pb", numpy_helper.from_array(images, conditionals.graph.input[0].name))]
+    tensors += [(f"output_{i}.pb", numpy_helper.from_array(a, n)) for i, (n, a) in enumerate(zip(names, outputs))]
+    return {f"{fmt.TEST_DATA}/{name}": tensor.SerializeToString() for name, tensor in tensors}
+
+
+def bind(graphs: dict, export_id: str, description: dict, files: dict[str, bytes]) -> dict:
+    """Stamp each graph with the digest of the manifest (``manifest.binding_digest``), serialize the graphs
+    into ``files``, and return the manifest."""
+    unbound = manifest.assemble(description, files)
+    for filename, proto in graphs.items():
+        stamp(proto, filename, export_id, manifest.binding_digest(unbound))
+        files[filename] = proto.SerializeToString()
+    whole = manifest.assemble(description, files)
+    assert manifest.binding_digest(whole) == manifest.binding_digest(unbound)
+    return whole
 
 
 def components(model: DensityModel, family):
@@ -167,12 +211,14 @@ def sampling_graphs(model: DensityModel, step, specs, initial, opset: int, name:
 def export_model(model: DensityModel, out_dir, name: str | None = None, parity: bool = True,
                  opset: int = fmt.OPSET, atol: float = LOGITS_ATOL, log_prob_atol: float = LOG_PROB_ATOL,
                  parity_positions: int | None = None, dtype: str = "float32",
-                 source: SavedModelInfo | None = None) -> dict:
+                 source: SavedModelInfo | None = None, card: dict | None = None) -> dict:
     """Export ``model`` to the folder ``out_dir``; returns a report.
 
     ``dtype`` "float16" stores weights and arithmetic in half precision (inputs and outputs
     keep their types); its parity tolerances are FLOAT16_ATOL and FLOAT16_LOG_PROB_ATOL unless
-    given. ``source``: the checkpoint's SavedModelInfo (training dataset and NLL for the manifest).
+    given. ``source``: the checkpoint's SavedModelInfo (its metrics fill the model card; ``extra["card"]``,
+    a pretrained catalog's card, fills what they do not record). ``card``: what the user states of the model,
+    ``license``, ``intended_use``, ``limitations`` (others, and the unstated, are "unknown"; ``card.py``).
 
     Keys: ``dir``, ``files`` (paths), ``sizes`` (bytes per file), ``traced_sizes`` (bytes of the
     conditionals and step graphs as traced, before ``lean``), ``model``, ``opset``, ``dtype``,
@@ -223,15 +269,18 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
         shared = [g for f, g in graphs.items() if f != fmt.DRAW]
         files, weights_dtype = _seal(graphs, export_id, golden_vectors, shared=shared)
         description = describe_export(model, name, specs, opset, dtype, export_id, report, source, weights_dtype,
-                                      features_entry)
+                                      features_entry, card)
         files[fmt.README] = readme.render(description).encode()
-        files[fmt.MANIFEST] = manifest.build(description, files)
+        try:
+            files[fmt.MANIFEST] = manifest.encode(bind(graphs, export_id, description, files))
+        except ValueError as exc:
+            raise ExportError(f"the manifest of model {name!r} is not valid JSON: {exc}") from None
         check_export_target(out_dir)
         atomic_write_folder(out_dir, files)
     finally:
         model.train(was_training)
     return {
-        "dir": str(out_dir), "files": [str(out_dir / f) for f in fmt.FILES if f in files], "model": name,
+        "dir": str(out_dir), "files": [str(out_dir / f) for f in files], "model": name,
         "opset": opset, "features": features_entry,
         "dtype": dtype, "export_id": export_id, "sizes": {f: len(data) for f, data in files.items()},
         "traced_sizes": traced,
@@ -246,12 +295,20 @@ def export_model(model: DensityModel, out_dir, name: str | None = None, parity: 
 
 def describe_export(model: DensityModel, name: str, specs: list[dict], opset: int, dtype: str, export_id: str,
                     parity: dict | None, source: SavedModelInfo | None, weights_dtype: dict[str, str],
-                    features: dict) -> dict:
+                    features: dict, stated: dict | None = None) -> dict:
     """The manifest's content, but for its list of files. ``family`` is the family's spec (a Gaussian
     mixture's M measured); ``value_kind``, ``num_categories``, ``value_range`` and ``components`` say the
     same for clients written before families."""
     info = describe_model(model, name)
     family = components(model, model.family)
+    metrics = source.metrics if source is not None else {}
+    transform = manifest.transform_entry(source)
+    catalog = (source.extra or {}).get("card") if source is not None else None
+    if transform and not catalog:  # a model of the user's own files: its transform names the data
+        catalog = {"dataset": {"name": f"own data: {transform.get('source') or 'files'}",
+                               "preprocessing": "the manifest's transform (its fingerprint.sha256 is the data's)"}}
+    model_card = build_card(metrics, source.densreg_version if source is not None else "",
+                            _preprocessing(metrics.get("dataset")), catalog, stated)
     return {
         "export_id": export_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -270,7 +327,9 @@ def describe_export(model: DensityModel, name: str, specs: list[dict], opset: in
         "weights_dtype": weights_dtype,
         "state": specs,
         "noise_rule": family.noise_rule, "draw_rule": family.draw_rule,
-        "dataset": _dataset(source),
+        "dataset": _dataset(model_card, metrics),
+        "card": model_card,
+        "transform": transform,
         "versions": {"onnx": onnx.__version__, "opset": opset, "ir_version": IR_VERSION,
                      "onnxruntime": ort.__version__, "onnxruntime_minimum": ORT_MINIMUM,
                      "torch": torch.__version__, "densreg": info.densreg_version},

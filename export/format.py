@@ -1,6 +1,6 @@
 """The export folder format, shared by the exporter (torch) and the runtime (no torch).
 
-A folder (format ``densreg-onnx/2``) holds:
+A folder (format ``densreg-onnx/3``; ``HISTORY`` says what each format changed) holds:
 
 - ``conditionals.onnx``: images (B, C, H, W) (int64 levels, or float32 real values) -> the
   family's parameters float32 (B, D, P) in generation order (manifest ``family``; ``logits``
@@ -17,11 +17,15 @@ A folder (format ``densreg-onnx/2``) holds:
   ``features`` float32 (B, F), the model's learned representation (manifest ``features``
   says what F and each value are);
 - ``weights.bin``: the graphs' weights, each stored once and shared (ONNX external data);
-- ``manifest.json``: what every input and output means, the model, the export id and a
-  sha256 of every other file (``manifest.py``); ``README.md``: a numpy + onnxruntime
-  client; ``golden.json``: images with their log_prob, and noise with its samples.
+- ``manifest.json``: what every input and output means, the model, its card (``card``: data,
+  evaluation, training, license, intended use, limitations), the export id and a sha256 of every
+  other file (``manifest.py``); ``README.md``: the card and a numpy + onnxruntime client;
+  ``golden.json``: images with their log_prob, and noise with its samples (finite numbers only);
+  ``test_data_set_0/``: conditionals.onnx's golden input and outputs as ONNX TensorProto files
+  (``input_0.pb``, ``output_N.pb`` in the graph's output order, as the ONNX model zoo lays them out).
 
-Each graph's metadata_props carry only ``format``, ``export_id`` and ``graph``.
+Each graph's metadata_props carry ``format``, ``export_id``, ``graph`` and ``manifest_sha256``, the
+digest of the manifest it belongs to (``manifest.binding_digest``).
 """
 
 from __future__ import annotations
@@ -33,14 +37,37 @@ import numpy as np
 from densreg.registry.errors import ConfigError, RuntimeLoadError
 from densreg.registry.families import Categorical, Family, GaussianMixture, family_from_spec
 
-FORMAT = "densreg-onnx/2"
+FORMAT = "densreg-onnx/3"
+# What each format changed; the runtime reads every format listed here (docs/deployment/format.md).
+HISTORY = {
+    "densreg-onnx/3": "after densreg 0.3.0: graphs carry manifest_sha256 (the manifest they belong to) and opening checks it "
+                      "and the first golden batch; manifest 'card' (data sha256, test NLL, training, license, "
+                      "intended use, limitations); test_data_set_0/ (ONNX model zoo layout); golden.json holds finite "
+                      "numbers only; step.onnx takes the position per row, int64 (B,) (NaN parameters where rows "
+                      "differ) and every state carries the batch on axis 0; real values get draw.onnx and sample.onnx",
+    "densreg-onnx/2": "densreg 0.1-0.3: manifest.json with a sha256 of every file, golden.json, README.md, sample.onnx, "
+                      "the pixel_log_prob output, families (manifest 'family'), features.onnx; step.onnx takes a "
+                      "scalar position and a state may carry the batch on axis 1 (manifest 'batch_axis')",
+    "densreg-onnx/1": "before manifest.json: the model's description in each graph's metadata_props, no digests, no "
+                      "sample.onnx, no pixel_log_prob (read by export/legacy.py)",
+}
+READABLE = tuple(HISTORY)  # newest first
+BOUND = (FORMAT,)  # formats whose graphs carry manifest_sha256
 CONDITIONALS, STEP, DRAW, SAMPLE = "conditionals.onnx", "step.onnx", "draw.onnx", "sample.onnx"
 GRAPHS = (CONDITIONALS, STEP, DRAW, SAMPLE)  # draw and sample only for families with an ONNX draw
 FEATURES = "features.onnx"  # only in exports of models with learned features
 WEIGHTS, MANIFEST, README, GOLDEN = "weights.bin", "manifest.json", "README.md", "golden.json"
-FILES = (*GRAPHS, FEATURES, WEIGHTS, GOLDEN, README, MANIFEST)  # everything an export folder may hold
+TEST_DATA = "test_data_set_0"  # a folder: input_0.pb, output_N.pb (onnx.TensorProto) of conditionals.onnx
+FILES = (*GRAPHS, FEATURES, WEIGHTS, GOLDEN, README, MANIFEST, TEST_DATA)  # everything an export folder may hold
 OPSET = 18
 DTYPES = ("float32", "float16")
+
+
+def unreadable(folder, kind) -> str:
+    """The one line for a folder whose format this densreg does not read."""
+    return (f"{folder} is an export of format {str(kind)[:40]!r}, which this densreg does not read; it reads "
+            f"{', '.join(READABLE)} (format history: docs/deployment/format.md); re-export it with this densreg, or "
+            "open it with the densreg that wrote it")
 
 
 def major(version_string: str) -> str:

@@ -138,6 +138,11 @@ def golden(model: DensityModel, conditionals, step, sample, specs, initial, seed
     flat = np.empty_like(values)
     flat[:, model.order.cpu().numpy()] = values
     samples = flat.reshape(n, *model.event_shape).astype(family.numpy_dtype)
+    if not np.isfinite(samples).all():
+        bad = int((~np.isfinite(samples.reshape(n, -1))).any(-1).sum())
+        raise ExportError(f"{bad} of {n} golden samples drawn from the export are not finite (NaN or infinity): the "
+                          "model diverges when sampling, and golden.json holds finite numbers only; the export is "
+                          "refused")
     if sample is not None:
         drawn = session(sample).run(["images"], {"noise": noise})[0]
         apart = float(np.abs(drawn.astype(np.float64) - samples).max(initial=0.0)) if drawn.shape == samples.shape \

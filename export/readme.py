@@ -8,10 +8,11 @@ golden.json (tests run it with torch and densreg unimportable).
 
 from __future__ import annotations
 
+from . import card
 from . import format as fmt
 
 SNIPPET = '''\
-import base64, json
+import base64, hashlib, json
 import numpy as np
 import onnxruntime as ort
 
@@ -20,6 +21,15 @@ options = ort.SessionOptions()
 options.intra_op_num_threads = 1  # per-step work is small: one thread is fastest for sampling
 def open_graph(name):
     return ort.InferenceSession(name, options, providers=["CPUExecutionProvider"])
+
+# integrity: every file's size and sha256 as the manifest lists them, and each graph names this manifest
+for name, digest in manifest["files"].items():
+    data = open(name, "rb").read()
+    assert len(data) == digest["bytes"] and hashlib.sha256(data).hexdigest() == digest["sha256"], name
+unbound = {**manifest, "files": {k: v for k, v in manifest["files"].items() if not k.endswith(".onnx")}}
+manifest_sha256 = hashlib.sha256(json.dumps(unbound, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+for name in manifest["graphs"]:
+    assert open_graph(name).get_modelmeta().custom_metadata_map["manifest_sha256"] == manifest_sha256, name
 
 # density: log p(x) in nats per image, and per value in image layout (B, C, H, W)
 images = np.array(golden["images"], dtype=np.int64)  # values 0..K-1 (the runtime checks; here you do)
@@ -66,7 +76,7 @@ print("ok", log_prob.tolist())
 
 
 CONTINUOUS_SNIPPET = '''\
-import base64, json
+import base64, hashlib, json
 import numpy as np
 import onnxruntime as ort
 
@@ -75,6 +85,15 @@ options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 def open_graph(name):
     return ort.InferenceSession(name, options, providers=["CPUExecutionProvider"])
+
+# integrity: every file's size and sha256 as the manifest lists them, and each graph names this manifest
+for name, digest in manifest["files"].items():
+    data = open(name, "rb").read()
+    assert len(data) == digest["bytes"] and hashlib.sha256(data).hexdigest() == digest["sha256"], name
+unbound = {**manifest, "files": {k: v for k, v in manifest["files"].items() if not k.endswith(".onnx")}}
+manifest_sha256 = hashlib.sha256(json.dumps(unbound, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+for name in manifest["graphs"]:
+    assert open_graph(name).get_modelmeta().custom_metadata_map["manifest_sha256"] == manifest_sha256, name
 
 # density: log p(x) in nats (a log density over the real values), and per value in image layout
 images = np.array(golden["images"], dtype=np.float32)  # finite real values (B, C, H, W)
@@ -115,7 +134,7 @@ print("ok", log_prob.tolist())
 
 def render(manifest: dict) -> str:
     """README.md text for an export described by ``manifest`` (without its files section)."""
-    model, data, features = manifest["model"], manifest.get("dataset") or {}, manifest.get("features") or {}
+    model, features = manifest["model"], manifest.get("features") or {}
     c, h, w = manifest["event_shape"]
     continuous = manifest.get("value_kind") == "continuous"
     values = ("real values, whose conditionals are mixtures of Gaussians (log_prob is a log density)" if continuous
@@ -134,9 +153,6 @@ def render(manifest: dict) -> str:
         f"- units: log-probabilities (log densities for real values) in nats (natural log); logits are "
         "unnormalized (apply log_softmax); "
         f"graph weights are {manifest['dtype']}, inputs and outputs as listed in manifest.json.",
-        f"- dataset: {data.get('name') or 'not recorded'}"
-        + (f" ({data['preprocessing']})" if data.get("preprocessing") else "")
-        + (f"; test NLL {data['test_nll_nats']:.4f} nats per image" if data.get("test_nll_nats") is not None else ""),
         *([f"- features: {features['size']} values per image from {fmt.FEATURES}: {features['meaning']}"]
           if features.get("graph") else []),
         "- noise: " + manifest["noise_rule"],
@@ -156,11 +172,17 @@ def render(manifest: dict) -> str:
         f"| {fmt.WEIGHTS} | the graphs' weights, each stored once (ONNX external data) |",
         f"| {fmt.GOLDEN} | golden vectors: images with their log_prob, and noise with the samples it gives |",
         f"| {fmt.MANIFEST} | the meaning of every input and output (shapes, axes, units), the state pairing and "
-        "batch axes, the export id and a sha256 of every other file |",
+        "batch axes, the model card, the export id and a sha256 of every other file |",
+        f"| {fmt.TEST_DATA}/ | conditionals.onnx's golden input (input_0.pb) and outputs (output_N.pb, in the "
+        "graph's output order) as ONNX TensorProto files, the ONNX model zoo's layout |",
         "",
-        "Before use, check that every file's sha256 equals the manifest's (densreg's runtime refuses a folder "
-        "where one differs, and external data naming anything but weights.bin). A client with numpy and "
-        "onnxruntime only, run from this folder (it checks itself against golden.json):",
+        *card.render(manifest.get("card")),
+        f"Format `{fmt.FORMAT}` (what each format changed: densreg's docs/deployment/format.md). Before use, check "
+        "that every file's sha256 equals the manifest's and that each graph's `manifest_sha256` metadata is the "
+        "digest of this manifest (densreg's runtime refuses a folder where one differs, or whose conditionals.onnx "
+        "does not reproduce golden.json, and external data naming anything but weights.bin). A client with numpy "
+        "and onnxruntime only, run from this folder (it does both checks, then checks itself against "
+        "golden.json):",
         "",
         "```python",
         (CONTINUOUS_SNIPPET if continuous else SNIPPET).rstrip(),

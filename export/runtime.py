@@ -8,7 +8,10 @@
 
 Opening a folder first checks its manifest (format, sha256 of every file) and the external
 data every graph names (only files of the folder), so a mixed, modified or hostile folder
-is refused with one RuntimeLoadError line before onnxruntime reads it.
+is refused with one RuntimeLoadError line before onnxruntime reads it; then that every graph
+names this manifest (``manifest_sha256``, format 3) and that conditionals.onnx reproduces the
+golden log-probabilities (a few images: about a millisecond for MNIST models), so weights edited
+together with a forged manifest are refused too. Formats read: ``format.READABLE``.
 
 Sampling is a Python loop around ``step.onnx``: D calls, each costing what the
 model's own cached ``step`` costs. Given the same uniform noise (n, D) it draws the
@@ -33,6 +36,7 @@ from densreg.registry.errors import ConfigError, DataError, RuntimeLoadError
 from densreg.registry.limits import check_event_shape
 from densreg.registry.families import Family
 from densreg.registry.saved import VALUE_KINDS, SavedModelInfo
+from densreg.registry.transforms import transform_of
 from densreg.registry.version import __version__
 
 from . import format as fmt
@@ -117,6 +121,7 @@ class ExportedModel:
         self.legacy = manifest["format"] == legacy.FORMAT  # format 1: no digests, sample.onnx, pixel_log_prob
         try:
             self.info = self._parse_info(manifest)
+            self.transform = transform_of(self.info)  # the user's data's preprocessing, or None
             self.order = np.asarray(manifest["order"], dtype=np.int64)
             self.state_specs = list(manifest["state"])
             self._initial = [fmt.decode_array(s["initial"]) for s in self.state_specs]
@@ -161,6 +166,7 @@ class ExportedModel:
             raise RuntimeLoadError(f"{self.path}: manifest 'order' is not a permutation of the {self.num_positions} "
                                    "positions")
         self._position = position_input(self.step_session)
+        self._check_golden()  # last: the graphs are known to take what the folder's role says
 
     @staticmethod
     def _parse_info(manifest: dict) -> SavedModelInfo:
@@ -175,7 +181,7 @@ class ExportedModel:
                               densreg_version=str(model.get("densreg_version", "")), plugin=str(model["plugin"]),
                               distribution=str(model["distribution"]), distribution_version=str(model["version"]),
                               opset=int(manifest["versions"]["opset"]), parity=manifest.get("parity"),
-                              value_kind=kind)
+                              value_kind=kind, transform=manifest.get("transform"))
 
     def _check_version(self) -> None:
         theirs, ours = self.info.densreg_version or "?", __version__
@@ -188,9 +194,15 @@ class ExportedModel:
             return
         for session in sessions:
             meta = dict(session.get_modelmeta().custom_metadata_map)
-            if meta.get("format") != fmt.FORMAT or meta.get("export_id") != self.manifest.get("export_id"):
+            if meta.get("format") != self.manifest["format"] or meta.get("export_id") != self.manifest.get("export_id"):
                 raise RuntimeLoadError(f"{self.path}: a graph's export id {meta.get('export_id')!r} is not the "
                                        f"manifest's {self.manifest.get('export_id')!r}: the folder mixes exports")
+            manifest_file.check_binding(self.path, self.manifest, f"{meta.get('graph', 'a graph')}.onnx", meta)
+
+    def _check_golden(self) -> None:
+        """The weights are those the export was checked with (``manifest.check_golden``; not format 1)."""
+        if not self.legacy:
+            manifest_file.check_golden(self.path, self.manifest, self.conditionals, self.family.numpy_dtype, self.name)
 
     @property
     def sample_session(self) -> ort.InferenceSession:
@@ -246,6 +258,17 @@ class ExportedModel:
         return f"ExportedModel({str(self.path)!r}, model={self.name!r}, provider={self.provider!r})"
 
     # -- density ----------------------------------------------------------------
+    def prepare(self, raw) -> np.ndarray:
+        """Raw data through the recorded transform (registry/transforms.py), as the checkpoint applies it:
+        8-bit pictures uint8 (N, C, H, W) -> levels, or table rows (N, D) -> standardized (N, 1, 1, D).
+        ConfigError for a model trained on a registered dataset (it records no transform)."""
+        if self.transform is None:
+            raise ConfigError(f"{self.path} was trained on a registered dataset and records no transform; pass "
+                              "its values as they are")
+        if self.transform.kind == "table":
+            return self.transform.standardize(raw)
+        return self.transform.levels(raw)
+
     def validate(self, x) -> np.ndarray:
         """Images (B, C, H, W) with integer values 0..K-1 -> int64 (real values: finite float32); DataError
         otherwise."""

@@ -143,7 +143,9 @@ def model_bytes(spec: ModelSpec, event_shape, num_categories: int, config: dict)
 
 def check_model_memory(spec: ModelSpec, event_shape, num_categories, config: dict) -> None:
     """ConfigError when building the model would need more memory than is available (see limits)."""
-    check_event_shape(tuple(event_shape), num_categories, continuous=is_continuous(spec))
+    takes_reals = any(not family.discrete for family in getattr(spec.factory, "families", (Categorical,)))
+    real = is_continuous(spec) or (takes_reals and isinstance(num_categories, int) and num_categories == 0)
+    check_event_shape(tuple(event_shape), num_categories, continuous=real)
     need = model_bytes(spec, event_shape, num_categories, config)
     if need is not None:
         shape = "x".join(str(int(s)) for s in event_shape)

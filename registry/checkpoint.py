@@ -3,7 +3,8 @@
 Metadata keys (all strings): ``format`` (FORMAT), ``model`` (registry name),
 ``config`` (JSON), ``event_shape`` (JSON), ``num_categories``, ``ordering``,
 ``densreg_version`` (the keys every saved model has, see saved.py), ``metrics`` (JSON),
-``extra`` (JSON, free-form) and ``content_sha256`` (``content_hash``: the model's keys and
+``extra`` (JSON, free-form), ``transform`` (JSON, only for a model trained on the user's own files:
+registry/transforms.py) and ``content_sha256`` (``content_hash``: the model's keys and
 weights, verified on load; files without it, written before it existed, still load).
 
 Loading is bounded: the header is read and checked before anything else (``read_header``),
@@ -47,11 +48,11 @@ def content_hash(metadata: dict[str, str], weights: dict[str, torch.Tensor]) -> 
     """sha256 (hex) of a checkpoint's model description and weights.
 
     Covers the metadata strings of SavedModelInfo.KEYS (model, config, event_shape,
-    num_categories, ordering) and ``plugin``, and, in name order, each weight's name, dtype,
+    num_categories, ordering) and ``plugin``, ``transform`` where there is one, and, in name order, each weight's name, dtype,
     shape and bytes.
     """
     digest = hashlib.sha256()
-    for key in (*SavedModelInfo.KEYS, "plugin"):
+    for key in (*SavedModelInfo.KEYS, "plugin", *(("transform",) if "transform" in metadata else ())):
         digest.update(f"{key}={metadata.get(key, '')}\0".encode("utf-8", "surrogatepass"))
     for name in sorted(weights):
         tensor = weights[name].detach().to("cpu").contiguous()
@@ -76,14 +77,24 @@ def verify_hash(path, metadata: dict[str, str], weights: dict[str, torch.Tensor]
 
 
 def save_checkpoint(path, model, name: str, metrics: dict | None = None, extra: dict | None = None,
-                    extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
-    """Write ``model`` (registered as ``name``) to ``path`` atomically."""
+                    extra_tensors: dict[str, torch.Tensor] | None = None, transform: dict | None = None) -> None:
+    """Write ``model`` (registered as ``name``) to ``path`` atomically. ``transform``: the preprocessing
+    of the user's own data (registry.transforms.Transform.to_dict()), recorded and content-hashed."""
     info = describe_model(model, name)
     metadata = {"format": FORMAT, **info.model_metadata(), "metrics": json.dumps(metrics or {}),
-                "extra": json.dumps(extra or {})}
+                "extra": json.dumps(extra or {}), **({"transform": json.dumps(transform)} if transform else {})}
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     metadata[HASH_KEY] = content_hash(metadata, tensors)
     tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
+    save_tensors(path, tensors, metadata)
+
+
+def record_metrics(path, more: dict) -> None:
+    """Add ``more`` to the metrics of the checkpoint ``path`` (e.g. its test NLL, measured after training),
+    rewriting it atomically; weights, the model's keys and the content hash stay as they are."""
+    tensors, metadata = read_tensors(path)
+    metrics = parse_json(metadata.get("metrics", "{}"), "metrics")
+    metadata["metrics"] = json.dumps({**(metrics if isinstance(metrics, dict) else {}), **more})
     save_tensors(path, tensors, metadata)
 
 

@@ -7,6 +7,7 @@ the registration; the core loads and validates splits through ``densreg.registry
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import stat
@@ -82,6 +83,20 @@ class Dataset:
                 "dimension": self.dimension, "num_categories": self.num_categories, "continuous": self.continuous,
                 "splits": list(self.splits), "plugin": self.plugin, "needs_files": self.needs_files,
                 "labelled": self.labels is not None}
+
+
+def split_sha256(values) -> str:
+    """The sha256 that identifies a split's content (what a checkpoint records of the data it was trained and
+    evaluated on): of the values (N, ...) as contiguous bytes, one byte each for integer levels 0..255 (so
+    binarized MNIST's are the published checksums its reader verifies), int64 little-endian for other
+    integers, float32 little-endian for real values. ``values``: a numpy array or a CPU torch tensor."""
+    array = np.asarray(values)
+    if array.dtype.kind in "iub":
+        small = array.size == 0 or (array.min() >= 0 and array.max() <= 255)
+        array = array.astype(np.uint8 if small else np.dtype("<i8"), copy=False)
+    else:
+        array = array.astype(np.dtype("<f4"), copy=False)
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def numeric_batch(x, event_shape: tuple[int, int, int], values: str, items: str) -> np.ndarray:
@@ -162,17 +177,41 @@ def read_npz_member(path: str | os.PathLike, archive, name: str) -> np.ndarray:
     member = name + ".npy" if name + ".npy" in archive.zip.namelist() else name
     try:
         with archive.zip.open(member) as handle:
-            version = np.lib.format.read_magic(handle)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(handle)  # the header only
-        declared = math.prod(shape) * dtype.itemsize
-        stored = archive.zip.getinfo(member).file_size
-        if declared > stored:
-            raise DataError(f"{path}: array {name!r} declares shape {shape} of {dtype} ({declared} bytes), but its "
-                            f"entry holds {stored} bytes; the archive is corrupt")
-        check_memory(2 * declared, f"reading array {name!r} of {path}", "use a smaller file")
+            check_npy_header(handle, archive.zip.getinfo(member).file_size, f"{path}: array {name!r}")
         return archive[name]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         if isinstance(exc, DensregError):  # a DataError above, or check_memory's ConfigError
             raise
         raise DataError(f"cannot read array {name!r} of {path} ({type(exc).__name__}: {exc})") from None
+
+
+def check_npy_header(handle, stored: int, what: str) -> None:
+    """Read an .npy header from ``handle`` and check the size it declares: no more than the ``stored``
+    bytes, and within the memory available (twice the array: numpy allocates it before reading);
+    refuse object arrays (pickle). DataError or ConfigError naming ``what``."""
+    version = np.lib.format.read_magic(handle)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(handle)  # the header only
+    if dtype.hasobject:
+        raise DataError(f"{what} holds Python objects (pickle), which densreg never loads; save plain numbers")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > stored:
+        raise DataError(f"{what} declares shape {shape} of {dtype} ({declared} bytes), but holds {stored} bytes; "
+                        "the file is corrupt")
+    check_memory(2 * declared, f"reading {what}", "use a smaller file")
+
+
+def read_npy(path: str | os.PathLike) -> np.ndarray:
+    """The array of the .npy file ``path``, read only after its header is checked (``check_npy_header``);
+    never unpickled. DataError (one line naming the file) for anything else."""
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise DataError(f"{path} is not a regular file; expected an .npy array")
+        with open(path, "rb") as handle:
+            check_npy_header(handle, os.path.getsize(path), str(path))
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        if isinstance(exc, DensregError):
+            raise
+        raise DataError(f"cannot read {path} as an .npy array ({type(exc).__name__}: {exc})") from None

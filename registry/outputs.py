@@ -28,10 +28,11 @@ KINDS = {
     "csv": "a CSV table",
     "export": "an export folder",
     "site": "a web site of `densreg web`",
+    "triton": "a Triton model repository of `densreg export --triton`",
     "folder": "a folder of other files",
     "other": "a file densreg does not recognise",
 }
-FOLDER_KINDS = ("export", "site")  # what is written as a whole folder (atomic_write_folder)
+FOLDER_KINDS = ("export", "site", "triton")  # what is written as a whole folder (atomic_write_folder)
 
 
 def existing_kind(path: str | os.PathLike) -> str | None:
@@ -47,7 +48,10 @@ def existing_kind(path: str | os.PathLike) -> str | None:
             return "export"
         if (path / "site.json").is_file() and (path / "index.html").is_file():
             return "site"
-        return "folder" if any(path.iterdir()) else None
+        entries = list(path.iterdir())
+        if entries and all((entry / "config.pbtxt").is_file() for entry in entries):
+            return "triton"
+        return "folder" if entries else None
     if not stat.S_ISREG(info.st_mode):
         return None
     try:

@@ -7,7 +7,8 @@ that registered it, so ``plugin:model`` is its qualified name), ``distribution``
 constructor arguments), ``event_shape`` (JSON [C, H, W]), ``num_categories`` (K; 0 for real
 values), ``ordering``, ``value_kind`` ("categorical", or "continuous": real values with
 mixture-of-Gaussians conditionals; absent in files written before it existed, which are
-categorical) and ``densreg_version``. Files written before the plugin keys existed (format
+categorical) and ``densreg_version``. A model trained on the user's own files also has
+``transform`` (JSON, registry/transforms.py: the preprocessing and the training data's sha256). Files written before the plugin keys existed (format
 0.1) lack them and load by the bare name. Each format adds its own keys (see checkpoint.py,
 export/format.py).
 """
@@ -43,6 +44,7 @@ class SavedModelInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     opset: int | None = None
     parity: dict | None = None
+    transform: dict | None = None  # registry.transforms.Transform.to_dict(); None: trained on a registered dataset
 
     @property
     def qualified_name(self) -> str:
@@ -87,6 +89,12 @@ class SavedModelInfo:
             raise ValueError(f"value_kind {kind[:40]!r} is not one of {', '.join(VALUE_KINDS)}")
         shape, categories = check_event_shape(parse_json(metadata["event_shape"], "event_shape"), categories,
                                               continuous=kind == "continuous")
+        transform = parse_json(metadata["transform"], "transform") if "transform" in metadata else None
+        if transform is not None:
+            from .transforms import Transform
+
+            Transform.from_dict(transform)  # a ValueError saying what is wrong
+        more.setdefault("transform", transform)
         return cls(model=bare, config=config, event_shape=shape, num_categories=categories,
                    ordering=metadata["ordering"], value_kind=kind,
                    densreg_version=metadata.get("densreg_version", ""), plugin=metadata.get("plugin") or plugin, distribution=metadata.get("distribution", ""),

@@ -105,6 +105,16 @@ def set_export_metadata(folder: Path, drop=(), **changes) -> None:
         onnx.save(proto, folder / name)
 
 
+def plugin_site(site: Path, name: str, source: str) -> None:
+    """A site folder holding the distribution densreg-NAME (version 1.0) whose entry point NAME in the
+    densreg group is module densreg_NAME, written from ``source`` (put ``site`` on PYTHONPATH to install it)."""
+    info = site / f"densreg_{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: densreg-{name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[densreg]\n{name} = densreg_{name}\n")
+    (site / f"densreg_{name}.py").write_text(source)
+
+
 def sparse(path: Path, size: int, head: bytes = b"") -> None:
     """``path``: ``head`` then zeros up to ``size`` bytes, without using the disk for them."""
     with open(path, "wb") as handle:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hostile_cases import Catalogue, tamper
+from hostile_cases import Catalogue, plugin_site, tamper
 
 HALF_PLUGIN = '''
 import numpy as np
@@ -54,15 +54,6 @@ def crafted_npz(path: Path, elements: int) -> None:
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("images.npy", crafted_npy(elements))
     path.write_bytes(buffer.getvalue())
-
-
-def half_site(site: Path) -> None:
-    """A site folder with the distribution densreg-half: entry point 'half' -> module densreg_half."""
-    info = site / "densreg_half-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: densreg-half\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[densreg]\nhalf = densreg_half\n")
-    (site / "densreg_half.py").write_text(HALF_PLUGIN)
 
 
 def swapped_step(export: Path, folder: Path) -> None:
@@ -184,7 +175,7 @@ def plugin_cases(cat: Catalogue) -> None:
     """Item 8: a plugin whose hook registers a model then raises; a dataset reader that raises; a
     checkpoint whose plugin DENSREG_LOAD_PLUGINS leaves out."""
     d, site = cat.d, cat.d / "site-half"
-    cat.step(lambda: half_site(site))
+    cat.step(lambda: plugin_site(site, "half", HALF_PLUGIN))
     env = {"PYTHONPATH": str(site), "DENSREG_STRICT_PLUGINS": "0"}
     cat.add("info of a model whose plugin's hook raised after registering it", "plugins",
             ["info", "half-model"], env=env)

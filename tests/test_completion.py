@@ -107,7 +107,7 @@ def test_complete_cli_writes_the_grid_and_values(tmp_path):
 @pytest.mark.parametrize("make, message", [
     (lambda d: np.savez(d / "in.npz", images=np.full((2, 1, 3, 4), 2)), "values must lie in 0..1 (the model's K = 2)"),
     (lambda d: np.savez(d / "in.npz", images=np.zeros((2, 1, 4, 3))), "expected images of shape (N, 1, 3, 4)"),
-    (lambda d: (d / "in").mkdir(), "holds no .png files"),
+    (lambda d: (d / "in").mkdir(), "holds no pictures (.png, .jpg"),
     (lambda d: Image.new("L", (5, 3)).save(d / "in.png"), "is 5x3 pixels but the model takes 4x3; pass --resize"),
 ])
 def test_complete_cli_refuses_bad_input_in_one_line(tmp_path, make, message):

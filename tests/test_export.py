@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from densreg.export import ExportError, export_model
 from densreg.export import format as fmt
 from densreg.export import readme
+from densreg.export.manifest import binding_digest as manifest_binding
 from densreg.export.runtime import ExportedModel
 from densreg.registry.testing import single_torch_thread  # noqa: F401 (autouse: one torch thread)
 from densreg.registry import (DataError, DensityModel, DensregError, create_model, list_models, load_checkpoint,
@@ -107,7 +108,9 @@ def test_export_parity_and_manifest(exported, name, case):
     assert manifest["event_shape"] == list(model.event_shape) and manifest["num_categories"] == model.num_categories
     assert manifest["ordering"] == model.ordering and manifest["order"] == model.order.tolist()
     assert manifest["value_range"] == [0, model.num_categories - 1] and manifest["versions"]["opset"] >= 18
-    assert sorted(manifest["files"]) == sorted(files - {fmt.MANIFEST})
+    test_data = {f"{fmt.TEST_DATA}/input_0.pb"} | {f"{fmt.TEST_DATA}/output_{i}.pb"
+                                                    for i in range(len(model.family.param_names) + 2)}
+    assert sorted(manifest["files"]) == sorted(files - {fmt.MANIFEST, fmt.TEST_DATA} | test_data)
     # the model's state may carry the batch on any one axis; step.onnx's carries it on axis 0 (dynamic batching)
     for spec, one, two in zip(manifest["state"], model.initial_state(1), model.initial_state(2), strict=True):
         moved = [i for i, (a, b) in enumerate(zip(one.shape, two.shape)) if a != b]
@@ -122,7 +125,8 @@ def test_export_parity_and_manifest(exported, name, case):
         onnx.checker.check_model(proto, full_check=True)
         assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 18
         assert {p.key: p.value for p in proto.metadata_props} == {
-            "format": fmt.FORMAT, "export_id": manifest["export_id"], "graph": graph.removesuffix(".onnx")}
+            "format": fmt.FORMAT, "export_id": manifest["export_id"], "graph": graph.removesuffix(".onnx"),
+            "manifest_sha256": manifest_binding(manifest)}
         described = manifest["graphs"][graph]
         assert [i.name for i in proto.graph.input] == [i["name"] for i in described["inputs"]
                                                        if i["name"] in {j.name for j in proto.graph.input}]

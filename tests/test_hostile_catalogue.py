@@ -1,4 +1,5 @@
-"""The hostile-input catalogue through the CLI (cases in hostile_cases.py and hostile_crafted.py): each
+"""The hostile-input catalogue through the CLI (cases in hostile_cases.py, hostile_crafted.py, hostile_trust.py
+and hostile_results.py): each
 case runs `python -m densreg ARGS` in its own subprocess, with a wall-clock timeout and an
 address-space limit (RLIMIT_AS in the child), on files made in a temporary folder, and must end as
 the case expects: "error" (non-zero exit with one clear line on stderr: ``Error: ...`` or click's
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -32,13 +34,15 @@ import pytest
 
 from hostile_cases import Case, Catalogue, argument_cases, name_cases, target_cases
 from hostile_crafted import checkpoint_cases, data_cases, export_cases, resume_cases
+from hostile_results import result_cases
 from hostile_trust import trust_cases
 
 GROUPS = (checkpoint_cases, resume_cases, export_cases, data_cases, argument_cases, target_cases, name_cases,
-          trust_cases)
+          trust_cases, result_cases)
 OUTCOMES = ("error", "ok", "traceback", "hang", "unbounded allocation", "data lost", "accepted")
 TIMEOUT_S = float(os.environ.get("DENSREG_HOSTILE_TIMEOUT", 90))
 MEMORY_BYTES = int(float(os.environ.get("DENSREG_HOSTILE_MEMORY_GIB", 8)) * 2**30)
+PROGRESS = re.compile(r"onnxruntime:|training |epoch \d+: ")  # stderr lines of progress, not of outcome
 HOLD = "import sys, time\nfrom densreg.registry.locking import output_lock\nwith output_lock(sys.argv[1]):\n" \
        "    print('held', flush=True)\n    time.sleep(3600)\n"
 
@@ -115,7 +119,7 @@ def run_case(case: Case, cwd: Path) -> dict:
             holder.wait()
     changed = any(before[p] != fingerprint(p) for p in case.protect)
     stderr = err.decode("utf-8", "replace").strip()
-    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("onnxruntime:", "training "))]
+    lines = [line for line in stderr.splitlines() if line.strip() and not PROGRESS.match(line)]
     last = lines[-1] if lines else ""
     return {"name": case.name, "group": case.group, "rc": rc, "seconds": round(seconds, 1),
             "outcome": classify(case, rc, hung, changed, stderr, lines),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import types
 
 import numpy as np
@@ -153,6 +154,10 @@ def test_check_names_the_broken_rule_instead_of_a_raw_error():
     result = run("check", "transposed", "--skip", "export")
     failed = [line for line in result.output.splitlines() if "FAILED" in line]
     assert result.exit_code == 1 and failed
+    *_, summary, last = result.output.strip().splitlines()
+    total = sum(int(n) for n in re.findall(r"(\d+) (?:passed|failed|skipped)", summary))
+    assert last == (f"Error: results-plugin:transposed fails {len(failed)} of {total} checks: "
+                    + ", ".join(line.split("  ")[0] for line in failed))
     for line in failed:
         assert "conditional_logits returned" in line and "expected (B, D, K)" in line, line
         assert "RuntimeError" not in line and "protocol.py:" not in line, line
@@ -187,7 +192,8 @@ def test_an_empty_test_split_is_one_line_not_nan_nats(tmp_path):
 
 def poisoned_export(tmp_path, value: float):
     """An export folder of a Bernoulli model whose float weights are all ``value``, with a manifest whose
-    digests match (a hostile or corrupted folder that passes the integrity check)."""
+    digests match (a hostile or corrupted folder that passes the file hashes and the manifest binding; opening
+    it, the golden check refuses it in one line naming the export)."""
     folder = tmp_path / "export"
     densreg.export_model(Bernoulli(SHAPE), folder)
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -27,6 +27,7 @@ from densreg.export.runtime import CPU, CUDA, ExportedModel, runtime_info, usabl
 from densreg.registry import DataError, DensregError, __version__, categorical_from_uniform, create_model
 from densreg.app.cli import cli
 
+from export_edits import rebind
 from blockers import SERVING_BOX, blocker
 
 
@@ -241,7 +242,7 @@ def test_broken_folders_give_clear_errors(export_dir, other_export, tmp_path):
     cases[d] = f"was exported by densreg {future}, another major version"
     d = copy_export(out, tmp_path / "foreign")
     edit_manifest(d, format="something-else")
-    cases[d] = "is not a densreg export of this version (manifest format 'something-else'"
+    cases[d] = "is an export of format 'something-else', which this densreg does not read; it reads densreg-onnx/3"
     d = copy_export(out, tmp_path / "mixed")  # same config, other weights: two exports' files in one folder
     shutil.copy(other_export / fmt.STEP, d / fmt.STEP)
     cases[d] = "step.onnx does not match the manifest (size or sha256 differs): the folder mixes files"
@@ -274,6 +275,9 @@ def test_broken_folders_give_clear_errors(export_dir, other_export, tmp_path):
         assert message in text and isinstance(err.value, DensregError) and "\n" not in text, (folder.name, text)
     minor = copy_export(out, tmp_path / "minor")  # same major version: loads
     edit_manifest(minor, model__densreg_version=f"{fmt.major(__version__)}.99.0")
+    with pytest.raises(RuntimeLoadError, match="manifest.json was edited"):  # the graphs name another manifest
+        ExportedModel(minor, provider="cpu")
+    rebind(minor)  # as that version's exporter would have written it
     ExportedModel(minor, provider="cpu")
     result = CliRunner().invoke(cli, ["sample", str(tmp_path / "truncated"), "--out", str(tmp_path / "s.png")])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1

@@ -195,7 +195,7 @@ def test_score_cli_writes_the_table_summary_and_heatmaps(checkpoint, tmp_path):
     (lambda d: np.savez(d / "in.npz", images=np.full((2, 1, 1, 2), 2)), "values must lie in 0..1 (the model's K = 2)"),
     (lambda d: np.savez(d / "in.npz", images=np.zeros((2, 1, 2, 2))), "expected images of shape (N, 1, 1, 2)"),
     (lambda d: np.savez(d / "in.npz", images=np.zeros((0, 1, 1, 2))), "holds no images"),
-    (lambda d: (d / "in").mkdir(), "holds no .png files"),
+    (lambda d: (d / "in").mkdir(), "holds no pictures (.png, .jpg"),
     (lambda d: (d / "in.npz").write_bytes(b"not a zip"), "is not a readable .npz archive"),
 ])
 def test_score_cli_refuses_bad_input_in_one_line(checkpoint, tmp_path, make, message):

@@ -68,7 +68,7 @@ def test_features_of_a_model_of_real_values_read_a_float_npz(tmp_path):
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "f.npz")["features"].shape == (5, 3)
     one_line_error(run("features", path, "--images", tmp_path / "x.png", "--out", tmp_path / "g.npz"),
-                   "a model of real values takes an .npz of real values")
+                   "a model of real values takes an .npz or .npy of real values")
 
 
 def test_an_empty_train_split_is_one_line(tmp_path):
@@ -123,3 +123,13 @@ def test_a_swapped_step_graph_is_named(tmp_path, bern):
     swapped_step(tmp_path / "ex", folder)
     result = run("sample", folder, "-n", "2", "--out", tmp_path / "s.png")
     assert result.exit_code == 1 and "step.onnx takes the inputs images, but the step graph" in result.output
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is here: these devices exist")
+@pytest.mark.parametrize("device", ["cuda", "cuda:99"])
+def test_a_device_this_machine_lacks_is_one_line_in_train_and_eval(bern, tmp_path, device):
+    expected = f"device '{device}': CUDA is not available here"
+    one_line_error(run("train", "nade", "--dataset", "digits", "--set", "hidden=4", "--epochs", "1", "--device", device,
+                       "--out", tmp_path / "n.safetensors"), expected)
+    one_line_error(run("eval", bern, "--dataset", "digits", "--device", device), expected)
+    assert not (tmp_path / "n.safetensors").exists()

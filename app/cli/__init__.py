@@ -43,10 +43,13 @@ BUILTIN_COMMANDS = {
                      "a grid."),
     "plugin": ("plugin", "Write a new plugin package: a model, a dataset and conformance tests."),
     "plugins": ("listing", "List installed plugins: distribution, version, hooks, load errors."),
+    "pretrained": ("listing", "List the pretrained models installed with densreg: name, dataset, test NLL, "
+                              "parameters, size, sha256 and license."),
     "runtime": ("export", "onnxruntime version, device, and the providers listed and actually usable."),
     "sample": ("sample", "Draw exact samples from a checkpoint (or an export folder) and write an image grid."),
     "score": ("score", "Score images by how anomalous they are under a checkpoint or an export folder."),
-    "train": ("train", "Fit MODEL on a dataset's train split and write a checkpoint."),
+    "train": ("train", "Fit MODEL on a dataset's train split, or on your own --images or --table, and write a "
+                       "checkpoint."),
     "web": ("web", "Write a static site that scores, completes and samples an export in the browser."),
 }
 COMMAND_MODULES = {name: module for name, (module, _) in BUILTIN_COMMANDS.items()}

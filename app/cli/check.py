@@ -29,14 +29,14 @@ def parse_shape(ctx, param, value):
 def space_levels(spec, shape, categories) -> int:
     """K for --shape: --categories, else 2 (0 for a real-valued model); a discrete space must be small
     enough to enumerate."""
-    from densreg.registry.checks.subject import is_discrete
+    from densreg.registry.checks.subject import is_discrete, takes_levels, takes_real_values
 
-    discrete = is_discrete(spec.factory)
-    k = categories if categories is not None else (2 if discrete else 0)
-    if discrete and k < 2:
-        raise click.BadParameter(f"{spec.qualified_name} takes K >= 2 levels, got {k}", param_hint="--categories")
-    if not discrete and k:
+    k = categories if categories is not None else (2 if is_discrete(spec.factory) else 0)
+    if k != 0 and not takes_levels(spec.factory):
         raise click.BadParameter(f"{spec.qualified_name} is real-valued: K is 0, got {k}", param_hint="--categories")
+    if k == 1 or (k == 0 and not takes_real_values(spec.factory)):
+        raise click.BadParameter(f"{spec.qualified_name} takes K >= 2 levels, got {k}", param_hint="--categories")
+    discrete = k != 0
     d = shape[0] * shape[1] * shape[2]
     if discrete and k ** d > ENUMERATED_IMAGES:
         raise click.BadParameter(f"{'x'.join(map(str, shape))} with K={k} has {k}^{d} images; normalization and "
@@ -54,7 +54,8 @@ def space_levels(spec, shape, categories) -> int:
 @click.option("--shape", callback=parse_shape, metavar="C,H,W",
               help="Run every check on this one space instead of the tiny defaults (and no colour pass).")
 @click.option("--categories", type=click.IntRange(min=0), metavar="K",
-              help="Levels K of --shape (default 2; 0 for a real-valued model).")
+              help="Levels K of --shape (default 2; 0 for a real-valued model; 0 picks the real values of a "
+                   "model that takes both).")
 @click.option("--colour/--no-colour", default=True, show_default=True,
               help="Also run the checks on colour spaces (3x1x2 K=2 and 3x1x1 K=3; 3x1x1 real) when the model "
                    "takes C = 3.")
@@ -66,7 +67,8 @@ def check(ctx, model_name, settings, only, skip, threads, shape, categories, col
     Runs normalization, chain rule, causality, the training path (gradients on), step
     parity (compared in float64), sampling (chi-square; "skipped" with the reason where it
     cannot run), checkpoint round trip and ONNX export parity, then the density checks
-    again on colour spaces; prints a table and exits 1 if any check fails.
+    again on colour spaces; prints a table and, if any check fails, one line naming the
+    failed checks on stderr, and exits 1.
     """
     spec = api.model_spec(model_name)
     config = parse_set_options(settings)
@@ -88,6 +90,9 @@ def check(ctx, model_name, settings, only, skip, threads, shape, categories, col
         counts = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
         click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
     if failed:
+        if not as_json:  # JSON says it in "passed"
+            names = ", ".join(r.name for r in failed)
+            click.echo(f"Error: {spec.qualified_name} fails {len(failed)} of {len(results)} checks: {names}", err=True)
         ctx.exit(1)
 
 

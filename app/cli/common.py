@@ -116,7 +116,7 @@ def writes(**kinds):
 def data_options(func):
     func = click.option("--download", is_flag=True, help="Fetch the dataset's published files if needed.")(func)
     func = click.option("--data", "data_path", default=None, help="Path to the dataset's files.")(func)
-    return click.option("--dataset", required=True, help="Registered dataset name (see `densreg datasets`).")(func)
+    return click.option("--dataset", default=None, help="Registered dataset name (see `densreg datasets`).")(func)
 
 
 def backend_option(func):
@@ -134,9 +134,10 @@ def check_matches(info, dataset) -> None:
                         f"but dataset {dataset.name!r} has shape {dataset.event_shape} with K={dataset.num_categories}")
 
 
-def refuse_real_values(info, command: str) -> None:
-    """ConfigError: ``command`` works on models of values 0..K-1, and ``info`` describes one of real values."""
-    if info.value_kind == "continuous":
+def refuse_real_values(info, command: str, tables: bool = False) -> None:
+    """ConfigError: ``command`` works on models of values 0..K-1, and ``info`` describes one of real values
+    (``tables``: unless the model was trained on a table, whose rows the command takes)."""
+    if info.value_kind == "continuous" and not (tables and (info.transform or {}).get("kind") == "table"):
         raise ConfigError(f"densreg {command} works on models of values 0..K-1; {info.model!r} models real values "
                           "(use densreg eval for its log density, densreg sample for samples)")
 
@@ -160,22 +161,35 @@ def load_model_or_export(path, threads: int | None = None):
 
 
 def images_option(func):
-    """``--dataset NAME [--data PATH] [--split S]`` or ``--images FILE.npz|FILE.png|FOLDER [--resize]``."""
-    func = click.option("--resize", is_flag=True, help="Scale PNG pictures of another size to the model's H x W.")(func)
+    """``--dataset NAME [--data PATH] [--split S]``, ``--images FILE.npz|PICTURE|FOLDER|GLOB [--resize]`` or
+    ``--table FILE`` (a model trained on a table)."""
+    func = click.option("--table", "table_path", type=click.Path(), default=None,
+                        help="A table (.csv, .npy, .parquet) for a model trained with --table: its recorded "
+                             "columns (by header name, else all in order), standardized as in training.")(func)
+    func = click.option("--resize", is_flag=True, help="Scale pictures of another size to the model's H x W.")(func)
     func = click.option("--images", "images_path", type=click.Path(), default=None,
-                        help="An .npz (array 'images', N x C x H x W or N x H x W), a .png, or a folder of .png "
-                             "files; grey values g become floor(g*K/256).")(func)
+                        help="An .npz or .npy (levels, N x C x H x W or N x H x W), a picture (PNG, JPEG, BMP, TIFF), "
+                             "a folder of them (searched recursively) or a glob; grey values g become "
+                             "floor(g*K/256), or as the model's recorded transform says.")(func)
     func = click.option("--split", default="test", show_default=True, help="Split of --dataset.")(func)
     func = click.option("--data", "data_path", default=None, help="Path to the dataset's files.")(func)
     return click.option("--dataset", default=None, help="A registered dataset (see `densreg datasets`).")(func)
 
 
 def load_inputs(info, dataset, data_path, split, images_path, resize,
-                download: bool = False, model=None) -> tuple[np.ndarray, list[str]]:
-    """The images named by ``images_option``, checked against the model: int64 (N, C, H, W), names.
-    With ``model`` an export folder, a dataset is read and checked without torch."""
-    if (dataset is None) == (images_path is None):
-        raise click.UsageError("give exactly one of --dataset NAME or --images PATH")
+                download: bool = False, model=None, table_path=None) -> tuple[np.ndarray, list[str]]:
+    """The images named by ``images_option``, checked against the model: int64 (N, C, H, W) (float32 rows
+    (N, 1, 1, D) for a table), names. A model trained on the user's own files reads them through its
+    recorded transform. With ``model`` an export folder, a dataset is read and checked without torch."""
+    if sum(x is not None for x in (dataset, images_path, table_path)) != 1:
+        raise click.UsageError("give exactly one of --dataset NAME, --images PATH or --table PATH")
+    if info.transform is not None and dataset is None:
+        from densreg.app.own_data import own_inputs
+        from densreg.registry.transforms import transform_of
+
+        return own_inputs(transform_of(info), images_path, table_path, resize)
+    if table_path is not None:
+        raise ConfigError("--table needs a model trained with `densreg train --table`; this one records no table")
     if images_path is not None:
         from densreg.app.inputs import read_images
 

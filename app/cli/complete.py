@@ -32,7 +32,7 @@ from .common import images_option, load_inputs, load_model_or_export, refuse_rea
               help="Also write the raw completions (array 'completions', uint8 M x n x C x H x W, and 'images').")
 @threads_option
 @writes(out="png", npz_path="npz")
-def complete_command(model_path, dataset, data_path, split, images_path, resize, keep, keep_rows, samples, limit,
+def complete_command(model_path, dataset, data_path, split, images_path, resize, table_path, keep, keep_rows, samples, limit,
                      seed, out, npz_path):
     """Complete images from their first values, sampling the rest exactly from p(x_rest | x_kept).
 
@@ -44,7 +44,8 @@ def complete_command(model_path, dataset, data_path, split, images_path, resize,
     if (keep is None) == (keep_rows is None):
         raise click.UsageError("give exactly one of --keep N or --keep-rows R")
     keep = keep_for_rows(keep_rows, model) if keep_rows is not None else keep
-    images, _ = load_inputs(info, dataset, data_path, split, images_path, resize, model=model)
+    images, _ = load_inputs(info, dataset, data_path, split, images_path, resize, model=model,
+                            table_path=table_path)
     images = images[:limit]
     completions = complete(model, images, keep, samples, seed=seed, progress=sys.stderr.isatty())
     picture = completion_grid(images, completions, keep, order_of(model), info.num_categories)

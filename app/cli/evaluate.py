@@ -7,6 +7,7 @@ one of densreg's own or its plugin does not import torch.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -22,6 +23,13 @@ from .common import backend_option, check_matches, data_options, echo_json, load
 @click.argument("checkpoint", type=click.Path())
 @data_options
 @click.option("--split", default="test", show_default=True, help="Which split to score.")
+@click.option("--images", "images_path", type=click.Path(), default=None,
+              help="Your own images instead of --dataset (as `densreg score --images`; a model trained with "
+                   "--images reads them by its recorded transform).")
+@click.option("--table", "table_path", type=click.Path(), default=None,
+              help="Your own table instead of --dataset, for a model trained with --table; the NLL is of the raw "
+                   "rows (the standardized rows' NLL plus the sum of the log stds).")
+@click.option("--resize", is_flag=True, help="Scale --images pictures of another size to the model's H x W.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, show_default="100 on CPU, 1024 on CUDA",
               help="Images per forward pass.")
 @click.option("--compile", is_flag=True, help="torch.compile log_prob first (compile time is reported). On CPU it does not pay "
@@ -31,12 +39,19 @@ from .common import backend_option, check_matches, data_options, echo_json, load
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: nll_nats, bits_per_dim, images.")
 @backend_option
-def eval_command(checkpoint, dataset, data_path, download, split, batch_size, compile, device, as_json, backend):
+def eval_command(checkpoint, dataset, data_path, download, split, images_path, table_path, resize, batch_size,
+                 compile, device, as_json, backend):
     """NLL (nats per image) and bits/dim of a checkpoint (or an export folder) on a dataset split.
 
-    Under torchrun each process scores its shard of the images and rank 0 prints.
+    Or on your own --images or --table. Under torchrun each process scores its shard of the
+    images and rank 0 prints.
     """
-    if os.path.isdir(checkpoint) and not launched():  # an export folder: onnxruntime and numpy only
+    if sum(x is not None for x in (dataset, images_path, table_path)) != 1:
+        raise click.UsageError("give exactly one of --dataset NAME, --images PATH or --table PATH")
+    if dataset is None:
+        result = evaluate_own(checkpoint, images_path, table_path, resize, batch_size, device)
+        dataset, split = images_path or table_path, ""
+    elif os.path.isdir(checkpoint) and not launched():  # an export folder: onnxruntime and numpy only
         result = _evaluate_export(checkpoint, dataset, data_path, download, split, batch_size)
     else:
         from densreg.app import distributed
@@ -48,7 +63,7 @@ def eval_command(checkpoint, dataset, data_path, download, split, batch_size, co
     if as_json:
         echo_json(result)
     else:
-        click.echo(f"{result['model']} on {dataset}/{split}: {result['nll_nats']:.4f} nats per image, "
+        click.echo(f"{result['model']} on {dataset}{'/' + split if split else ''}: {result['nll_nats']:.4f} nats per image, "
                    f"{result['bits_per_dim']:.5f} bits/dim ({result['images']} images)")
         if "compile_seconds" in result:
             click.echo(f"compiled in {result['compile_seconds']:.1f} s (with the first batch)")
@@ -71,6 +86,27 @@ def _evaluate_export(folder, dataset, data_path, download, split, batch_size) ->
     return {"model": info.model, "dataset": dataset, "split": split, **nll_summary(nll, model.num_positions, model)}
 
 
+def evaluate_own(model_path, images_path, table_path, resize, batch_size, device) -> dict:
+    """NLL of the user's own files, read as the model's recorded transform says (or as `score --images`
+    reads them); a table's NLL is of its raw rows. The same numbers from a checkpoint and its export."""
+    from densreg.app.scoring import image_nll, nll_summary
+    from densreg.registry.transforms import transform_of
+
+    from .common import load_inputs
+
+    model, info = load_model_or_export(model_path)
+    values, _ = load_inputs(info, None, None, None, images_path, resize, model=model, table_path=table_path)
+    if device and not os.path.isdir(model_path):
+        model = model.to(device)
+    nll = image_nll(model, values, batch_size or 500)
+    transform = transform_of(info)
+    shift = -transform.log_jacobian if transform is not None else 0.0
+    summary = nll_summary(nll, model.num_positions, model)
+    summary["nll_nats"] += shift
+    summary["bits_per_dim"] = summary["nll_nats"] / (model.num_positions * math.log(2))
+    return {"model": info.model, "data": str(images_path or table_path), **summary}
+
+
 def refuse_empty(images, dataset: str, split: str) -> None:
     """DataError for a split without images (its NLL would be "nan nats (0 images)")."""
     if not len(images):
@@ -82,7 +118,7 @@ def _evaluate(world, checkpoint, dataset, data_path, download, split, batch_size
 
     from densreg.app import distributed
     from densreg.app.evaluation import evaluate, nll_summary
-    from densreg.app.training_options import default_device
+    from densreg.app.training_options import default_device, usable_device
     from densreg.registry import api
 
     model, info = load_model_or_export(checkpoint)
@@ -94,7 +130,7 @@ def _evaluate(world, checkpoint, dataset, data_path, download, split, batch_size
     progress = world.leader and sys.stderr.isatty()
     if isinstance(model, torch.nn.Module):
         if device or world.size == 1:  # under torchrun the ranks evaluate on CPU unless told
-            model = model.to(device or default_device())
+            model = model.to(usable_device(device or default_device()))
         scores = evaluate(model, images, batch_size, progress=progress, across_ranks=True, compile=compile)
     else:  # an export in onnxruntime
         nll = distributed.map_shards(lambda part: torch.from_numpy(model.nll(part.numpy(), batch_size or 500)), images)

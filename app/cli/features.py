@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 
 import click
 import numpy as np
 
 from densreg.app.features import extract_features
-from densreg.registry import atomic_write_bytes, hookimpl
+from densreg.registry import DataError, atomic_write_bytes, hookimpl
 
 from .common import images_option, load_inputs, load_model_or_export, threads_option, writes
 
@@ -23,7 +24,7 @@ from .common import images_option, load_inputs, load_model_or_export, threads_op
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1), help="Images per pass.")
 @threads_option
 @writes(out="npz")
-def features(checkpoint, dataset, data_path, split, images_path, resize, download, out, batch_size):
+def features(checkpoint, dataset, data_path, split, images_path, resize, table_path, download, out, batch_size):
     """Write a model's features of a dataset split (or of --images) to an .npz archive.
 
     MODEL_OR_EXPORT is a checkpoint, or an export folder whose model has features (its
@@ -35,11 +36,11 @@ def features(checkpoint, dataset, data_path, split, images_path, resize, downloa
     model, info = load_model_or_export(checkpoint)
     if hasattr(model, "require_features"):  # an export: say it has no features before reading any images
         model.require_features()
-    images, _ = load_inputs(info, dataset, data_path, split, images_path, resize, download, model)
+    images, _ = load_inputs(info, dataset, data_path, split, images_path, resize, download, model, table_path)
     with _threads_for(model):
         values = extract_features(model, images, batch_size, progress=sys.stderr.isatty())
     arrays = {"features": values, "model": np.array(info.model)}
-    labels = _labels(dataset, split, data_path) if dataset is not None else None
+    labels = _labels(dataset, split, data_path) if dataset is not None else folder_classes(info, images_path)
     if labels is not None:
         arrays["labels"] = labels
     buffer = io.BytesIO()
@@ -58,6 +59,22 @@ def _threads_for(model):
     from densreg.app.performance import using_threads
 
     return using_threads(model)
+
+
+def folder_classes(info, images_path) -> np.ndarray | None:
+    """Labels of ``images_path`` by subfolder, for a model trained with --labels-from-folders (its recorded
+    classes, in their order); None otherwise."""
+    classes = (info.transform or {}).get("classes")
+    if not classes or images_path is None or not os.path.isdir(images_path):
+        return None
+    from densreg.app.inputs import folder_labels, picture_files
+
+    labels, found = folder_labels(images_path, picture_files(images_path))
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{images_path} has the class folder {unknown[0]!r}, which the model was not trained with "
+                        f"(its classes: {', '.join(classes)})")
+    return np.array([classes.index(found[i]) for i in labels], dtype=np.int64)
 
 
 def _labels(dataset: str, split: str, data_path) -> np.ndarray | None:

@@ -1,4 +1,4 @@
-"""`densreg plugins`, `models`, `datasets`, `info`: what is installed, and what a model costs."""
+"""`densreg plugins`, `models`, `datasets`, `info`, `pretrained`: what is installed, and what a model costs."""
 
 from __future__ import annotations
 
@@ -114,7 +114,28 @@ def info(model_name, shape, categories, dataset, settings, as_json):
 
 
 
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (every catalog entry with its card).")
+def pretrained(as_json):
+    """List the pretrained models installed with densreg: name, dataset, test NLL, parameters, size,
+    sha256 and license.
+
+    Load one with densreg.load_pretrained(NAME) (no network); export it with `densreg export NAME --out DIR`,
+    whose folder then carries the catalog's model card.
+    """
+    from densreg.registry.pretrained import list_pretrained
+
+    entries = list_pretrained()
+    if as_json:
+        echo_json(entries)
+        return
+    echo_table([[e["name"], e["dataset"], f"{e['test_nll_nats']:.2f} ({e['test_split']}, {e['test_images']})",
+                 f"{e['parameters']:,}", f"{e['bytes'] / 1e6:.2f} MB", e["sha256"][:16], e["license"].split(" ")[0]]
+                for e in entries],
+               ["name", "dataset", "test NLL (nats; split, images)", "parameters", "size", "sha256", "license"])
+
+
 @hookimpl
 def register_commands(cli):
-    for command in (plugins, models, datasets, info):
+    for command in (plugins, models, datasets, info, pretrained):
         cli.add_command(command)

@@ -10,7 +10,8 @@ import numpy as np
 
 from densreg.app.images import grid_bytes, grid_png, real_to_levels
 from densreg.export.runtime import ExportedModel
-from densreg.registry import atomic_write_bytes, hookimpl
+from densreg.registry import ConfigError, atomic_write_bytes, hookimpl
+from densreg.registry.transforms import transform_of
 from densreg.registry.limits import check_memory
 
 from .common import load_model_or_export, threads_option, writes
@@ -24,9 +25,12 @@ from .common import load_model_or_export, threads_option, writes
 @click.option("--npz", "npz_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the raw samples (array 'samples', uint8 N,C,H,W; float32 for a model of real values).")
 @click.option("--nrow", type=click.IntRange(min=1), default=None, help="Images per grid row (default: square).")
+@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False),
+              help="For a model trained with --table: also write the samples as rows of its columns, in the "
+                   "table's own units (the standardization undone).")
 @threads_option
-@writes(out="png", npz_path="npz")
-def sample(checkpoint, num, out, seed, npz_path, nrow):
+@writes(out="png", npz_path="npz", csv_path="csv")
+def sample(checkpoint, num, out, seed, npz_path, nrow, csv_path):
     """Draw exact samples from a checkpoint (or an export folder) and write an image grid.
 
     The uniform noise comes from numpy's default_rng(seed), so a checkpoint and its
@@ -55,12 +59,27 @@ def sample(checkpoint, num, out, seed, npz_path, nrow):
     else:
         samples = samples.astype(np.uint8)
         png = grid_png(samples, info.num_categories, nrow=nrow)
+    transform = transform_of(info)
+    table = transform is not None and transform.kind == "table"
+    if csv_path and not table:
+        raise ConfigError("--csv writes the samples of a model trained with --table; this one was not")
     atomic_write_bytes(out, png)
-    if npz_path:
+    if npz_path:  # a table model's rows in the table's units, with their column names
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, samples=samples)
+        arrays = {"samples": transform.unstandardize(samples), "columns": np.array(transform.columns)} if table \
+            else {"samples": samples}
+        np.savez_compressed(buffer, **arrays)
         atomic_write_bytes(npz_path, buffer.getvalue())
-    click.echo(f"wrote {num} samples to {out}" + (f" and {npz_path}" if npz_path else ""))
+    if csv_path:
+        atomic_write_bytes(csv_path, rows_csv(transform.unstandardize(samples), transform.columns))
+    written = [p for p in (npz_path, csv_path) if p]
+    click.echo(f"wrote {num} samples to {out}" + "".join(f" and {p}" for p in written))
+
+
+def rows_csv(rows: np.ndarray, columns) -> bytes:
+    """Rows (N, D) as CSV bytes with a header of ``columns``, full float precision."""
+    lines = [",".join(columns)] + [",".join(repr(float(v)) for v in row) for row in rows]
+    return ("\n".join(lines) + "\n").encode()
 
 
 

@@ -17,6 +17,7 @@ from densreg.app.anomaly_plots import heatmaps_png
 from densreg.app.launcher import launched
 from densreg.app.scoring import METHODS, REFERENCE_METHODS, ScoreResult, most_anomalous, score_images, summary
 from densreg.registry import ConfigError, atomic_write_bytes, hookimpl
+from densreg.registry.transforms import transform_of
 
 from .common import (backend_option, echo_json, images_option, load_inputs, load_model_or_export, read_split,
                      refuse_real_values, threads_option, writes)
@@ -70,6 +71,9 @@ def write_table(path: str, names: list[str], result) -> None:
               help="Training distribution for --method typicality and dose (default: the dataset the checkpoint "
                    "records).")
 @click.option("--reference-data", default=None, help="Path to the reference dataset's files.")
+@click.option("--reference-images", "reference_path", type=click.Path(), default=None,
+              help="Reference (training) images as files instead of --reference-dataset, read as --images is "
+                   "(e.g. the folder a model was trained on with `densreg train --images`).")
 @click.option("--reference-split", default="train", show_default=True, help="Split of the reference dataset.")
 @click.option("--reference-size", type=click.IntRange(min=2), default=2000, show_default=True,
               help="Reference images used (a fixed random subset).")
@@ -83,8 +87,8 @@ def write_table(path: str, names: list[str], result) -> None:
 @backend_option
 @threads_option
 @writes(out=table_kind, heatmaps="png")
-def score(model_path, dataset, data_path, split, images_path, resize, method, background, reference_dataset,
-          reference_data, reference_split, reference_size, out, top, heatmaps, batch_size, as_json, backend):
+def score(model_path, dataset, data_path, split, images_path, resize, table_path, method, background, reference_dataset,
+          reference_data, reference_path, reference_split, reference_size, out, top, heatmaps, batch_size, as_json, backend):
     """Score images by how anomalous they are under a checkpoint or an export folder.
 
     Prints a summary (mean and quantiles of the score and of the NLL) and the --top most
@@ -92,17 +96,26 @@ def score(model_path, dataset, data_path, split, images_path, resize, method, ba
     torchrun each process scores its shard of the images; rank 0 writes and prints.
     """
     model, info = load_model_or_export(model_path)
-    refuse_real_values(info, "score")
+    refuse_real_values(info, "score", tables=True)
+    table = info.value_kind == "continuous"  # a model trained on a table (refuse_real_values)
+    if table and (method != "nll" or heatmaps):
+        raise ConfigError("a model trained on a table is scored by --method nll, without --heatmaps")
     extra = {}
     if method == "likelihood-ratio":
         if background is None:
             raise ConfigError("--method likelihood-ratio needs --background MODEL (train one with "
                               "`densreg train ... --perturb 0.2`)")
         extra["background"] = load_model_or_export(background)[0]
-    images, names = load_inputs(info, dataset, data_path, split, images_path, resize, model=model)
+    images, names = load_inputs(info, dataset, data_path, split, images_path, resize, model=model,
+                                table_path=table_path)
     if method in REFERENCE_METHODS:
-        extra["reference"] = reference_images(info, reference_dataset, reference_data, reference_split, reference_size,
-                                              model)
+        if reference_path is not None:
+            reference = load_inputs(info, None, None, None, reference_path, resize, model=model)[0]
+            extra["reference"] = reference[np.random.default_rng(0).choice(len(reference), reference_size, replace=False)] \
+                if len(reference) > reference_size else reference
+        else:
+            extra["reference"] = reference_images(info, reference_dataset, reference_data, reference_split,
+                                                  reference_size, model)
     if launched():  # torchrun: the ranks share the images
         from densreg.app import distributed
 
@@ -113,6 +126,8 @@ def score(model_path, dataset, data_path, split, images_path, resize, method, ba
             return
     else:  # one process: an export folder is scored without importing torch
         result = score_images(model, images, method, batch_size=batch_size, progress=sys.stderr.isatty(), **extra)
+    if table:
+        result = in_raw_units(result, transform_of(info))
     ranked = most_anomalous(result.scores, top)
     if out:
         write_table(out, names, result)
@@ -131,6 +146,14 @@ def score(model_path, dataset, data_path, split, images_path, resize, method, ba
     for path in (out, heatmaps):
         if path:
             click.echo(f"wrote {path}", err=True)
+
+
+def in_raw_units(result: ScoreResult, transform) -> ScoreResult:
+    """A table model's -log p of standardized rows as -log p of the raw rows (nats): plus sum(log std)."""
+    shift = -transform.log_jacobian
+    nll = result.nll + shift
+    return dataclasses.replace(result, scores=result.scores + shift, nll=nll,
+                               bits_per_dim=nll / (result.pixel_nll[0].size * math.log(2)))
 
 
 def score_across_ranks(model, images: np.ndarray, method: str, **options) -> ScoreResult:

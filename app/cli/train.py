@@ -5,21 +5,24 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from pathlib import Path
 
 import click
 import torch
 from click.core import ParameterSource
 
 from densreg.app import distributed
+from densreg.app.evaluation import evaluate
 from densreg.app.experiment_log import check_available, parse_log_to
 from densreg.app.ood import perturb_images
 from densreg.app.run_files import locked_run, run_paths
 from densreg.app.training import TrainingOptions, fit
 from densreg.app.training_options import default_device
 from densreg.registry import CheckpointError, ConfigError, api, hookimpl
-from densreg.registry.checkpoint import parse_info, read_header
+from densreg.registry.checkpoint import parse_info, read_header, record_metrics
+from densreg.registry.datasets import split_sha256
 
-from .common import (ARGV_KEY, backend_option, data_options, force_option, parse_set_options, set_option,
+from .common import (ARGV_KEY, backend_option, force_option, parse_set_options, parse_shape, set_option,
                      threads_option)
 
 DEFAULTS = TrainingOptions()
@@ -36,9 +39,50 @@ def check_log_to(ctx, param, specs):
     return specs
 
 
+def own_data_options(func):
+    """Where the training data comes from: ``--dataset NAME [--data --download]``, ``--images PATH``
+    (pictures or an array file) or ``--table PATH`` (CSV, .npy, Parquet), with their options."""
+    options = [
+        click.option("--dataset", default=None, help="Registered dataset name (see `densreg datasets`)."),
+        click.option("--data", "data_path", default=None, help="Path to the dataset's files."),
+        click.option("--download", is_flag=True, help="Fetch the dataset's published files if needed."),
+        click.option("--images", "images_path", default=None,
+                     help="Your own images: a folder (searched recursively) or glob of PNG, JPEG, BMP or TIFF "
+                          "pictures, or an .npz/.npy of levels 0..K-1. Pictures become grey (or RGB, --shape 3,H,W) "
+                          "8-bit values g, then levels floor(g*K/256) (K=2: g >= 128 is 1)."),
+        click.option("--shape", callback=lambda ctx, param, value: value and parse_shape(value), metavar="C,H,W",
+                     default=None, help="Size of --images: C=1 grey or 3 RGB [default: grey, the first picture's "
+                                         "size]; pictures of another size are refused unless --resize."),
+        click.option("--resize", is_flag=True, help="Scale pictures of another size to --shape (Lanczos on the "
+                                                    "8-bit values, before binning); recorded for scoring."),
+        click.option("--categories", type=click.IntRange(min=2), default=2, show_default=True, metavar="K",
+                     help="Levels K of --images."),
+        click.option("--labels-from-folders", is_flag=True,
+                     help="Each picture's class is its subfolder below --images (recorded in the checkpoint)."),
+        click.option("--valid-images", default=None, help="Validation pictures (instead of --valid-fraction)."),
+        click.option("--table", "table_path", default=None,
+                     help="Your own table of real values: CSV (a header is optional), .npy (rows x columns) or "
+                          ".parquet (needs pyarrow); standardized by the train split's mean and std."),
+        click.option("--columns", default=None, metavar="A,B,...",
+                     help="Columns of --table to model (header names; 1,2,... without a header) [default: all]."),
+        click.option("--drop-invalid", is_flag=True,
+                     help="Leave out rows of --table with missing or non-finite values (counted) instead of "
+                          "refusing them."),
+        click.option("--valid-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
+                     show_default=True, help="Share of --images or --table held out for validation (seeded by --seed)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+OWN_OPTIONS = ("images_path", "table_path", "shape", "resize", "categories", "labels_from_folders", "valid_images",
+               "columns", "drop_invalid", "valid_fraction")
+
+
 @click.command()
 @click.argument("model_name", metavar="MODEL")
-@data_options
+@own_data_options
 @set_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.safetensors).")
 @click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
@@ -88,21 +132,37 @@ def check_log_to(ctx, param, specs):
 @click.pass_context
 def train(ctx, model_name, dataset, data_path, download, settings, out, perturb, resume, nproc, backend, log_to,
           force, **options):
-    """Fit MODEL on a dataset's train split and write a checkpoint.
+    """Fit MODEL on a dataset's train split, or on your own --images or --table, and write a checkpoint.
+
+    With --images or --table the preprocessing (size, channels, K, or the columns' mean and std)
+    and a sha256 of the data are recorded in the checkpoint, and eval, score, features, complete,
+    sample and exports apply the same rule to new files.
 
     Gradient-trained models also write OUT stem + .log.jsonl (one JSON line per epoch;
     --log-to sends the same values to TensorBoard too)
     and OUT stem + .last.safetensors (the state --resume continues from).
+    The checkpoint records the sha256 of each split, the command and, measured after training
+    on the dataset's test split, the test NLL (what an export's model card shows).
     Under torchrun (or with --nproc) every process trains its share of each batch with
     DistributedDataParallel and rank 0 alone writes.
     """
+    own = {k: options.pop(k) for k in OWN_OPTIONS}
+    own["categories"] = own["categories"] if ctx.get_parameter_source("categories") is not ParameterSource.DEFAULT \
+        else None  # None: not given (2 for --images)
+    sources = [name for name, given in (("--dataset", dataset), ("--images", own["images_path"]),
+                                        ("--table", own["table_path"])) if given]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one of --dataset NAME, --images PATH or --table PATH"
+                               + (f" (got {' and '.join(sources)})" if sources else ""))
+    if own["table_path"] and perturb is not None:
+        raise click.UsageError("--perturb replaces values by levels 0..K-1; a --table holds real values")
     if nproc is not None:
         launch_torchrun(ctx, nproc, options["device"], backend, out)
     TrainingOptions(device=options["device"])  # a ConfigError for a device name torch cannot parse
     with distributed.session(options["device"] or default_device(), backend) as world:
         with locked_run(out, force):  # rank 0's lock: a second run on the same --out stops here, before any work
             _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, log_to,
-                   options)
+                   options, own)
 
 
 def launch_torchrun(ctx, nproc: int, device, backend, out) -> None:
@@ -124,37 +184,87 @@ def launch_torchrun(ctx, nproc: int, device, backend, out) -> None:
     ctx.exit(0)
 
 
-def _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, log_to, options):
+def _train(ctx, world, model_name, dataset, data_path, download, settings, out, perturb, resume, log_to, options,
+           own):
     torch.manual_seed(options["seed"])
-    ds = api.get_dataset(dataset)
+    data = None if dataset else own_training_data(own, options["seed"])
+    event_shape, categories = ((data.transform.event_shape, data.transform.num_categories) if data else
+                               (api.get_dataset(dataset).event_shape, api.get_dataset(dataset).num_categories))
     config = parse_set_options(settings)
     if resume:  # the interrupted run's model config, unless --set says otherwise (fit checks they agree)
         config = {**resumed_config(out), **config}
         perturb = resumed_perturbation(out, perturb)
-    model = api.create_model(model_name, ds.event_shape, ds.num_categories, **config)
+    model = api.create_model(model_name, event_shape, categories, **config)
     given = {k: v for k, v in options.items()
              if k != "seed" and ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     if log_to:
         given["log_to"] = log_to
     if not model.closed_form:
         given["seed"] = options["seed"]  # --seed also fixes the shuffling order of gradient training
-    with distributed.leader_first():  # one download into the shared cache
-        train_images = api.load_split(dataset, "train", data_path, download)
-    valid_images = api.load_split(dataset, "valid", data_path) if "valid" in ds.splits else None
-    recorded = {"dataset": dataset}
+    if data is not None:
+        train_images, valid_images = torch.from_numpy(data.train), as_tensor(data.valid)
+        recorded, source = {}, data.transform.source
+        if world.leader:
+            click.echo(f"read {data.summary}", err=True)
+    else:
+        with distributed.leader_first():  # one download into the shared cache
+            train_images = api.load_split(dataset, "train", data_path, download)
+        valid_images = api.load_split(dataset, "valid", data_path) if "valid" in api.get_dataset(dataset).splits \
+            else None
+        recorded = {"dataset": dataset, "dataset_sha256": {"train": split_sha256(train_images),
+                                                           **({"valid": split_sha256(valid_images)}
+                                                              if valid_images is not None else {})}}
+        source = dataset
+    if ARGV_KEY in ctx.meta:  # the command as given (a model card's training command)
+        recorded["command"] = shlex.join(["densreg", *ctx.meta[ARGV_KEY]])
     if perturb is not None:
-        train_images, valid_images = perturbed(train_images, valid_images, perturb, ds.num_categories, options["seed"])
+        train_images, valid_images = perturbed(train_images, valid_images, perturb, categories, options["seed"])
         recorded["perturb"] = perturb
     if world.leader:
         processes = f" in {world.size} processes" if world.size > 1 else ""
-        click.echo(f"training {model_name} on {dataset} ({len(train_images)} images"
+        click.echo(f"training {model_name} on {source} ({len(train_images)} {'rows' if own['table_path'] else 'images'}"
                    + (f", perturbed at rate {perturb}" if perturb is not None else "") + f"){processes}", err=True)
     name = api.model_spec(model_name).qualified_name  # what the checkpoint records
     metrics = fit(model, train_images, valid_images, out=out, resume=resume, progress=True, name=name,
-                  metrics=recorded, **given)
+                  metrics=recorded, transform=data.transform.to_dict() if data else None, **given)
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
     if world.leader:
         click.echo(f"wrote {out} ({shown})")
+        if dataset and "test" in api.get_dataset(dataset).splits and Path(out).is_file():
+            record_test_nll(model, out, dataset, data_path)
+
+
+def record_test_nll(model, out, dataset: str, data_path) -> None:
+    """Measure the trained model's NLL on the dataset's test split and add it to the checkpoint's metrics
+    (``test_nll_nats``, ``test_split``, ``test_images``, and the split's sha256): what a model card reports."""
+    test = api.load_split(dataset, "test", data_path)
+    nll = evaluate(model, test)["nll_nats"]
+    previous = parse_info(out, read_header(out)[1]).metrics.get("dataset_sha256") or {}
+    record_metrics(out, {"test_nll_nats": nll, "test_split": "test", "test_images": len(test),
+                         "dataset_sha256": {**previous, "test": split_sha256(test)}})
+    click.echo(f"test NLL {nll:.4f} nats per image on the {len(test)} images of {dataset}'s test split "
+               f"(recorded in {out})", err=True)
+
+
+def own_training_data(own: dict, seed: int):
+    """The OwnData (app/own_data.py) of ``--images`` or ``--table`` and their options."""
+    from densreg.app.own_data import own_images, own_table
+
+    images_only = ("shape", "resize", "categories", "labels_from_folders", "valid_images")
+    if own["table_path"] is not None:
+        given = [f"--{k.replace('_', '-')}" for k in images_only if own[k]]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to --images, not --table")
+        columns = own["columns"].split(",") if own["columns"] else None
+        return own_table(own["table_path"], columns, own["drop_invalid"], own["valid_fraction"], seed)
+    if own["columns"] or own["drop_invalid"]:
+        raise click.UsageError("--columns and --drop-invalid apply to --table, not --images")
+    return own_images(own["images_path"], own["shape"], own["categories"] or 2, own["resize"],
+                      own["labels_from_folders"], own["valid_fraction"], own["valid_images"], seed)
+
+
+def as_tensor(array):
+    return None if array is None else torch.from_numpy(array)
 
 
 def resumed_info(out):

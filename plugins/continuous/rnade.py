@@ -13,24 +13,11 @@ sums d terms, so its scale grows with d; with relu, rho_d > 0 only rescales h_d,
 too, so it matters most for sigmoid and tanh). Free parameters: DH + H + 3DM(H+1) (+ D with rescale).
 Sampling and ``step`` cost O(HM) per value through the running pre-activation.
 
-The network works on standardized values u_j = (x_j - loc_j) / scale_j: buffers ``loc`` and
-``log_scale`` (D,), set from the training data by ``init_from_data`` (which ``fit`` calls
-before the first epoch; 0 and 0 until then), so its weights see values of order one whatever the
-data's units. The mixture it outputs for u_d maps back exactly: means loc_d + scale_d mu,
-log-scales log sigma + log scale_d. The standardized log-scales are floored at MIN_LOG_SCALE (-10):
-a component narrower than e^-10 of its value's spread would only overflow float32 on the way.
-
-Samples stay finite: what a value can do to the conditionals after it is bounded. The standardized
-values the hidden layer reads are clamped to [-CONDITION_RANGE, CONDITION_RANGE] (30 standard
-deviations of the training data at that position; image-patches reaches 11.3), and the standardized
-log-scales are capped at MAX_LOG_SCALE (10: a component e^10 times wider than its value's spread).
-Before, a rare wide component drawn at one position (a value hundreds of standard deviations out)
-widened the next conditionals, whose draws widened the next ones, until values overflowed to inf and
-NaN (64 of 1,000 samples of an RNADE trained 5 epochs on image-patches). With bounded inputs the
-conditionals are bounded, so every draw is finite. The density is still exact: each conditional
-remains a function of the values before it (the clamp only changes which function, and only for
-values beyond the range), and the clamp is part of the exported step and conditionals graphs, so the
-runtime draws the same samples. Data within the range (all of image-patches) scores as before.
+The network reads and emits standardized values (``standardized.StandardizedReals``: buffers ``loc`` and
+``log_scale`` set from the training data, the standardized log-scales floored and capped, the values the
+hidden layer reads clamped to 30 standard deviations), so its samples stay finite: what a drawn value can do
+to the conditionals after it is bounded (before the bound, 64 of 1,000 samples of an RNADE trained 5 epochs
+on image-patches were inf or NaN). Data within the range (all of image-patches) scores as before.
 """
 
 from __future__ import annotations
@@ -40,18 +27,17 @@ import math
 import torch
 from torch import nn
 
-from densreg.registry import ConfigError, DensityModel, MixtureParams, mixture_log_density
+from densreg.plugins.continuous.standardized import (CONDITION_RANGE, MAX_LOG_SCALE, MIN_LOG_SCALE,  # noqa: F401
+                                                     StandardizedReals)
+from densreg.registry import ConfigError, DensityModel, mixture_log_density
 from densreg.registry.protocol import step_positions
 from densreg.registry.families import GaussianMixture
 
 ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 MAX_HIDDEN, MAX_COMPONENTS = 1 << 16, 1 << 10
-MIN_LOG_SCALE = -10.0  # floor of the log-scales on the standardized scale, see standardized_mixture
-MAX_LOG_SCALE = 10.0  # their cap (module docstring: samples stay finite)
-CONDITION_RANGE = 30.0  # |standardized value| the hidden layer reads at most (module docstring)
 
 
-class RNADE(DensityModel):
+class RNADE(StandardizedReals, DensityModel):
     """Real-valued NADE with mixture-of-Gaussians conditionals (Uria et al. 2013)."""
 
     registry_name = "rnade"
@@ -79,8 +65,7 @@ class RNADE(DensityModel):
         self.b = nn.Parameter(bias)
         if rescale:  # absent otherwise, so checkpoints written before the option load unchanged
             self.rho = nn.Parameter(torch.ones(D))
-        self.register_buffer("loc", torch.zeros(D))  # generation order; see init_from_data
-        self.register_buffer("log_scale", torch.zeros(D))
+        self.register_standardization()
         # before[d, j] is True for j < d: the prefix sums of all positions as one matrix product (not saved;
         # bool, so that a conversion to another dtype or a kit drawing random float buffers leaves it alone)
         self.register_buffer("before", torch.ones(D, D, dtype=torch.bool).tril(-1), persistent=False)
@@ -96,41 +81,6 @@ class RNADE(DensityModel):
 
     def act(self, a: torch.Tensor) -> torch.Tensor:
         return ACTIVATIONS[self.activation](a)
-
-    @torch.no_grad()
-    def init_from_data(self, x) -> None:
-        """Standardize by the data: ``loc``, ``log_scale`` = each position's mean and log std over ``x``
-        (N, C, H, W)."""
-        seq = self.to_sequence(self.validate(x)).double()
-        self.loc.copy_(seq.mean(0).to(self.loc.dtype))
-        self.log_scale.copy_(torch.log(seq.std(0).clamp(min=1e-6)).to(self.loc.dtype) if len(seq) > 1
-                             else torch.zeros_like(self.log_scale))
-
-    @staticmethod
-    def standardized_mixture(out: torch.Tensor) -> MixtureParams:
-        """(..., 3, M) outputs -> the mixture of u_d, MixtureParams of (..., M), log-scales within
-        [MIN_LOG_SCALE, MAX_LOG_SCALE] (a standard deviation of e^-10 of the value's own is far below the data's
-        resolution, and the floor keeps a collapsing component from overflowing exp(-log_scale) into
-        inf * 0 = NaN gradients; the cap bounds what a draw can be, module docstring)."""
-        log_scales = torch.clamp(out[..., 2, :], min=MIN_LOG_SCALE, max=MAX_LOG_SCALE)
-        return MixtureParams(out[..., 0, :], out[..., 1, :], log_scales)
-
-    @staticmethod
-    def bounded(u: torch.Tensor) -> torch.Tensor:
-        """Standardized values as the hidden layer reads them: clamped to +-CONDITION_RANGE."""
-        return torch.clamp(u, min=-CONDITION_RANGE, max=CONDITION_RANGE)
-
-    def _params(self, out: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> MixtureParams:
-        """(..., 3, M) outputs on the standardized scale, and loc, log_scale (...) -> MixtureParams of (..., M)."""
-        loc, log_scale = loc.unsqueeze(-1), log_scale.unsqueeze(-1)
-        mixture = self.standardized_mixture(out)
-        return mixture._replace(means=loc + torch.exp(log_scale) * mixture.means,
-                                log_scales=mixture.log_scales + log_scale)
-
-    def standardize(self, x) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W) -> (values (B, D), u (B, D)) in generation order, u = (x - loc) / scale."""
-        seq = self.to_sequence(self.validate(x))
-        return seq, (seq - self.loc) * torch.exp(-self.log_scale)
 
     def outputs(self, u: torch.Tensor) -> torch.Tensor:
         """Standardized values u (B, D) -> the mixtures of every u_d on the standardized scale, (B, D, 3, M).

@@ -3,14 +3,13 @@ registration. The reader returns uint8 images (N, 1, 28, 28)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 
 from densreg.registry import Dataset
-from densreg.registry.datasets import cache_dir, open_npz, read_npz_member
+from densreg.registry.datasets import cache_dir, open_npz, read_npz_member, split_sha256
 from densreg.registry.errors import DataError
 
 MNIST_SPLITS = {"train": 50000, "valid": 10000, "test": 10000}
@@ -25,7 +24,8 @@ MNIST_SHA256 = {
 
 
 def array_sha256(images: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(images, dtype=np.uint8).tobytes()).hexdigest()
+    """The checksum of a split's uint8 images: ``split_sha256``, what checkpoints record of their data."""
+    return split_sha256(np.asarray(images, dtype=np.uint8))
 
 
 def read_amat(path: Path, height: int = 28, width: int = 28) -> np.ndarray:

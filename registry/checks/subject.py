@@ -85,6 +85,16 @@ def is_discrete(model_or_factory) -> bool:
     return getattr(model_or_factory, "families", (Categorical,))[0].discrete
 
 
+def takes_real_values(factory) -> bool:
+    """Whether a factory declares a family of real values (among others, maybe: MADE takes both kinds)."""
+    return any(not family.discrete for family in getattr(factory, "families", (Categorical,)))
+
+
+def takes_levels(factory) -> bool:
+    """Whether a factory declares a family of integer levels 0..K-1 (among others, maybe)."""
+    return any(family.discrete for family in getattr(factory, "families", (Categorical,)))
+
+
 def randomize(model, seed: int = 0, *, buffers: bool = False) -> None:
     """Random values for ``model`` in place; the kit's default preparation.
 
@@ -172,7 +182,11 @@ class Subject:
             self.name, self.factory = None, model
         else:
             raise ConfigError(f"expected a registered model name or a factory, got {type(model).__name__}")
-        self.discrete = is_discrete(self.factory)  # chooses the default spaces and the kind-specific strategies
+        # the kind of the spaces given (a model that takes both kinds is checked on one at a time), else of
+        # the model's first family: chooses the default spaces and the kind-specific strategies
+        self.discrete = all(int(k) != 0 for _, k in spaces) if spaces else is_discrete(self.factory)
+        if spaces and len({int(k) != 0 for _, k in spaces}) > 1:
+            raise ConfigError("spaces mix levels (K >= 2) and real values (K = 0): check each kind on its own")
         check_config(self.factory, self.config)  # a bad key or value is the caller's error, not the model's
         self.prepare = prepare or randomize
         self.spaces = tuple((tuple(shape), int(k)) for shape, k in spaces) if spaces else None
