@@ -41,7 +41,8 @@ from densreg.registry.atomic import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_CANDIDATES = [base / "shared" / "data" / "binarized_mnist.npz" for base in (ROOT.parent, ROOT.parents[1])]
-MODELS = ("bernoulli", "markov", "nade", "pixelrnn", "row-lstm", "diagonal-bilstm", "gaussian-mixture", "rnade")
+MODELS = ("bernoulli", "markov", "nade", "made", "transformer", "pixelrnn", "row-lstm", "diagonal-bilstm",
+          "gaussian-mixture", "rnade")
 DENSITY = 0.13  # binarized MNIST's mean pixel, for random images when the test split is absent
 
 
