@@ -170,13 +170,14 @@ def trace(model: DensityModel, name: str, opset: int):
     params = list(family.param_names)
     conditionals = to_onnx(ConditionalsGraph(model), (images,), ["images"], [*params, "log_prob", "pixel_log_prob"],
                            ({0: batch},), "conditional_params", name, opset)
-    specs, state = state_specs(model, name)
+    specs, state, axes = state_specs(model, name)
     value = torch.zeros(EXAMPLE_BATCH, dtype=dtype, device=device)
-    position = torch.tensor(1, dtype=torch.int64, device=device)
+    position = torch.ones(EXAMPLE_BATCH, dtype=torch.int64, device=device)
     names = [s["name"] for s in specs]
-    step = to_onnx(StepGraph(model), (value, position, *state), ["value", "position", *names],
+    step = to_onnx(StepGraph(model, axes), (value, position, *state), ["value", "position", *names],
                    [*params, *[f"new_{n}" for n in names]],
-                   ({0: batch}, {}, *([tuple(dynamic(s, batch) for s in specs)] if state else [])), "step", name, opset)
+                   ({0: batch}, {0: batch}, *([tuple(dynamic(s, batch) for s in specs)] if state else [])), "step",
+                   name, opset)
     features, features_entry = features_graph(model, images, name, opset, batch)
     return conditionals, step, features, specs, features_entry
 

@@ -6,12 +6,13 @@ A folder (format ``densreg-onnx/3``; ``HISTORY`` says what each format changed) 
   family's parameters float32 (B, D, P) in generation order (manifest ``family``; ``logits``
   for ``Categorical``; ``logits``, ``means``, ``log_scales`` for ``GaussianMixture``),
   ``log_prob`` float32 (B,) in nats, ``pixel_log_prob`` float32 (B, C, H, W) in image layout;
-- ``step.onnx``: ``value`` (B,), ``position`` int64 scalar, ``state_i`` -> the parameters
-  (B, P), ``new_state_i`` (one cached step);
-- ``draw.onnx`` and ``sample.onnx`` (families with an ONNX draw: ``Categorical``): ``logits``
-  (B, K), ``noise`` float64 (B,) -> ``value`` int64 (B,) (the inverse-CDF draw, used where
-  state stays on a device); ``noise`` float64 (B, D) -> ``images`` int64 (B, C, H, W) (an
-  ONNX Loop over the D positions: the step and the draw in one call);
+- ``step.onnx``: ``value`` (B,), ``position`` int64 (B,) (each row's step; densreg 0.3.0 wrote an int64
+  scalar), ``state_i`` (batch on axis 0) -> the parameters (B, P), ``new_state_i`` (one cached step);
+- ``draw.onnx`` and ``sample.onnx`` (families with an ONNX draw: ``Categorical``; ``GaussianMixture`` in
+  exports written after densreg 0.3.0): the parameters (B, P) each, ``noise`` float64 (B,) (or (B, 3) for a
+  Gaussian mixture) -> ``value`` (B,) int64 (or float32) (the draw, used where state stays on a
+  device); ``noise`` float64 (B, D) (or (B, D, 3)) -> ``images`` (B, C, H, W) (an ONNX Loop over
+  the D positions: the step and the draw in one call);
 - ``features.onnx`` (only for a model that defines ``features``): images int64 (B, C, H, W) ->
   ``features`` float32 (B, F), the model's learned representation (manifest ``features``
   says what F and each value are);
@@ -42,8 +43,8 @@ HISTORY = {
     "densreg-onnx/3": "after densreg 0.3.0: graphs carry manifest_sha256 (the manifest they belong to) and opening checks it "
                       "and the first golden batch; manifest 'card' (data sha256, test NLL, training, license, "
                       "intended use, limitations); test_data_set_0/ (ONNX model zoo layout); golden.json holds finite "
-                      "numbers only; step.onnx takes the position per row (B,) and every state carries the batch on "
-                      "axis 0 (placeholder, see docs/deployment/format.md)",
+                      "numbers only; step.onnx takes the position per row, int64 (B,) (NaN parameters where rows "
+                      "differ) and every state carries the batch on axis 0; real values get draw.onnx and sample.onnx",
     "densreg-onnx/2": "densreg 0.1-0.3: manifest.json with a sha256 of every file, golden.json, README.md, sample.onnx, "
                       "the pixel_log_prob output, families (manifest 'family'), features.onnx; step.onnx takes a "
                       "scalar position and a state may carry the batch on axis 1 (manifest 'batch_axis')",
@@ -104,10 +105,13 @@ def family_of(manifest: dict) -> Family:
         raise RuntimeLoadError(f"the manifest's family is not one this densreg knows: {exc}") from exc
 
 
-def required_graphs(family: Family) -> tuple[str, ...]:
-    """The graphs every export of a model of this family holds: draw.onnx and sample.onnx where the family
-    has an ONNX draw (``onnx_draw``)."""
-    return GRAPHS if family.has_onnx_draw else (CONDITIONALS, STEP)
+def required_graphs(family: Family, manifest: dict | None = None) -> tuple[str, ...]:
+    """The graphs an export of a model of this family holds: draw.onnx and sample.onnx where the family
+    has an ONNX draw (``onnx_draw``) and, given the folder's ``manifest``, where it describes them (exports
+    of real values by densreg 0.3.0 have neither)."""
+    if not family.has_onnx_draw or (manifest is not None and SAMPLE not in (manifest.get("graphs") or {})):
+        return (CONDITIONALS, STEP)
+    return GRAPHS
 
 
 def graph_descriptions(event_shape, family: Family, state: list[dict], features: dict | None = None) -> dict:
@@ -141,7 +145,8 @@ def graph_descriptions(event_shape, family: Family, state: list[dict], features:
             "purpose": "one cached generation step: the conditional of the value generated at step `position`",
             "inputs": [io("value", dtype, ["B"], f"x at pixel order[position-1] ({family.value_meaning()}); zeros "
                           "at position 0"),
-                       io("position", "int64", [], f"the step d, 0..{d - 1} (not a pixel index)"), *states_in],
+                       io("position", "int64", ["B"], f"the step d of each row, 0..{d - 1} (not a pixel index); "
+                          "rows of one call must share it (where they differ the outputs are NaN)"), *states_in],
             "outputs": [*(io(name, "float32", ["B", p], f"{meanings[name]}, of the value at pixel order[position]")
                           for name in family.param_names), *states_out]},
     }
@@ -149,11 +154,11 @@ def graph_descriptions(event_shape, family: Family, state: list[dict], features:
         graphs[DRAW] = {
             "purpose": "the draw from uniform noise (use it to keep sampling on a device)",
             "inputs": [*(io(name, "float32", ["B", p], f"a step's {name}") for name in family.param_names),
-                       io("noise", "float64", ["B"], "uniform in [0, 1)")],
+                       io("noise", "float64", ["B", *family.noise_shape(1, 1)[2:]], "uniform in [0, 1)")],
             "outputs": [io("value", dtype, ["B"], "the drawn value (see draw_rule)")]}
         graphs[SAMPLE] = {
             "purpose": "whole ancestral sampling in one call (an ONNX Loop over the D steps)",
-            "inputs": [io("noise", "float64", ["B", d], "uniform in [0, 1); column d drives step d (see noise_rule)")],
+            "inputs": [io("noise", "float64", ["B", d, *family.noise_shape(1, 1)[2:]], "uniform in [0, 1); column d drives step d (see noise_rule)")],
             "outputs": [io("images", dtype, image, "the samples, in image layout")]}
     if features is not None:
         graphs[FEATURES] = {

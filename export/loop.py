@@ -1,9 +1,13 @@
 """sample.onnx: whole ancestral sampling as one ONNX Loop around the step and draw graphs.
 
-    noise float64 (B, D) -> images int64 (B, C, H, W)
+    noise float64 (B, D) -> images int64 (B, C, H, W)             (Categorical)
+    noise float64 (B, D, 3) -> images float32 (B, C, H, W)        (GaussianMixture: w uniforms per value)
+
+The draw graph says which: its inputs are the family's parameters and ``noise`` (B,) or (B, w), its output
+``value`` of the values' type.
 
 The Loop runs D iterations; iteration d is ``step.onnx`` at position d (the iteration
-counter), fed the value drawn at d-1 and the carried state, followed by ``draw.onnx`` on
+counter, one per row), fed the value drawn at d-1 and the carried state, followed by ``draw.onnx`` on
 noise column d. The step's weights stay in the outer graph (a Loop body may read them),
 so the step and sample graphs can share them in weights.bin.
 """
@@ -91,13 +95,15 @@ def sample_graph(step: onnx.ModelProto, draw: onnx.ModelProto, order: np.ndarray
     if taken & {"noise", "images"}:
         raise ValueError("the step graph uses the names 'noise' or 'images' internally")
     step_outputs = {o.name: o for o in step.graph.output}
+    value_type = draw.graph.output[0].type.tensor_type.elem_type  # INT64 levels or FLOAT real values
+    noise_rank = len([i for i in draw.graph.input if i.name == "noise"][0].type.tensor_type.shape.dim)
     p = PREFIX
     # -- the body: (iteration, cond, value, *state) -> (cond, value, *state, scan value)
     body_in = [helper.make_tensor_value_info(p + "d", TensorProto.INT64, []),
                helper.make_tensor_value_info(p + "cond_in", TensorProto.BOOL, []),
-               helper.make_tensor_value_info("value", TensorProto.INT64, None)]
+               helper.make_tensor_value_info("value", value_type, None)]
     body_in += [_value_type(step_outputs[s["output"]], s["name"]) for s in state]
-    nodes = [helper.make_node("Identity", [p + "d"], ["position"], name=p + "position")]
+    nodes = [helper.make_node("Expand", [p + "d", p + "batch"], ["position"], name=p + "position")]  # (B,)
     nodes += list(step.graph.node)
     nodes.append(helper.make_node("Gather", ["noise", p + "d"], [p + "noise_d"], axis=1, name=p + "noise_d"))
     draw_nodes, draw_inits = _renamed_draw_nodes(draw, p + "noise_d", p + "value_out")
@@ -105,11 +111,11 @@ def sample_graph(step: onnx.ModelProto, draw: onnx.ModelProto, order: np.ndarray
     nodes.append(helper.make_node("Identity", [p + "cond_in"], [p + "cond_out"], name=p + "cond"))
     nodes.append(helper.make_node("Identity", [p + "value_out"], [p + "value_scan"], name=p + "scan"))
     body_out = [helper.make_tensor_value_info(p + "cond_out", TensorProto.BOOL, []),
-                helper.make_tensor_value_info(p + "value_out", TensorProto.INT64, None)]
+                helper.make_tensor_value_info(p + "value_out", value_type, None)]
     for s in state:
         nodes.append(helper.make_node("Identity", [s["output"]], [p + s["output"]], name=p + s["output"]))
         body_out.append(_value_type(step_outputs[s["output"]], p + s["output"]))
-    body_out.append(helper.make_tensor_value_info(p + "value_scan", TensorProto.INT64, None))
+    body_out.append(helper.make_tensor_value_info(p + "value_scan", value_type, None))
     body = helper.make_graph(topological(nodes), "sample_body", body_in, body_out)
     # -- the outer graph: initial value and state, the Loop, then generation order -> image layout
     inverse = np.empty(d, dtype=np.int64)
@@ -121,7 +127,8 @@ def sample_graph(step: onnx.ModelProto, draw: onnx.ModelProto, order: np.ndarray
              *draw_inits, *step.graph.initializer]
     outer = [helper.make_node("Shape", ["noise"], [p + "batch"], start=0, end=1, name=p + "batch"),
              helper.make_node("ConstantOfShape", [p + "batch"], [p + "value0"],
-                              value=numpy_helper.from_array(np.array([0], dtype=np.int64)), name=p + "value0")]
+                              value=numpy_helper.from_array(np.array([0], dtype=helper.tensor_dtype_to_np_dtype(
+                                  value_type))), name=p + "value0")]
     loop_state = []
     for s, a in zip(state, initial):
         init = p + "initial_" + s["name"]
@@ -140,12 +147,13 @@ def sample_graph(step: onnx.ModelProto, draw: onnx.ModelProto, order: np.ndarray
     final = [p + "final_value", *[p + "final_" + s["name"] for s in state]]
     outer.append(helper.make_node("Loop", [p + "trip", p + "true", p + "value0", *loop_state],
                                   [*final, p + "values"], body=body, name=p + "loop"))
+    noise_width = [] if noise_rank == 1 else [draw.graph.input[-1].type.tensor_type.shape.dim[1].dim_value]
     outer += [helper.make_node("Transpose", [p + "values"], [p + "by_row"], perm=[1, 0], name=p + "by_row"),
               helper.make_node("Gather", [p + "by_row", p + "inverse_order"], [p + "flat"], axis=1, name=p + "flat"),
               helper.make_node("Reshape", [p + "flat", p + "image_shape"], ["images"], name=p + "images")]
     graph = helper.make_graph(
-        outer, "sample", [helper.make_tensor_value_info("noise", TensorProto.DOUBLE, ["batch", d])],
-        [helper.make_tensor_value_info("images", TensorProto.INT64, ["batch", *event_shape])], initializer=inits)
+        outer, "sample", [helper.make_tensor_value_info("noise", TensorProto.DOUBLE, ["batch", d, *noise_width])],
+        [helper.make_tensor_value_info("images", value_type, ["batch", *event_shape])], initializer=inits)
     model = helper.make_model(graph, opset_imports=list(step.opset_import), ir_version=step.ir_version,
                               producer_name="densreg", functions=list(step.functions))
     return model

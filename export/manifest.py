@@ -127,7 +127,7 @@ def read_verified(folder: Path) -> dict:
         raise RuntimeLoadError(f"{path} is not a valid densreg manifest: {type(exc).__name__}: {exc}") from exc
     if kind not in fmt.READABLE:
         raise RuntimeLoadError(fmt.unreadable(folder, kind))
-    for name in fmt.required_graphs(fmt.family_of(manifest)):
+    for name in fmt.required_graphs(fmt.family_of(manifest), manifest):
         if name not in files:
             raise RuntimeLoadError(f"{path} does not list {name}; not a complete densreg export")
     for name, digest in files.items():

@@ -60,7 +60,7 @@ for s in manifest["state"]:  # the stored one-row initial value, tiled along the
 inputs = {i.name for i in step.get_inputs()}
 value, values = np.zeros(n, dtype=np.int64), np.empty((n, D), dtype=np.int64)
 for d in range(D):
-    feed = {"value": value, "position": np.array(d, dtype=np.int64), **state}
+    feed = {"value": value, "position": np.full(n, d, dtype=np.int64), **state}  # each row's step d
     logits, *new_state = step.run(None, {k: v for k, v in feed.items() if k in inputs})
     state = {s["name"]: a for s, a in zip(manifest["state"], new_state)}  # new_state_i -> state_i
     z = logits.astype(np.float64)
@@ -114,7 +114,7 @@ for s in manifest["state"]:  # the stored one-row initial value, tiled along the
 inputs = {i.name for i in step.get_inputs()}
 value, values = np.zeros(n, dtype=np.float32), np.empty((n, D))
 for d in range(D):
-    feed = {"value": value, "position": np.array(d, dtype=np.int64), **state}
+    feed = {"value": value, "position": np.full(n, d, dtype=np.int64), **state}  # each row's step d
     logits, means, log_scales, *new_state = step.run(None, {k: v for k, v in feed.items() if k in inputs})
     state = {s["name"]: a for s, a in zip(manifest["state"], new_state)}  # new_state_i -> state_i
     z = logits.astype(np.float64)

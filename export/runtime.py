@@ -60,13 +60,14 @@ def step_loop(session: ort.InferenceSession, family: Family, state_specs: list[d
     names, n_params = [s["name"] for s in state_specs], len(family.param_names)
     feed = {name: a for name, a in zip(names, tile_initial(state_specs, initial, n)) if name in inputs}
     has_value, has_position = "value" in inputs, "position" in inputs
+    position = position_input(session)
     value = np.zeros(n, dtype=family.numpy_dtype)
     values = np.empty((n, d_total), dtype=np.int64 if family.discrete else np.float64)
     for d in range(d_total):
         if has_value:
             feed["value"] = value
         if has_position:
-            feed["position"] = np.array(d, dtype=np.int64)
+            feed["position"] = position(d, n)
         out = session.run(outputs, feed)
         for name, array in zip(names, out[n_params:]):
             if name in feed:
@@ -76,6 +77,15 @@ def step_loop(session: ort.InferenceSession, family: Family, state_specs: list[d
         values[:, d] = family.draw_numpy(tuple(out[:n_params]), family.noise_column(noise, d))
         value = values[:, d].astype(family.numpy_dtype)
     return values
+
+
+def position_input(session: ort.InferenceSession):
+    """(d, n) -> what ``session`` (a step.onnx) takes as ``position`` for ``n`` rows at step d: int64 (n,)
+    filled with d (a position per row: exports of densreg after 0.3.0), or an int64 scalar (densreg 0.3.0)."""
+    shapes = [getattr(i, "shape", ()) for i in session.get_inputs() if i.name == "position"]
+    if shapes and len(shapes[0]) == 1:
+        return lambda d, n: np.full(n, d, dtype=np.int64)
+    return lambda d, n: np.array(d, dtype=np.int64)
 
 
 def tile_initial(state_specs: list[dict], initial: list[np.ndarray], n: int) -> list[np.ndarray]:
@@ -129,8 +139,10 @@ class ExportedModel:
         self.step_session = open_session(self.path / fmt.STEP, providers, sampling, external)
         self.family = fmt.family_of(manifest)
         self.value_kind = self.family.value_kind
+        # real values: draw and sample after densreg 0.3.0; format 1 (categorical only) has draw.onnx
+        graphs = fmt.required_graphs(self.family, None if self.legacy else manifest)
         self.draw_session = open_session(self.path / fmt.DRAW, providers, sampling, external) \
-            if self.family.has_onnx_draw else None  # else the numpy draw, on the host
+            if fmt.DRAW in graphs else None  # else the numpy draw, on the host
         self._sample_session = None  # sample.onnx opens on first use (engine="graph")
         self._features_session = None  # features.onnx too
         self._scoring_options = scoring
@@ -139,7 +151,7 @@ class ExportedModel:
         self.provider = self.step_session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
-        self.io_binding = self.io_binding and self.draw_session is not None
+        self.io_binding = self.io_binding and self.draw_session is not None and self.family.discrete
         self.name = self.info.model
         self.event_shape = self.info.event_shape
         self.num_categories = self.info.num_categories
@@ -153,7 +165,7 @@ class ExportedModel:
                                                                            np.arange(self.num_positions)):
             raise RuntimeLoadError(f"{self.path}: manifest 'order' is not a permutation of the {self.num_positions} "
                                    "positions")
-        self._positions = [np.array(d, dtype=np.int64) for d in range(self.num_positions)]
+        self._position = position_input(self.step_session)
         self._check_golden()  # last: the graphs are known to take what the folder's role says
 
     @staticmethod
@@ -332,7 +344,7 @@ class ExportedModel:
         A model of real values takes a float value and returns (log weights, means, log_scales), each
         (B, M), in place of the logits."""
         value = self._check_step(value, position, state)
-        feed = {"value": value, "position": self._positions[position],
+        feed = {"value": value, "position": self._position(position, len(value)),
                 **{s["name"]: a for s, a in zip(self.state_specs, state)}}
         out = self.step_session.run(None, {k: v for k, v in feed.items() if k in self._step_inputs})
         count = len(self.family.param_names)
@@ -366,9 +378,9 @@ class ExportedModel:
         if engine not in ENGINES:
             raise DataError(f"unknown sampling engine {engine!r}; expected one of {', '.join(ENGINES)}")
         noise = self._noise(n, seed, noise)
-        if engine == "graph" and not self.family.has_onnx_draw:
+        if engine == "graph" and self.draw_session is None:
             raise DataError(f"{self.name}'s export has no {fmt.SAMPLE} (its {self.family.name} family has no ONNX "
-                            "draw); use engine='steps'")
+                            "draw, or densreg 0.3.0 wrote it); use engine='steps'")
         if engine == "graph":
             images = self.sample_session.run(["images"], {"noise": noise})[0]
         else:
@@ -405,7 +417,7 @@ class ExportedModel:
             if "value" in self._step_inputs:
                 step.bind_ortvalue_input("value", buffers[d % 2])
             if "position" in self._step_inputs:
-                step.bind_cpu_input("position", self._positions[d])
+                step.bind_cpu_input("position", self._position(d, n))
             for spec in self.state_specs:
                 if spec["name"] in self._step_inputs:
                     step.bind_ortvalue_input(spec["name"], state[spec["name"]])

@@ -60,20 +60,37 @@ class TracingError(ExportError):
 
 
 class StepGraph(torch.nn.Module):
-    """value (B,), position (), *state -> the family's parameters (B, P) each, *new_state."""
+    """value (B,), position int64 (B,), *state (batch on axis 0) -> the family's parameters (B, P) each,
+    *new_state (batch on axis 0).
 
-    def __init__(self, model: DensityModel) -> None:
+    ``axes``: each state tensor's batch axis in the model's own layout (None: no batch axis); the graph
+    moves it to axis 0 on the way in and out, so every state of every export carries the batch on axis 0
+    (what dynamic batching needs). The model's ``step`` takes one position: the graph runs it at
+    ``position[0]``, and where the rows' positions differ its parameters come out NaN (never a silent
+    wrong answer when a server batches requests at different steps).
+    """
+
+    def __init__(self, model: DensityModel, axes: list[int | None] | None = None) -> None:
         super().__init__()
         self.model = model
+        self.axes = list(axes or [])
 
     def forward(self, value, position, *state):
         family = self.model.family
-        out, new_state = self.model.step(value, position, tuple(state))
+        axes = self.axes or [0] * len(state)
+        # contiguous: a model may return a state unchanged in one branch of a torch.cond and computed in the
+        # other, and the branches' outputs must have the same strides
+        state = tuple(t if a in (None, 0) else t.movedim(0, a).contiguous() for t, a in zip(state, axes))
+        first = position[0]
+        out, new_state = self.model.step(value, first, state)
         params = tuple(t.to(torch.float32) for t in family.unpack(family.params(out)))
+        same = (position == first).all()
+        params = tuple(torch.where(same, t, torch.full_like(t, float("nan"))) for t in family.normalized(params))
+        new_state = tuple(t if a in (None, 0) else t.movedim(a, 0) for t, a in zip(new_state, axes))
         # A state tensor returned as it came in would make a graph output that is its input, which
         # onnxruntime refuses: pass it on as a copy.
         new_state = tuple(t.clone() if any(t is s for s in state) else t for t in new_state)
-        return (*family.normalized(params), *new_state)
+        return (*params, *new_state)
 
 
 class FeaturesGraph(torch.nn.Module):
@@ -231,13 +248,15 @@ def batch_axis(a: torch.Tensor, b: torch.Tensor, rows_a: int, rows_b: int) -> in
     return -1
 
 
-def state_specs(model: DensityModel, name: str) -> tuple[list[dict], tuple[torch.Tensor, ...]]:
-    """Describe the state tensors: each has one batch axis (any position) or none, and the
-    same initial value in every batch row (so the runtime can build it from one row)."""
+def state_specs(model: DensityModel, name: str) -> tuple[list[dict], tuple[torch.Tensor, ...], list[int | None]]:
+    """Describe the state tensors as step.onnx carries them: each has one batch axis (any position in the
+    model, axis 0 in the graph) or none, and the same initial value in every batch row (so the runtime can
+    build it from one row). Returns the specs, the state for EXAMPLE_BATCH rows in the graph's layout, and
+    each tensor's batch axis in the model's layout (``StepGraph``'s ``axes``)."""
     one, many = model.initial_state(1), model.initial_state(EXAMPLE_BATCH)
     if not isinstance(one, tuple) or len(one) != len(many) or not all(isinstance(t, torch.Tensor) for t in one + many):
         raise ExportError(f"cannot export model {name!r}: initial_state must return a tuple of tensors")
-    specs = []
+    specs, axes, graph_state = [], [], []
     for i, (a, b) in enumerate(zip(one, many)):
         axis = batch_axis(a, b, 1, EXAMPLE_BATCH)
         if axis == -1 or a.dtype != b.dtype:
@@ -247,11 +266,16 @@ def state_specs(model: DensityModel, name: str) -> tuple[list[dict], tuple[torch
         if not torch.equal(b, a.expand_as(b)):
             raise ExportError(f"cannot export model {name!r}: the initial value of state tensor {i} differs "
                               "between batch rows")
-        initial = a.detach().cpu().numpy()
-        shape = ["batch" if j == axis else n for j, n in enumerate(a.shape)]
+        if axis not in (None, 0):
+            a, b = a.movedim(axis, 0), b.movedim(axis, 0)
+        initial = a.detach().cpu().contiguous().numpy()
+        graph_axis = None if axis is None else 0
+        shape = ["batch" if j == graph_axis else n for j, n in enumerate(a.shape)]
         specs.append({"name": f"state_{i}", "output": f"new_state_{i}", "dtype": initial.dtype.name, "shape": shape,
-                      "batch_axis": axis, "initial": fmt.encode_array(initial)})
-    return specs, many
+                      "batch_axis": graph_axis, "initial": fmt.encode_array(initial)})
+        axes.append(axis)
+        graph_state.append(b.contiguous())
+    return specs, tuple(graph_state), axes
 
 
 def dynamic(spec: dict, batch) -> dict:

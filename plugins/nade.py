@@ -264,8 +264,41 @@ class NADE(DensityModel):
             return torch.stack([torch.zeros_like(logit), logit], dim=-1).transpose(0, 1)
         return (torch.bmm(h, self.V.transpose(1, 2)) + self.b[:, None]).transpose(0, 1)
 
+    def exported_state_logits(self, seq: torch.Tensor) -> torch.Tensor:
+        """Binary NADE's pass by distinct states (``nade_states``) as plain tensor operations, for ONNX export:
+        values in generation order (B, D) -> logit of x_d = 1 with bias, (B, D).
+
+        With m_b ones in image b and M = max m_b (data-dependent: an ONNX TopK takes it as an input),
+        the ones' positions in order are the top M of x_d * (D - d); state k of image b is
+        c + W_{p_1} + ... + W_{p_k} (a CumSum over k, padding rows zero), M + 1 states per image
+        activated once; position d reads state k(b, d) = ones before d (a Gather into (D, B, H)) and
+        its logit is one batched product with V_d. About (1 + ones/D) of the dense pass's activations.
+        """
+        batch, positions = seq.shape
+        x = seq.to(self.W.dtype)
+        count = seq.sum(1)  # (B,) ones per image
+        most = count.max().item()
+        torch._check(most >= 0)
+        torch._check(most <= positions)
+        steps = torch.arange(positions, device=seq.device)
+        key = x * (positions - steps).to(x.dtype)  # ones: D - d > 0 (earlier first), zeros: 0
+        top, where = torch.topk(key, most, dim=1)  # (B, M): the ones' positions in order, then padding
+        valid = (top > 0).to(x.dtype).unsqueeze(-1)
+        added = self.W[:, 0].index_select(0, where.reshape(-1)).reshape(batch, most, self.hidden) * valid  # (B, M, H)
+        states = torch.cat([self.c.expand(batch, 1, -1), added], 1).cumsum(1)  # (B, M + 1, H)
+        hidden = self.act(states).reshape(batch * (most + 1), self.hidden)
+        before = seq.cumsum(1) - seq  # (B, D): ones before d = the state position d reads
+        rows = (before + torch.arange(batch, device=seq.device)[:, None] * (most + 1)).t()  # (D, B)
+        h = hidden.index_select(0, rows.reshape(-1)).reshape(positions, batch, self.hidden)  # (D, B, H)
+        logit = torch.bmm(h, self.V.unsqueeze(-1)).squeeze(-1)  # (D, B)
+        return logit.t() + self.b
+
     def conditional_logits(self, x):
-        """Eager: the blocked pass with recomputing backward (BlockedNADE, StateNADE); traced: the vectorised pass."""
+        """Eager: the blocked pass with recomputing backward (BlockedNADE, StateNADE); exported: binary data
+        by states (``exported_state_logits``); compiled: the vectorised pass."""
+        if torch.compiler.is_exporting() and self.num_categories == 2:
+            logits = self.exported_state_logits(self.to_sequence(self.validate(x)))
+            return torch.stack([torch.zeros_like(logits), logits], dim=-1)
         if torch.compiler.is_compiling():
             return self.traced_conditional_logits(x)
         logits = self.eager_logits(self.to_sequence(self.validate(x)))

@@ -67,7 +67,9 @@ class Step:
     def run(self, outputs, feed):
         assert outputs is None and set(feed) == set(self.inputs), sorted(feed)
         assert all(isinstance(a, np.ndarray) for a in feed.values())  # its own numpy state, not torch's
-        d = int(feed["position"])
+        position = feed["position"]  # the export's step takes one position per row, int64 (B,)
+        assert position.dtype == np.int64 and position.shape == (self.batch,) and (position == position[0]).all()
+        d = int(position[0])
         value = feed["value"] if "value" in feed else np.zeros(self.batch, np.int64)
         self.values.append(value.copy())
         self.positions.append(d)

@@ -115,6 +115,10 @@ export class ExportedModel {
     this.raster = this.order.every((p, d) => p === d);
     this.states = manifest.state.map((spec) => ({ ...spec, one: decodeArray(spec.initial) }));
     this.stepInputs = new Set(step.inputNames);
+    // step.onnx takes a position per row, int64 (B,), except in exports of densreg 0.3.0 (a scalar)
+    const stepGraph = (manifest.graphs || {})['step.onnx'] || { inputs: [] };
+    const position = stepGraph.inputs.find((i) => i.name === 'position');
+    this.positionPerRow = Boolean(position && position.shape.length === 1);
   }
 
   tensor(array) {
@@ -148,7 +152,9 @@ export class ExportedModel {
     for (let position = 0; position < d; position++) {
       if (this.stepInputs.has('value')) feed.value = new this.ort.Tensor('int64', value, [n]);
       if (this.stepInputs.has('position'))
-        feed.position = new this.ort.Tensor('int64', BigInt64Array.of(BigInt(position)), []);
+        feed.position = this.positionPerRow
+          ? new this.ort.Tensor('int64', new BigInt64Array(n).fill(BigInt(position)), [n])
+          : new this.ort.Tensor('int64', BigInt64Array.of(BigInt(position)), []);
       const out = await this.step.run(feed);
       for (const spec of this.states) if (spec.name in feed) feed[spec.name] = out[spec.output];
       const logits = out.logits.data;

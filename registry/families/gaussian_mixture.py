@@ -144,6 +144,56 @@ class GaussianMixture(LocationScaleMixture):
         with np.errstate(over="ignore"):  # a value beyond float range comes out inf, as in torch
             return mean + np.exp(log_scale) * z
 
+    def onnx_draw(self, opset: int, ir_version: int):
+        """draw.onnx: logits, means, log_scales float (B, M), noise float64 (B, 3) -> value float32 (B,): the
+        component by the inverse CDF of noise[:, 0], then Box-Muller on noise[:, 1:], in float64 as ``draw``
+        (ONNX has no log1p: log(1 - u) in its place, a few float64 ulps from numpy's draw)."""
+        from onnx import TensorProto, helper
+
+        ints = lambda name, values: helper.make_tensor(name, TensorProto.INT64, [len(values)], values)  # noqa: E731
+        double = lambda name, value: helper.make_tensor(name, TensorProto.DOUBLE, [], [value])  # noqa: E731
+        nodes = [
+            helper.make_node("Cast", ["logits"], ["logits64"], to=TensorProto.DOUBLE),
+            helper.make_node("Softmax", ["logits64"], ["probs"], axis=-1),
+            helper.make_node("CumSum", ["probs", "axis"], ["cdf"]),
+            *(helper.make_node("Slice", ["noise", ints(f"start{i}", [i]).name, f"end{i}", "last"], [f"u{i}"])
+              for i in range(3)),
+            helper.make_node("Less", ["cdf", "u0"], ["below"]),
+            helper.make_node("Cast", ["below"], ["below64"], to=TensorProto.INT64),
+            helper.make_node("ReduceSum", ["below64", "last"], ["count"], keepdims=1),
+            helper.make_node("Shape", ["logits"], ["m"], start=1, end=2),
+            helper.make_node("Sub", ["m", "start1"], ["m_minus_1"]),
+            helper.make_node("Min", ["count", "m_minus_1"], ["component"]),  # (B, 1)
+            helper.make_node("Cast", ["means"], ["means64"], to=TensorProto.DOUBLE),
+            helper.make_node("Cast", ["log_scales"], ["log_scales64"], to=TensorProto.DOUBLE),
+            helper.make_node("GatherElements", ["means64", "component"], ["mean"], axis=1),
+            helper.make_node("GatherElements", ["log_scales64", "component"], ["log_scale"], axis=1),
+            helper.make_node("Sub", ["one", "u1"], ["rest"]),
+            helper.make_node("Log", ["rest"], ["log_rest"]),
+            helper.make_node("Mul", ["log_rest", "minus_two"], ["radius2"]),
+            helper.make_node("Sqrt", ["radius2"], ["radius"]),
+            helper.make_node("Mul", ["u2", "two_pi"], ["angle"]),
+            helper.make_node("Cos", ["angle"], ["cos"]),
+            helper.make_node("Mul", ["radius", "cos"], ["z"]),
+            helper.make_node("Exp", ["log_scale"], ["scale"]),
+            helper.make_node("Mul", ["scale", "z"], ["offset"]),
+            helper.make_node("Add", ["mean", "offset"], ["value64"]),
+            helper.make_node("Squeeze", ["value64", "last"], ["value_flat"]),
+            helper.make_node("Cast", ["value_flat"], ["value"], to=TensorProto.FLOAT),
+        ]
+        params = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "M"])
+                  for name in ("logits", "means", "log_scales")]
+        graph = helper.make_graph(
+            nodes, "draw",
+            [*params, helper.make_tensor_value_info("noise", TensorProto.DOUBLE, ["batch", 3])],
+            [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch"])],
+            initializer=[helper.make_tensor("axis", TensorProto.INT64, [], [1]), ints("last", [-1]),
+                         *(ints(f"start{i}", [i]) for i in range(3)), *(ints(f"end{i}", [i + 1]) for i in range(3)),
+                         double("one", 1.0), double("minus_two", -2.0), double("two_pi", 2 * math.pi)],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version,
+                                 producer_name="densreg")
+
     @property
     def numpy_dtype(self) -> np.dtype:
         return np.dtype(np.float32)
