@@ -11,7 +11,9 @@ whose every input and output has a symbolic axis 0 (the batch) gets ``max_batch_
 input or output without the batch on axis 0 (format 2's step.onnx: a scalar position, a state
 batched on axis 1) is served unbatched (``max_batch_size: 0``, full shapes, a scalar as dims [1]
 reshaped to []), and the report names the tensor. Step models are stateless on the server: the
-client sends the position and the state with every request and gets the new state back.
+client sends the position and the state with every request and gets the new state back; a format-3 step
+model keeps the batch axis (``max_batch_size``) but not the dynamic batcher, since the step graph runs all
+rows of a request at one position (a batcher joining requests at different steps would get NaN back).
 
 ``SCHEMA`` is the part of Triton's ``inference.ModelConfig`` (model_config.proto, field numbers and
 types as there) that these configs use; ``parse`` reads a config.pbtxt with protobuf's text_format
@@ -99,8 +101,11 @@ def _shape(value: onnx.ValueInfoProto) -> list:
     return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
 
 
-def model_config(model_name: str, proto: onnx.ModelProto) -> tuple[str, str | None]:
-    """config.pbtxt text for a graph, and why it is unbatched (None when it has dynamic batching)."""
+def model_config(model_name: str, proto: onnx.ModelProto, one_position: bool = False) -> tuple[str, str | None]:
+    """config.pbtxt text for a graph, and why it has no dynamic batching (None when it has). ``one_position``:
+    the graph serves a batch whose rows share one step (step.onnx runs every row at ``position[0]``), so it
+    keeps the batch axis (``max_batch_size``: a client sends the rows of one step together) without the
+    dynamic batcher, which would join requests at different steps."""
     tensors = [("input", v) for v in proto.graph.input] + [("output", v) for v in proto.graph.output]
     unbatched = next((f"{kind} {v.name!r} has no batch axis 0" for kind, v in tensors
                       if not _shape(v) or _shape(v)[0] is not None), None)
@@ -115,10 +120,13 @@ def model_config(model_name: str, proto: onnx.ModelProto) -> tuple[str, str | No
         entry = getattr(config, kind).add(name=value.name, data_type=DATA_TYPES[elem], dims=dims or [1])
         if not dims:  # a scalar: Triton needs dims, the graph takes shape []
             entry.reshape.SetInParent()
-    if not unbatched:
+    if not unbatched and one_position:
+        unbatched = ("its rows run at one position (position[0]): the dynamic batcher would join requests at "
+                     "different steps; send the rows of one step in one request")
+    elif not unbatched:
         config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
     text = text_format.MessageToString(config)
-    note = f"# not batched: {unbatched}\n" if unbatched else ""
+    note = f"# no dynamic batching: {unbatched}\n" if unbatched else ""
     return note + text, unbatched
 
 
@@ -141,7 +149,7 @@ def write_repository(folder, target, manifest: dict) -> dict:
         data = (folder / graph).read_bytes()
         proto = onnx.load_from_string(data)  # external data stays referenced, not read
         name = f"{prefix}-{graph.removesuffix('.onnx')}"
-        text, reason = model_config(name, proto)
+        text, reason = model_config(name, proto, one_position=graph == fmt.STEP)
         parse(text)  # what the server would read
         files[f"{name}/config.pbtxt"] = text.encode()
         files[f"{name}/{VERSION}/model.onnx"] = data

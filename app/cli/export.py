@@ -74,7 +74,7 @@ def export_command(checkpoint, out, dtype, no_parity, as_json, license_, intende
                    f"{', '.join(batched) or 'none'})")
         for name, entry in report["triton"].items():
             if not entry["batched"]:
-                click.echo(f"note: {name} is served unbatched: {entry['reason']}", err=True)
+                click.echo(f"note: {name} has no dynamic batching: {entry['reason']}", err=True)
 
 
 def write_triton(folder, target) -> dict:
