@@ -8,8 +8,9 @@ PACKAGE_DIRS = {"densreg": "../densreg", "densreg.registry": "../registry",
                 "densreg.registry.families": "../registry/families", "densreg.export": "../export"}
 RUNTIME_MODULES = {
     "densreg": {"__init__"},
-    "densreg.registry": {"__init__", "atomic", "datasets", "errors", "lazy", "limits", "returns", "saved", "version"},
-    "densreg.registry.families": {"__init__", "base", "categorical", "gaussian_mixture"},
+    "densreg.registry": {"__init__", "atomic", "datasets", "errors", "lazy", "limits", "returns", "saved", "transforms",
+                         "version"},
+    "densreg.registry.families": {"__init__", "base", "categorical", "gaussian_mixture", "logistic_mixture"},
     "densreg.export": {"__init__", "format", "legacy", "manifest", "protoscan", "runtime", "sessions"},
 }
 

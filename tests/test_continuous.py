@@ -404,7 +404,7 @@ def test_export_parity_and_runtime(continuous_export):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["value_kind"] == "continuous" and manifest["num_categories"] == 0
     assert manifest["components"] == 3 and "Box-Muller" in manifest["draw_rule"]
-    assert {"conditionals.onnx", "step.onnx"} <= set(manifest["files"]) and "sample.onnx" not in manifest["files"]
+    assert {"conditionals.onnx", "step.onnx", "draw.onnx", "sample.onnx"} <= set(manifest["files"])  # format 3
     runtime = ExportedModel(out)
     x = random_values((1, 2, 3), 50, seed=11) * (0.1 if model.registry_name == "rnade" else 1.0)  # as trained
     with torch.no_grad():
@@ -422,8 +422,8 @@ def test_export_parity_and_runtime(continuous_export):
     assert np.array_equal(runtime.sample(40, seed=5), runtime.sample(40, noise=np.random.default_rng(5).random((40, 6, 3))))
     with pytest.raises(DataError, match="NaN or infinite"):
         runtime.log_prob(np.full((1, 1, 2, 3), np.nan))
-    with pytest.raises(DataError, match="no sample.onnx"):
-        runtime.sample(2, seed=0, engine="graph")
+    graph = runtime.sample(40, noise=noise, engine="graph")  # sample.onnx: one call, the same draw (no log1p in ONNX)
+    assert graph.dtype == np.float32 and np.abs(graph - ours).max() < 1e-3
     with pytest.raises(DataError, match=r"noise must have shape \(2, 6, 3\)"):
         runtime.sample(2, noise=np.zeros((2, 6)))
     (weights, means, log_scales), state = runtime.step(np.zeros(2, dtype=np.float32), 0, runtime.initial_state(2))
