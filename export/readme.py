@@ -11,7 +11,8 @@ from __future__ import annotations
 from . import card
 from . import format as fmt
 
-SNIPPET = '''\
+# The clients' common opening: the sessions and the integrity checks of every file and graph.
+OPENING = '''\
 import base64, hashlib, json
 import numpy as np
 import onnxruntime as ort
@@ -31,6 +32,9 @@ manifest_sha256 = hashlib.sha256(json.dumps(unbound, sort_keys=True, separators=
 for name in manifest["graphs"]:
     assert open_graph(name).get_modelmeta().custom_metadata_map["manifest_sha256"] == manifest_sha256, name
 
+'''
+
+SNIPPET = OPENING + '''\
 # density: log p(x) in nats per image, and per value in image layout (B, C, H, W)
 images = np.array(golden["images"], dtype=np.int64)  # values 0..K-1 (the runtime checks; here you do)
 log_prob, pixel_log_prob = open_graph("conditionals.onnx").run(["log_prob", "pixel_log_prob"], {"images": images})
@@ -75,26 +79,7 @@ print("ok", log_prob.tolist())
 '''
 
 
-CONTINUOUS_SNIPPET = '''\
-import base64, hashlib, json
-import numpy as np
-import onnxruntime as ort
-
-manifest, golden = json.load(open("manifest.json")), json.load(open("golden.json"))
-options = ort.SessionOptions()
-options.intra_op_num_threads = 1
-def open_graph(name):
-    return ort.InferenceSession(name, options, providers=["CPUExecutionProvider"])
-
-# integrity: every file's size and sha256 as the manifest lists them, and each graph names this manifest
-for name, digest in manifest["files"].items():
-    data = open(name, "rb").read()
-    assert len(data) == digest["bytes"] and hashlib.sha256(data).hexdigest() == digest["sha256"], name
-unbound = {**manifest, "files": {k: v for k, v in manifest["files"].items() if not k.endswith(".onnx")}}
-manifest_sha256 = hashlib.sha256(json.dumps(unbound, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-for name in manifest["graphs"]:
-    assert open_graph(name).get_modelmeta().custom_metadata_map["manifest_sha256"] == manifest_sha256, name
-
+CONTINUOUS_SNIPPET = OPENING + '''\
 # density: log p(x) in nats (a log density over the real values), and per value in image layout
 images = np.array(golden["images"], dtype=np.float32)  # finite real values (B, C, H, W)
 log_prob, pixel_log_prob = open_graph("conditionals.onnx").run(["log_prob", "pixel_log_prob"], {"images": images})

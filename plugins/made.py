@@ -119,10 +119,11 @@ class MADE(StandardizedReals, DensityModel):
 
     # -- one member ---------------------------------------------------------
     def inputs(self, x) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images -> (values (B, D) in generation order, network inputs (B, D * codes))."""
+        """Images -> (values (B, D) in generation order, standardized for real values; network inputs
+        (B, D * codes))."""
         if not self.num_categories:
-            seq, u = self.standardize(x)
-            return seq, self.bounded(u)
+            _, u = self.standardize(x)
+            return u, self.bounded(u)
         seq = self.to_sequence(self.validate(x))
         if self.num_categories == 2:
             return seq, seq.to(self.weights[0].dtype)
@@ -162,9 +163,8 @@ class MADE(StandardizedReals, DensityModel):
             observed = log_probs.gather(-1, seq.expand(self.masks, *seq.shape).unsqueeze(-1)).squeeze(-1)
             return torch.logsumexp(self.prefix_weights(observed).unsqueeze(-1) + log_probs, 0)
         params = [self.member_params(out) for out in outs]
-        _, u = self.standardize(x)
         observed = torch.stack([mixture_log_density(self.standardized_mixture(out.unflatten(-1, (3, self.components))),
-                                                    u) for out in outs])  # (N, B, D), the u-scale: weights only
+                                                    seq) for out in outs])  # (N, B, D), the u-scale: weights only
         weights = self.prefix_weights(observed)
         logits = torch.cat([torch.log_softmax(p.logits, -1) + w.unsqueeze(-1) for p, w in zip(params, weights)], -1)
         return params[0]._replace(logits=logits, means=torch.cat([p.means for p in params], -1),

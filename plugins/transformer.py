@@ -97,11 +97,13 @@ class Transformer(StandardizedReals, DensityModel):
         return self.embed(self.bounded(values).unsqueeze(-1).to(self.start.dtype))
 
     def params(self, h: torch.Tensor, loc=None, log_scale=None):
-        """Final hidden states (..., width) -> the family's parameters (logits, or MixtureParams)."""
+        """Final hidden states (..., width) -> the family's parameters (logits, or MixtureParams on the data's
+        scale by ``loc``, ``log_scale``: every position's (D,) by default, one position's in ``step``)."""
         out = self.head(self.norm(h))
         if self.num_categories:
             return out
-        return self._params(out.unflatten(-1, (3, self.components)), loc, log_scale)
+        return self._params(out.unflatten(-1, (3, self.components)), self.loc if loc is None else loc,
+                            self.log_scale if log_scale is None else log_scale)
 
     def conditional_params(self, x):
         """(B, C, H, W) -> logits (B, D, K), or MixtureParams of (B, D, M) each."""
@@ -113,7 +115,7 @@ class Transformer(StandardizedReals, DensityModel):
         h = torch.cat([self.start.expand(seq.shape[0], 1, self.width), shifted], 1) + self.position
         for block in self.blocks:
             h = block(h)
-        return self.params(h, self.loc, self.log_scale) if not self.num_categories else self.params(h)
+        return self.params(h)
 
     # -- cached step ----------------------------------------------------------
     def initial_state(self, batch_size: int):
